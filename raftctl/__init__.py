@@ -1,0 +1,1 @@
+"""raftctl: the command-line client for raftd."""

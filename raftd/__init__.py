@@ -1,0 +1,1 @@
+"""raftd: a replicated key-value store on Raft."""

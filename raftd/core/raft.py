@@ -1,0 +1,541 @@
+"""The Raft state machine: one node's view, advanced only by tick(), step() and propose().
+
+Nothing here performs I/O or reads a clock; outgoing messages accumulate in `msgs` and are handed to the
+owner through RawNode.ready(). Section numbers refer to the Raft paper (5.x) and Ongaro's dissertation (6.x, 9.x).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import quorum
+from .log import RaftLog
+from .progress import Progress, ProgressState
+from .read_only import ReadOnly, ReadRequest
+from .types import (
+    CAMPAIGN_TRANSFER,
+    LOCAL_MESSAGES,
+    NONE,
+    Entry,
+    HardState,
+    Message,
+    MsgType,
+    ProposalDropped,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+
+_VOTE_REQUESTS = (MsgType.VOTE, MsgType.PRE_VOTE)
+_RESPONSE_OF = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
+# Messages whose term is chosen by the sender on purpose; every other message carries the node's term.
+_EXPLICIT_TERM = frozenset({MsgType.VOTE, MsgType.VOTE_RESP, MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP})
+# Forwarded requests travel with term 0 so any node may take them, whatever its term.
+_TERMLESS = frozenset({MsgType.READ_INDEX, MsgType.TRANSFER_LEADER})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    id: int
+    peers: tuple[int, ...]  # every voter, this node included
+    rng: random.Random
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_inflight: int = 64
+    max_entries_per_msg: int = 512
+    max_bytes_per_msg: int = 1 << 20
+
+    def validate(self) -> None:
+        if self.id == NONE:
+            raise ValueError("node id 0 is reserved for 'nobody'")
+        if self.id not in self.peers:
+            raise ValueError(f"node {self.id} is not in its own peer list {list(self.peers)}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError(f"duplicate ids in peer list {list(self.peers)}")
+        if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
+            raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.max_inflight <= 0 or self.max_entries_per_msg <= 0 or self.max_bytes_per_msg <= 0:
+            raise ValueError("flow-control limits must be positive")
+
+
+class Raft:
+    def __init__(
+        self,
+        config: Config,
+        hard_state: HardState = HardState(),
+        snapshot: SnapshotMeta | None = None,
+        entries: Sequence[Entry] = (),
+        applied: int = 0,
+    ) -> None:
+        config.validate()
+        self.cfg = config
+        self.id = config.id
+        self.peers = tuple(sorted(config.peers))
+        self.rng = config.rng
+        self.log = RaftLog(snapshot, list(entries))
+        if not self.log.snapshot_meta.index <= hard_state.commit <= self.log.last_index():
+            raise ValueError(
+                f"persisted commit {hard_state.commit} is outside the log "
+                f"[{self.log.snapshot_meta.index}, {self.log.last_index()}]"
+            )
+        self.log.commit_to(hard_state.commit)
+        self.log.applied_to(max(applied, self.log.snapshot_meta.index))
+        # Invariant: vote is NONE or the node granted its one vote of `term` to it, durably.
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.lead = NONE
+        self.role = Role.FOLLOWER
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.prs: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.read_only = ReadOnly()
+        self.pending_reads: list[Message] = []  # reads waiting for the first commit of this leader's term
+        self.lead_transferee = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self._reset(self.term)
+
+    # -- state reported to the owner ----------------------------------------------------------------
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def soft_state(self) -> SoftState:
+        return SoftState(self.lead, self.role)
+
+    # -- role transitions ---------------------------------------------------------------------------
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = NONE
+        self.lead = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        # 5.2: a fresh random timeout in [election_tick, 2 * election_tick) each time, so split votes resolve.
+        self.randomized_election_timeout = self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
+        self.lead_transferee = NONE
+        self.votes = {}
+        self.prs = {p: Progress(self.log.last_index() + 1, self.cfg.max_inflight) for p in self.peers}
+        self.prs[self.id].match = self.log.last_index()
+        self.read_only = ReadOnly()
+        self.pending_reads = []
+
+    def become_follower(self, term: int, lead: int) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        # 9.6: a pre-candidate neither raises its term nor votes; it only asks whether it could win.
+        self.role = Role.PRE_CANDIDATE
+        self.votes = {}
+        self.lead = NONE
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        me = self.prs[self.id]
+        me.become_replicate()
+        me.recent_active = True
+        # 8: a no-op of the new term lets the leader commit (and learn) everything before it.
+        self._append_entries([b""])
+
+    # -- time ---------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        if self.role is Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self.step(Message(MsgType.HUP))
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum and not self._quorum_active():
+                self.become_follower(self.term, NONE)
+                return
+            # A transfer that did not finish within an election timeout is abandoned.
+            self.lead_transferee = NONE
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        """Check-quorum (6.2): did a majority reach us since the last check? Resets the window."""
+        active = {p for p, pr in self.prs.items() if p == self.id or pr.recent_active}
+        for p, pr in self.prs.items():
+            pr.recent_active = p == self.id
+        return quorum.vote_result(self.peers, {p: True for p in active}) is quorum.VoteResult.WON
+
+    # -- proposals and local requests ---------------------------------------------------------------
+    def propose(self, datas: Sequence[bytes]) -> int:
+        """Append client commands; returns the index of the first. Raises ProposalDropped off-leader."""
+        if self.role is not Role.LEADER:
+            raise ProposalDropped(f"not the leader (leader is {self.lead or 'unknown'})")
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(f"leadership is being transferred to {self.lead_transferee}")
+        if not datas or any(not d for d in datas):
+            raise ValueError("a proposal needs non-empty data; empty entries are the leader's no-ops")
+        first = self.log.last_index() + 1
+        self._append_entries(datas)
+        return first
+
+    def _append_entries(self, datas: Sequence[bytes]) -> None:
+        last = self.log.last_index()
+        self.log.append([Entry(last + 1 + k, self.term, d) for k, d in enumerate(datas)])
+        self.prs[self.id].maybe_update(self.log.last_index())
+        # A single-node cluster commits at once; otherwise this is a no-op until followers answer.
+        self._maybe_commit()
+        self._bcast_append()
+
+    # -- sending ------------------------------------------------------------------------------------
+    def _send(self, m: Message, *, term: int | None = None) -> None:
+        if m.type in _EXPLICIT_TERM:
+            assert term is not None, f"{m.type} needs an explicit term"
+        elif m.type not in _TERMLESS:
+            term = self.term
+        self.msgs.append(
+            Message(
+                m.type, m.to, self.id, term or 0, m.log_term, m.index, m.entries, m.commit,
+                m.reject, m.reject_hint, m.context, m.snapshot,
+            )
+        )
+
+    def _send_append(self, to: int, send_if_empty: bool = True) -> bool:
+        pr = self.prs[to]
+        if pr.is_paused():
+            return False
+        prev_index = pr.next - 1
+        prev_term = self.log.term(prev_index)
+        if prev_term is None:
+            return self._send_snapshot(to, pr)
+        entries: list[Entry] = []
+        if pr.next <= self.log.last_index():
+            hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
+            entries = self.log.slice(pr.next, hi, self.cfg.max_bytes_per_msg)
+        if not entries and not send_if_empty:
+            return False
+        self._send(
+            Message(
+                MsgType.APP, to, index=prev_index, log_term=prev_term, entries=tuple(entries),
+                commit=self.log.committed,
+            )
+        )
+        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        return True
+
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
+        # The core knows only the snapshot's position; the transport attaches the state machine image.
+        if not pr.recent_active:
+            return False
+        meta = self.log.snapshot_meta
+        self._send(Message(MsgType.SNAP, to, snapshot=Snapshot(meta)))
+        pr.become_snapshot(meta.index)
+        return True
+
+    def _bcast_append(self) -> None:
+        for p in self.peers:
+            if p != self.id:
+                self._send_append(p)
+
+    def _bcast_heartbeat(self, context: bytes = b"") -> None:
+        for p in self.peers:
+            if p != self.id:
+                # Never tell a follower to commit past what it is known to hold.
+                commit = min(self.prs[p].match, self.log.committed)
+                self._send(Message(MsgType.HEARTBEAT, p, commit=commit, context=context))
+
+    def _maybe_commit(self) -> bool:
+        match = {p: pr.match for p, pr in self.prs.items()}
+        if not self.log.maybe_commit(quorum.committed_index(self.peers, match), self.term):
+            return False
+        if self.pending_reads and self._committed_in_term():
+            pending, self.pending_reads = self.pending_reads, []
+            for m in pending:
+                self._handle_read_index(m)
+        return True
+
+    def _committed_in_term(self) -> bool:
+        return self.log.term(self.log.committed) == self.term
+
+    # -- receiving ----------------------------------------------------------------------------------
+    def step(self, m: Message) -> None:
+        # 5.1: every message's term is compared before anything else (local and forwarded ones carry none).
+        termless = m.type in LOCAL_MESSAGES or m.type in _TERMLESS
+        if termless:
+            pass
+        elif m.term > self.term:
+            if m.type in _VOTE_REQUESTS:
+                forced = m.context == CAMPAIGN_TRANSFER
+                in_lease = (
+                    self.cfg.check_quorum and self.lead != NONE
+                    and self.election_elapsed < self.cfg.election_tick
+                )
+                if in_lease and not forced:
+                    # 6.2 / 4.2.3: we heard from a live leader recently, so this candidate is disruptive.
+                    return
+            if m.type is MsgType.PRE_VOTE or (m.type is MsgType.PRE_VOTE_RESP and not m.reject):
+                pass  # pre-vote traffic carries a future term without changing anyone's term
+            elif m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+                self.become_follower(m.term, m.frm)
+            else:
+                self.become_follower(m.term, NONE)
+        elif m.term < self.term:
+            if m.type in (MsgType.APP, MsgType.HEARTBEAT) and (self.cfg.check_quorum or self.cfg.pre_vote):
+                # A leader of an old term: answer with our term so it steps down, rather than staying
+                # silent and letting it believe it still leads.
+                self._send(Message(MsgType.APP_RESP, m.frm))
+            elif m.type is MsgType.PRE_VOTE:
+                self._send(Message(MsgType.PRE_VOTE_RESP, m.frm, reject=True), term=self.term)
+            return
+
+        if m.type is MsgType.HUP:
+            self._hup(transfer=False)
+        elif m.type in _VOTE_REQUESTS:
+            self._handle_vote_request(m)
+        elif self.role is Role.LEADER:
+            self._step_leader(m)
+        elif self.role is Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role is Role.LEADER:
+            return
+        if self.cfg.pre_vote and not transfer:
+            self._campaign(MsgType.PRE_VOTE, transfer)
+        else:
+            self._campaign(MsgType.VOTE, transfer)
+
+    def _campaign(self, kind: MsgType, transfer: bool) -> None:
+        if kind is MsgType.PRE_VOTE:
+            self._become_pre_candidate()
+            term = self.term + 1
+        else:
+            self._become_candidate()
+            term = self.term
+        if self._poll(self.id, granted=True) is quorum.VoteResult.WON:
+            self._won(kind)
+            return
+        context = CAMPAIGN_TRANSFER if transfer else b""
+        for p in self.peers:
+            if p != self.id:
+                self._send(
+                    Message(kind, p, index=self.log.last_index(), log_term=self.log.last_term(), context=context),
+                    term=term,
+                )
+
+    def _poll(self, node: int, granted: bool) -> quorum.VoteResult:
+        self.votes.setdefault(node, granted)
+        return quorum.vote_result(self.peers, self.votes)
+
+    def _won(self, kind: MsgType) -> None:
+        if kind is MsgType.PRE_VOTE:
+            self._campaign(MsgType.VOTE, transfer=False)
+        else:
+            self._become_leader()
+
+    def _handle_vote_request(self, m: Message) -> None:
+        # 5.2: one vote per term (a repeat to the same candidate is fine); pre-votes for a future term bind nobody.
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote == NONE and self.lead == NONE)
+            or (m.type is MsgType.PRE_VOTE and m.term > self.term)
+        )
+        resp = _RESPONSE_OF[m.type]
+        # 5.4.1: only for a candidate whose log is at least as up-to-date as ours.
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            self._send(Message(resp, m.frm), term=m.term)
+            if m.type is MsgType.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(Message(resp, m.frm, reject=True), term=self.term)
+
+    # -- per-role step functions --------------------------------------------------------------------
+    def _step_leader(self, m: Message) -> None:
+        if m.type is MsgType.BEAT:
+            self._bcast_heartbeat()
+            return
+        if m.type is MsgType.READ_INDEX:
+            self._handle_read_index(m)
+            return
+        pr = self.prs.get(m.frm)
+        if pr is None or m.frm == self.id:
+            return
+        if m.type is MsgType.APP_RESP:
+            self._handle_append_response(m, pr)
+        elif m.type is MsgType.HEARTBEAT_RESP:
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.is_paused():
+                # Free a slot so lost AppendEntries cannot stall a full window forever: the next send
+                # exposes the gap, the follower rejects it, and we fall back to probing.
+                pr.inflights.popleft()
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
+            if m.context:
+                self._handle_read_ack(m)
+        elif m.type is MsgType.SNAP_STATUS:
+            if pr.state is ProgressState.SNAPSHOT:
+                if m.reject:
+                    pr.pending_snapshot = 0
+                pr.become_probe()
+                # Wait for the follower's answer (or the next heartbeat) before probing again.
+                pr.probe_sent = True
+        elif m.type is MsgType.UNREACHABLE:
+            if pr.state is ProgressState.REPLICATE:
+                pr.become_probe()
+        elif m.type is MsgType.TRANSFER_LEADER:
+            self._handle_transfer_leader(m.frm, pr)
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        if m.reject:
+            # Fast backtracking: the hint lets us skip a whole conflicting term per round trip.
+            probe = m.reject_hint
+            if m.log_term > 0:
+                probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decr_to(m.index, probe):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_replicate()
+        if self._maybe_commit():
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(m.frm)
+        # Pipelining: keep the window full while there is something to send.
+        while self._send_append(m.frm, send_if_empty=False):
+            pass
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, m.frm))
+
+    def _handle_transfer_leader(self, target: int, pr: Progress) -> None:
+        if target == self.lead_transferee:
+            return
+        # 3.10: stop taking proposals, bring the target up to date, then tell it to campaign now.
+        self.lead_transferee = target
+        self.election_elapsed = 0
+        if pr.match == self.log.last_index():
+            self._send(Message(MsgType.TIMEOUT_NOW, target))
+        else:
+            self._send_append(target)
+
+    def _handle_read_index(self, m: Message) -> None:
+        if len(self.peers) == 1:
+            self._answer_read(ReadRequest(self.log.committed, m.context, m.frm))
+            return
+        if not self._committed_in_term():
+            # 6.4: until the no-op of this term commits, our commit index may be behind the true one.
+            self.pending_reads.append(m)
+            return
+        if self.read_only.add(self.log.committed, m.context, m.frm):
+            self.read_only.ack(self.id, m.context)
+            self._bcast_heartbeat(m.context)
+
+    def _handle_read_ack(self, m: Message) -> None:
+        acks = self.read_only.ack(m.frm, m.context)
+        if acks is None:
+            return
+        if quorum.vote_result(self.peers, {a: True for a in acks}) is not quorum.VoteResult.WON:
+            return
+        for req in self.read_only.release(m.context):
+            self._answer_read(req)
+
+    def _answer_read(self, req: ReadRequest) -> None:
+        if req.origin in (NONE, self.id):
+            self.read_states.append(ReadState(req.index, req.context))
+        else:
+            self._send(Message(MsgType.READ_INDEX_RESP, req.origin, index=req.index, context=req.context))
+
+    def _step_candidate(self, m: Message) -> None:
+        my_resp = MsgType.PRE_VOTE_RESP if self.role is Role.PRE_CANDIDATE else MsgType.VOTE_RESP
+        if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+            # 5.2: a leader of our term exists; a candidate returns to follower.
+            self.become_follower(m.term, m.frm)
+            self._step_follower(m)
+        elif m.type is my_resp:
+            result = self._poll(m.frm, not m.reject)
+            if result is quorum.VoteResult.WON:
+                self._won(MsgType.PRE_VOTE if self.role is Role.PRE_CANDIDATE else MsgType.VOTE)
+            elif result is quorum.VoteResult.LOST:
+                self.become_follower(self.term, NONE)
+
+    def _step_follower(self, m: Message) -> None:
+        if m.type in (MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP):
+            self.election_elapsed = 0
+            self.lead = m.frm
+            if m.type is MsgType.APP:
+                self._handle_append(m)
+            elif m.type is MsgType.HEARTBEAT:
+                self.log.commit_to(m.commit)
+                self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, context=m.context))
+            else:
+                self._handle_snapshot(m)
+        elif m.type in (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER):
+            # Forward to the leader; dropped when none is known (the owner's deadline reports it).
+            if self.lead != NONE:
+                # The message keeps its origin: the transfer target, or the node that asked for the read.
+                origin = m.frm if m.frm != NONE else self.id
+                self.msgs.append(Message(m.type, self.lead, origin, 0, context=m.context))
+        elif m.type is MsgType.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context))
+        elif m.type is MsgType.TIMEOUT_NOW:
+            self._hup(transfer=True)
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.committed))
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._send(Message(MsgType.APP_RESP, m.frm, index=last_new))
+            return
+        # 5.3 with the dissertation's optimisation: point the leader at our last entry whose term is not
+        # newer than the one it tried, so it can skip a whole term per round trip.
+        hint, hint_term = self.log.find_conflict_by_term(min(m.index, self.log.last_index()), m.log_term)
+        self._send(
+            Message(MsgType.APP_RESP, m.frm, index=m.index, reject=True, reject_hint=hint, log_term=hint_term)
+        )
+
+    def _handle_snapshot(self, m: Message) -> None:
+        assert m.snapshot is not None
+        meta = m.snapshot.meta
+        if meta.index <= self.log.committed:
+            self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.committed))
+        elif self.log.match_term(meta.index, meta.term):
+            # We already hold the snapshot's last entry: just fast-forward the commit index.
+            self.log.commit_to(meta.index)
+            self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.committed))
+        else:
+            self.log.restore(m.snapshot)
+            self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.last_index()))

@@ -1,0 +1,160 @@
+"""The owner's handle on a Raft node: feed it time and input, take its work as one Ready, acknowledge it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .raft import Config, Raft
+from .types import (
+    LOCAL_MESSAGES,
+    NONE,
+    Entry,
+    HardState,
+    Message,
+    MsgType,
+    ProposalDropped,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: int
+    role: Role
+    term: int
+    lead: int
+    commit: int
+    applied: int
+    last_index: int
+    match: dict[int, int]  # leader only: how far each node's log is known to match ours
+
+
+class RawNode:
+    def __init__(
+        self,
+        config: Config,
+        hard_state: HardState = HardState(),
+        snapshot: SnapshotMeta | None = None,
+        entries: Sequence[Entry] = (),
+        applied: int = 0,
+    ) -> None:
+        """Start from persisted state only: what the owner loaded from disk, nothing remembered in memory."""
+        self.raft = Raft(config, hard_state, snapshot, entries, applied)
+        self._prev_soft = self.raft.soft_state()
+        self._prev_hard = self.raft.hard_state()
+        self._pending: Ready | None = None
+
+    # -- input --------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.raft.tick()
+
+    def step(self, m: Message) -> None:
+        """Feed a message from the network. Local-only kinds and strangers' messages are refused."""
+        if m.type in LOCAL_MESSAGES:
+            raise ValueError(f"{m.type.value} is a local message and cannot come from the network")
+        if m.frm not in self.raft.prs:
+            return
+        self.raft.step(m)
+
+    def campaign(self) -> None:
+        self.raft.step(Message(MsgType.HUP))
+
+    def propose(self, data: bytes) -> int:
+        """Append one command; returns its log index. Raises ProposalDropped when not the leader."""
+        return self.raft.propose([data])
+
+    def propose_batch(self, datas: Sequence[bytes]) -> int:
+        """Append many commands in one go (one AppendEntries per follower); returns the first index."""
+        return self.raft.propose(datas)
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point; it comes back as a ReadState carrying context.
+
+        context must be unique across the cluster while the read is outstanding.
+        """
+        if not context:
+            raise ValueError("a read needs a non-empty context")
+        if self.raft.lead == NONE:
+            raise ProposalDropped("no leader known")
+        self.raft.step(Message(MsgType.READ_INDEX, context=context))
+
+    def transfer_leader(self, target: int) -> None:
+        self.raft.step(Message(MsgType.TRANSFER_LEADER, frm=target))
+
+    def report_unreachable(self, node: int) -> None:
+        self.raft.step(Message(MsgType.UNREACHABLE, frm=node))
+
+    def report_snapshot(self, node: int, ok: bool) -> None:
+        self.raft.step(Message(MsgType.SNAP_STATUS, frm=node, reject=not ok))
+
+    def compact(self, index: int) -> None:
+        """The owner has a snapshot covering index: drop the log up to it."""
+        self.raft.log.compact(index)
+
+    # -- output -------------------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        r = self.raft
+        return bool(
+            r.soft_state() != self._prev_soft
+            or r.hard_state() != self._prev_hard
+            or r.msgs
+            or r.read_states
+            or r.log.pending_snapshot
+            or r.log.stabled < r.log.last_index()
+            or r.log.applied < r.log.committed
+        )
+
+    def ready(self) -> Ready:
+        """Take the pending work. Call advance() with it before the next ready()."""
+        if self._pending is not None:
+            raise RuntimeError("ready() called again before advance()")
+        r = self.raft
+        soft, hard = r.soft_state(), r.hard_state()
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=r.log.unstable_entries(),
+            snapshot=r.log.pending_snapshot,
+            committed_entries=r.log.next_committed_entries(),
+            messages=r.msgs,
+            read_states=r.read_states,
+        )
+        r.msgs = []
+        r.read_states = []
+        self._pending = rd
+        return rd
+
+    def advance(self) -> None:
+        """The last Ready is done: its state is durable, its messages sent, its entries applied."""
+        rd = self._pending
+        if rd is None:
+            raise RuntimeError("advance() without a ready()")
+        self._pending = None
+        log = self.raft.log
+        if rd.soft_state is not None:
+            self._prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            log.pending_snapshot = None
+            log.applied_to(rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            log.applied_to(rd.committed_entries[-1].index)
+
+    def status(self) -> Status:
+        r = self.raft
+        match = {p: pr.match for p, pr in r.prs.items()} if r.role is Role.LEADER else {}
+        return Status(
+            r.id, r.role, r.term, r.lead, r.log.committed, r.log.applied, r.log.last_index(), match
+        )
+
+    @property
+    def soft_state(self) -> SoftState:
+        return self.raft.soft_state()
