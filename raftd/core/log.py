@@ -70,7 +70,9 @@ class RaftLog:
 
     def is_up_to_date(self, last_index: int, last_term: int) -> bool:
         """Section 5.4.1: a candidate's log is at least as up-to-date as ours."""
-        return last_term > self.last_term() or (last_term == self.last_term() and last_index >= self.last_index())
+        return last_term > self.last_term() or (
+            last_term == self.last_term() and last_index >= self.last_index()
+        )
 
     def find_conflict(self, entries: tuple[Entry, ...] | list[Entry]) -> int:
         """Index of the first entry that is new or conflicts with ours, or 0 if all are present."""
@@ -115,10 +117,8 @@ class RaftLog:
         self.stabled = min(self.stabled, first - 1)
         return self.last_index()
 
-    def maybe_append(
-        self, index: int, log_term: int, commit: int, entries: tuple[Entry, ...]
-    ) -> int | None:
-        """The follower's AppendEntries: None when (index, log_term) does not match, else the last new index."""
+    def maybe_append(self, index: int, log_term: int, commit: int, entries: tuple[Entry, ...]) -> int | None:
+        """The follower's AppendEntries: None on a (index, log_term) mismatch, else the last new index."""
         if not self.match_term(index, log_term):
             return None
         last_new = index + len(entries)

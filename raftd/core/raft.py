@@ -1,7 +1,8 @@
 """The Raft state machine: one node's view, advanced only by tick(), step() and propose().
 
 Nothing here performs I/O or reads a clock; outgoing messages accumulate in `msgs` and are handed to the
-owner through RawNode.ready(). Section numbers refer to the Raft paper (5.x) and Ongaro's dissertation (6.x, 9.x).
+owner through RawNode.ready(). Section numbers refer to the Raft paper (5.x) and Ongaro's dissertation
+(6.x, 9.x).
 """
 
 from __future__ import annotations
@@ -216,8 +217,18 @@ class Raft:
             term = self.term
         self.msgs.append(
             Message(
-                m.type, m.to, self.id, term or 0, m.log_term, m.index, m.entries, m.commit,
-                m.reject, m.reject_hint, m.context, m.snapshot,
+                m.type,
+                m.to,
+                self.id,
+                term or 0,
+                m.log_term,
+                m.index,
+                m.entries,
+                m.commit,
+                m.reject,
+                m.reject_hint,
+                m.context,
+                m.snapshot,
             )
         )
 
@@ -237,7 +248,11 @@ class Raft:
             return False
         self._send(
             Message(
-                MsgType.APP, to, index=prev_index, log_term=prev_term, entries=tuple(entries),
+                MsgType.APP,
+                to,
+                index=prev_index,
+                log_term=prev_term,
+                entries=tuple(entries),
                 commit=self.log.committed,
             )
         )
@@ -288,7 +303,8 @@ class Raft:
             if m.type in _VOTE_REQUESTS:
                 forced = m.context == CAMPAIGN_TRANSFER
                 in_lease = (
-                    self.cfg.check_quorum and self.lead != NONE
+                    self.cfg.check_quorum
+                    and self.lead != NONE
                     and self.election_elapsed < self.cfg.election_tick
                 )
                 if in_lease and not forced:
@@ -342,7 +358,9 @@ class Raft:
         for p in self.peers:
             if p != self.id:
                 self._send(
-                    Message(kind, p, index=self.log.last_index(), log_term=self.log.last_term(), context=context),
+                    Message(
+                        kind, p, index=self.log.last_index(), log_term=self.log.last_term(), context=context
+                    ),
                     term=term,
                 )
 
@@ -357,7 +375,8 @@ class Raft:
             self._become_leader()
 
     def _handle_vote_request(self, m: Message) -> None:
-        # 5.2: one vote per term (a repeat to the same candidate is fine); pre-votes for a future term bind nobody.
+        # 5.2: one vote per term (a repeat to the same candidate is fine); a pre-vote for a future term
+        # binds nobody.
         can_vote = (
             self.vote == m.frm
             or (self.vote == NONE and self.lead == NONE)
@@ -425,9 +444,8 @@ class Raft:
         was_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+        caught_up = pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
+        if pr.state is ProgressState.PROBE or caught_up:
             pr.become_replicate()
         if self._maybe_commit():
             self._bcast_append()

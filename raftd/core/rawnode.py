@@ -151,9 +151,7 @@ class RawNode:
     def status(self) -> Status:
         r = self.raft
         match = {p: pr.match for p, pr in r.prs.items()} if r.role is Role.LEADER else {}
-        return Status(
-            r.id, r.role, r.term, r.lead, r.log.committed, r.log.applied, r.log.last_index(), match
-        )
+        return Status(r.id, r.role, r.term, r.lead, r.log.committed, r.log.applied, r.log.last_index(), match)
 
     @property
     def soft_state(self) -> SoftState:

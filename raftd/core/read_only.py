@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
 @dataclass(slots=True)
 class ReadRequest:
     index: int  # the leader's commit index when the read arrived
@@ -35,11 +36,10 @@ class ReadOnly:
         return req.acks
 
     def release(self, context: bytes) -> list[ReadRequest]:
-        """Every read up to and including context: a quorum confirming a later heartbeat confirms earlier reads."""
+        """Every read up to and including context: a quorum for a later heartbeat confirms earlier reads."""
         if context not in self.pending:
             return []
         pos = self.queue.index(context)
         done = [self.pending.pop(c) for c in self.queue[: pos + 1]]
         del self.queue[: pos + 1]
         return done
-

@@ -40,7 +40,9 @@ class MsgType(enum.Enum):
     SNAP_STATUS = "snap-status"
 
 
-LOCAL_MESSAGES = frozenset({MsgType.HUP, MsgType.BEAT, MsgType.PROP, MsgType.UNREACHABLE, MsgType.SNAP_STATUS})
+LOCAL_MESSAGES = frozenset(
+    {MsgType.HUP, MsgType.BEAT, MsgType.PROP, MsgType.UNREACHABLE, MsgType.SNAP_STATUS}
+)
 
 CAMPAIGN_TRANSFER = b"campaign-transfer"
 """Vote context marking an election forced by leadership transfer; it overrides the leader lease."""

@@ -1,0 +1,59 @@
+"""python -m raftd.sim: run seeds, print the replay command of the first failure, exit non-zero on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+from .checker import Violation
+from .cluster import Simulation
+
+
+def replay_command(seed: int, nodes: int, ticks: int) -> str:
+    return f"python -m raftd.sim --seed {seed} --nodes {nodes} --ticks {ticks}"
+
+
+def run_seed(seed: int, nodes: int, ticks: int) -> str | None:
+    """None when the seed passes, else a report naming the violation and the replay command."""
+    try:
+        Simulation(seed, nodes, ticks).run()
+    except Violation as v:
+        problem = str(v)
+    except Exception:
+        # An exception inside the core is a bug too (a broken invariant, a contract violation).
+        problem = "unexpected exception\n" + traceback.format_exc()
+    else:
+        return None
+    return (
+        f"seed {seed} ({nodes} nodes, {ticks} ticks): {problem}\nreplay: {replay_command(seed, nodes, ticks)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m raftd.sim", description=__doc__)
+    ap.add_argument("--seeds", type=int, default=100, help="how many seeds to run, from --seed on")
+    ap.add_argument("--seed", type=int, help="run this one seed (with --seeds, the first of them)")
+    ap.add_argument("--nodes", type=int, help="cluster size (default: alternate 3 and 5 by seed)")
+    ap.add_argument("--ticks", type=int, default=300, help="ticks of faulty weather per seed")
+    args = ap.parse_args(argv)
+    if args.nodes is not None and args.nodes < 1:
+        ap.error("--nodes must be at least 1")
+    if args.ticks < 1 or args.seeds < 1:
+        ap.error("--ticks and --seeds must be positive")
+    first = args.seed if args.seed is not None else 0
+    count = 1 if args.seed is not None and "--seeds" not in (argv or sys.argv[1:]) else args.seeds
+    started = time.monotonic()
+    for seed in range(first, first + count):
+        nodes = args.nodes if args.nodes is not None else (3 if seed % 2 == 0 else 5)
+        failure = run_seed(seed, nodes, args.ticks)
+        if failure:
+            print(f"FAIL {failure}", file=sys.stderr)
+            return 1
+    print(f"ok: {count} seeds passed in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
