@@ -33,17 +33,19 @@ def run_seed(seed: int, nodes: int, ticks: int) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m raftd.sim", description=__doc__)
-    ap.add_argument("--seeds", type=int, default=100, help="how many seeds to run, from --seed on")
+    ap.add_argument(
+        "--seeds", type=int, help="how many seeds to run, from --seed on (default 100, or 1 with --seed)"
+    )
     ap.add_argument("--seed", type=int, help="run this one seed (with --seeds, the first of them)")
     ap.add_argument("--nodes", type=int, help="cluster size (default: alternate 3 and 5 by seed)")
     ap.add_argument("--ticks", type=int, default=300, help="ticks of faulty weather per seed")
     args = ap.parse_args(argv)
     if args.nodes is not None and args.nodes < 1:
         ap.error("--nodes must be at least 1")
-    if args.ticks < 1 or args.seeds < 1:
-        ap.error("--ticks and --seeds must be positive")
     first = args.seed if args.seed is not None else 0
-    count = 1 if args.seed is not None and "--seeds" not in (argv or sys.argv[1:]) else args.seeds
+    count = args.seeds if args.seeds is not None else (1 if args.seed is not None else 100)
+    if args.ticks < 1 or count < 1:
+        ap.error("--ticks and --seeds must be positive")
     started = time.monotonic()
     for seed in range(first, first + count):
         nodes = args.nodes if args.nodes is not None else (3 if seed % 2 == 0 else 5)

@@ -312,9 +312,9 @@ class Simulation:
         if self.heal_at >= 0 and self.now >= self.heal_at:
             self.blocked.clear()
             self.heal_at = -1
-        elif self.heal_at < 0 and rng.random() < p.partition:
+        elif self.heal_at < 0 and len(self.nodes) > 1 and rng.random() < p.partition:
             self._partition()
-        if rng.random() < p.transfer:
+        if len(self.nodes) > 1 and rng.random() < p.transfer:
             leaders = [n for n in live if n.raw is not None and n.raw.soft_state.role is Role.LEADER]
             if leaders:
                 leader = leaders[0]
