@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint sim clean
+.PHONY: test run lint sim proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check raftd raftctl tests
+
+# Regenerate raftd/pb from proto/ (tests fail when the committed output is stale).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftd/pb/*.proto
 
 sim: $(STAMP)
 	$(BIN)/python -m raftd.sim --seeds 2000
