@@ -45,6 +45,8 @@ class Config:
     peers: tuple[int, ...]  # every voter, this node included
     rng: random.Random
     election_tick: int = 10
+    # Election timeouts are drawn from [election_tick, max_election_tick); None means 2 * election_tick.
+    max_election_tick: int | None = None
     heartbeat_tick: int = 1
     pre_vote: bool = True
     check_quorum: bool = True
@@ -61,6 +63,8 @@ class Config:
             raise ValueError(f"duplicate ids in peer list {list(self.peers)}")
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
+        if self.max_election_tick is not None and self.max_election_tick <= self.election_tick:
+            raise ValueError("need election_tick < max_election_tick")
         if self.max_inflight <= 0 or self.max_entries_per_msg <= 0 or self.max_bytes_per_msg <= 0:
             raise ValueError("flow-control limits must be positive")
 
@@ -119,8 +123,9 @@ class Raft:
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
-        # 5.2: a fresh random timeout in [election_tick, 2 * election_tick) each time, so split votes resolve.
-        self.randomized_election_timeout = self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
+        # 5.2: a fresh random timeout each time, so split votes resolve.
+        hi = self.cfg.max_election_tick or 2 * self.cfg.election_tick
+        self.randomized_election_timeout = self.rng.randrange(self.cfg.election_tick, hi)
         self.lead_transferee = NONE
         self.votes = {}
         self.prs = {p: Progress(self.log.last_index() + 1, self.cfg.max_inflight) for p in self.peers}
