@@ -447,7 +447,8 @@ class Raft:
                 self._send_append(m.frm)
             return
         was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
+        # A probe answered at the current match also proves where the logs agree: resume streaming.
+        if not pr.maybe_update(m.index) and not (pr.state is ProgressState.PROBE and pr.match == m.index):
             return
         caught_up = pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
         if pr.state is ProgressState.PROBE or caught_up:

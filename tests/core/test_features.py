@@ -353,6 +353,18 @@ def test_probing_sends_one_append_at_a_time() -> None:
     ]
 
 
+def test_probe_answered_at_the_current_match_resumes_streaming() -> None:
+    """A follower whose probe reply repeats its match index is in sync: back to REPLICATE at once."""
+    net = settled(Network())
+    pr = net.nodes[1].raft.prs[2]
+    match = pr.match
+    pr.become_probe()
+    leader = net.nodes[1].raft
+    leader.step(Message(MsgType.APP_RESP, to=1, frm=2, term=leader.term, index=match))
+    assert pr.state is ProgressState.REPLICATE
+    assert pr.match == match
+
+
 def test_probing_after_reject_sends_one_append_at_a_time() -> None:
     net = backtrack_net([1] + [3] * 20, [1] + [2] * 20, term=3)
     net.nodes[1].campaign()
