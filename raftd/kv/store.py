@@ -1,0 +1,53 @@
+"""The replicated state machine: a key-value map plus client sessions for exactly-once writes."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .command import Command, Op
+
+MAX_SESSIONS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    index: int  # the log index the command took effect at (the first one, for a retried write)
+    existed: bool  # for DELETE: whether the key was there
+
+
+class KVStore:
+    """Deterministic: every replica applying the same entries reaches the same state and results."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        # Dissertation 6.3: the last (seq, result) per client, so a retried write applies once. Bounded,
+        # evicting the least recently used client; eviction depends only on the log, so replicas agree.
+        self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
+        self.applied = 0
+
+    def apply(self, index: int, cmd: Command) -> Result:
+        self.applied = index
+        if cmd.client_id:
+            seen = self.sessions.get(cmd.client_id)
+            if seen is not None and cmd.seq <= seen[0]:
+                self.sessions.move_to_end(cmd.client_id)
+                return seen[1]
+        if cmd.op is Op.PUT:
+            self.data[cmd.key] = cmd.value
+            result = Result(index, existed=True)
+        else:
+            result = Result(index, existed=self.data.pop(cmd.key, None) is not None)
+        if cmd.client_id:
+            self.sessions[cmd.client_id] = (cmd.seq, result)
+            self.sessions.move_to_end(cmd.client_id)
+            if len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+        return result
+
+    def skip(self, index: int) -> None:
+        """A no-op entry: nothing changes but the applied index."""
+        self.applied = index
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
