@@ -1,0 +1,146 @@
+"""The raftd.v1 client services: KV (writes, linearizable or local reads) and Admin."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from raftd.kv import Command, Op
+from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable, from_core
+from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+
+from .common import (
+    FORWARDED,
+    MAX_VALUE_BYTES,
+    RequestFailed,
+    check_key,
+    check_text,
+    grpc_errors,
+    on_leader,
+    on_node,
+)
+
+log = logging.getLogger("raftd.api")
+
+
+def _session(s: pb.WriteSession) -> tuple[bytes, int]:
+    return s.client_id.encode(), s.seq
+
+
+class KVService(kv_pb2_grpc.KVServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    @grpc_errors
+    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+        key = check_key(request.key)
+        value = check_text("the value", request.value, MAX_VALUE_BYTES)
+        cmd = Command(Op.PUT, key, value, *_session(request.session))
+
+        async def local() -> pb.PutResponse:
+            return pb.PutResponse(index=(await self.node.propose(cmd)).index)
+
+        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.PutResponse:
+            return await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout, metadata=FORWARDED)
+
+        return await on_leader(self.node, context, local, forward)
+
+    @grpc_errors
+    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        key = check_key(request.key)
+        cmd = Command(Op.DELETE, key, b"", *_session(request.session))
+
+        async def local() -> pb.DeleteResponse:
+            result = await self.node.propose(cmd)
+            return pb.DeleteResponse(deleted=result.existed, index=result.index)
+
+        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.DeleteResponse:
+            return await kv_pb2_grpc.KVStub(channel).Delete(request, timeout=timeout, metadata=FORWARDED)
+
+        return await on_leader(self.node, context, local, forward)
+
+    @grpc_errors
+    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+        key = check_key(request.key)
+        value, index = await on_node(context, read(self.node, key, request.local))
+        return pb.GetResponse(found=value is not None, value=value or b"", index=index)
+
+
+async def read(node: RaftNode, key: bytes, local: bool) -> tuple[bytes | None, int]:
+    """A linearizable read by default (ReadIndex, confirmed by the leader even on a follower)."""
+    if not local:
+        await node.read_barrier()
+    return node.local_read(key)
+
+
+class AdminService(kv_pb2_grpc.AdminServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    @grpc_errors
+    async def GetLeader(
+        self, request: pb.GetLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLeaderResponse:
+        leader = self.node.leader()
+        if leader is None:
+            return pb.GetLeaderResponse(leader_id=-1)
+        return pb.GetLeaderResponse(leader_id=leader.id, address=leader.address, term=self.node.raw.raft.term)
+
+    @grpc_errors
+    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+        node = self.node
+        st = node.raw.status()
+        peers = [
+            pb.PeerStatus(id=addr.id, address=addr.address, match_index=st.match.get(core_id, 0))
+            for core_id, addr in sorted(node.addresses.items())
+        ]
+        return pb.StatusResponse(
+            id=node.me.id,
+            address=node.me.address,
+            role="suspended" if node.suspended else st.role.value,
+            term=st.term,
+            leader_id=from_core(st.lead) if st.lead and not node.suspended else -1,
+            commit_index=st.commit,
+            applied_index=node.kv.applied,
+            last_log_index=st.last_index,
+            peers=peers,
+            suspended=node.suspended,
+        )
+
+    @grpc_errors
+    async def Suspend(
+        self, request: pb.SuspendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SuspendResponse:
+        suspend(self.node, request.period)
+        return pb.SuspendResponse()
+
+    @grpc_errors
+    async def TransferLeader(
+        self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TransferLeaderResponse:
+        target = request.target_id
+        if all(n.id != target for n in self.node.cluster.nodes):
+            raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"no node {target} in the cluster")
+
+        async def local() -> pb.TransferLeaderResponse:
+            return pb.TransferLeaderResponse(leader_id=await self.node.transfer_leader(target))
+
+        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.TransferLeaderResponse:
+            stub = kv_pb2_grpc.AdminStub(channel)
+            return await stub.TransferLeader(request, timeout=timeout, metadata=FORWARDED)
+
+        return await on_leader(self.node, context, local, forward)
+
+
+def suspend(node: RaftNode, period: int) -> None:
+    log.info("Command from client: suspend %d", period)
+    if not 0 < period <= MAX_SUSPEND_S:
+        raise RequestFailed(
+            grpc.StatusCode.INVALID_ARGUMENT, f"period must be 1..{MAX_SUSPEND_S} seconds, not {period}"
+        )
+    try:
+        node.suspend(period)
+    except Unavailable as e:
+        raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from None

@@ -1,0 +1,85 @@
+"""`raftd ID`: run one node. Errors are one line on stderr; a bad cluster map exits with status 2."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+
+from raftd import logs
+from raftd.config import ClusterConfig, ConfigError, load_cluster
+from raftd.node import FatalError
+from raftd.server import StartupError, serve
+from raftd.storage import StorageError
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"raftd: error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("node_id", metavar="ID", type=int)
+@click.option(
+    "--config",
+    "config_path",
+    default="config.conf",
+    show_default=True,
+    help="Cluster map: the original 'ID HOST PORT' format, or YAML when it ends in .yaml/.yml.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: ./data/node-ID.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--election-timeout", metavar="MIN-MAX", help="Election timeout range in ms (default 150-300).")
+@click.option("--heartbeat-interval", type=int, metavar="MS", help="Heartbeat interval in ms (default 50).")
+@click.version_option(package_name="raftd")
+def main(
+    node_id: int,
+    config_path: str,
+    data_dir: Path | None,
+    log_format: str,
+    log_level: str,
+    election_timeout: str | None,
+    heartbeat_interval: int | None,
+) -> None:
+    """Run raftd node ID of the cluster described by --config."""
+    try:
+        cluster = load_cluster(config_path)
+        cluster.node(node_id)
+        cluster = _override_timeouts(cluster, election_timeout, heartbeat_interval)
+    except ConfigError as e:
+        _fail(str(e), EXIT_CONFIG)
+    logs.setup(node_id, log_format, log_level)
+    try:
+        asyncio.run(serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}"))
+    except (StartupError, StorageError, FatalError) as e:
+        _fail(str(e), EXIT_FAILURE)
+
+
+def _override_timeouts(cluster: ClusterConfig, election: str | None, heartbeat: int | None) -> ClusterConfig:
+    """Flags win over the cluster map; the same checks apply to both."""
+    lo, hi = cluster.election_timeout_ms
+    if election is not None:
+        try:
+            lo, hi = (int(x) for x in election.split("-"))
+        except ValueError:
+            raise ConfigError(
+                f"--election-timeout wants MIN-MAX in ms, like 150-300, not {election!r}"
+            ) from None
+    hb = heartbeat if heartbeat is not None else cluster.heartbeat_interval_ms
+    if hb <= 0:
+        raise ConfigError(f"--heartbeat-interval must be positive, not {hb}")
+    if not hb < lo < hi:
+        raise ConfigError(f"need heartbeat < election minimum < election maximum, got {hb} and {lo}-{hi}")
+    return dataclasses.replace(cluster, election_timeout_ms=(lo, hi), heartbeat_interval_ms=hb)

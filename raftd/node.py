@@ -1,0 +1,415 @@
+"""The single driver loop: tick -> step -> propose -> ready -> persist -> send -> apply -> advance.
+
+Only this loop touches the Raft core and the state machine; gRPC handlers hand it work through lists and
+futures and wake it with an event. Persisting runs in one worker thread so the event loop keeps accepting
+requests meanwhile: whatever arrives during one fsync goes into the next Ready together (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from raftd.config import ClusterConfig, NodeAddr
+from raftd.core import (
+    NONE,
+    Config,
+    Entry,
+    HardState,
+    Message,
+    ProposalDropped,
+    RawNode,
+    ReadState,
+    Role,
+    SoftState,
+)
+from raftd.kv import Command, CommandError, KVStore, Result
+from raftd.storage import SqliteStorage
+from raftd.transport.peer import PeerClient
+
+log = logging.getLogger("raftd.node")
+
+TICK_S = 0.01
+MAX_SUSPEND_S = 3600
+
+
+class Unavailable(Exception):
+    """The request cannot be served now (no leader, suspended, leadership lost); safe to retry."""
+
+
+class NotLeader(Exception):
+    """This node does not lead; leader is where to send the request (None when unknown)."""
+
+    def __init__(self, leader: NodeAddr | None) -> None:
+        super().__init__(f"not the leader; leader is {leader.address if leader else 'unknown'}")
+        self.leader = leader
+
+
+class FatalError(Exception):
+    """The node cannot go on safely (its disk failed); it must stop."""
+
+
+def to_core(node_id: int) -> int:
+    """Config ids start at 0 (the original format); inside the core 0 means "nobody"."""
+    return node_id + 1
+
+
+def from_core(core_id: int) -> int:
+    return core_id - 1
+
+
+@dataclass
+class _Proposal:
+    data: bytes
+    future: asyncio.Future[Result]
+
+
+class RaftNode:
+    def __init__(self, cluster: ClusterConfig, node_id: int, storage: SqliteStorage) -> None:
+        self.cluster = cluster
+        self.me = cluster.node(node_id)
+        self.id = to_core(node_id)
+        self.storage = storage
+        self.addresses = {to_core(n.id): n for n in cluster.nodes}
+        lo, hi = cluster.election_timeout_ms
+        self.config = Config(
+            self.id,
+            tuple(self.addresses),
+            # Seeded from the clock: ties between nodes' timeouts must differ between runs and nodes.
+            random.Random(time.time_ns() ^ self.id),
+            election_tick=max(1, round(lo / 1000 / TICK_S)),
+            max_election_tick=max(2, round(hi / 1000 / TICK_S)),
+            heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / TICK_S)),
+        )
+        self.peers: dict[int, PeerClient] = {}
+        self.wake = asyncio.Event()
+        self.inbox: list[Message] = []
+        self.proposals: list[_Proposal] = []
+        self.reads: list[asyncio.Future[int]] = []
+        self.transfers: list[int] = []
+        self.suspend_request: float | None = None
+        self.suspended = False
+        self.stopping = False
+        self.on_role_change: list[Callable[[], None]] = []
+        self.unreachable: set[int] = set()
+        self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
+        self._read_ids = itertools.count(1)
+        self._leader_waiters: list[asyncio.Future[int]] = []
+        self._boot()
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def _boot(self) -> None:
+        """(Re)build all volatile state from disk: at start and when a suspension ends."""
+        state = self.storage.load()
+        snap = state.snapshot.meta if state.snapshot is not None else None
+        self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
+        self.kv = KVStore()
+        self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
+        self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
+        self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
+        self._soft = SoftState()
+        self._vote = state.hard_state.vote
+
+    async def run(self) -> None:
+        for peer_id, addr in self.addresses.items():
+            if peer_id != self.id:
+                client = PeerClient(peer_id, addr.address, self.cluster.name, self._report_unreachable)
+                client.start()
+                self.peers[peer_id] = client
+        log.info("I am a follower. Term: %d", self.raw.raft.term)
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + TICK_S
+        while not self.stopping:
+            timer = loop.call_at(next_tick, self.wake.set)
+            await self.wake.wait()
+            timer.cancel()
+            self.wake.clear()
+            if self.suspend_request is not None:
+                await self._suspend(self.suspend_request)
+                next_tick = loop.time() + TICK_S
+                continue
+            now = loop.time()
+            if now >= next_tick:
+                self.raw.tick()
+                # Never tick twice to catch up: after a stall, time runs slow rather than firing elections.
+                next_tick = max(next_tick + TICK_S, now)
+            self._take_input()
+            await self._drain_ready()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self._fail_all(Unavailable("the node is shutting down"))
+        for client in self.peers.values():
+            await client.close()
+        self._disk.shutdown(wait=True)
+
+    # -- input from handlers ------------------------------------------------------------------------
+    def deliver(self, messages: list[Message]) -> None:
+        if self.suspended or self.suspend_request is not None:
+            return
+        self.inbox.extend(messages)
+        self.wake.set()
+
+    def _report_unreachable(self, peer: int) -> None:
+        self.unreachable.add(peer)
+
+    def _take_input(self) -> None:
+        for peer in self.unreachable:
+            self.raw.report_unreachable(peer)
+        self.unreachable.clear()
+        if self.inbox:
+            inbox, self.inbox = self.inbox, []
+            for m in inbox:
+                self.raw.step(m)
+        if self.proposals:
+            batch, self.proposals = self.proposals, []
+            try:
+                first = self.raw.propose_batch([p.data for p in batch])
+            except ProposalDropped:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(NotLeader(self.leader()))
+            else:
+                term = self.raw.raft.term
+                for k, p in enumerate(batch):
+                    self.waiting[first + k] = (term, p.future)
+        if self.reads:
+            # One ReadIndex round confirms every read that arrived since the last one.
+            batch_reads, self.reads = self.reads, []
+            ctx = f"{self.id}:{next(self._read_ids)}".encode()
+            try:
+                self.raw.read_index(ctx)
+            except ProposalDropped:
+                for f in batch_reads:
+                    if not f.done():
+                        f.set_exception(Unavailable("no leader known"))
+            else:
+                self.read_wait[ctx] = batch_reads
+        for target in self.transfers:
+            self.raw.transfer_leader(target)
+        self.transfers.clear()
+
+    # -- the Ready cycle ----------------------------------------------------------------------------
+    async def _drain_ready(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.raw.has_ready():
+            rd = self.raw.ready()
+            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
+                try:
+                    await loop.run_in_executor(
+                        self._disk, self.storage.save, rd.hard_state, rd.entries, rd.snapshot
+                    )
+                except Exception as e:
+                    raise FatalError(f"cannot persist Raft state: {e}") from e
+            for m in rd.messages:
+                client = self.peers.get(m.to)
+                if client is not None:
+                    client.send(m)
+            if rd.committed_entries:
+                self._apply(rd.committed_entries)
+            if rd.read_states:
+                self._confirm_reads(rd.read_states)
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state)
+            if rd.hard_state is not None:
+                self._on_hard_state(rd.hard_state)
+            self.raw.advance()
+
+    def _apply(self, entries: list[Entry]) -> None:
+        for e in entries:
+            try:
+                result = self.kv.apply(e.index, Command.decode(e.data)) if e.data else None
+            except CommandError as err:
+                raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
+            if result is None:
+                self.kv.skip(e.index)
+            waiter = self.waiting.pop(e.index, None)
+            if waiter is None:
+                continue
+            term, fut = waiter
+            if fut.done():
+                continue
+            if e.term == term and result is not None:
+                fut.set_result(result)
+            else:
+                # Another leader's entry took this index: ours was never committed.
+                fut.set_exception(Unavailable("leadership changed before the write committed; retry"))
+        if self.confirmed:
+            ready = [(i, fs) for i, fs in self.confirmed if i <= self.kv.applied]
+            self.confirmed = [(i, fs) for i, fs in self.confirmed if i > self.kv.applied]
+            for _, futures in ready:
+                self._release(futures)
+
+    def _confirm_reads(self, states: list[ReadState]) -> None:
+        for rs in states:
+            futures = self.read_wait.pop(rs.context, None)
+            if futures is None:
+                continue
+            if rs.index <= self.kv.applied:
+                self._release(futures)
+            else:
+                self.confirmed.append((rs.index, futures))
+
+    def _release(self, futures: list[asyncio.Future[int]]) -> None:
+        for f in futures:
+            if not f.done():
+                f.set_result(self.kv.applied)
+
+    def _on_hard_state(self, hs: HardState) -> None:
+        if hs.vote != self._vote and hs.vote != NONE:
+            log.info("Voted for node %d", from_core(hs.vote))
+        self._vote = hs.vote
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        prev, self._soft = self._soft, soft
+        term = self.raw.raft.term
+        if soft.role is not prev.role:
+            if soft.role is Role.FOLLOWER:
+                log.info("I am a follower. Term: %d", term)
+            elif soft.role is Role.PRE_CANDIDATE:
+                log.info("The leader is dead")
+            elif soft.role is Role.CANDIDATE:
+                if prev.role is Role.FOLLOWER:
+                    log.info("The leader is dead")
+                log.info("I am a candidate. Term: %d", term)
+            else:
+                log.info("Votes received")
+                log.info("I am a leader. Term: %d", term)
+        if soft.lead != prev.lead:
+            # Reads in flight were tied to the old leader's confirmation round: fail them so clients retry.
+            pending = [f for fs in self.read_wait.values() for f in fs]
+            self.read_wait.clear()
+            for f in pending:
+                if not f.done():
+                    f.set_exception(Unavailable("leadership changed during the read; retry"))
+            if soft.lead != NONE:
+                for w in self._leader_waiters:
+                    if not w.done():
+                        w.set_result(from_core(soft.lead))
+                self._leader_waiters.clear()
+        for callback in self.on_role_change:
+            callback()
+
+    # -- suspension ---------------------------------------------------------------------------------
+    async def _suspend(self, seconds: float) -> None:
+        """Leave the cluster: no ticks, no traffic, no clients; then come back from disk only."""
+        self.suspend_request = None
+        self.suspended = True
+        log.info("Sleeping for %s seconds", f"{seconds:g}")
+        self._fail_all(Unavailable("the node is suspended"))
+        self.inbox.clear()
+        self.unreachable.clear()
+        for client in self.peers.values():
+            client.clear()
+        for callback in self.on_role_change:
+            callback()
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.stopping:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            self.wake.clear()
+            try:
+                await asyncio.wait_for(self.wake.wait(), remaining)
+            except TimeoutError:
+                break
+        self.inbox.clear()
+        if self.stopping:
+            return
+        self._boot()
+        self.suspended = False
+        log.info("I am a follower. Term: %d", self.raw.raft.term)
+        for callback in self.on_role_change:
+            callback()
+
+    def _fail_all(self, error: Exception) -> None:
+        futures: list[asyncio.Future] = [p.future for p in self.proposals]
+        futures += [f for _, f in self.waiting.values()]
+        futures += self.reads
+        futures += [f for fs in self.read_wait.values() for f in fs]
+        futures += [f for _, fs in self.confirmed for f in fs]
+        futures += self._leader_waiters
+        self.proposals.clear()
+        self.waiting.clear()
+        self.reads.clear()
+        self.read_wait.clear()
+        self.confirmed.clear()
+        self._leader_waiters.clear()
+        for f in futures:
+            if not f.done():
+                f.set_exception(error)
+
+    # -- the API used by the gRPC services ----------------------------------------------------------
+    def leader(self) -> NodeAddr | None:
+        if self.suspended:
+            return None
+        lead = self.raw.raft.lead
+        return self.addresses[lead] if lead != NONE else None
+
+    def is_leader(self) -> bool:
+        return not self.suspended and self.raw.raft.role is Role.LEADER
+
+    def _check_serving(self) -> None:
+        if self.suspended or self.suspend_request is not None:
+            raise Unavailable("the node is suspended")
+        if self.stopping:
+            raise Unavailable("the node is shutting down")
+
+    async def propose(self, cmd: Command) -> Result:
+        """Replicate a write; returns once it is committed and applied here. NotLeader off the leader."""
+        self._check_serving()
+        if not self.is_leader():
+            raise NotLeader(self.leader())
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.proposals.append(_Proposal(cmd.encode(), fut))
+        self.wake.set()
+        return await fut
+
+    async def read_barrier(self) -> int:
+        """Wait until this node's state reflects every write committed before the call (ReadIndex)."""
+        self._check_serving()
+        if self.leader() is None:
+            raise Unavailable("no leader known")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.reads.append(fut)
+        self.wake.set()
+        return await fut
+
+    def local_read(self, key: bytes) -> tuple[bytes | None, int]:
+        self._check_serving()
+        return self.kv.get(key), self.kv.applied
+
+    def suspend(self, seconds: float) -> None:
+        self._check_serving()
+        self.suspend_request = seconds
+        self.wake.set()
+
+    async def transfer_leader(self, target: int) -> int:
+        """Ask the leader (this node) to hand over to target; returns the new leader's id."""
+        self._check_serving()
+        if not self.is_leader():
+            raise NotLeader(self.leader())
+        if to_core(target) not in self.addresses:
+            raise ValueError(f"no node {target} in the cluster")
+        if to_core(target) == self.id:
+            return target
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._leader_waiters.append(fut)
+        self.transfers.append(to_core(target))
+        self.wake.set()
+        return await fut
+
+    def best_transfer_target(self) -> int | None:
+        """The most up-to-date follower, for handing over leadership on shutdown."""
+        match = self.raw.status().match
+        candidates = [(m, p) for p, m in match.items() if p != self.id]
+        if not candidates:
+            return None
+        return from_core(max(candidates)[1])

@@ -1,0 +1,132 @@
+"""Assemble one raftd process: storage, the driver loop, and every gRPC service on the node's one port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from raftd.api.kv import AdminService, KVService
+from raftd.api.seed import SeedService
+from raftd.config import ClusterConfig
+from raftd.node import RaftNode
+from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
+from raftd.storage import SqliteStorage
+from raftd.transport.codec import CodecError, message_from_pb
+from raftd.transport.peer import CHANNEL_OPTIONS
+
+log = logging.getLogger("raftd.server")
+
+SHUTDOWN_TRANSFER_S = 1.0
+SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
+
+
+class StartupError(Exception):
+    """The node cannot start (port taken, ...); the message is for the user, one line."""
+
+
+class PeerService(peer_pb2_grpc.RaftPeerServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def Step(
+        self, request: peer_pb2.MessageBatch, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.StepResponse:
+        if request.cluster != self.node.cluster.name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"traffic for cluster {request.cluster!r} reached cluster {self.node.cluster.name!r}",
+            )
+        try:
+            messages = [message_from_pb(m) for m in request.messages]
+        except CodecError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.node.deliver(messages)
+        return peer_pb2.StepResponse()
+
+
+def _health_updater(node: RaftNode, servicer: health.aio.HealthServicer) -> None:
+    """SERVING while the node is in the cluster and knows a leader; NOT_SERVING otherwise."""
+    last: list[int] = []
+    pending: set[asyncio.Task[None]] = set()
+
+    def update() -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if node.leader() is not None
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if last != [status]:
+            last[:] = [status]
+            for name in SERVICES:
+                task = asyncio.ensure_future(servicer.set(name, status))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+    node.on_role_change.append(update)
+    update()
+
+
+async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path) -> None:
+    """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
+    me = cluster.node(node_id)
+    storage = SqliteStorage.open(data_dir, cluster.name, node_id)
+    try:
+        node = RaftNode(cluster, node_id, storage)
+        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        peer_pb2_grpc.add_RaftPeerServicer_to_server(PeerService(node), server)
+        kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
+        kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
+        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        try:
+            server.add_insecure_port(me.address)
+        except RuntimeError:
+            raise StartupError(
+                f"cannot listen on {me.address}: the address is in use or not available"
+            ) from None
+        await server.start()
+        log.info("The server starts at %s", me.address)
+        _health_updater(node, health_servicer)
+        await _run_until_signal(node)
+        await server.stop(grace=0.5)
+    finally:
+        storage.close()
+    log.info("The server stops")
+
+
+async def _run_until_signal(node: RaftNode) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = loop.create_task(node.run(), name="raft-loop")
+    stopper = loop.create_task(stop.wait())
+    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        stopper.cancel()
+        await node.stop()
+        runner.result()  # re-raises the loop's fatal error
+        return
+    await _hand_over(node)
+    await node.stop()
+    await runner
+
+
+async def _hand_over(node: RaftNode) -> None:
+    """A leader that is told to stop passes leadership on first, so the cluster does not wait a timeout."""
+    if not node.is_leader():
+        return
+    target = node.best_transfer_target()
+    if target is None:
+        return
+    log.info("Handing leadership to node %d before stopping", target)
+    try:
+        await asyncio.wait_for(node.transfer_leader(target), SHUTDOWN_TRANSFER_S)
+    except Exception as e:
+        log.info("Leadership hand-over did not finish: %s", e or type(e).__name__)

@@ -1,0 +1,50 @@
+"""MemoryStorage: the sqlite store's twin for tests, with the same API and the same refusals."""
+
+from __future__ import annotations
+
+from raftd.core.types import Entry, HardState, Snapshot
+
+from .base import LogShape, PersistedState, StorageError, plan_save
+
+
+class MemoryStorage:
+    """Keeps what was saved in this object; "durable" means it survives until the object is dropped."""
+
+    def __init__(self) -> None:
+        self._hard_state = HardState()
+        self._snapshot: Snapshot | None = None
+        # Invariant: contiguous, starting at self._shape.snapshot_index + 1.
+        self._entries: list[Entry] = []
+        self._shape = LogShape()
+        self._closed = False
+
+    def load(self) -> PersistedState:
+        self._check_open()
+        return PersistedState(self._hard_state, self._snapshot, list(self._entries))
+
+    def save(
+        self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None
+    ) -> None:
+        """Same contract as SqliteStorage.save, including which entries a snapshot discards."""
+        self._check_open()
+        shape, keep_tail = plan_save(self._shape, hard_state, entries, snapshot, self._stored_term)
+        if snapshot is not None:
+            offset = snapshot.meta.index - self._shape.snapshot_index
+            self._entries = self._entries[offset:] if keep_tail else []
+            self._snapshot = snapshot
+        if entries:
+            del self._entries[entries[0].index - shape.snapshot_index - 1 :]
+            self._entries.extend(entries)
+        if hard_state is not None:
+            self._hard_state = hard_state
+        self._shape = shape
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("memory storage: the storage is closed")
+
+    def _stored_term(self, index: int) -> int:
+        return self._entries[index - self._shape.snapshot_index - 1].term

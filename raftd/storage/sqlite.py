@@ -1,0 +1,286 @@
+"""Durable Raft state in one sqlite3 file: hard state, log and snapshot, each save one fsynced transaction.
+
+Layout of a data directory: raft.db (with its -wal/-shm while open) and LOCK, which an open store holds
+with flock so two processes never write one log. Opening never repairs or resets anything: a database of
+another cluster or node, of a newer schema, or damaged, is refused with a StorageError and left as found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+import urllib.parse
+from pathlib import Path
+from types import TracebackType
+
+from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
+
+from .base import LogShape, PersistedState, StorageError, plan_save, shape_of, state_problem
+
+SCHEMA_VERSION = 1
+DB_NAME = "raft.db"
+LOCK_NAME = "LOCK"
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
+    "CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0),"
+    " term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_idx INTEGER NOT NULL)",
+    "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
+    " idx INTEGER NOT NULL, term INTEGER NOT NULL, data BLOB NOT NULL)",
+    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data BLOB NOT NULL)",
+    "INSERT INTO hard_state (id, term, vote, commit_idx) VALUES (0, 0, 0, 0)",
+)
+
+
+class SqliteStorage:
+    """The node's disk. One writer at a time (the lock); safe to call from any one thread at a time."""
+
+    def __init__(self, db: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
+        """Use open(): it validates the directory and takes the lock this object then owns."""
+        self.path = db
+        self._conn: sqlite3.Connection | None = conn
+        self._lock_fd = lock_fd
+        # The driver loads on its event loop and saves on a disk thread; calls must not interleave.
+        self._mutex = threading.Lock()
+        self._shape = self._read_shape(conn)
+
+    @classmethod
+    def open(cls, data_dir: Path, cluster: str, node_id: int) -> SqliteStorage:
+        """Open (or create) the store in data_dir for this cluster and node, or refuse with StorageError."""
+        data_dir = Path(data_dir)
+        db = data_dir / DB_NAME
+        try:
+            _make_dir(data_dir)
+        except OSError as e:
+            raise StorageError(f"{db}: cannot create the data directory: {e.strerror or e}") from e
+        lock_fd = _take_lock(data_dir, db)
+        try:
+            is_new = not db.exists() or _inspect(db, cluster, node_id)
+            conn = _connect(db)
+            try:
+                if is_new:
+                    _create(conn, cluster, node_id)
+                    _fsync_dir(data_dir)  # the new file's name must survive a power cut too
+                return cls(db, conn, lock_fd)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as e:
+            os.close(lock_fd)
+            raise StorageError(f"{db}: cannot open the database: {e}") from e
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    def load(self) -> PersistedState:
+        """Read everything back, refusing a log that breaks the invariants save() keeps."""
+        with self._mutex:
+            conn = self._open_conn()
+            try:
+                term, vote, commit = self._hard_state_row(conn)
+                snap_row = conn.execute("SELECT idx, term, data FROM snapshot").fetchone()
+                rows = conn.execute("SELECT idx, term, data FROM entries ORDER BY idx").fetchall()
+            except sqlite3.Error as e:
+                raise StorageError(f"{self.path}: cannot read the database: {e}") from e
+            snapshot = Snapshot(SnapshotMeta(snap_row[0], snap_row[1]), snap_row[2]) if snap_row else None
+            state = PersistedState(HardState(term, vote, commit), snapshot, [Entry(*r) for r in rows])
+            problem = state_problem(state)
+            if problem:
+                raise StorageError(f"{self.path}: the stored log is damaged: {problem}")
+            self._shape = shape_of(state)
+            return state
+
+    def save(
+        self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None
+    ) -> None:
+        """Write one Ready's worth of state in ONE transaction, durable (fsynced) when this returns.
+
+        save(snapshot=...) replaces the stored snapshot and discards every stored entry with index <=
+        snapshot.meta.index and any entry that does not follow it: unless the log holds the snapshot's
+        last entry (local compaction), the log after it starts empty (a snapshot installed from the
+        leader). Then entries overwrite the log from entries[0].index on (a follower's conflicting suffix
+        goes), and hard_state replaces the stored one. A call that would break the log raises ValueError
+        and writes nothing.
+        """
+        with self._mutex:
+            conn = self._open_conn()
+            if hard_state is None and not entries and snapshot is None:
+                return  # an empty Ready part: no transaction, no fsync
+            shape, keep_tail = plan_save(self._shape, hard_state, entries, snapshot, self._stored_term)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if snapshot is not None:
+                    meta = snapshot.meta
+                    conn.execute(
+                        "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)",
+                        (meta.index, meta.term, snapshot.data),
+                    )
+                    if keep_tail:
+                        conn.execute("DELETE FROM entries WHERE idx <= ?", (meta.index,))
+                    else:
+                        conn.execute("DELETE FROM entries")
+                if entries:
+                    if entries[0].index <= self._shape.last_index:  # appending needs no delete
+                        conn.execute("DELETE FROM entries WHERE idx >= ?", (entries[0].index,))
+                    conn.executemany(
+                        "INSERT INTO entries (idx, term, data) VALUES (?, ?, ?)",
+                        [(e.index, e.term, e.data) for e in entries],
+                    )
+                if hard_state is not None:
+                    conn.execute(
+                        "UPDATE hard_state SET term = ?, vote = ?, commit_idx = ? WHERE id = 0",
+                        (hard_state.term, hard_state.vote, hard_state.commit),
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise StorageError(f"{self.path}: cannot save: {e}") from e
+            self._shape = shape
+
+    def close(self) -> None:
+        """Close the database (checkpointing its WAL) and release the directory; safe to call twice."""
+        with self._mutex:
+            if self._conn is None:
+                return
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+                os.close(self._lock_fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> SqliteStorage:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError(f"{self.path}: the storage is closed")
+        return self._conn
+
+    def _stored_term(self, index: int) -> int | None:
+        row = self._open_conn().execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
+        return row[0] if row else None
+
+    def _hard_state_row(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        row = conn.execute("SELECT term, vote, commit_idx FROM hard_state").fetchone()
+        if row is None:
+            raise StorageError(f"{self.path}: the stored state is damaged: the hard state row is missing")
+        return row
+
+    def _read_shape(self, conn: sqlite3.Connection) -> LogShape:
+        """The shape save() validates against, from a few indexed lookups rather than the whole log."""
+        commit = self._hard_state_row(conn)[2]
+        snap = conn.execute("SELECT idx, term FROM snapshot").fetchone() or (0, 0)
+        last = conn.execute("SELECT idx, term FROM entries ORDER BY idx DESC LIMIT 1").fetchone() or snap
+        return LogShape(snap[0], snap[1], last[0], last[1], commit)
+
+
+def _make_dir(data_dir: Path) -> None:
+    if data_dir.is_dir():
+        return
+    data_dir.mkdir(parents=True)
+    _fsync_dir(data_dir.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _take_lock(data_dir: Path, db: Path) -> int:
+    """Hold data_dir/LOCK exclusively for as long as the store is open; it records the holder's pid."""
+    lock_path = data_dir / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise StorageError(f"{db}: cannot open the lock file {lock_path}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StorageError(f"{db}: in use by another process (pid {holder} holds {lock_path})") from e
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _inspect(db: Path, cluster: str, node_id: int) -> bool:
+    """Validate an existing file through a read-only connection, so refusing it cannot change it.
+
+    Returns True when the file holds no tables at all (a crash during creation): it is created afresh.
+    """
+    sidecars = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
+    ours = [p for p in sidecars if not p.exists()]  # the read-only connection may create these
+    uri = f"file:{urllib.parse.quote(str(db.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            problem, is_new = _check(conn, db, cluster, node_id)
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:
+        problem, is_new = f"{db}: cannot read the database: {e}", False
+    except sqlite3.DatabaseError as e:
+        problem, is_new = f"{db}: the database is corrupt: {e}", False
+    if problem:
+        for p in ours:
+            p.unlink(missing_ok=True)
+        raise StorageError(problem)
+    return is_new
+
+
+def _check(conn: sqlite3.Connection, db: Path, cluster: str, node_id: int) -> tuple[str | None, bool]:
+    result = conn.execute("PRAGMA quick_check").fetchall()
+    if result != [("ok",)]:
+        return f"{db}: the database is corrupt: {result[0][0]}", False
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None, True
+    if "meta" not in tables:
+        return f"{db}: not a raftd database (no meta table)", False
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    version = meta.get("schema_version")
+    if not isinstance(version, int):
+        return f"{db}: not a raftd database (no schema version)", False
+    if version > SCHEMA_VERSION:
+        return f"{db}: written by a newer raftd (schema {version}; this one reads {SCHEMA_VERSION})", False
+    if version != SCHEMA_VERSION:
+        return f"{db}: unknown schema version {version} (this raftd reads {SCHEMA_VERSION})", False
+    if (meta.get("cluster"), meta.get("node_id")) != (cluster, node_id):
+        return (
+            f"{db}: belongs to cluster {meta.get('cluster')!r} node {meta.get('node_id')}, "
+            f"not cluster {cluster!r} node {node_id}"
+        ), False
+    return None, False
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are exactly the BEGIN IMMEDIATE ... COMMIT that save() issues.
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit: durable when save() returns
+    return conn
+
+
+def _create(conn: sqlite3.Connection, cluster: str, node_id: int) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    conn.executemany(
+        "INSERT INTO meta (key, value) VALUES (?, ?)",
+        [("schema_version", SCHEMA_VERSION), ("cluster", cluster), ("node_id", node_id)],
+    )
+    conn.execute("COMMIT")

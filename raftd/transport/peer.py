@@ -1,0 +1,96 @@
+"""Outbound peer traffic: one long-lived channel, one bounded queue and one sender task per peer.
+
+A sender drains its queue into one batch per call, so a busy leader sends few large calls; one call is in
+flight per peer at a time, which keeps messages in order. A dead or slow peer only fills its own queue:
+when full, new messages to it are dropped, which Raft tolerates (it retransmits from its own state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from raftd.core import Message, MsgType
+from raftd.pb import peer_pb2 as pb
+from raftd.pb import peer_pb2_grpc
+
+from .codec import message_to_pb
+
+log = logging.getLogger("raftd.transport")
+
+QUEUE_LIMIT = 4096
+BATCH_LIMIT = 512
+CALL_DEADLINE_S = 2.0
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+]
+
+
+class PeerClient:
+    def __init__(self, peer: int, address: str, cluster: str, on_unreachable: Callable[[int], None]) -> None:
+        self.peer = peer
+        self.address = address
+        self.cluster = cluster
+        self.on_unreachable = on_unreachable
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.reachable = True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.peer}")
+
+    def send(self, m: Message) -> None:
+        try:
+            self._queue.put_nowait(m)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def clear(self) -> None:
+        """Forget queued traffic (a suspended node must not speak with its old state)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN_S
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH_LIMIT and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            request = pb.MessageBatch(cluster=self.cluster, messages=[message_to_pb(m) for m in batch])
+            try:
+                await self._stub.Step(request, timeout=CALL_DEADLINE_S)
+            except grpc.aio.AioRpcError as e:
+                if self.reachable:
+                    log.debug("peer %s at %s unreachable: %s", self.peer, self.address, e.code().name)
+                self.reachable = False
+                if any(m.type is MsgType.APP for m in batch):
+                    self.on_unreachable(self.peer)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            self.reachable = True
+            backoff = BACKOFF_MIN_S
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.channel.close(grace=None)
