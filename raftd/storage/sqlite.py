@@ -36,7 +36,7 @@ _SCHEMA = (
 
 
 class SqliteStorage:
-    """The node's disk. One writer at a time (the lock); safe to call from any one thread at a time."""
+    """The node's disk: one process at a time (the LOCK file), any thread (a mutex serialises calls)."""
 
     def __init__(self, db: Path, conn: sqlite3.Connection, lock_fd: int) -> None:
         """Use open(): it validates the directory and takes the lock this object then owns."""

@@ -1,0 +1,420 @@
+"""Durable Raft state: behaviour shared by SqliteStorage and its MemoryStorage twin, then what only a disk
+can show (reopen, SIGKILL, locking, refusing foreign, newer or damaged databases without touching them)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
+from raftd.storage import MemoryStorage, PersistedState, SqliteStorage, Storage, StorageError
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = "c-test"
+NODE = 1
+
+
+def ents(first: int, last: int, term: int, tag: bytes = b"") -> list[Entry]:
+    return [Entry(i, term, tag + b"cmd%d" % i) for i in range(first, last + 1)]
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    s: Storage = (
+        SqliteStorage.open(tmp_path / "data", CLUSTER, NODE) if request.param == "sqlite" else MemoryStorage()
+    )
+    yield s
+    s.close()
+
+
+# -- behaviour both backends share --------------------------------------------------------------------
+
+
+def test_fresh_store_is_empty(store: Storage) -> None:
+    assert store.load() == PersistedState(HardState(), None, [])
+
+
+def test_round_trip(store: Storage) -> None:
+    entries = [Entry(1, 1), Entry(2, 1, b"k=v"), Entry(3, 2, bytes(range(256)))]
+    store.save(HardState(term=2, vote=3, commit=2), entries)
+    state = store.load()
+    assert state == PersistedState(HardState(2, 3, 2), None, entries)
+    assert state.entries[0].data == b""  # the leader's no-op keeps its empty payload, not None
+
+
+def test_appends_accumulate(store: Storage) -> None:
+    store.save(HardState(1, 1, 0), ents(1, 3, 1))
+    store.save(None, ents(4, 4, 1))
+    store.save(HardState(1, 1, 4), ents(5, 9, 1))
+    assert store.load().entries == ents(1, 9, 1)
+    assert store.load().hard_state == HardState(1, 1, 4)
+
+
+def test_overwrite_truncates_the_conflicting_suffix(store: Storage) -> None:
+    store.save(HardState(1, 0, 2), ents(1, 5, 1))
+    store.save(HardState(2, 0, 2), ents(3, 4, 2, b"new"))
+    assert store.load().entries == ents(1, 2, 1) + ents(3, 4, 2, b"new")
+
+
+def test_overwrite_from_the_first_entry(store: Storage) -> None:
+    store.save(HardState(1), ents(1, 3, 1))
+    store.save(HardState(2), ents(1, 1, 2))
+    assert store.load().entries == ents(1, 1, 2)
+
+
+def test_hard_state_updates_alone_and_survives_entry_only_saves(store: Storage) -> None:
+    store.save(HardState(1, 2, 0), [])
+    store.save(HardState(3, 0, 0), [])
+    store.save(None, ents(1, 2, 3))
+    assert store.load().hard_state == HardState(3, 0, 0)
+    store.save(HardState(3, 2, 2), [])
+    assert store.load() == PersistedState(HardState(3, 2, 2), None, ents(1, 2, 3))
+
+
+def test_empty_save_changes_nothing(store: Storage) -> None:
+    store.save(HardState(1, 1, 1), ents(1, 1, 1))
+    store.save(None, [])
+    assert store.load() == PersistedState(HardState(1, 1, 1), None, ents(1, 1, 1))
+
+
+def test_local_snapshot_discards_the_entries_it_covers(store: Storage) -> None:
+    store.save(HardState(2, 1, 8), ents(1, 5, 1) + ents(6, 10, 2))
+    snap = Snapshot(SnapshotMeta(6, 2), b"image@6")
+    store.save(None, [], snap)
+    assert store.load() == PersistedState(HardState(2, 1, 8), snap, ents(7, 10, 2))
+    # The log goes on after the snapshot: append, then overwrite the tail.
+    store.save(HardState(3, 1, 8), ents(9, 11, 3))
+    assert store.load().entries == ents(7, 8, 2) + ents(9, 11, 3)
+    # A later compaction covers more.
+    snap2 = Snapshot(SnapshotMeta(10, 3), b"image@10")
+    store.save(None, [], snap2)
+    assert store.load() == PersistedState(HardState(3, 1, 8), snap2, ents(11, 11, 3))
+
+
+def test_snapshot_at_the_last_index_leaves_an_empty_log(store: Storage) -> None:
+    store.save(HardState(1, 1, 4), ents(1, 4, 1))
+    snap = Snapshot(SnapshotMeta(4, 1), b"all")
+    store.save(None, [], snap)
+    assert store.load() == PersistedState(HardState(1, 1, 4), snap, [])
+    store.save(HardState(1, 1, 5), ents(5, 5, 1))
+    assert store.load().entries == ents(5, 5, 1)
+
+
+def test_leader_snapshot_beyond_the_log_discards_every_entry(store: Storage) -> None:
+    store.save(HardState(1, 0, 2), ents(1, 5, 1))
+    snap = Snapshot(SnapshotMeta(20, 3), b"from leader")
+    store.save(HardState(3, 0, 20), [], snap)
+    assert store.load() == PersistedState(HardState(3, 0, 20), snap, [])
+    store.save(None, ents(21, 22, 3))
+    assert store.load().entries == ents(21, 22, 3)
+
+
+def test_leader_snapshot_that_does_not_match_discards_the_tail_too(store: Storage) -> None:
+    # Our entry 3 has term 1; the leader's snapshot says index 3 had term 2: entries 4, 5 do not follow it.
+    store.save(HardState(2, 0, 2), ents(1, 5, 1))
+    snap = Snapshot(SnapshotMeta(3, 2), b"from leader")
+    store.save(HardState(2, 0, 3), [], snap)
+    assert store.load() == PersistedState(HardState(2, 0, 3), snap, [])
+
+
+def test_snapshot_and_entries_in_one_save(store: Storage) -> None:
+    store.save(HardState(1, 0, 1), ents(1, 2, 1))
+    snap = Snapshot(SnapshotMeta(10, 2), b"s")
+    store.save(HardState(2, 0, 10), ents(11, 12, 2), snap)
+    assert store.load() == PersistedState(HardState(2, 0, 10), snap, ents(11, 12, 2))
+
+
+@pytest.mark.parametrize(
+    ("hard_state", "entries", "snapshot", "message"),
+    [
+        (None, ents(7, 7, 2), None, "entries start at 7, leaving a gap after the last index 5"),
+        (None, [Entry(6, 2), Entry(8, 2)], None, "entries are not contiguous: expected index 7, found 8"),
+        (None, ents(2, 3, 2), None, "entry 2 is already covered by the snapshot at 2"),
+        (None, ents(6, 6, 1), None, "entry 6 has term 1, below the term 2 before it"),
+        (None, [Entry(6, 3), Entry(7, 2)], None, "entry 7 has term 2, below the term 3 before it"),
+        (HardState(2, 0, 9), [], None, "commit index 9 is beyond the last log index 5"),
+        (None, ents(4, 4, 3), None, "commit index 5 is beyond the last log index 4"),  # cuts a commit
+        (None, [], Snapshot(SnapshotMeta(1, 1)), "snapshot at 1 is older than the stored snapshot at 2"),
+    ],
+)
+def test_saves_that_would_break_the_log_are_refused_whole(
+    store: Storage,
+    hard_state: HardState | None,
+    entries: list[Entry],
+    snapshot: Snapshot | None,
+    message: str,
+) -> None:
+    store.save(HardState(2, 0, 1), ents(1, 4, 1) + ents(5, 5, 2))
+    store.save(HardState(2, 0, 5), [], Snapshot(SnapshotMeta(2, 1), b"s"))
+    before = store.load()
+    with pytest.raises(ValueError) as info:
+        store.save(hard_state, entries, snapshot)
+    assert str(info.value) == message
+    assert store.load() == before
+
+
+def test_closed_store_refuses_use(store: Storage) -> None:
+    store.close()
+    store.close()  # twice is fine
+    with pytest.raises(StorageError, match="closed"):
+        store.load()
+    with pytest.raises(StorageError, match="closed"):
+        store.save(HardState(1), [])
+
+
+# -- sqlite only: what a disk adds --------------------------------------------------------------------
+
+
+def open_store(data_dir: Path, cluster: str = CLUSTER, node: int = NODE) -> SqliteStorage:
+    return SqliteStorage.open(data_dir, cluster, node)
+
+
+def test_reopen_keeps_everything_and_the_log_goes_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    snap = Snapshot(SnapshotMeta(3, 1), b"image")
+    with open_store(data) as s:
+        s.save(HardState(2, 1, 5), ents(1, 5, 1) + ents(6, 8, 2))
+        s.save(None, [], snap)
+    with open_store(data) as s:
+        assert s.load() == PersistedState(HardState(2, 1, 5), snap, ents(4, 5, 1) + ents(6, 8, 2))
+        # save() validates against the reopened log: a gap is still refused, an overwrite still truncates.
+        with pytest.raises(ValueError, match="gap"):
+            s.save(None, ents(10, 10, 2))
+        s.save(None, ents(7, 7, 3))
+    with open_store(data) as s:
+        assert s.load().entries == ents(4, 5, 1) + ents(6, 6, 2) + ents(7, 7, 3)
+
+
+def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
+    data = tmp_path / "a" / "b" / "data"  # parents are created
+    with open_store(data, "prod", 2) as s:
+        assert s.path == data / "raft.db"
+        assert s._conn is not None
+        assert s._conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert s._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
+        assert (data / "LOCK").read_text() == f"{os.getpid()}\n"
+    conn = sqlite3.connect(data / "raft.db")
+    assert dict(conn.execute("SELECT key, value FROM meta")) == {
+        "schema_version": 1,
+        "cluster": "prod",
+        "node_id": 2,
+    }
+    columns = [(r[1], r[2], r[3], r[5]) for r in conn.execute("PRAGMA table_info(entries)")]
+    assert columns == [("idx", "INTEGER", 0, 1), ("term", "INTEGER", 1, 0), ("data", "BLOB", 1, 0)]
+    conn.close()
+
+
+def test_save_from_another_thread(tmp_path: Path) -> None:
+    # The node loads on its event loop and saves on a disk thread.
+    with open_store(tmp_path / "data") as s:
+        s.load()
+        t = threading.Thread(target=s.save, args=(HardState(1, 1, 0), ents(1, 3, 1)))
+        t.start()
+        t.join()
+        assert s.load().entries == ents(1, 3, 1)
+
+
+CRASH_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
+    from raftd.storage import SqliteStorage
+
+    s = SqliteStorage.open(Path(sys.argv[1]), "c-test", 1)
+    for batch in range(50):
+        first = batch * 20 + 1
+        batch_entries = [Entry(i, batch + 1, b"v%d" % i) for i in range(first, first + 20)]
+        s.save(HardState(batch + 1, 1, first - 1), batch_entries)
+    s.save(None, [], Snapshot(SnapshotMeta(500, 25), b"image"))
+    s.save(HardState(51, 2, 990), [Entry(990, 51, b"last")])
+    print("saved", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_everything_saved_survives_sigkill(tmp_path: Path) -> None:
+    """save() returning means the data is in sqlite's WAL, not in a buffer a dead process takes with it.
+
+    SIGKILL does not lose the page cache, so this checks the commit protocol, not the fsync itself.
+    """
+    data = tmp_path / "data"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CRASH_CHILD, str(data)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "saved\n"
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert (data / "raft.db-wal").exists()  # never checkpointed by a close
+    with open_store(data) as s:  # the dead process's lock went with it
+        state = s.load()
+    expected = [Entry(i, (i - 1) // 20 + 1, b"v%d" % i) for i in range(501, 990)]
+    assert state == PersistedState(
+        HardState(51, 2, 990), Snapshot(SnapshotMeta(500, 25), b"image"), [*expected, Entry(990, 51, b"last")]
+    )
+
+
+def test_second_open_of_a_held_directory_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = open_store(data)
+    first.save(HardState(1, 1, 0), ents(1, 1, 1))
+    with pytest.raises(StorageError) as info:
+        open_store(data)
+    assert (
+        str(info.value)
+        == f"{data / 'raft.db'}: in use by another process (pid {os.getpid()} holds {data / 'LOCK'})"
+    )
+    assert first.load().entries == ents(1, 1, 1)  # the holder is unaffected
+    first.close()
+    with open_store(data) as again:
+        assert again.load().entries == ents(1, 1, 1)
+
+
+def test_other_process_holding_the_lock_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    open_store(data).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from raftd.storage import SqliteStorage;"
+            "SqliteStorage.open(Path(sys.argv[1]), 'c-test', 1); print('open', flush=True); time.sleep(60)",
+            str(data),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "open\n"
+        with pytest.raises(StorageError, match=f"in use by another process \\(pid {holder.pid} "):
+            open_store(data)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def assert_refused(data: Path, fragment: str, cluster: str = CLUSTER, node: int = NODE) -> None:
+    """The open fails with a one-line message naming the database, and leaves the directory as it was
+    (but for the LOCK file: never deleted, since another process may be about to lock it)."""
+    db = data / "raft.db"
+    before = db.read_bytes()
+    listing = sorted({p.name for p in data.iterdir()} | {"LOCK"})
+    with pytest.raises(StorageError) as info:
+        open_store(data, cluster, node)
+    message = str(info.value)
+    assert message.startswith(f"{db}: "), message
+    assert "\n" not in message
+    assert fragment in message, message
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in data.iterdir()) == listing
+    with pytest.raises(StorageError):  # refused again, so nothing was "repaired" on the way
+        open_store(data, cluster, node)
+
+
+def make_store(data: Path, entries: int = 5) -> None:
+    with open_store(data) as s:
+        s.save(HardState(1, 1, 1), ents(1, entries, 1, b"x" * 100))
+
+
+def test_another_cluster_is_refused(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    assert_refused(
+        tmp_path, "belongs to cluster 'c-test' node 1, not cluster 'c-other' node 1", cluster="c-other"
+    )
+
+
+def test_another_node_is_refused(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    assert_refused(tmp_path, "belongs to cluster 'c-test' node 1, not cluster 'c-test' node 2", node=2)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    assert_refused(tmp_path, "written by a newer raftd (schema 2; this one reads 1)")
+
+
+def test_garbage_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "raft.db").write_bytes(os.urandom(64 * 1024))
+    assert_refused(tmp_path, "the database is corrupt")
+
+
+def test_truncated_database_is_refused(tmp_path: Path) -> None:
+    make_store(tmp_path, entries=2000)
+    db = tmp_path / "raft.db"
+    data = db.read_bytes()
+    assert len(data) > 100_000
+    db.write_bytes(data[: len(data) // 2])
+    assert_refused(tmp_path, "the database is corrupt")
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    conn.execute("CREATE TABLE notes (t TEXT)")
+    conn.commit()
+    conn.close()
+    assert_refused(tmp_path, "not a raftd database")
+
+
+def test_empty_file_from_a_crash_during_creation_is_initialised(tmp_path: Path) -> None:
+    (tmp_path / "raft.db").touch()
+    with open_store(tmp_path) as s:
+        s.save(HardState(1), ents(1, 1, 1))
+    with open_store(tmp_path) as s:
+        assert s.load().entries == ents(1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("sql", "problem"),
+    [
+        ("DELETE FROM entries WHERE idx = 3", "entries are not contiguous: expected index 3, found 4"),
+        ("DELETE FROM entries WHERE idx = 1", "entries are not contiguous: expected index 1, found 2"),
+        ("UPDATE hard_state SET commit_idx = 9", "commit index 9 is beyond the last log index 5"),
+        ("UPDATE entries SET term = 0 WHERE idx = 4", "entry 4 has term 0, below the term 1 before it"),
+        ("DELETE FROM hard_state", "the hard state row is missing"),
+    ],
+)
+def test_damaged_log_is_refused_on_load(tmp_path: Path, sql: str, problem: str) -> None:
+    make_store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    # Open or load, whichever notices first.
+    with pytest.raises(StorageError) as info, open_store(tmp_path) as s:
+        s.load()
+    assert str(info.value).startswith(f"{tmp_path / 'raft.db'}: ")
+    assert problem in str(info.value)
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot create the data directory"):
+        open_store(tmp_path / "data")
