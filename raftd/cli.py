@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 from pathlib import Path
+
+# gRPC's C core prints its own copy of errors we report in one line (a port in use, ...); it reads this
+# before grpc is first imported below. Set GRPC_VERBOSITY yourself to see its logs.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
 

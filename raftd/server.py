@@ -77,7 +77,8 @@ async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path) -> None:
     storage = SqliteStorage.open(data_dir, cluster.name, node_id)
     try:
         node = RaftNode(cluster, node_id, storage)
-        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
+        server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peer_pb2_grpc.add_RaftPeerServicer_to_server(PeerService(node), server)
         kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
