@@ -129,5 +129,7 @@ async def _hand_over(node: RaftNode) -> None:
     log.info("Handing leadership to node %d before stopping", target)
     try:
         await asyncio.wait_for(node.transfer_leader(target), SHUTDOWN_TRANSFER_S)
+    except TimeoutError:
+        log.info("Leadership hand-over did not finish within %.1fs", SHUTDOWN_TRANSFER_S)
     except Exception as e:
-        log.info("Leadership hand-over did not finish: %s", e or type(e).__name__)
+        log.info("Leadership hand-over failed: %s", e)
