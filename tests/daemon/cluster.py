@@ -1,0 +1,367 @@
+"""Real raftd processes on 127.0.0.1 for process-level tests.
+
+Each node is `python -m raftd ID --config MAP --data-dir DIR` with stdout and stderr appended to per-node
+log files, so a failing test can show what every node printed. Every process is killed at close(), which
+fixtures call in a finally block; an atexit hook is the last line of defence when pytest itself dies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from raftd.pb import kv_pb2, kv_pb2_grpc
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 20.0
+LEADER_TIMEOUT_S = 20.0
+RPC_TIMEOUT_S = 2.0
+POLL_S = 0.05
+# Small reconnect backoff: after a node restarts, a test's channel must find it again within a poll or two.
+CLIENT_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 300),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+T = TypeVar("T")
+
+_live: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Should pytest die before a fixture's teardown, still leave no raftd process behind."""
+    for cluster in list(_live):
+        cluster.close()
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they cannot repeat)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(what: str, check: Callable[[], T | None], timeout: float = LEADER_TIMEOUT_S) -> T:
+    """Poll check() until it returns something other than None/False; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = check()
+        except (grpc.RpcError, OSError, AssertionError) as e:
+            result, last_error = None, e
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_error!r}"
+            )
+        time.sleep(POLL_S)
+
+
+def raftd_env() -> dict[str, str]:
+    """Unbuffered output, so log lines are in the file by the time the state they describe is visible."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_raftd(
+    args: list[str], cwd: Path, timeout: float = START_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
+    """Run raftd to completion (for inputs it must refuse); it is killed if it outlives timeout."""
+    return subprocess.run(
+        [sys.executable, "-m", "raftd", *args],
+        cwd=cwd,
+        env=raftd_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class Cluster:
+    """N raftd nodes with ids 0..N-1 on free loopback ports; a conf (default) or YAML cluster map."""
+
+    def __init__(
+        self,
+        root: Path,
+        n: int = 3,
+        *,
+        fmt: str = "conf",
+        election_timeout_ms: tuple[int, int] | None = None,
+        heartbeat_ms: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.n = n
+        self.ports = free_ports(n)
+        self.election_timeout_ms = election_timeout_ms
+        self.heartbeat_ms = heartbeat_ms
+        self.config_path = self.root / ("cluster.yaml" if fmt == "yaml" else "config.conf")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.paused: set[int] = set()
+        self._channels: dict[int, grpc.Channel] = {}
+        self.write_map(fmt)
+        _live.add(self)
+
+    # -- layout --------------------------------------------------------------------------------------
+    def write_map(self, fmt: str) -> None:
+        if fmt == "yaml":
+            lines = ["nodes:"] + [
+                f"  - {{id: {i}, host: {HOST}, port: {p}}}" for i, p in enumerate(self.ports)
+            ]
+        else:
+            lines = ["# written by tests/daemon/cluster.py"] + [
+                f"{i} {HOST} {p}" for i, p in enumerate(self.ports)
+            ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def address(self, i: int) -> str:
+        return f"{HOST}:{self.ports[i]}"
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"data-{i}"
+
+    def out_path(self, i: int) -> Path:
+        return self.root / f"node-{i}.out"
+
+    def err_path(self, i: int) -> Path:
+        return self.root / f"node-{i}.err"
+
+    def log(self, i: int, since: int = 0) -> str:
+        """Node i's stdout over all its runs (from byte offset since)."""
+        path = self.out_path(i)
+        if not path.exists():
+            return ""
+        with path.open("rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")
+
+    def log_size(self, i: int) -> int:
+        """A mark to pass as log(i, since=...) to look only at what comes after now."""
+        path = self.out_path(i)
+        return path.stat().st_size if path.exists() else 0
+
+    def stderr(self, i: int) -> str:
+        path = self.err_path(i)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_log(
+        self, i: int, pattern: str, since: int = 0, timeout: float = LEADER_TIMEOUT_S
+    ) -> re.Match[str]:
+        """Wait until node i's stdout (from since) has a line matching the regex pattern."""
+        rx = re.compile(pattern, re.MULTILINE)
+        return wait_until(f"node {i} to print /{pattern}/", lambda: rx.search(self.log(i, since)), timeout)
+
+    def dump_logs(self) -> str:
+        """Every node's output, for assertion messages."""
+        parts = []
+        for i in range(self.n):
+            parts.append(f"--- node {i} stdout ---\n{self.log(i)[-4000:]}")
+            err = self.stderr(i)
+            if err:
+                parts.append(f"--- node {i} stderr ---\n{err[-4000:]}")
+        return "\n".join(parts)
+
+    # -- processes -----------------------------------------------------------------------------------
+    def start(self, i: int, *extra: str) -> subprocess.Popen[bytes]:
+        """Start node i (appending to its log files); does not wait for it to listen."""
+        assert self.procs.get(i) is None or self.procs[i].poll() is not None, f"node {i} is running"
+        args = [sys.executable, "-m", "raftd", str(i), "--config", str(self.config_path)]
+        args += ["--data-dir", str(self.data_dir(i))]
+        if self.election_timeout_ms is not None:
+            args += ["--election-timeout", "{}-{}".format(*self.election_timeout_ms)]
+        if self.heartbeat_ms is not None:
+            args += ["--heartbeat-interval", str(self.heartbeat_ms)]
+        args += list(extra)
+        with self.out_path(i).open("ab") as out, self.err_path(i).open("ab") as err:
+            proc = subprocess.Popen(
+                args, cwd=self.root, env=raftd_env(), stdout=out, stderr=err, start_new_session=True
+            )
+        self.procs[i] = proc
+        self.paused.discard(i)
+        self._drop_channel(i)
+        return proc
+
+    def start_all(self, *, wait: bool = True) -> int | None:
+        """Start every node; with wait, return the leader once all of them agree on one."""
+        for i in range(self.n):
+            self.start(i)
+        return self.wait_leader() if wait else None
+
+    def running(self) -> list[int]:
+        """Nodes whose process is alive and not SIGSTOPped."""
+        return [i for i, p in self.procs.items() if p.poll() is None and i not in self.paused]
+
+    def kill(self, i: int) -> int:
+        """SIGKILL node i and reap it; returns its exit status."""
+        return self._signal_and_wait(i, signal.SIGKILL)
+
+    def terminate(self, i: int, timeout: float = START_TIMEOUT_S) -> int:
+        """SIGTERM node i and wait for it to exit on its own; returns its exit status."""
+        return self._signal_and_wait(i, signal.SIGTERM, timeout)
+
+    def stop(self, i: int) -> None:
+        """SIGSTOP node i: it is frozen, its sockets stay open but nothing answers."""
+        os.kill(self.procs[i].pid, signal.SIGSTOP)
+        self.paused.add(i)
+
+    def cont(self, i: int) -> None:
+        os.kill(self.procs[i].pid, signal.SIGCONT)
+        self.paused.discard(i)
+
+    def restart(self, i: int) -> None:
+        """SIGKILL (if running) and start again with the same data directory."""
+        if self.procs.get(i) is not None and self.procs[i].poll() is None:
+            self.kill(i)
+        self.start(i)
+
+    def _signal_and_wait(self, i: int, sig: signal.Signals, timeout: float = START_TIMEOUT_S) -> int:
+        proc = self.procs[i]
+        if proc.poll() is None:
+            if i in self.paused and sig != signal.SIGKILL:
+                self.cont(i)
+            proc.send_signal(sig)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            self.paused.discard(i)
+            self._drop_channel(i)
+        return code
+
+    def close(self) -> None:
+        """Kill every process and close every channel; safe to call more than once."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.paused.clear()
+        for i in list(self._channels):
+            self._drop_channel(i)
+        _live.discard(self)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- gRPC ------------------------------------------------------------------------------------------
+    def channel(self, i: int) -> grpc.Channel:
+        if i not in self._channels:
+            self._channels[i] = grpc.insecure_channel(self.address(i), options=CLIENT_CHANNEL_OPTIONS)
+        return self._channels[i]
+
+    def _drop_channel(self, i: int) -> None:
+        ch = self._channels.pop(i, None)
+        if ch is not None:
+            ch.close()
+
+    def kv(self, i: int) -> kv_pb2_grpc.KVStub:
+        return kv_pb2_grpc.KVStub(self.channel(i))
+
+    def admin(self, i: int) -> kv_pb2_grpc.AdminStub:
+        return kv_pb2_grpc.AdminStub(self.channel(i))
+
+    def get_leader(self, i: int) -> kv_pb2.GetLeaderResponse:
+        return self.admin(i).GetLeader(kv_pb2.GetLeaderRequest(), timeout=RPC_TIMEOUT_S)
+
+    def status(self, i: int) -> kv_pb2.StatusResponse:
+        return self.admin(i).Status(kv_pb2.StatusRequest(), timeout=RPC_TIMEOUT_S)
+
+    def wait_up(self, i: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until node i answers Status (its port is open and its loop runs)."""
+        wait_until(f"node {i} to answer", lambda: self.status(i), timeout)
+
+    def wait_leader(
+        self, nodes: list[int] | None = None, timeout: float = LEADER_TIMEOUT_S, exclude: int | None = None
+    ) -> int:
+        """Wait until every given node (default: the running ones) names the same leader; return its id.
+
+        exclude: a node that must not be the answer (the one just killed or suspended).
+        """
+
+        def agreed() -> int | None:
+            ids = nodes if nodes is not None else self.running()
+            leaders = {self.get_leader(i).leader_id for i in ids}
+            if len(leaders) != 1:
+                return None
+            (lead,) = leaders
+            if lead < 0 or lead == exclude or lead not in ids:
+                return None
+            return lead
+
+        return wait_until(f"a leader agreed by nodes {nodes or self.running()}", agreed, timeout)
+
+    def followers(self, leader: int) -> list[int]:
+        return [i for i in range(self.n) if i != leader]
+
+    # -- KV helpers (retrying only where a retry is safe) ----------------------------------------------
+    def put(self, i: int, key: str | bytes, value: str | bytes, **kw: object) -> kv_pb2.PutResponse:
+        return self.kv(i).Put(kv_pb2.PutRequest(key=_b(key), value=_b(value), **kw), timeout=5.0)
+
+    def get(self, i: int, key: str | bytes, *, local: bool = False) -> kv_pb2.GetResponse:
+        return self.kv(i).Get(kv_pb2.GetRequest(key=_b(key), local=local), timeout=5.0)
+
+    def delete(self, i: int, key: str | bytes, **kw: object) -> kv_pb2.DeleteResponse:
+        return self.kv(i).Delete(kv_pb2.DeleteRequest(key=_b(key), **kw), timeout=5.0)
+
+    def put_retrying(self, i: int, key: str, value: str, timeout: float = LEADER_TIMEOUT_S) -> int:
+        """A Put that is idempotent to repeat (same key, same value): retried until acknowledged."""
+        return wait_until(f"put {key}={value} via node {i}", lambda: self.put(i, key, value).index, timeout)
+
+    def wait_value(self, i: int, key: str, value: str | None, *, local: bool, timeout: float = 20.0) -> None:
+        """Wait until node i serves key with value (None: absent), e.g. while it catches up."""
+
+        def check() -> bool:
+            r = self.get(i, key, local=local)
+            return (r.found and r.value == value.encode()) if value is not None else not r.found
+
+        wait_until(f"node {i} to serve {key}={value!r} (local={local})", check, timeout)
+
+
+def _b(x: str | bytes) -> bytes:
+    return x.encode() if isinstance(x, str) else x
+
+
+@contextlib.contextmanager
+def cluster_of(root: Path, n: int = 3, **kw: object) -> Iterator[Cluster]:
+    """A started cluster with a leader; every process killed on the way out, whatever happened."""
+    c = Cluster(root, n, **kw)  # type: ignore[arg-type]
+    try:
+        c.start_all()
+        yield c
+    finally:
+        c.close()
