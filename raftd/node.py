@@ -26,6 +26,7 @@ from raftd.core import (
     ProposalDropped,
     RawNode,
     ReadState,
+    Ready,
     Role,
     SoftState,
 )
@@ -115,6 +116,8 @@ class RaftNode:
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._soft = SoftState()
         self._vote = state.hard_state.vote
+        self._saved = state.hard_state  # the hard state on disk
+        self._unsaved: HardState | None = None  # newer than _saved in its commit index only
 
     async def run(self) -> None:
         for peer_id, addr in self.addresses.items():
@@ -201,13 +204,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         while self.raw.has_ready():
             rd = self.raw.ready()
-            if rd.hard_state is not None or rd.entries or rd.snapshot is not None:
-                try:
-                    await loop.run_in_executor(
-                        self._disk, self.storage.save, rd.hard_state, rd.entries, rd.snapshot
-                    )
-                except Exception as e:
-                    raise FatalError(f"cannot persist Raft state: {e}") from e
+            await self._persist(loop, rd)
             for m in rd.messages:
                 client = self.peers.get(m.to)
                 if client is not None:
@@ -221,6 +218,24 @@ class RaftNode:
             if rd.hard_state is not None:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
+
+    async def _persist(self, loop: asyncio.AbstractEventLoop, rd: Ready) -> None:
+        hs = rd.hard_state
+        durable = bool(rd.entries) or rd.snapshot is not None
+        if hs is not None and not durable and (hs.term, hs.vote) == (self._saved.term, self._saved.vote):
+            # Only the commit index moved. Raft needs no durable commit index (a restarted node learns it
+            # from the leader again), so it rides along with the next write instead of costing an fsync.
+            self._unsaved, hs = hs, None
+        elif hs is None and durable:
+            hs = self._unsaved
+        if hs is None and not durable:
+            return
+        try:
+            await loop.run_in_executor(self._disk, self.storage.save, hs, rd.entries, rd.snapshot)
+        except Exception as e:
+            raise FatalError(f"cannot persist Raft state: {e}") from e
+        if hs is not None:
+            self._saved, self._unsaved = hs, None
 
     def _apply(self, entries: list[Entry]) -> None:
         for e in entries:
