@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -33,19 +34,20 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
-    async def Step(
-        self, request: peer_pb2.MessageBatch, context: grpc.aio.ServicerContext
+    async def Stream(
+        self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
     ) -> peer_pb2.StepResponse:
-        if request.cluster != self.node.cluster.name:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"traffic for cluster {request.cluster!r} reached cluster {self.node.cluster.name!r}",
-            )
-        try:
-            messages = [message_from_pb(m) for m in request.messages]
-        except CodecError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        self.node.deliver(messages)
+        async for batch in requests:
+            if batch.cluster != self.node.cluster.name:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"traffic for cluster {batch.cluster!r} reached cluster {self.node.cluster.name!r}",
+                )
+            try:
+                messages = [message_from_pb(m) for m in batch.messages]
+            except CodecError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            self.node.deliver(messages)
         return peer_pb2.StepResponse()
 
 

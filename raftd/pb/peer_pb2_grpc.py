@@ -34,8 +34,8 @@ class RaftPeerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Step = channel.unary_unary(
-                '/raftd.v1.RaftPeer/Step',
+        self.Stream = channel.stream_unary(
+                '/raftd.v1.RaftPeer/Stream',
                 request_serializer=raftd_dot_pb_dot_peer__pb2.MessageBatch.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
                 _registered_method=True)
@@ -44,7 +44,7 @@ class RaftPeerStub:
 class RaftPeerServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Step(self, request, context):
+    def Stream(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -53,8 +53,8 @@ class RaftPeerServicer:
 
 def add_RaftPeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Step': grpc.unary_unary_rpc_method_handler(
-                    servicer.Step,
+            'Stream': grpc.stream_unary_rpc_method_handler(
+                    servicer.Stream,
                     request_deserializer=raftd_dot_pb_dot_peer__pb2.MessageBatch.FromString,
                     response_serializer=raftd_dot_pb_dot_peer__pb2.StepResponse.SerializeToString,
             ),
@@ -70,7 +70,7 @@ class RaftPeer:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Step(request,
+    def Stream(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -80,10 +80,10 @@ class RaftPeer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
-            '/raftd.v1.RaftPeer/Step',
+            '/raftd.v1.RaftPeer/Stream',
             raftd_dot_pb_dot_peer__pb2.MessageBatch.SerializeToString,
             raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
             options,

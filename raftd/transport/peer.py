@@ -1,8 +1,10 @@
-"""Outbound peer traffic: one long-lived channel, one bounded queue and one sender task per peer.
+"""Outbound peer traffic: one long-lived channel, stream, bounded queue and sender task per peer.
 
-A sender drains its queue into one batch per call, so a busy leader sends few large calls; one call is in
-flight per peer at a time, which keeps messages in order. A dead or slow peer only fills its own queue:
-when full, new messages to it are dropped, which Raft tolerates (it retransmits from its own state).
+A sender drains its queue into one batch per write, so a busy leader sends few large writes, and writes
+them on one long-lived client stream, which keeps them in order without a call's set-up per batch. Every
+write has a deadline; a failed stream is dropped and reopened after a capped exponential backoff. A dead
+or slow peer only fills its own queue: when full, new messages to it are dropped, which Raft tolerates
+(the leader resends from its own log).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger("raftd.transport")
 
 QUEUE_LIMIT = 4096
 BATCH_LIMIT = 512
-CALL_DEADLINE_S = 2.0
+WRITE_DEADLINE_S = 2.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -70,23 +72,32 @@ class PeerClient:
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < BATCH_LIMIT and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            request = pb.MessageBatch(cluster=self.cluster, messages=[message_to_pb(m) for m in batch])
+            batch = await self._next_batch()
+            stream = self._stub.Stream()
             try:
-                await self._stub.Step(request, timeout=CALL_DEADLINE_S)
-            except grpc.aio.AioRpcError as e:
+                while True:
+                    request = pb.MessageBatch(
+                        cluster=self.cluster, messages=[message_to_pb(m) for m in batch]
+                    )
+                    await asyncio.wait_for(stream.write(request), WRITE_DEADLINE_S)
+                    self.reachable = True
+                    backoff = BACKOFF_MIN_S
+                    batch = await self._next_batch()
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as e:
+                stream.cancel()
                 if self.reachable:
-                    log.debug("peer %s at %s unreachable: %s", self.peer, self.address, e.code().name)
+                    log.debug("peer %s at %s unreachable: %r", self.peer, self.address, e)
                 self.reachable = False
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            self.reachable = True
-            backoff = BACKOFF_MIN_S
+
+    async def _next_batch(self) -> list[Message]:
+        batch = [await self._queue.get()]
+        while len(batch) < BATCH_LIMIT and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch
 
     async def close(self) -> None:
         if self._task is not None:
