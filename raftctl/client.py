@@ -1,0 +1,364 @@
+"""A leader-following client for raftd, for programs as well as for the raftctl command.
+
+A cluster answers from any node (followers forward writes to the leader), but nodes die, get suspended and
+lose elections, so every request here is retried within one overall timeout: first at the leader a node
+named (GetLeader, or "not the leader; try HOST:PORT" in an error), then at the other endpoints, sleeping a
+capped exponential backoff between failures. Writes carry an exactly-once id (client_id, seq) that stays
+the same on every retry of one write, so a write that reached the leader before its answer was lost
+applies once.
+
+This module knows nothing of Click or terminals; errors are the exception classes below.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 5.0
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 1.0
+# One attempt may use at most this share of the overall timeout (but at least ATTEMPT_MIN_S), so a node
+# that accepts connections but never answers (SIGSTOPped, partitioned) leaves time to try the others.
+ATTEMPT_SHARE = 0.5
+ATTEMPT_MIN_S = 1.0
+# Reconnect quickly: a node that restarts should be found again within one backoff step.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_HINT_RE = re.compile(r"not the leader; try (\S+)")
+
+
+class ClientError(Exception):
+    """Base of every error the client raises; str() is one line, ready to show to a user."""
+
+
+class NotFound(ClientError):
+    """The key is absent."""
+
+
+class Unavailable(ClientError):
+    """No node could serve the request within the timeout (no leader, all unreachable, suspended)."""
+
+
+class InvalidArgument(ClientError):
+    """The server refused the request as invalid (empty or oversized key, bad period, unknown node id)."""
+
+
+class ServerError(ClientError):
+    """The server failed the request with a status other than the ones above."""
+
+
+@dataclass(frozen=True)
+class Leader:
+    id: int
+    address: str
+    term: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's own view; reachable=False rows keep only the endpoint and the error."""
+
+    endpoint: str
+    reachable: bool
+    id: int | None = None
+    address: str = ""
+    role: str = ""
+    term: int | None = None
+    leader_id: int | None = None  # None when the node knows no leader
+    commit_index: int | None = None
+    applied_index: int | None = None
+    last_log_index: int | None = None
+    suspended: bool = False
+    health: str = ""  # SERVING / NOT_SERVING / UNKNOWN / "" when not asked or not answered
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _encode(what: str, text: str) -> bytes:
+    """Text that cannot be UTF-8 (lone surrogates from undecodable argv bytes) never leaves the client."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid UTF-8") from None
+
+
+class Client:
+    """Talks to a raftd cluster through the given endpoints ("host:port").
+
+    pin=True sends every request to endpoints[0] only (the shell's `connect`, like the original client,
+    which talks to the connected node; that node forwards writes to the leader itself). Failures there are
+    still retried until the timeout, since a node in an election or just back from a suspension recovers.
+    """
+
+    def __init__(
+        self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT_S, *, pin: bool = False
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.pin = pin
+        self.client_id = secrets.token_hex(16)
+        self._seq = 0
+        self._channels: dict[str, grpc.Channel] = {}
+        self._leader: str | None = None  # the leader's address as last heard; a hint, not a fact
+        self._next = 0  # index into endpoints of the one to try when no leader is known
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        """One long-lived channel per address: its connection survives between requests."""
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+        return channel
+
+    # -- KV -----------------------------------------------------------------------------------------
+    def put(self, key: str, value: str) -> int:
+        """Store value under key; returns the log index at which it applied."""
+        request = pb.PutRequest(key=_encode("the key", key), value=_encode("the value", value))
+        request.session.CopyFrom(self._session())
+        response = self._call(
+            "setval", lambda ch, t: kv_pb2_grpc.KVStub(ch).Put(request, timeout=t), write=True
+        )
+        return response.index
+
+    def get(self, key: str, linearizable: bool = True) -> str:
+        """The value under key; NotFound when absent. linearizable=False may be stale but needs no quorum."""
+        request = pb.GetRequest(key=_encode("the key", key), local=not linearizable)
+        response = self._call("getval", lambda ch, t: kv_pb2_grpc.KVStub(ch).Get(request, timeout=t))
+        if not response.found:
+            raise NotFound(f"key {key!r} not found")
+        return response.value.decode("utf-8", errors="replace")
+
+    def delete(self, key: str) -> bool:
+        """Remove key; False when it was already absent."""
+        request = pb.DeleteRequest(key=_encode("the key", key))
+        request.session.CopyFrom(self._session())
+        response = self._call(
+            "delete", lambda ch, t: kv_pb2_grpc.KVStub(ch).Delete(request, timeout=t), write=True
+        )
+        return response.deleted
+
+    def _session(self) -> pb.WriteSession:
+        """A fresh id per write; the caller reuses it on every retry of that write."""
+        self._seq += 1
+        return pb.WriteSession(client_id=self.client_id, seq=self._seq)
+
+    # -- admin --------------------------------------------------------------------------------------
+    def get_leader(self) -> Leader:
+        """The leader as a node names it; retried (also at other nodes) until one is known."""
+        deadline = time.monotonic() + self.timeout
+        backoff = BACKOFF_MIN_S
+        last_error = "no node named a leader"
+        while True:
+            target = self.endpoints[0] if self.pin else self.endpoints[self._next]
+            try:
+                response = self._ask_leader(target, self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                self._raise_unless_retryable(e)
+                last_error = f"{target}: {_details(e)}"
+            else:
+                if response.leader_id >= 0:
+                    if not self.pin:
+                        self._leader = response.address
+                    return Leader(response.leader_id, response.address, response.term)
+                last_error = f"{target}: no leader known"
+            if not self.pin:
+                self._next = (self._next + 1) % len(self.endpoints)
+            backoff = self._sleep(backoff, deadline, "getleader", last_error)
+
+    def transfer_leader(self, node_id: int) -> int:
+        """Make node_id the leader; returns the leader once the transfer completed."""
+        request = pb.TransferLeaderRequest(target_id=node_id)
+        response = self._call(
+            "transfer-leader", lambda ch, t: kv_pb2_grpc.AdminStub(ch).TransferLeader(request, timeout=t)
+        )
+        return response.leader_id
+
+    def suspend(self, period: int, endpoint: str | None = None) -> None:
+        """Suspend one node for period seconds: endpoint, else the first endpoint (the connected node).
+
+        Never retried elsewhere: suspending some other node than the one meant would be wrong.
+        """
+        target = endpoint or self.endpoints[0]
+        request = pb.SuspendRequest(period=period)
+        try:
+            kv_pb2_grpc.AdminStub(self._channel(target)).Suspend(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            self._raise_unless_retryable(e)
+            raise Unavailable(f"cannot suspend {target}: {_details(e)}") from None
+
+    def status(self, endpoint: str) -> NodeStatus:
+        """One node's view and health; an unreachable node gives a row with reachable=False."""
+        return self._status_rows([endpoint])[0]
+
+    def status_all(self) -> list[NodeStatus]:
+        """Every endpoint's status, asked in parallel, in endpoint order."""
+        return self._status_rows(self.endpoints)
+
+    def _status_rows(self, endpoints: list[str]) -> list[NodeStatus]:
+        calls = []
+        for ep in endpoints:
+            channel = self._channel(ep)
+            status = kv_pb2_grpc.AdminStub(channel).Status.future(pb.StatusRequest(), timeout=self.timeout)
+            health = health_pb2_grpc.HealthStub(channel).Check.future(
+                health_pb2.HealthCheckRequest(service=""), timeout=self.timeout
+            )
+            calls.append((ep, status, health))
+        rows = []
+        for ep, status_call, health_call in calls:
+            try:
+                st: pb.StatusResponse = status_call.result()
+            except grpc.RpcError as e:
+                health_call.cancel()
+                rows.append(NodeStatus(endpoint=ep, reachable=False, error=_details(e)))
+                continue
+            try:
+                health = health_pb2.HealthCheckResponse.ServingStatus.Name(health_call.result().status)
+            except grpc.RpcError as e:
+                health = "UNKNOWN" if e.code() != grpc.StatusCode.UNIMPLEMENTED else ""
+            rows.append(
+                NodeStatus(
+                    endpoint=ep,
+                    reachable=True,
+                    id=st.id,
+                    address=st.address,
+                    role=st.role,
+                    term=st.term,
+                    leader_id=st.leader_id if st.leader_id >= 0 else None,
+                    commit_index=st.commit_index,
+                    applied_index=st.applied_index,
+                    last_log_index=st.last_log_index,
+                    suspended=st.suspended,
+                    health=health,
+                )
+            )
+        return rows
+
+    # -- the retry loop -----------------------------------------------------------------------------
+    def _call(self, what: str, rpc: Callable[[grpc.Channel, float], T], *, write: bool = False) -> T:
+        """rpc(channel, timeout) at the leader or, failing that, at the endpoints in turn, until timeout.
+
+        `rpc` must be safe to repeat: reads and admin calls are, writes are because their request carries
+        one (client_id, seq) for all attempts.
+        """
+        deadline = time.monotonic() + self.timeout
+        backoff = BACKOFF_MIN_S
+        last_error = ""
+        failed: set[str] = set()  # addresses that failed during this call: their hints are not followed
+        maybe_applied = False
+        while True:
+            target = self._target(deadline, failed)
+            try:
+                return rpc(self._channel(target), self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                self._raise_unless_retryable(e)
+                details = _details(e)
+                last_error = f"{target}: {details}"
+                # Past a client-side deadline the write may have reached the leader; say so at the end.
+                maybe_applied |= write and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                failed.add(target)
+                hint = None if self.pin else _hint(details)
+                if target == self._leader:
+                    self._leader = None
+                elif not self.pin and target == self.endpoints[self._next]:
+                    self._next = (self._next + 1) % len(self.endpoints)
+                if hint is not None and hint not in failed:
+                    self._leader = hint
+                    continue  # a fresh lead: follow it at once
+            note = "; the write may or may not have applied" if maybe_applied else ""
+            backoff = self._sleep(backoff, deadline, what, last_error + note)
+
+    def _target(self, deadline: float, failed: set[str]) -> str:
+        """Where the next attempt goes: pinned node, else the known leader, else a node's leader hint."""
+        if self.pin:
+            return self.endpoints[0]
+        if self._leader is not None and self._leader not in failed:
+            return self._leader
+        endpoint = self.endpoints[self._next]
+        try:
+            response = self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
+        except grpc.RpcError:
+            return endpoint  # the request itself will fail there and say why
+        if response.leader_id >= 0 and response.address not in failed:
+            self._leader = response.address
+            return response.address
+        return endpoint
+
+    def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
+        return kv_pb2_grpc.AdminStub(self._channel(endpoint)).GetLeader(
+            pb.GetLeaderRequest(), timeout=timeout
+        )
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
+
+    def _sleep(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
+        """Sleep before the next attempt; Unavailable when no time is left. Returns the next backoff."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
+        time.sleep(min(backoff, remaining))
+        if time.monotonic() >= deadline:
+            raise Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
+        return min(backoff * 2, BACKOFF_MAX_S)
+
+    @staticmethod
+    def _raise_unless_retryable(e: grpc.RpcError) -> None:
+        code = e.code()
+        if code in RETRYABLE:
+            return
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(_details(e)) from None
+        raise ServerError(f"{code.name}: {_details(e)}") from None
+
+
+def _details(e: grpc.RpcError) -> str:
+    details = e.details() if hasattr(e, "details") else None
+    code = e.code() if hasattr(e, "code") else None
+    return _one_line(details or (code.name if code is not None else str(e)))
+
+
+def _hint(details: str) -> str | None:
+    m = _HINT_RE.search(details)
+    return m.group(1) if m else None
