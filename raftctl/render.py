@@ -1,0 +1,78 @@
+"""Text output shared by the one-shot commands and the shell, so both print the same lines."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from raftctl.client import Leader, NodeStatus
+
+STATUS_COLUMNS = (
+    "ID",
+    "ADDRESS",
+    "ROLE",
+    "TERM",
+    "LEADER",
+    "COMMIT",
+    "APPLIED",
+    "LAST INDEX",
+    "HEALTH",
+    "REACHABLE",
+)
+
+
+def leader_line(leader: Leader) -> str:
+    """The original client's getleader line: "ID HOST:PORT"."""
+    return f"{leader.id} {leader.address}"
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def status_row(row: NodeStatus, ids: Mapping[str, int]) -> list[str]:
+    """A row per endpoint; an unreachable node keeps its id when the cluster map names it."""
+    node_id = row.id if row.id is not None else ids.get(row.endpoint)
+    return [
+        _cell(node_id),
+        row.endpoint,
+        _cell(row.role),
+        _cell(row.term),
+        _cell(row.leader_id),
+        _cell(row.commit_index),
+        _cell(row.applied_index),
+        _cell(row.last_log_index),
+        _cell(row.health),
+        "yes" if row.reachable else "no",
+    ]
+
+
+def status_table(rows: list[NodeStatus], ids: Mapping[str, int]) -> str:
+    """A boxed table in the manner of `etcdctl endpoint status -w table`."""
+    body = [status_row(r, ids) for r in rows]
+    widths = [max(len(line[i]) for line in [list(STATUS_COLUMNS), *body]) for i in range(len(STATUS_COLUMNS))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths, strict=True)) + "|"
+
+    return "\n".join([rule, line(list(STATUS_COLUMNS)), rule, *(line(b) for b in body), rule])
+
+
+def status_json(rows: list[NodeStatus], ids: Mapping[str, int]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        d = r.to_dict()
+        if d["id"] is None:
+            d["id"] = ids.get(r.endpoint)
+        out.append(d)
+    return out
+
+
+def unreachable_summary(rows: list[NodeStatus]) -> str | None:
+    """One line naming every endpoint that did not answer, or None when all did."""
+    down = [r for r in rows if not r.reachable]
+    if not down:
+        return None
+    details = "; ".join(f"{r.endpoint}: {r.error}" for r in down)
+    return f"{len(down)} of {len(rows)} endpoints unreachable ({details})"

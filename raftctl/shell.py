@@ -1,0 +1,236 @@
+"""The interactive shell: the original client's commands and output lines, hardened.
+
+It reads a terminal with line editing and history, or a pipe without any prompt noise, and it never
+crashes: every bad line, unreachable node or server error becomes one line on stderr and the next prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TextIO
+
+from raftctl.client import Client, ClientError, NotFound
+from raftctl.render import leader_line, status_table, unreachable_summary
+from raftd.config import ConfigError, parse_endpoints
+
+PROMPT = "> "
+HISTORY_FILE = "~/.raftctl_history"
+HISTORY_LENGTH = 1000
+
+
+class ShellError(Exception):
+    """A line the shell cannot run; the message is shown as one line and the shell goes on."""
+
+
+@dataclass(frozen=True)
+class _Command:
+    usage: str
+    help: str
+    min_args: int
+    max_args: int
+    run: Callable[[list[str]], bool]  # False ends the shell
+
+
+class Shell:
+    def __init__(
+        self,
+        endpoints: list[str],
+        timeout: float,
+        ids: Mapping[str, int] | None = None,
+        *,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.ids = dict(ids or {})
+        self.stdin = stdin or sys.stdin
+        self.stdout = stdout or sys.stdout
+        self.stderr = stderr or sys.stderr
+        self.interactive = self.stdin.isatty()
+        self.client = Client(self.endpoints, timeout)
+        self._history: str | None = None
+        self.commands: dict[str, _Command] = {
+            "connect": _Command(
+                "connect HOST PORT | connect HOST:PORT",
+                "send every later command to this node",
+                1,
+                2,
+                self._connect,
+            ),
+            "getleader": _Command("getleader", "print the leader as ID HOST:PORT", 0, 0, self._getleader),
+            "setval": _Command(
+                "setval KEY VAL", "store VAL under KEY (quote a VAL with spaces)", 2, 2, self._setval
+            ),
+            "getval": _Command("getval KEY", "print the value under KEY, or None", 1, 1, self._getval),
+            "delete": _Command(
+                "delete KEY", "remove KEY (prints None when it was absent)", 1, 1, self._delete
+            ),
+            "suspend": _Command(
+                "suspend PERIOD", "suspend the connected node for PERIOD seconds", 1, 1, self._suspend
+            ),
+            "status": _Command("status", "a table of every node's view", 0, 0, self._status),
+            "help": _Command("help", "this list", 0, 0, self._help),
+            "quit": _Command("quit", "end the client (also Ctrl-D)", 0, 0, lambda _: False),
+        }
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._say("The client starts")
+        self._load_history()
+        try:
+            while True:
+                try:
+                    line = self._read_line()
+                except KeyboardInterrupt:
+                    # Ctrl-C drops the line being typed; the terminal already echoed ^C.
+                    if self.interactive:
+                        self._say("")
+                    continue
+                if line is None:  # Ctrl-D or the end of the pipe
+                    if self.interactive:
+                        self._say("")
+                    break
+                try:
+                    if not self.execute(line):
+                        break
+                except KeyboardInterrupt:
+                    self._error("interrupted")
+        finally:
+            self._save_history()
+            self.client.close()
+        self._say("The client ends")
+        return 0
+
+    def _read_line(self) -> str | None:
+        """The next line without its newline; None at the end of input."""
+        if self.interactive:
+            try:
+                return input(PROMPT)
+            except EOFError:
+                return None
+        line = self.stdin.readline()
+        return line.rstrip("\r\n") if line else None
+
+    def execute(self, line: str) -> bool:
+        """Run one line; False when it ends the shell. Every error is reported here, none escapes."""
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            self._error(f"cannot parse the line: {e}")
+            return True
+        if not words:
+            return True
+        name, args = words[0], words[1:]
+        command = self.commands.get(name)
+        if command is None:
+            self._error(f"unknown command {name!r}; type help for the list")
+            return True
+        if not command.min_args <= len(args) <= command.max_args:
+            want = "no arguments" if command.max_args == 0 else f"usage: {command.usage}"
+            self._error(f"{name}: wrong number of arguments ({len(args)}); {want}")
+            return True
+        try:
+            return command.run(args)
+        except ShellError as e:
+            self._error(f"{name}: {e}")
+        except ClientError as e:
+            self._error(str(e))
+        except Exception as e:  # the shell outlives any bug in one command
+            self._error(f"{name}: internal error: {type(e).__name__}: {e}")
+        return True
+
+    # -- commands -----------------------------------------------------------------------------------
+    def _connect(self, args: list[str]) -> bool:
+        text = f"{args[0]}:{args[1]}" if len(args) == 2 else args[0]
+        try:
+            (endpoint,) = parse_endpoints(text)
+        except (ConfigError, ValueError) as e:
+            raise ShellError(str(e)) from None
+        old, self.client = self.client, Client([endpoint], self.timeout, pin=True)
+        old.close()
+        return True
+
+    def _getleader(self, args: list[str]) -> bool:
+        self._say(leader_line(self.client.get_leader()))
+        return True
+
+    def _setval(self, args: list[str]) -> bool:
+        self.client.put(args[0], args[1])
+        return True
+
+    def _getval(self, args: list[str]) -> bool:
+        try:
+            self._say(self.client.get(args[0]))
+        except NotFound:
+            self._say("None")
+        return True
+
+    def _delete(self, args: list[str]) -> bool:
+        if not self.client.delete(args[0]):
+            self._say("None")
+        return True
+
+    def _suspend(self, args: list[str]) -> bool:
+        try:
+            period = int(args[0])
+        except ValueError:
+            raise ShellError(f"PERIOD must be a whole number of seconds, not {args[0]!r}") from None
+        if period <= 0:
+            raise ShellError(f"PERIOD must be at least 1 second, not {period}")
+        self.client.suspend(period)
+        return True
+
+    def _status(self, args: list[str]) -> bool:
+        # Every node the shell knows of: the endpoint list, and the connected node should it be elsewhere.
+        endpoints = self.endpoints + [e for e in self.client.endpoints if e not in self.endpoints]
+        with Client(endpoints, self.timeout) as everyone:
+            rows = everyone.status_all()
+        self._say(status_table(rows, self.ids))
+        problem = unreachable_summary(rows)
+        if problem is not None:
+            self._error(problem)
+        return True
+
+    def _help(self, args: list[str]) -> bool:
+        width = max(len(c.usage) for c in self.commands.values())
+        for c in self.commands.values():
+            self._say(f"{c.usage:<{width}}  {c.help}")
+        return True
+
+    # -- output and history -------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        print(text, file=self.stdout, flush=True)
+
+    def _error(self, text: str) -> None:
+        self.stdout.flush()
+        print(f"error: {' '.join(text.split())}", file=self.stderr, flush=True)
+
+    def _load_history(self) -> None:
+        """Line editing and history on a terminal only; a missing or unreadable history file is no error."""
+        if not self.interactive:
+            return
+        try:
+            import readline
+        except ImportError:
+            return
+        self._history = os.path.expanduser(HISTORY_FILE)
+        readline.set_history_length(HISTORY_LENGTH)
+        with contextlib.suppress(OSError, ValueError):
+            readline.read_history_file(self._history)
+
+    def _save_history(self) -> None:
+        if self._history is None:
+            return
+        try:
+            import readline
+
+            readline.write_history_file(self._history)
+        except (OSError, ImportError, ValueError):
+            pass
