@@ -1,0 +1,5 @@
+"""python -m raftctl: the same as the raftctl command."""
+
+from raftctl.cli import main
+
+main()

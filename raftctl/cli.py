@@ -1,0 +1,311 @@
+"""`raftctl`: one-shot commands for scripts, and the original client's interactive shell without one.
+
+Every failure ends as one line on stderr and a documented exit code (EXIT_* below), never a traceback:
+scripts branch on the code, people read the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+# gRPC's C core would print its own copy of connection errors that we report in one line; it reads this
+# before grpc is first imported (by raftctl.client below). Set GRPC_VERBOSITY yourself to see its logs.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import click
+
+from raftctl.client import (
+    DEFAULT_TIMEOUT_S,
+    Client,
+    ClientError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from raftctl.render import leader_line, status_json, status_table, unreachable_summary
+from raftd.config import ConfigError, load_cluster, parse_endpoints
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INVALID = 4
+EXIT_ERROR = 5
+EXIT_INTERRUPTED = 130
+
+ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
+DEFAULT_CONFIG = "config.conf"
+DEFAULT_ENDPOINT = "127.0.0.1:50000"
+
+EPILOG = f"""\b
+Endpoints, first found wins: --endpoints or --cluster, the environment
+variable {ENV_ENDPOINTS}, ./{DEFAULT_CONFIG} when present, else {DEFAULT_ENDPOINT}.
+
+\b
+Exit codes:
+  {EXIT_OK}    success
+  {EXIT_NOT_FOUND}    key not found (getval, delete)
+  {EXIT_USAGE}    usage error: bad option, argument, endpoint list or cluster map
+  {EXIT_UNAVAILABLE}    cluster unavailable: no leader, nodes unreachable, or --timeout passed
+  {EXIT_INVALID}    request refused as invalid by the server (INVALID_ARGUMENT)
+  {EXIT_ERROR}    any other server or internal error
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+"""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def exit_code(error: ClientError) -> int:
+    if isinstance(error, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, Unavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, InvalidArgument):
+        return EXIT_INVALID
+    return EXIT_ERROR
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"raftctl: error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the cluster is; ids maps an endpoint to its node id when a cluster map named it."""
+
+    addresses: list[str]
+    ids: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_endpoints(endpoints: str | None, cluster: str | None, env: dict[str, str]) -> Endpoints:
+    """Command-line flags first, then the environment, then ./config.conf, then the seed's first node.
+
+    A flag beats the environment because it is the more specific, later choice of the person typing.
+    Raises click.UsageError (exit 2) for a bad list or map.
+    """
+    if endpoints is not None and cluster is not None:
+        raise click.UsageError("give --endpoints or --cluster, not both")
+    try:
+        if endpoints is not None:
+            return Endpoints(list(parse_endpoints(endpoints)))
+        if cluster is not None:
+            return _from_map(cluster)
+        if env.get(ENV_ENDPOINTS, "").strip():
+            return Endpoints(list(parse_endpoints(env[ENV_ENDPOINTS])))
+        if Path(DEFAULT_CONFIG).is_file():
+            return _from_map(DEFAULT_CONFIG)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    return Endpoints([DEFAULT_ENDPOINT])
+
+
+def _from_map(path: str) -> Endpoints:
+    cluster = load_cluster(path)
+    return Endpoints([n.address for n in cluster.nodes], {n.address: n.id for n in cluster.nodes})
+
+
+@dataclass
+class Settings:
+    """The global options; endpoints are resolved on first use so `CMD --help` never reads a map."""
+
+    endpoints_opt: str | None
+    cluster_opt: str | None
+    timeout: float
+    output: str
+    _resolved: Endpoints | None = None
+
+    @property
+    def endpoints(self) -> Endpoints:
+        if self._resolved is None:
+            self._resolved = resolve_endpoints(self.endpoints_opt, self.cluster_opt, dict(os.environ))
+        return self._resolved
+
+    def client(self) -> Client:
+        return Client(self.endpoints.addresses, self.timeout)
+
+    def emit(self, text: str | None, doc: object) -> None:
+        """Print text (nothing when None) or, with -o json, doc as one JSON document."""
+        if self.output == "json":
+            click.echo(json.dumps(doc))
+        elif text is not None:
+            click.echo(text)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+class _Group(click.Group):
+    """Turns every failure into one stderr line and an exit code: no tracebacks, no "Aborted!"."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClientError as e:
+            fail(str(e), exit_code(e))
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            fail(f"internal error: {type(e).__name__}: {e}", EXIT_ERROR)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.ClickException as e:
+            hint = ""
+            ctx = getattr(e, "ctx", None)
+            if isinstance(e, click.UsageError) and ctx is not None:
+                hint = f" (try '{ctx.command_path} --help')"
+            fail(f"{e.format_message()}{hint}", e.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(EXIT_INTERRUPTED)
+        if not standalone:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+@click.group(
+    cls=_Group,
+    invoke_without_command=True,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--endpoints",
+    metavar="HOST:PORT[,...]",
+    help=f"Nodes to talk to (also ${ENV_ENDPOINTS}).",
+)
+@click.option(
+    "--cluster",
+    metavar="FILE",
+    help="A cluster map: 'ID HOST PORT' lines, or YAML when it ends in .yaml/.yml.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Overall time for one command, retries and leader changes included.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.version_option(package_name="raftd")
+@click.pass_context
+def main(ctx: click.Context, endpoints: str | None, cluster: str | None, timeout: float, output: str) -> None:
+    """Client of a raftd cluster. Without a command, runs the original client's interactive shell."""
+    settings = Settings(endpoints, cluster, timeout, output)
+    ctx.obj = settings
+    if ctx.invoked_subcommand is None:
+        from raftctl.shell import Shell
+
+        resolved = settings.endpoints
+        sys.exit(Shell(resolved.addresses, timeout, resolved.ids).run())
+
+
+@main.command(epilog=EPILOG)
+@click.argument("key")
+@click.argument("value")
+@pass_settings
+def setval(s: Settings, key: str, value: str) -> None:
+    """Store VALUE under KEY. Prints nothing, like the original client."""
+    with s.client() as c:
+        index = c.put(key, value)
+    s.emit(None, {"key": key, "value": value, "index": index})
+
+
+@main.command(epilog=EPILOG)
+@click.argument("key")
+@click.option("--local", is_flag=True, help="Read the node's own state: faster, possibly stale.")
+@pass_settings
+def getval(s: Settings, key: str, local: bool) -> None:
+    """Print the value under KEY; prints None and exits 1 when it is absent."""
+    with s.client() as c:
+        try:
+            value = c.get(key, linearizable=not local)
+        except NotFound:
+            s.emit("None", {"key": key, "found": False, "value": None})
+            sys.exit(EXIT_NOT_FOUND)
+    s.emit(value, {"key": key, "found": True, "value": value})
+
+
+@main.command(epilog=EPILOG)
+@click.argument("key")
+@pass_settings
+def delete(s: Settings, key: str) -> None:
+    """Remove KEY. Prints nothing; prints None and exits 1 when it was absent."""
+    with s.client() as c:
+        deleted = c.delete(key)
+    s.emit(None if deleted else "None", {"key": key, "deleted": deleted})
+    if not deleted:
+        sys.exit(EXIT_NOT_FOUND)
+
+
+@main.command(epilog=EPILOG)
+@pass_settings
+def getleader(s: Settings) -> None:
+    """Print the leader as "ID HOST:PORT"."""
+    with s.client() as c:
+        leader = c.get_leader()
+    s.emit(leader_line(leader), {"id": leader.id, "address": leader.address, "term": leader.term})
+
+
+@main.command(epilog=EPILOG)
+@click.argument("period", type=click.IntRange(min=1))
+@pass_settings
+def suspend(s: Settings, period: int) -> None:
+    """Suspend the first endpoint's node for PERIOD seconds (pick it with --endpoints)."""
+    target = s.endpoints.addresses[0]
+    with s.client() as c:
+        c.suspend(period, target)
+    s.emit(None, {"endpoint": target, "period": period})
+
+
+@main.command("transfer-leader", epilog=EPILOG)
+@click.argument("node_id", metavar="ID", type=int)
+@pass_settings
+def transfer_leader(s: Settings, node_id: int) -> None:
+    """Hand leadership to node ID; prints the leader afterwards as "ID HOST:PORT"."""
+    with s.client() as c:
+        leader_id = c.transfer_leader(node_id)
+        try:
+            leader = c.get_leader()
+            text = leader_line(leader) if leader.id == leader_id else str(leader_id)
+        except ClientError:
+            text = str(leader_id)
+    s.emit(text, {"leader_id": leader_id})
+
+
+@main.command(epilog=EPILOG)
+@pass_settings
+def status(s: Settings) -> None:
+    """A table of every endpoint's node: its own view, health, and whether it answered.
+
+    Exits 3 (after the table) when any endpoint did not answer.
+    """
+    resolved = s.endpoints
+    with s.client() as c:
+        rows = c.status_all()
+    s.emit(status_table(rows, resolved.ids), status_json(rows, resolved.ids))
+    problem = unreachable_summary(rows)
+    if problem is not None:
+        fail(problem, EXIT_UNAVAILABLE)
