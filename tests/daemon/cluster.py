@@ -68,18 +68,19 @@ def free_ports(n: int) -> list[int]:
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = LEADER_TIMEOUT_S) -> T:
     """Poll check() until it returns something other than None/False; fail with `what` after timeout."""
     deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
+    last: object = None
     while True:
         try:
             result = check()
         except (grpc.RpcError, OSError, AssertionError) as e:
-            result, last_error = None, e
+            result = None
+            last = e.details() if isinstance(e, grpc.RpcError) else e  # type: ignore[attr-defined]
+        else:
+            last = result
         if result is not None and result is not False:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout:.0f}s waiting for {what}; last error: {last_error!r}"
-            )
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last outcome: {last!r}")
         time.sleep(POLL_S)
 
 
@@ -116,11 +117,12 @@ class Cluster:
         fmt: str = "conf",
         election_timeout_ms: tuple[int, int] | None = None,
         heartbeat_ms: int | None = None,
+        ports: list[int] | None = None,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.n = n
-        self.ports = free_ports(n)
+        self.ports = list(ports) if ports is not None else free_ports(n)
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_ms = heartbeat_ms
         self.config_path = self.root / ("cluster.yaml" if fmt == "yaml" else "config.conf")
@@ -250,6 +252,10 @@ class Cluster:
             proc.send_signal(sig)
         try:
             code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"node {i} did not exit within {timeout:.0f}s of {sig.name} (killed now)\n{self.dump_logs()}"
+            ) from None
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -317,13 +323,16 @@ class Cluster:
             ids = nodes if nodes is not None else self.running()
             leaders = {self.get_leader(i).leader_id for i in ids}
             if len(leaders) != 1:
-                return None
+                raise AssertionError(f"nodes {ids} name leaders {sorted(leaders)}")
             (lead,) = leaders
             if lead < 0 or lead == exclude or lead not in ids:
-                return None
+                raise AssertionError(f"nodes {ids} name leader {lead}")
             return lead
 
-        return wait_until(f"a leader agreed by nodes {nodes or self.running()}", agreed, timeout)
+        try:
+            return wait_until(f"a leader agreed by nodes {nodes or self.running()}", agreed, timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.dump_logs()}") from None
 
     def followers(self, leader: int) -> list[int]:
         return [i for i in range(self.n) if i != leader]
