@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint sim proto clean
+.PHONY: test run lint sim proto image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(STAMP)
 # Regenerate raftd/pb from proto/ (tests fail when the committed output is stale).
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftd/pb/*.proto
+
+# The raftd:latest image; with no registry, first a base image from this host's Debian package sources.
+image: $(STAMP)
+	deploy/build-image.sh
 
 sim: $(STAMP)
 	$(BIN)/python -m raftd.sim --seeds 2000

@@ -29,30 +29,65 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("node_id", metavar="ID", type=int)
+def main() -> None:
+    """`raftd ID ...` runs a node; `raftd compose ...` writes a compose file for a cluster map."""
+    if sys.argv[1:2] == ["compose"]:
+        from raftd.deploy.compose import main as compose
+
+        compose(args=sys.argv[2:], prog_name="raftd compose")
+    else:
+        node(prog_name="raftd")
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Every option can also come from the environment: RAFTD_NODE_ID for ID, RAFTD_CONFIG, "
+    "RAFTD_DATA_DIR, RAFTD_LISTEN, RAFTD_LOG_FORMAT, RAFTD_LOG_LEVEL. `raftd compose --help` turns a "
+    "cluster map into a docker-compose file.",
+)
+@click.argument("node_id", metavar="ID", type=int, envvar="RAFTD_NODE_ID")
 @click.option(
     "--config",
     "config_path",
     default="config.conf",
     show_default=True,
+    envvar="RAFTD_CONFIG",
     help="Cluster map: the original 'ID HOST PORT' format, or YAML when it ends in .yaml/.yml.",
 )
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Default: ./data/node-ID.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="RAFTD_DATA_DIR",
+    help="Default: ./data/node-ID.",
+)
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    envvar="RAFTD_LISTEN",
+    help="Address to bind (default: this node's address in the map), e.g. 0.0.0.0:50000 in a container.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="RAFTD_LOG_FORMAT",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
+    envvar="RAFTD_LOG_LEVEL",
 )
 @click.option("--election-timeout", metavar="MIN-MAX", help="Election timeout range in ms (default 150-300).")
 @click.option("--heartbeat-interval", type=int, metavar="MS", help="Heartbeat interval in ms (default 50).")
 @click.version_option(package_name="raftd")
-def main(
+def node(
     node_id: int,
     config_path: str,
     data_dir: Path | None,
+    listen: str | None,
     log_format: str,
     log_level: str,
     election_timeout: str | None,
@@ -67,7 +102,7 @@ def main(
         _fail(str(e), EXIT_CONFIG)
     logs.setup(node_id, log_format, log_level)
     try:
-        asyncio.run(serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}"))
+        asyncio.run(serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}", listen))
     except (StartupError, StorageError, FatalError) as e:
         _fail(str(e), EXIT_FAILURE)
 

@@ -73,7 +73,7 @@ def _health_updater(node: RaftNode, servicer: health.aio.HealthServicer) -> None
     update()
 
 
-async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path) -> None:
+async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path, listen: str | None = None) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
     me = cluster.node(node_id)
     storage = SqliteStorage.open(data_dir, cluster.name, node_id)
@@ -87,12 +87,11 @@ async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path) -> None:
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        bind = listen or me.address
         try:
-            server.add_insecure_port(me.address)
+            server.add_insecure_port(bind)
         except RuntimeError:
-            raise StartupError(
-                f"cannot listen on {me.address}: the address is in use or not available"
-            ) from None
+            raise StartupError(f"cannot listen on {bind}: the address is in use or not available") from None
         await server.start()
         log.info("The server starts at %s", me.address)
         _health_updater(node, health_servicer)

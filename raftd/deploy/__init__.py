@@ -1,0 +1,1 @@
+"""Container deployment helpers: compose-file generation and the image's health probe."""
