@@ -14,11 +14,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check raftd raftctl tests
+	$(BIN)/ruff check raftd raftctl tests integration_tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check raftd raftctl tests
+	$(BIN)/ruff check raftd raftctl tests integration_tests
 
 # Regenerate raftd/pb from proto/ (tests fail when the committed output is stale).
 proto: $(STAMP)

@@ -1,0 +1,50 @@
+"""Container fixtures: a Docker engine (skipped locally without one, required under CI), image, compose."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = "raftd:latest"
+
+
+def _engine_problem() -> str | None:
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    r = subprocess.run(["docker", "info"], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return f"no Docker engine answers: {(r.stderr.strip().splitlines() or ['?'])[-1]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    problem = _engine_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"container tests need a Docker engine under CI: {problem}")
+    pytest.skip(f"container tests skipped: {problem}")
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine: None) -> str:
+    """Build raftd:latest the way `make image` does (reusing any base image already there)."""
+    r = subprocess.run(["deploy/build-image.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, f"image build failed:\n{r.stdout}\n{r.stderr}"
+    return IMAGE
+
+
+@pytest.fixture(scope="session")
+def compose_cmd(docker_engine: None) -> list[str]:
+    """Whichever compose this machine has: the v2 plugin or docker-compose v1."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("a Docker engine runs but no compose tool is installed")
