@@ -376,6 +376,9 @@ def test_suspended_follower_returns_without_deposing_the_leader(cluster: Cluster
         lambda: cluster.get(follower, key),
         lambda: cluster.get(follower, key, local=True),
         lambda: cluster.delete(follower, key),
+        lambda: raft_pb2_grpc.RaftServiceStub(cluster.channel(follower)).GetVal(
+            raft_pb2.GetValRequest(key=key), timeout=5
+        ),
     ):
         with pytest.raises(grpc.RpcError) as e:
             call()

@@ -167,6 +167,29 @@ def test_sigkill_leader_under_load_loses_no_acknowledged_write(cluster: Cluster)
     assert failed, "the writer never noticed the kill: the test did not test anything"
 
 
+def test_frozen_leader_never_serves_a_stale_read(cluster: Cluster) -> None:
+    """SIGSTOP the leader, let the others move on, SIGCONT it: it still thinks it leads, but a
+    linearizable read through it must not return the value the others have since overwritten."""
+    old = cluster.wait_leader()
+    cluster.put(old, "k", "before")
+    cluster.stop(old)
+    others = cluster.followers(old)
+    new = cluster.wait_leader(nodes=others, exclude=old)
+    cluster.put(new, "k", "after")
+    cluster.cont(old)
+    # The first read right after waking is the dangerous one; an error is fine, a stale value is not.
+    for attempt in range(5):
+        try:
+            r = cluster.get(old, "k")
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), e
+            continue
+        assert (r.found, r.value) == (True, b"after"), f"read {attempt} after SIGCONT:\n{cluster.dump_logs()}"
+    assert cluster.wait_leader() == new, cluster.dump_logs()
+    cluster.wait_value(old, "k", "after", local=True)
+    assert cluster.status(old).role == "follower"
+
+
 def test_suspend_leader_new_leader_and_it_returns_as_follower(cluster: Cluster) -> None:
     """The original README's example 2, through the original RaftService."""
     old = cluster.wait_leader()
