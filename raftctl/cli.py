@@ -80,6 +80,12 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class BadClusterMap(click.ClickException):
+    """A bad --endpoints list or cluster map: a usage error, but one that --help cannot fix."""
+
+    exit_code = EXIT_USAGE
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where the cluster is; ids maps an endpoint to its node id when a cluster map named it."""
@@ -92,7 +98,7 @@ def resolve_endpoints(endpoints: str | None, cluster: str | None, env: dict[str,
     """Command-line flags first, then the environment, then ./config.conf, then the seed's first node.
 
     A flag beats the environment because it is the more specific, later choice of the person typing.
-    Raises click.UsageError (exit 2) for a bad list or map.
+    Raises a ClickException with exit code 2 for a bad list or map.
     """
     if endpoints is not None and cluster is not None:
         raise click.UsageError("give --endpoints or --cluster, not both")
@@ -106,7 +112,7 @@ def resolve_endpoints(endpoints: str | None, cluster: str | None, env: dict[str,
         if Path(DEFAULT_CONFIG).is_file():
             return _from_map(DEFAULT_CONFIG)
     except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+        raise BadClusterMap(str(e)) from None
     return Endpoints([DEFAULT_ENDPOINT])
 
 
