@@ -1,0 +1,163 @@
+"""The client library against in-process fake nodes: retries, hints, pinning, exactly-once ids, errors.
+
+Fakes rather than raftd, because only a fake can fail a write on demand after recording what arrived.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from raftctl.client import Client, InvalidArgument, NotFound, ServerError, Unavailable
+from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+from tests.daemon.cluster import free_ports
+
+Failure = tuple[grpc.StatusCode, str]
+
+
+class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
+    """Answers from a script: the first len(failures) writes fail as given, then writes succeed."""
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+        self.always: Failure | None = None
+        self.writes: list[tuple[str, int]] = []  # (client_id, seq) of every Put/Delete that arrived
+        self.data: dict[bytes, bytes] = {}
+        self.leader: tuple[int, str] | None = None
+        self.lock = threading.Lock()
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        kv_pb2_grpc.add_KVServicer_to_server(self, self.server)
+        kv_pb2_grpc.add_AdminServicer_to_server(self, self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def _script(self, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            failure = self.always or (self.failures.pop(0) if self.failures else None)
+        if failure is not None:
+            context.abort(*failure)
+
+    def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
+        self.writes.append((request.session.client_id, request.session.seq))
+        self._script(context)
+        self.data[request.key] = request.value
+        return pb.PutResponse(index=len(self.writes))
+
+    def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
+        self.writes.append((request.session.client_id, request.session.seq))
+        self._script(context)
+        return pb.DeleteResponse(deleted=self.data.pop(request.key, None) is not None)
+
+    def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> pb.GetResponse:
+        self._script(context)
+        value = self.data.get(request.key)
+        return pb.GetResponse(found=value is not None, value=value or b"")
+
+    def GetLeader(self, request: pb.GetLeaderRequest, context: grpc.ServicerContext) -> pb.GetLeaderResponse:
+        if self.leader is None:
+            return pb.GetLeaderResponse(leader_id=-1)
+        return pb.GetLeaderResponse(leader_id=self.leader[0], address=self.leader[1], term=3)
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[FakeNode]]:
+    made = [FakeNode(), FakeNode()]
+    try:
+        yield made
+    finally:
+        for n in made:
+            n.server.stop(None)
+
+
+def unused_endpoint() -> str:
+    (port,) = free_ports(1)
+    return f"127.0.0.1:{port}"
+
+
+def test_a_retried_write_keeps_its_id_and_the_next_write_gets_a_new_one(nodes: list[FakeNode]) -> None:
+    a = nodes[0]
+    a.failures = [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "no outcome within 1.0s; a write may or may not have applied"),
+        (grpc.StatusCode.UNAVAILABLE, "leadership changed before the write committed; retry"),
+    ]
+    with Client([a.address], timeout=10) as c:
+        assert c.put("k", "v") == 3
+        assert c.delete("k") is True
+        assert c.delete("k") is False
+    first = a.writes[0]
+    assert a.writes[:3] == [first] * 3, "every attempt of one write carries the same (client_id, seq)"
+    assert [s for _, s in a.writes[2:]] == [first[1], first[1] + 1, first[1] + 2]
+    assert {cid for cid, _ in a.writes} == {first[0]} and len(first[0]) >= 16
+
+    with Client([a.address], timeout=10) as other:
+        other.put("k", "v")
+    assert a.writes[-1][0] != first[0], "each Client has its own random client_id"
+
+
+def test_follows_the_leader_named_in_an_error(nodes: list[FakeNode]) -> None:
+    follower, leader = nodes
+    follower.always = (grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+    with Client([follower.address], timeout=10) as c:
+        c.put("k", "v")
+        assert c.get("k") == "v"
+    assert follower.writes[0] == leader.writes[0]
+
+
+def test_follows_the_leader_named_by_getleader(nodes: list[FakeNode]) -> None:
+    follower, leader = nodes
+    follower.leader = (1, leader.address)
+    follower.always = (grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
+    with Client([follower.address], timeout=10) as c:
+        c.put("k", "v")
+        assert c.get_leader().address == leader.address
+    assert follower.writes == [] and len(leader.writes) == 1
+
+
+def test_skips_dead_endpoints(nodes: list[FakeNode]) -> None:
+    with Client([unused_endpoint(), unused_endpoint(), nodes[0].address], timeout=10) as c:
+        c.put("k", "v")
+        assert c.get("k", linearizable=False) == "v"
+
+
+def test_pinned_client_never_leaves_its_node(nodes: list[FakeNode]) -> None:
+    pinned, other = nodes
+    pinned.always = (grpc.StatusCode.UNAVAILABLE, f"not the leader; try {other.address}")
+    with Client([pinned.address, other.address], timeout=0.5, pin=True) as c, pytest.raises(Unavailable) as e:
+        c.put("k", "v")
+    assert other.writes == [] and len(pinned.writes) > 1
+    assert "no answer within 0.5s" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_errors_are_typed_and_not_retried(nodes: list[FakeNode]) -> None:
+    a = nodes[0]
+    with Client([a.address], timeout=10) as c:
+        with pytest.raises(NotFound):
+            c.get("absent")
+        a.failures = [(grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")]
+        with pytest.raises(InvalidArgument, match="the key is empty"):
+            c.put("", "v")
+        a.failures = [(grpc.StatusCode.INTERNAL, "boom")]
+        with pytest.raises(ServerError, match="INTERNAL: boom"):
+            c.put("k", "v")
+        with pytest.raises(InvalidArgument, match="UTF-8"):
+            c.put("\udcff", "v")
+    assert len(a.writes) == 2
+
+
+def test_unreachable_everywhere_is_unavailable() -> None:
+    with Client([unused_endpoint(), unused_endpoint()], timeout=0.5) as c:
+        for call in (lambda: c.get("k"), lambda: c.put("k", "v"), c.get_leader):
+            with pytest.raises(Unavailable, match=r"no answer within 0\.5s; last error: 127\.0\.0\.1:\d+: "):
+                call()
+
+
+def test_status_lists_unreachable_endpoints(nodes: list[FakeNode]) -> None:
+    dead = unused_endpoint()
+    with Client([dead], timeout=2) as c:
+        (row,) = c.status_all()
+    assert row.endpoint == dead and not row.reachable and row.error
