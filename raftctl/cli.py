@@ -163,6 +163,8 @@ class _Group(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            raise  # the reader went away (`raftctl status | head -1`): Click exits quietly
         except Exception as e:
             fail(f"internal error: {type(e).__name__}: {e}", EXIT_ERROR)
 
