@@ -148,6 +148,8 @@ class RaftNode:
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+        for callback in self.on_role_change:
+            callback()
         self._fail_all(Unavailable("the node is shutting down"))
         for client in self.peers.values():
             await client.close()
@@ -363,7 +365,7 @@ class RaftNode:
 
     # -- the API used by the gRPC services ----------------------------------------------------------
     def leader(self) -> NodeAddr | None:
-        if self.suspended:
+        if self.suspended or self.stopping:
             return None
         lead = self.raw.raft.lead
         return self.addresses[lead] if lead != NONE else None

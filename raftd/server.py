@@ -33,21 +33,38 @@ class StartupError(Exception):
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
+        self._streams: set[asyncio.Task[object]] = set()
+
+    def close(self) -> None:
+        """End every inbound stream from our side, so that stopping the server finds no RPC in flight.
+
+        gRPC prints a traceback for each long-lived handler it has to cancel itself at server stop.
+        """
+        for task in self._streams:
+            task.cancel()
 
     async def Stream(
         self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
     ) -> peer_pb2.StepResponse:
-        async for batch in requests:
-            if batch.cluster != self.node.cluster.name:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"traffic for cluster {batch.cluster!r} reached cluster {self.node.cluster.name!r}",
-                )
-            try:
-                messages = [message_from_pb(m) for m in batch.messages]
-            except CodecError as e:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-            self.node.deliver(messages)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            async for batch in requests:
+                if batch.cluster != self.node.cluster.name:
+                    await context.abort(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"traffic for cluster {batch.cluster!r} reached cluster {self.node.cluster.name!r}",
+                    )
+                try:
+                    messages = [message_from_pb(m) for m in batch.messages]
+                except CodecError as e:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                self.node.deliver(messages)
+        except asyncio.CancelledError:
+            pass  # close() above, or the peer went away: a routine end for a long-lived stream
+        finally:
+            self._streams.discard(task)
         return peer_pb2.StepResponse()
 
 
@@ -81,7 +98,8 @@ async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path, listen: st
         node = RaftNode(cluster, node_id, storage)
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
-        peer_pb2_grpc.add_RaftPeerServicer_to_server(PeerService(node), server)
+        peers = PeerService(node)
+        peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, server)
         kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node), server)
@@ -96,6 +114,7 @@ async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path, listen: st
         log.info("The server starts at %s", me.address)
         _health_updater(node, health_servicer)
         await _run_until_signal(node)
+        peers.close()
         await server.stop(grace=0.5)
     finally:
         storage.close()

@@ -10,7 +10,6 @@ or slow peer only fills its own queue: when full, new messages to it are dropped
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -27,6 +26,7 @@ log = logging.getLogger("raftd.transport")
 QUEUE_LIMIT = 4096
 BATCH_LIMIT = 512
 WRITE_DEADLINE_S = 2.0
+CLOSE_WAIT_S = 1.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -79,7 +79,10 @@ class PeerClient:
                     request = pb.MessageBatch(
                         cluster=self.cluster, messages=[message_to_pb(m) for m in batch]
                     )
-                    await asyncio.wait_for(stream.write(request), WRITE_DEADLINE_S)
+                    # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that races with
+                    # the write's completion (gh-86296), and then close() would wait forever.
+                    async with asyncio.timeout(WRITE_DEADLINE_S):
+                        await stream.write(request)
                     self.reachable = True
                     backoff = BACKOFF_MIN_S
                     batch = await self._next_batch()
@@ -102,6 +105,6 @@ class PeerClient:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: shutting down must never hang on a peer.
+            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
         await self.channel.close(grace=None)
