@@ -216,12 +216,8 @@ def test_suspend_leader_new_leader_and_it_returns_as_follower(cluster: Cluster) 
 
 
 def test_sigterm_follower_exits_cleanly(cluster: Cluster) -> None:
-    """A planned stop is quiet: the stop line, status 0, nothing alarming on stderr.
-
-    # DAEMON BUG: stderr gets "Traceback ... grpc._cython.cygrpc._schedule_rpc_coro ...
-    # asyncio.exceptions.CancelledError" in most runs: server.stop(grace=0.5) cancels the peers' still-open
-    # inbound Stream RPCs (PeerService.Stream's `async for`) and grpc prints each cancelled handler task.
-    """
+    """A planned stop is quiet: the stop line, status 0, nothing alarming on stderr (no gRPC tracebacks
+    for the peers' cancelled inbound streams)."""
     leader = cluster.wait_leader()
     victim = cluster.followers(leader)[0]
     mark = cluster.log_size(victim)
@@ -235,15 +231,8 @@ def test_sigterm_follower_exits_cleanly(cluster: Cluster) -> None:
 
 
 def test_sigterm_leader_hands_over_and_exits_cleanly(cluster: Cluster) -> None:
-    """A planned stop must not cost the cluster an election timeout, nor lose the node's data.
-
-    # DAEMON BUG: in some runs the old leader never exits after the hand-over (killed after 20s). A task
-    # dump of the hung process shows the peer sender task "cancelling" but parked in
-    # PeerClient._run -> _next_batch -> queue.get(): the cancel from PeerClient.close() arrived while
-    # _run was in asyncio.wait_for(stream.write(...)) and the write finished at the same moment, and
-    # Python 3.11's wait_for then returns the result and drops the cancellation (gh-86296). close()
-    # awaits that task with no bound, so node.stop() never returns. Also see the follower test's stderr bug.
-    """
+    """A planned stop must not cost the cluster an election timeout, nor lose the node's data; and it
+    finishes (a cancelled peer sender once hung the shutdown forever)."""
     old = cluster.wait_leader()
     cluster.put(old, "k", "v")
     others = cluster.followers(old)
