@@ -107,7 +107,90 @@ def _encode(what: str, text: str) -> bytes:
         raise InvalidArgument(f"{what} is not valid UTF-8") from None
 
 
-class Client:
+class _Routing:
+    """Leader following as bookkeeping only, no I/O: shared by Client and raftctl.aio.AsyncClient.
+
+    Both clients run the same loop (known leader, else ask an endpoint, else try it; follow hints; back
+    off) and differ only in how they wait, so the decisions live here once.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float, pin: bool) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is needed")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout}")
+        self.endpoints = list(endpoints)
+        self.timeout = timeout
+        self.pin = pin
+        self._leader: str | None = None  # the leader's address as last heard; a hint, not a fact
+        self._next = 0  # index into endpoints of the one to try when no leader is known
+
+    def _known_target(self, failed: set[str]) -> str | None:
+        """The pinned node or the known leader; None when an endpoint must be asked first."""
+        if self.pin:
+            return self.endpoints[0]
+        if self._leader is not None and self._leader not in failed:
+            return self._leader
+        return None
+
+    def _adopt_leader(self, endpoint: str, response: pb.GetLeaderResponse | None, failed: set[str]) -> str:
+        """Where to go after asking endpoint (response None: it did not answer; the request will say why)."""
+        if response is not None and response.leader_id >= 0 and response.address not in failed:
+            self._leader = response.address
+            return response.address
+        return endpoint
+
+    def _heard_leader(self, response: pb.GetLeaderResponse) -> Leader | None:
+        """A GetLeader answer for get_leader(): the leader, remembered unless pinned; None if none known."""
+        if response.leader_id < 0:
+            return None
+        if not self.pin:
+            self._leader = response.address
+        return Leader(response.leader_id, response.address, response.term)
+
+    def _skip_endpoint(self) -> None:
+        """Ask the next endpoint next time (never when pinned)."""
+        if not self.pin:
+            self._next = (self._next + 1) % len(self.endpoints)
+
+    def _note_failure(self, target: str, details: str, failed: set[str]) -> bool:
+        """Record a retryable failure at target; True when an error named a fresh leader to try at once."""
+        failed.add(target)  # addresses that failed during this call: their hints are not followed
+        hint = None if self.pin else _hint(details)
+        if target == self._leader:
+            self._leader = None
+        elif not self.pin and target == self.endpoints[self._next]:
+            self._next = (self._next + 1) % len(self.endpoints)
+        if hint is not None and hint not in failed:
+            self._leader = hint
+            return True
+        return False
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        remaining = deadline - time.monotonic()
+        return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
+
+    def _pause(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
+        """How long to sleep before the next attempt; Unavailable when no time is left."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._gave_up(what, last_error)
+        return min(backoff, remaining)
+
+    def _gave_up(self, what: str, last_error: str) -> Unavailable:
+        return Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
+
+    @staticmethod
+    def _raise_unless_retryable(e: grpc.RpcError) -> None:
+        code = e.code()
+        if code in RETRYABLE:
+            return
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument(_details(e)) from None
+        raise ServerError(f"{code.name}: {_details(e)}") from None
+
+
+class Client(_Routing):
     """Talks to a raftd cluster through the given endpoints ("host:port").
 
     pin=True sends every request to endpoints[0] only (the shell's `connect`, like the original client,
@@ -118,18 +201,10 @@ class Client:
     def __init__(
         self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT_S, *, pin: bool = False
     ) -> None:
-        if not endpoints:
-            raise ValueError("at least one endpoint is needed")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        self.endpoints = list(endpoints)
-        self.timeout = timeout
-        self.pin = pin
+        super().__init__(endpoints, timeout, pin)
         self.client_id = secrets.token_hex(16)
         self._seq = 0
         self._channels: dict[str, grpc.Channel] = {}
-        self._leader: str | None = None  # the leader's address as last heard; a hint, not a fact
-        self._next = 0  # index into endpoints of the one to try when no leader is known
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -197,13 +272,11 @@ class Client:
                 self._raise_unless_retryable(e)
                 last_error = f"{target}: {_details(e)}"
             else:
-                if response.leader_id >= 0:
-                    if not self.pin:
-                        self._leader = response.address
-                    return Leader(response.leader_id, response.address, response.term)
+                leader = self._heard_leader(response)
+                if leader is not None:
+                    return leader
                 last_error = f"{target}: no leader known"
-            if not self.pin:
-                self._next = (self._next + 1) % len(self.endpoints)
+            self._skip_endpoint()
             backoff = self._sleep(backoff, deadline, "getleader", last_error)
 
     def transfer_leader(self, node_id: int) -> int:
@@ -284,7 +357,7 @@ class Client:
         deadline = time.monotonic() + self.timeout
         backoff = BACKOFF_MIN_S
         last_error = ""
-        failed: set[str] = set()  # addresses that failed during this call: their hints are not followed
+        failed: set[str] = set()
         maybe_applied = False
         while True:
             target = self._target(deadline, failed)
@@ -296,61 +369,34 @@ class Client:
                 last_error = f"{target}: {details}"
                 # Past a client-side deadline the write may have reached the leader; say so at the end.
                 maybe_applied |= write and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                failed.add(target)
-                hint = None if self.pin else _hint(details)
-                if target == self._leader:
-                    self._leader = None
-                elif not self.pin and target == self.endpoints[self._next]:
-                    self._next = (self._next + 1) % len(self.endpoints)
-                if hint is not None and hint not in failed:
-                    self._leader = hint
+                if self._note_failure(target, details, failed):
                     continue  # a fresh lead: follow it at once
             note = "; the write may or may not have applied" if maybe_applied else ""
             backoff = self._sleep(backoff, deadline, what, last_error + note)
 
     def _target(self, deadline: float, failed: set[str]) -> str:
         """Where the next attempt goes: pinned node, else the known leader, else a node's leader hint."""
-        if self.pin:
-            return self.endpoints[0]
-        if self._leader is not None and self._leader not in failed:
-            return self._leader
+        known = self._known_target(failed)
+        if known is not None:
+            return known
         endpoint = self.endpoints[self._next]
         try:
             response = self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
         except grpc.RpcError:
-            return endpoint  # the request itself will fail there and say why
-        if response.leader_id >= 0 and response.address not in failed:
-            self._leader = response.address
-            return response.address
-        return endpoint
+            response = None
+        return self._adopt_leader(endpoint, response, failed)
 
     def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
         return kv_pb2_grpc.AdminStub(self._channel(endpoint)).GetLeader(
             pb.GetLeaderRequest(), timeout=timeout
         )
 
-    def _attempt_timeout(self, deadline: float) -> float:
-        remaining = deadline - time.monotonic()
-        return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
-
     def _sleep(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
         """Sleep before the next attempt; Unavailable when no time is left. Returns the next backoff."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
-        time.sleep(min(backoff, remaining))
+        time.sleep(self._pause(backoff, deadline, what, last_error))
         if time.monotonic() >= deadline:
-            raise Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
+            raise self._gave_up(what, last_error)
         return min(backoff * 2, BACKOFF_MAX_S)
-
-    @staticmethod
-    def _raise_unless_retryable(e: grpc.RpcError) -> None:
-        code = e.code()
-        if code in RETRYABLE:
-            return
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidArgument(_details(e)) from None
-        raise ServerError(f"{code.name}: {_details(e)}") from None
 
 
 def _details(e: grpc.RpcError) -> str:
