@@ -1,0 +1,198 @@
+"""An asyncio client for raftd: the same leader following as raftctl.client.Client, for async programs.
+
+One grpc.aio channel per endpoint lives as long as the client, and any number of concurrent requests
+share it (HTTP/2 multiplexing), so a program with many coroutines needs one AsyncClient, not many.
+
+Exactly-once writes need care under concurrency: the server remembers only the highest seq per client_id
+(Raft dissertation 6.3, one outstanding request per client), so two writes in flight under one client_id
+could have the lower seq answered from the higher one's record without ever applying. Each in-flight write
+therefore holds a session (client_id, seq counter) of its own from a pool: a write takes an idle session or
+makes one, numbers itself, keeps that (client_id, seq) on every retry, and gives the session back when
+done. A client makes as many sessions as it ever has writes in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from raftctl.client import (
+    ATTEMPT_MIN_S,
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    CHANNEL_OPTIONS,
+    DEFAULT_TIMEOUT_S,
+    Leader,
+    NotFound,
+    _details,
+    _encode,
+    _Routing,
+)
+from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Session:
+    client_id: str
+    seq: int = 0
+
+
+class _Stubs:
+    """The long-lived channel to one endpoint and its stubs (made once: stub creation is not free)."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+        self.kv = kv_pb2_grpc.KVStub(self.channel)
+        self.admin = kv_pb2_grpc.AdminStub(self.channel)
+
+
+class AsyncClient(_Routing):
+    """put/get/delete/get_leader against a raftd cluster, following the leader within `timeout` per call.
+
+    Use it from one event loop (grpc.aio channels belong to the loop that first uses them); close it with
+    `await client.close()` or `async with AsyncClient(...) as client:`. Raises the same ClientError
+    subclasses as the sync client.
+    """
+
+    def __init__(self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(endpoints, timeout, pin=False)
+        self._stubs_by_endpoint: dict[str, _Stubs] = {}
+        self._idle_sessions: list[_Session] = []
+        self.sessions_made = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def close(self) -> None:
+        stubs, self._stubs_by_endpoint = list(self._stubs_by_endpoint.values()), {}
+        for s in stubs:
+            await s.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _stubs(self, endpoint: str) -> _Stubs:
+        stubs = self._stubs_by_endpoint.get(endpoint)
+        if stubs is None:
+            stubs = self._stubs_by_endpoint[endpoint] = _Stubs(endpoint)
+        return stubs
+
+    # -- KV -----------------------------------------------------------------------------------------
+    async def put(self, key: str, value: str) -> int:
+        """Store value under key once it is committed and applied; returns the log index it applied at."""
+        request = pb.PutRequest(key=_encode("the key", key), value=_encode("the value", value))
+        with self._session_for(request.session):
+            response = await self._call("setval", lambda s, t: s.kv.Put(request, timeout=t), write=True)
+        return response.index
+
+    async def get(self, key: str, linearizable: bool = True) -> str:
+        """The value under key; NotFound when absent. linearizable=False may be stale but needs no quorum."""
+        request = pb.GetRequest(key=_encode("the key", key), local=not linearizable)
+        response = await self._call("getval", lambda s, t: s.kv.Get(request, timeout=t))
+        if not response.found:
+            raise NotFound(f"key {key!r} not found")
+        return response.value.decode("utf-8", errors="replace")
+
+    async def delete(self, key: str) -> bool:
+        """Remove key; False when it was already absent."""
+        request = pb.DeleteRequest(key=_encode("the key", key))
+        with self._session_for(request.session):
+            response = await self._call("delete", lambda s, t: s.kv.Delete(request, timeout=t), write=True)
+        return response.deleted
+
+    def _session_for(self, into: pb.WriteSession) -> _SessionLease:
+        """Fill `into` with a fresh (client_id, seq) from an idle session; the lease gives it back."""
+        session = self._idle_sessions.pop() if self._idle_sessions else self._new_session()
+        session.seq += 1
+        into.client_id = session.client_id
+        into.seq = session.seq
+        return _SessionLease(self._idle_sessions, session)
+
+    def _new_session(self) -> _Session:
+        self.sessions_made += 1
+        return _Session(secrets.token_hex(16))
+
+    # -- admin --------------------------------------------------------------------------------------
+    async def get_leader(self) -> Leader:
+        """The leader as a node names it; retried (also at other nodes) until one is known."""
+        deadline = time.monotonic() + self.timeout
+        backoff = BACKOFF_MIN_S
+        last_error = "no node named a leader"
+        while True:
+            target = self.endpoints[self._next]
+            try:
+                response = await self._ask_leader(target, self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                self._raise_unless_retryable(e)
+                last_error = f"{target}: {_details(e)}"
+            else:
+                leader = self._heard_leader(response)
+                if leader is not None:
+                    return leader
+                last_error = f"{target}: no leader known"
+            self._skip_endpoint()
+            backoff = await self._sleep(backoff, deadline, "getleader", last_error)
+
+    # -- the retry loop (the sync client's, awaiting instead of blocking) ---------------------------
+    async def _call(
+        self, what: str, rpc: Callable[[_Stubs, float], Awaitable[T]], *, write: bool = False
+    ) -> T:
+        deadline = time.monotonic() + self.timeout
+        backoff = BACKOFF_MIN_S
+        last_error = ""
+        failed: set[str] = set()
+        maybe_applied = False
+        while True:
+            target = self._known_target(failed) or await self._find_target(deadline, failed)
+            try:
+                return await rpc(self._stubs(target), self._attempt_timeout(deadline))
+            except grpc.RpcError as e:
+                self._raise_unless_retryable(e)
+                details = _details(e)
+                last_error = f"{target}: {details}"
+                maybe_applied |= write and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                if self._note_failure(target, details, failed):
+                    continue
+            note = "; the write may or may not have applied" if maybe_applied else ""
+            backoff = await self._sleep(backoff, deadline, what, last_error + note)
+
+    async def _find_target(self, deadline: float, failed: set[str]) -> str:
+        endpoint = self.endpoints[self._next]
+        try:
+            response = await self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
+        except grpc.RpcError:
+            response = None
+        return self._adopt_leader(endpoint, response, failed)
+
+    async def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
+        return await self._stubs(endpoint).admin.GetLeader(pb.GetLeaderRequest(), timeout=timeout)
+
+    async def _sleep(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
+        await asyncio.sleep(self._pause(backoff, deadline, what, last_error))
+        if time.monotonic() >= deadline:
+            raise self._gave_up(what, last_error)
+        return min(backoff * 2, BACKOFF_MAX_S)
+
+
+class _SessionLease:
+    """Returns a session to the idle pool when its write is over, however it ended."""
+
+    def __init__(self, pool: list[_Session], session: _Session) -> None:
+        self.pool = pool
+        self.session = session
+
+    def __enter__(self) -> _Session:
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.append(self.session)
