@@ -317,3 +317,68 @@ def status(s: Settings) -> None:
     problem = unreachable_summary(rows)
     if problem is not None:
         fail(problem, EXIT_UNAVAILABLE)
+
+
+@main.command(epilog=EPILOG)
+@click.option(
+    "--workload",
+    type=click.Choice(["write", "read", "local-read"]),
+    default="write",
+    show_default=True,
+    help="write: Put; read: linearizable Get; local-read: Get from the node's own state.",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Measured time, after the warmup.",
+)
+@click.option("--value-size", type=click.IntRange(min=0), default=16, show_default=True, metavar="BYTES")
+@click.option("--keys", type=click.IntRange(min=1), default=1000, show_default=True, help="Key space size.")
+@click.option(
+    "--warmup",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Load before measuring (not counted).",
+)
+@click.option("--endpoints", "endpoints_opt", metavar="HOST:PORT[,...]", help="Same as the global option.")
+@click.option(
+    "-o", "--output", "output_opt", type=click.Choice(["text", "json"]), help="Same as the global option."
+)
+@pass_settings
+def bench(
+    s: Settings,
+    workload: str,
+    concurrency: int,
+    duration: float,
+    value_size: int,
+    keys: int,
+    warmup: float,
+    endpoints_opt: str | None,
+    output_opt: str | None,
+) -> None:
+    """Load the cluster from CONCURRENCY asyncio workers sharing one client; report throughput and latency.
+
+    Every write is acknowledged individually, after commit. Read workloads first write each key once.
+    --timeout bounds each operation (retries included); an operation that fails counts as an error and
+    its worker goes on. Exits 3 when no operation succeeded.
+    """
+    import asyncio
+
+    from raftctl.bench import BenchConfig, result_table
+    from raftctl.bench import bench as run
+
+    if endpoints_opt is not None:
+        s = Settings(endpoints_opt, s.cluster_opt, s.timeout, s.output)
+    if output_opt is not None:
+        s.output = output_opt
+    cfg = BenchConfig(workload, concurrency, duration, value_size, keys, warmup)
+    result = asyncio.run(run(s.endpoints.addresses, s.timeout, cfg))
+    s.emit(result_table(result), result.to_dict())
+    if result.ops == 0:
+        fail(f"no operation succeeded; first error: {result.first_error or 'none'}", EXIT_UNAVAILABLE)
