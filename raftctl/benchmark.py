@@ -1,0 +1,548 @@
+"""`make bench` (python -m raftctl.benchmark): the issue's figures from a fresh local 3-node cluster.
+
+Starts three real `python -m raftd` processes with default settings on free 127.0.0.1 ports, data dirs in
+a temporary directory, and measures, in this order:
+
+1. writes and linearizable reads at concurrency 1, 16, 64, 256 (`raftctl bench` in-process);
+2. failover: under a steady write load, SIGKILL the leader; the window runs from the kill to the first
+   acknowledged write *issued after* the kill (a write issued after the kill cannot be answered by the dead
+   leader, so the figure never flatters: it is high by at most one write's latency); then restart the
+   node, wait for it to catch up, and repeat;
+3. idle CPU per node (utime+stime from /proc/PID/stat over a quiet interval, % of one core);
+4. memory per node (VmRSS from /proc/PID/status) before and after loading many keys of 16-byte values
+   through the async client.
+
+Prints the machine facts and one markdown table on stdout; progress goes to stderr. Every node is
+killed at the end, also on Ctrl-C, SIGTERM or an exception. Environment knobs (defaults in brackets):
+BENCH_SECONDS [5] and BENCH_WARMUP [1] per run, BENCH_CONCURRENCY [1,16,64,256], BENCH_KEYS [1000],
+BENCH_VALUE_SIZE [16], BENCH_FAILOVER_TRIALS [10], BENCH_FAILOVER_WRITERS [4], BENCH_IDLE_SECONDS [10],
+BENCH_LOAD_KEYS [1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_KEEP_DIR [0].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from raftctl.aio import AsyncClient
+from raftctl.bench import BenchConfig, BenchResult, fill, fmt_ms, make_value, run_bench
+from raftctl.client import Client, ClientError
+
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 60.0
+FAILOVER_TIMEOUT_S = 30.0
+STEADY_BEFORE_KILL_S = 1.0
+SETTLE_BEFORE_IDLE_S = 2.0
+POLL_S = 0.005
+
+T = TypeVar("T")
+
+
+# -- pure helpers (unit-tested) ---------------------------------------------------------------------
+
+
+def parse_proc_stat(text: str) -> int:
+    """utime + stime, in clock ticks, from the text of /proc/PID/stat.
+
+    The command name (field 2) is in parentheses and may hold spaces or ')', so fields are counted from
+    the last ')'; utime and stime are fields 14 and 15.
+    """
+    rest = text[text.rindex(")") + 2 :].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def parse_vmrss_kib(text: str) -> int:
+    """VmRSS in KiB from the text of /proc/PID/status."""
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise ValueError("no VmRSS line (is the process a zombie?)")
+
+
+def parse_cpu_model(text: str) -> str:
+    """The first 'model name' of /proc/cpuinfo (or 'unknown', e.g. on some ARM kernels)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return value.strip()
+    return "unknown"
+
+
+def parse_mem_total_kib(text: str) -> int:
+    """MemTotal in KiB from /proc/meminfo."""
+    for line in text.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise ValueError("no MemTotal line")
+
+
+def cpu_percent(ticks: int, clock_ticks_per_s: int, seconds: float) -> float:
+    """CPU time as a percentage of one core over a wall-clock interval."""
+    return 100.0 * ticks / clock_ticks_per_s / seconds
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub markdown table, columns padded so that it also reads well as plain text."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    return float(raw) if raw else default
+
+
+def env_ints(env: Mapping[str, str], name: str, default: Sequence[int]) -> list[int]:
+    raw = env.get(name, "").strip()
+    return [int(x) for x in raw.split(",") if x.strip()] if raw else list(default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float = 5.0
+    warmup: float = 1.0
+    concurrency: tuple[int, ...] = (1, 16, 64, 256)
+    keys: int = 1000
+    value_size: int = 16
+    failover_trials: int = 10
+    failover_writers: int = 4
+    idle_seconds: float = 10.0
+    load_keys: int = 1_000_000
+    load_concurrency: int = 256
+    keep_dir: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        d = cls()
+        return cls(
+            seconds=env_float(env, "BENCH_SECONDS", d.seconds),
+            warmup=env_float(env, "BENCH_WARMUP", d.warmup),
+            concurrency=tuple(env_ints(env, "BENCH_CONCURRENCY", d.concurrency)),
+            keys=env_int(env, "BENCH_KEYS", d.keys),
+            value_size=env_int(env, "BENCH_VALUE_SIZE", d.value_size),
+            failover_trials=env_int(env, "BENCH_FAILOVER_TRIALS", d.failover_trials),
+            failover_writers=env_int(env, "BENCH_FAILOVER_WRITERS", d.failover_writers),
+            idle_seconds=env_float(env, "BENCH_IDLE_SECONDS", d.idle_seconds),
+            load_keys=env_int(env, "BENCH_LOAD_KEYS", d.load_keys),
+            load_concurrency=env_int(env, "BENCH_LOAD_CONCURRENCY", d.load_concurrency),
+            keep_dir=env.get("BENCH_KEEP_DIR", "") not in ("", "0"),
+        )
+
+
+@dataclass
+class Report:
+    """Everything measured; rendered once at the end."""
+
+    facts: dict[str, str] = field(default_factory=dict)
+    runs: list[BenchResult] = field(default_factory=list)
+    failover_ms: list[float] = field(default_factory=list)
+    failover_errors: int = 0
+    failover_first_error: str | None = None
+    failover_writers: int = 0
+    idle_cpu: dict[int, float] = field(default_factory=dict)
+    rss_before_kib: dict[int, int] = field(default_factory=dict)
+    rss_after_kib: dict[int, int] = field(default_factory=dict)
+    load_keys: int = 0
+    load_seconds: float | None = None
+    load_concurrency: int = 0
+
+
+def _run_row(r: BenchResult) -> list[str]:
+    name = {"write": "write", "read": "linearizable read", "local-read": "local read"}[r.workload]
+    return [
+        f"{name}, {r.concurrency} client{'s' if r.concurrency != 1 else ''}",
+        f"{r.ops_per_s:,.0f} ops/s",
+        fmt_ms(r.p50_ms),
+        fmt_ms(r.p95_ms),
+        fmt_ms(r.p99_ms),
+        fmt_ms(r.max_ms),
+        str(r.errors),
+        f"client CPU {r.client_cpu_percent:.0f}%",
+    ]
+
+
+def render_report(report: Report) -> str:
+    """Machine facts as a list, then the one table with every figure."""
+    lines = [f"- {k}: {v}" for k, v in report.facts.items()]
+    headers = ["measurement", "result", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "notes"]
+    rows = [_run_row(r) for r in report.runs]
+    if report.failover_ms:
+        ms = report.failover_ms
+        rows.append(
+            [
+                f"failover window, {len(ms)} trials",
+                f"median {statistics.median(ms):.0f} ms",
+                fmt_ms(statistics.median(ms)),
+                "-",
+                "-",
+                fmt_ms(max(ms)),
+                str(report.failover_errors),
+                f"SIGKILL leader under {report.failover_writers} writers; kill -> first ack of a later write",
+            ]
+        )
+    for node, pct in sorted(report.idle_cpu.items()):
+        rows.append([f"idle CPU, node {node}", f"{pct:.2f}% of a core", "-", "-", "-", "-", "-", ""])
+    if report.load_seconds is not None:
+        rate = report.load_keys / report.load_seconds if report.load_seconds > 0 else 0.0
+        rows.append(
+            [
+                f"load {report.load_keys:,} keys",
+                f"{report.load_seconds:.1f} s",
+                "-",
+                "-",
+                "-",
+                "-",
+                "0",
+                f"{rate:,.0f} writes/s at {report.load_concurrency} clients",
+            ]
+        )
+    for node in sorted(report.rss_before_kib):
+        after = report.rss_after_kib.get(node)
+        before_mb = report.rss_before_kib[node] / 1024
+        if after is not None:
+            result = f"{after / 1024:.0f} MB RSS"
+            note = f"with {report.load_keys:,} keys; {before_mb:.0f} MB before the load"
+        else:
+            result = f"{before_mb:.0f} MB RSS"
+            note = "key load skipped"
+        rows.append([f"memory, node {node}", result, "-", "-", "-", "-", "-", note])
+    return "\n".join([*lines, "", markdown_table(headers, rows)])
+
+
+# -- the machine ------------------------------------------------------------------------------------
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_facts() -> dict[str, str]:
+    mem = _read("/proc/meminfo")
+    facts = {
+        "CPU": parse_cpu_model(_read("/proc/cpuinfo")),
+        "cores": str(os.cpu_count()),
+        "RAM": f"{parse_mem_total_kib(mem) / 1024 / 1024:.1f} GiB" if mem else "unknown",
+        "Python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        rev = ""
+    if rev:
+        facts["revision"] = rev
+    return facts
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
+
+
+def proc_rss_kib(pid: int) -> int:
+    return parse_vmrss_kib(Path(f"/proc/{pid}/status").read_text())
+
+
+# -- the cluster ------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1 (held open together so they cannot repeat)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: float = 0.05) -> T:
+    """Poll check() until it returns something not None; RuntimeError naming `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = check()
+        except ClientError as e:
+            result, last = None, e
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+        time.sleep(poll)
+
+
+class LocalCluster:
+    """n `python -m raftd` processes with default settings, each in its own session (Ctrl-C reaches only
+    us; we kill them), output in per-node log files under root."""
+
+    def __init__(self, root: Path, n: int = 3) -> None:
+        self.root = root
+        self.n = n
+        self.ports = free_ports(n)
+        self.config = root / "config.conf"
+        self.config.write_text("".join(f"{i} {HOST} {p}\n" for i, p in enumerate(self.ports)))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.admin = Client(self.endpoints, timeout=2.0)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.address(i) for i in range(self.n)]
+
+    def address(self, i: int) -> str:
+        return f"{HOST}:{self.ports[i]}"
+
+    def start(self, i: int) -> None:
+        args = [sys.executable, "-m", "raftd", str(i), "--config", str(self.config)]
+        args += ["--data-dir", str(self.root / f"data-{i}")]
+        with (self.root / f"node-{i}.log").open("ab") as out:
+            self.procs[i] = subprocess.Popen(
+                args, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+    def close(self) -> None:
+        """Kill every node; safe to call more than once."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.admin.close()
+
+    def pid(self, i: int) -> int:
+        return self.procs[i].pid
+
+    def check_alive(self) -> None:
+        for i, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"node {i} exited with {proc.returncode}; see {self.root}/node-{i}.log")
+
+    def agreed_leader(self) -> int | None:
+        """The leader's node id when every node answers and names the same one, else None."""
+        self.check_alive()
+        rows = self.admin.status_all()
+        leaders = {r.leader_id for r in rows}
+        if not all(r.reachable for r in rows) or len(leaders) != 1 or None in leaders:
+            return None
+        return leaders.pop()
+
+    def wait_leader(self, timeout: float = START_TIMEOUT_S) -> int:
+        return wait_for("every node to name one leader", self.agreed_leader, timeout)
+
+    def wait_caught_up(self, i: int, timeout: float = CATCH_UP_TIMEOUT_S) -> None:
+        """Until node i has applied everything the leader had committed when we started waiting."""
+        leader = self.wait_leader(timeout)
+        target = self.admin.status(self.address(leader)).commit_index or 0
+
+        def caught_up() -> bool | None:
+            self.check_alive()
+            row = self.admin.status(self.address(i))
+            return True if row.reachable and (row.applied_index or 0) >= target else None
+
+        wait_for(f"node {i} to apply index {target}", caught_up, timeout)
+
+
+# -- the measurements -------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def _throughput(cluster: LocalCluster, s: Settings, report: Report) -> None:
+    async with AsyncClient(cluster.endpoints) as client:
+        for workload in ("write", "read"):
+            for c in s.concurrency:
+                cfg = BenchConfig(workload, c, s.seconds, s.value_size, s.keys, s.warmup)
+                r = await run_bench(client, cfg)
+                log(
+                    f"{workload} c={c}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
+                    f"p99 {r.p99_ms:.2f} ms, {r.errors} errors"
+                )
+                report.runs.append(r)
+                cluster.check_alive()
+
+
+def _first_ack_after(acks: list[tuple[float, float]], start: int, issued_after: float) -> float | None:
+    """The ack time of the first write at or after position start that was issued at/after issued_after."""
+    for issued, acked in acks[start:]:
+        if issued >= issued_after:
+            return acked
+    return None
+
+
+async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
+    """Steady writers plus a loop of kill leader / wait for a new write's ack / restart / catch up."""
+    value = make_value(s.value_size)
+    acks: list[tuple[float, float]] = []  # (issued, acknowledged), monotonic
+    stop = asyncio.Event()
+    report.failover_writers = s.failover_writers
+
+    async def writer(client: AsyncClient, n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t0 = time.monotonic()
+            try:
+                await client.put(f"failover/{n}/{i % 100}", value)
+            except ClientError as e:
+                report.failover_errors += 1
+                report.failover_first_error = report.failover_first_error or str(e)
+                continue
+            acks.append((t0, time.monotonic()))
+
+    async with AsyncClient(cluster.endpoints) as client:
+        tasks = [asyncio.create_task(writer(client, n)) for n in range(s.failover_writers)]
+        try:
+            for trial in range(1, s.failover_trials + 1):
+                leader = await asyncio.to_thread(cluster.wait_leader)
+                await asyncio.sleep(STEADY_BEFORE_KILL_S)
+                mark = len(acks)
+                t_kill = time.monotonic()
+                cluster.procs[leader].kill()
+                issued_after = time.monotonic()
+                await asyncio.to_thread(cluster.procs[leader].wait)
+                # acks are appended in the order they arrive: the first match is the earliest.
+                while (first := _first_ack_after(acks, mark, issued_after)) is None:
+                    if time.monotonic() > t_kill + FAILOVER_TIMEOUT_S:
+                        raise RuntimeError(
+                            f"no write acknowledged within {FAILOVER_TIMEOUT_S:.0f}s of a kill"
+                        )
+                    await asyncio.sleep(POLL_S)
+                window_ms = (first - t_kill) * 1000
+                report.failover_ms.append(window_ms)
+                log(f"failover trial {trial}: killed node {leader}, window {window_ms:.0f} ms")
+                cluster.start(leader)
+                await asyncio.to_thread(cluster.wait_caught_up, leader)
+                del acks[:]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _idle_cpu(cluster: LocalCluster, s: Settings, report: Report) -> None:
+    time.sleep(SETTLE_BEFORE_IDLE_S)
+    hz = os.sysconf("SC_CLK_TCK")
+    before = {i: proc_cpu_ticks(cluster.pid(i)) for i in range(cluster.n)}
+    t0 = time.monotonic()
+    time.sleep(s.idle_seconds)
+    elapsed = time.monotonic() - t0
+    for i in range(cluster.n):
+        report.idle_cpu[i] = cpu_percent(proc_cpu_ticks(cluster.pid(i)) - before[i], hz, elapsed)
+    log("idle CPU: " + ", ".join(f"node {i} {p:.2f}%" for i, p in report.idle_cpu.items()))
+
+
+async def _load(cluster: LocalCluster, s: Settings, report: Report) -> None:
+    """Write s.load_keys distinct keys from s.load_concurrency workers, reporting progress every 10%."""
+    value = make_value(16)
+    report.load_keys, report.load_concurrency = s.load_keys, s.load_concurrency
+    step = max(1, s.load_keys // 10)
+    t0 = time.monotonic()
+    async with AsyncClient(cluster.endpoints, timeout=30.0) as client:
+        for start in range(0, s.load_keys, step):
+            await fill(client, range(start, min(start + step, s.load_keys)), value, s.load_concurrency)
+            done = min(start + step, s.load_keys)
+            log(f"loaded {done:,} keys in {time.monotonic() - t0:.0f} s")
+            cluster.check_alive()
+    report.load_seconds = time.monotonic() - t0
+
+
+def run(s: Settings, root: Path, report: Report) -> None:
+    cluster = LocalCluster(root)
+    try:
+        for i in range(cluster.n):
+            cluster.start(i)
+        leader = cluster.wait_leader()
+        log(f"cluster up in {root}: {', '.join(cluster.endpoints)}; leader node {leader}")
+        asyncio.run(_throughput(cluster, s, report))
+        if s.failover_trials > 0:
+            asyncio.run(_failover(cluster, s, report))
+        for i in range(cluster.n):
+            cluster.wait_caught_up(i)
+        _idle_cpu(cluster, s, report)
+        report.rss_before_kib = {i: proc_rss_kib(cluster.pid(i)) for i in range(cluster.n)}
+        if s.load_keys > 0:
+            asyncio.run(_load(cluster, s, report))
+            for i in range(cluster.n):
+                cluster.wait_caught_up(i, timeout=300)
+            report.rss_after_kib = {i: proc_rss_kib(cluster.pid(i)) for i in range(cluster.n)}
+    finally:
+        cluster.close()
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # unwinds through every finally: the nodes get killed
+
+
+def main() -> int:
+    s = Settings.from_env(os.environ)
+    signal.signal(signal.SIGTERM, _sigterm)
+    report = Report(facts=machine_facts())
+    root = Path(tempfile.mkdtemp(prefix="raftd-bench-"))
+    ok = False
+    try:
+        run(s, root, report)
+        ok = True
+    except KeyboardInterrupt:
+        log(f"interrupted; every node killed; node logs kept in {root}")
+        return 130
+    except Exception as e:
+        log(f"failed: {type(e).__name__}: {e}; node logs kept in {root}")
+        return 1
+    finally:
+        if ok and not s.keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
+    print(render_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
