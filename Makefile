@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint sim proto image clean
+.PHONY: test run lint sim proto image bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ sim: $(STAMP)
 # The 3-node cluster of config.conf in the foreground; Ctrl-C stops it; data stays in ./data.
 run: $(STAMP)
 	$(BIN)/python -m raftd.devcluster config.conf
+
+# The performance figures on a fresh local 3-node cluster (raftctl/benchmark.py; BENCH_* env knobs).
+bench: $(STAMP)
+	$(BIN)/python -m raftctl.benchmark
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
