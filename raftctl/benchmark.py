@@ -444,7 +444,7 @@ async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
         try:
             for trial in range(1, s.failover_trials + 1):
                 leader = await asyncio.to_thread(cluster.wait_leader)
-                await asyncio.sleep(STEADY_BEFORE_KILL_S)
+                await asyncio.sleep(min(STEADY_BEFORE_KILL_S, s.seconds))
                 mark = len(acks)
                 t_kill = time.monotonic()
                 cluster.procs[leader].kill()
@@ -469,7 +469,7 @@ async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
 
 
 def _idle_cpu(cluster: LocalCluster, s: Settings, report: Report) -> None:
-    time.sleep(SETTLE_BEFORE_IDLE_S)
+    time.sleep(min(SETTLE_BEFORE_IDLE_S, s.idle_seconds))
     hz = os.sysconf("SC_CLK_TCK")
     before = {i: proc_cpu_ticks(cluster.pid(i)) for i in range(cluster.n)}
     t0 = time.monotonic()

@@ -1,0 +1,293 @@
+"""The benchmark tool: AsyncClient against fake nodes, `raftctl bench` and `make bench` on real processes,
+and the pure helpers. Nothing here asserts on speed; only that the figures exist and make sense.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftctl.aio import AsyncClient
+from raftctl.bench import (
+    BenchConfig,
+    BenchResult,
+    latency_summary,
+    make_value,
+    percentile,
+    result_table,
+)
+from raftctl.benchmark import (
+    Report,
+    Settings,
+    cpu_percent,
+    markdown_table,
+    parse_cpu_model,
+    parse_mem_total_kib,
+    parse_proc_stat,
+    parse_vmrss_kib,
+    proc_cpu_ticks,
+    proc_rss_kib,
+    render_report,
+)
+from raftctl.client import InvalidArgument, NotFound, Unavailable
+from tests.daemon.cluster import Cluster
+
+from .conftest import ctl_env, run_ctl
+from .test_client import FakeNode, unused_endpoint
+
+# -- AsyncClient against fake nodes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[FakeNode]]:
+    made = [FakeNode(), FakeNode()]
+    try:
+        yield made
+    finally:
+        for n in made:
+            n.server.stop(None)
+
+
+def test_async_retry_keeps_the_write_id(fakes: list[FakeNode]) -> None:
+    a = fakes[0]
+    a.failures = [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "no outcome within 1.0s; a write may or may not have applied"),
+        (grpc.StatusCode.UNAVAILABLE, "leadership changed before the write committed; retry"),
+    ]
+
+    async def go() -> None:
+        async with AsyncClient([a.address], timeout=10) as c:
+            assert await c.put("k", "v") == 3
+            assert await c.delete("k") is True
+
+    asyncio.run(go())
+    first = a.writes[0]
+    assert a.writes[:3] == [first] * 3, "every attempt of one write carries the same (client_id, seq)"
+    assert a.writes[3] == (first[0], first[1] + 1), "the next write: same idle session, next seq"
+
+
+def test_async_concurrent_writes_never_share_a_session(fakes: list[FakeNode]) -> None:
+    """The server keeps only the highest seq per client_id: two in flight under one id could lose one."""
+    a = fakes[0]
+
+    async def go() -> int:
+        async with AsyncClient([a.address], timeout=10) as c:
+            await asyncio.gather(*(c.put(f"k{i}", "v") for i in range(8)))
+            await asyncio.gather(*(c.put(f"k{i}", "w") for i in range(8)))
+            return c.sessions_made
+
+    assert asyncio.run(go()) == 8
+    first, second = a.writes[:8], a.writes[8:]
+    assert len({cid for cid, _ in first}) == 8 and {s for _, s in first} == {1}
+    assert {cid for cid, _ in second} == {cid for cid, _ in first} and {s for _, s in second} == {2}
+
+
+def test_async_follows_the_leader_named_in_an_error(fakes: list[FakeNode]) -> None:
+    follower, leader = fakes
+    follower.always = (grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+
+    async def go() -> None:
+        async with AsyncClient([follower.address], timeout=10) as c:
+            await c.put("k", "v")
+            assert await c.get("k") == "v"
+
+    asyncio.run(go())
+    assert follower.writes[0] == leader.writes[0]
+
+
+def test_async_follows_getleader_and_skips_dead_endpoints(fakes: list[FakeNode]) -> None:
+    follower, leader = fakes
+    follower.leader = (1, leader.address)
+    follower.always = (grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
+
+    async def go() -> None:
+        async with AsyncClient([unused_endpoint(), follower.address], timeout=10) as c:
+            await c.put("k", "v")
+            assert (await c.get_leader()).address == leader.address
+
+    asyncio.run(go())
+    assert follower.writes == [] and len(leader.writes) == 1
+
+
+def test_async_errors_are_typed(fakes: list[FakeNode]) -> None:
+    a = fakes[0]
+
+    async def go() -> None:
+        async with AsyncClient([a.address], timeout=10) as c:
+            with pytest.raises(NotFound):
+                await c.get("absent")
+            a.failures = [(grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")]
+            with pytest.raises(InvalidArgument, match="the key is empty"):
+                await c.put("", "v")
+        async with AsyncClient([unused_endpoint()], timeout=0.5) as c:
+            with pytest.raises(Unavailable, match=r"no answer within 0\.5s"):
+                await c.put("k", "v")
+
+    asyncio.run(go())
+
+
+# -- raftctl bench on a real cluster -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workload", ["write", "read", "local-read"])
+def test_bench_command_json(tmp_path: Path, cluster: Cluster, endpoints: str, workload: str) -> None:
+    args = ["--workload", workload, "--concurrency", "4", "--duration", "1", "--warmup", "0.2"]
+    r = run_ctl("bench", "--endpoints", endpoints, *args, "--keys", "50", "-o", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["workload"] == workload and doc["concurrency"] == 4 and doc["value_size"] == 16
+    assert doc["ops"] > 0 and doc["ops_per_s"] > 0
+    assert doc["errors"] == 0 and doc["first_error"] is None
+    assert 0 < doc["p50_ms"] <= doc["p95_ms"] <= doc["p99_ms"] <= doc["max_ms"]
+
+
+def test_bench_command_text(tmp_path: Path, cluster: Cluster, endpoints: str) -> None:
+    r = run_ctl("--endpoints", endpoints, "bench", "--duration", "0.3", "--warmup", "0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, row = r.stdout.splitlines()[1], r.stdout.splitlines()[3]
+    assert "OPS/S" in header and "P99 MS" in header and row.startswith("| write ")
+
+
+def test_bench_command_against_nobody_exits_3(tmp_path: Path) -> None:
+    r = run_ctl(
+        "--timeout", "0.3", "bench", "--endpoints", unused_endpoint(), "--duration", "0.5", "--warmup", "0",
+        "-c", "2", "-o", "json", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 3
+    doc = json.loads(r.stdout)
+    assert doc["ops"] == 0 and doc["errors"] > 0 and "no answer within" in doc["first_error"]
+
+
+def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
+    """python -m raftctl.benchmark with every step shrunk: one table, and no raftd left running."""
+    env = ctl_env(
+        tmp_path,
+        BENCH_SECONDS="0.3",
+        BENCH_WARMUP="0",
+        BENCH_CONCURRENCY="2",
+        BENCH_FAILOVER_TRIALS="1",
+        BENCH_IDLE_SECONDS="0.3",
+        BENCH_LOAD_KEYS="200",
+        BENCH_LOAD_CONCURRENCY="16",
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "raftctl.benchmark"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    table = [line for line in r.stdout.splitlines() if line.startswith("|")]
+    names = [line.split("|")[1].strip() for line in table[2:]]
+    assert names == [
+        "write, 2 clients",
+        "linearizable read, 2 clients",
+        "failover window, 1 trials",
+        *(f"idle CPU, node {i}" for i in range(3)),
+        "load 200 keys",
+        *(f"memory, node {i}" for i in range(3)),
+    ]
+    assert "- CPU: " in r.stdout and "- Python: " in r.stdout
+    assert "raftd-bench-" in r.stderr
+    bench_dir = r.stderr.split("cluster up in ")[1].split(":")[0]
+    assert not Path(bench_dir).exists(), "the temporary data dirs are removed after a good run"
+
+
+# -- pure helpers --------------------------------------------------------------------------------------
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile(values, 0) == 1 and percentile([7.0], 95) == 7 and percentile([], 50) == 0
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+    s = latency_summary([0.003, 0.001, 0.002, 0.010])
+    assert (s["p50_ms"], s["max_ms"]) == pytest.approx((2.0, 10.0)) and s["mean_ms"] == pytest.approx(4.0)
+    assert latency_summary([])["p99_ms"] == 0
+
+
+def test_bench_config_validation_and_values() -> None:
+    with pytest.raises(ValueError, match="workload"):
+        BenchConfig(workload="scan")
+    with pytest.raises(ValueError):
+        BenchConfig(concurrency=0)
+    assert len(make_value(16).encode()) == 16 and make_value(0) == ""
+
+
+def _result(**kw: object) -> BenchResult:
+    base: dict[str, object] = dict(
+        workload="write", concurrency=16, duration_s=5.0, value_size=16, keys=1000, ops=10000,
+        ops_per_s=2000.0, p50_ms=1.5, p95_ms=3.25, p99_ms=7.0, max_ms=150.0, mean_ms=2.0, errors=0,
+        first_error=None, client_cpu_percent=20.0,
+    )  # fmt: skip
+    base.update(kw)
+    return BenchResult(**base)  # type: ignore[arg-type]
+
+
+def test_result_table() -> None:
+    lines = result_table(_result()).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in (lines[1], lines[3])]
+    assert cells[0] == ["WORKLOAD", "CONC", "OPS", "OPS/S", "P50 MS", "P95 MS", "P99 MS", "MAX MS", "ERRORS"]
+    assert cells[1] == ["write", "16", "10000", "2000", "1.50", "3.25", "7.00", "150", "0"]
+    assert lines[0] == lines[2] == lines[4] and len({len(line) for line in lines}) == 1
+    assert result_table(_result(errors=2, first_error="boom")).endswith("\nfirst error: boom")
+
+
+def test_markdown_table_and_report() -> None:
+    assert markdown_table(["a", "bb"], [["ccc", "d"]]).splitlines() == [
+        "| a   | bb |",
+        "|-----|----|",
+        "| ccc | d  |",
+    ]
+    report = Report(
+        facts={"CPU": "Test CPU", "cores": "2"},
+        runs=[_result(), _result(workload="read", concurrency=1)],
+        failover_ms=[300.0, 500.0, 200.0],
+        failover_writers=4,
+        idle_cpu={0: 1.234, 1: 0.5},
+        rss_before_kib={0: 40 * 1024, 1: 41 * 1024},
+        rss_after_kib={0: 120 * 1024},
+        load_keys=1_000_000,
+        load_seconds=400.0,
+        load_concurrency=256,
+    )
+    text = render_report(report)
+    assert text.startswith("- CPU: Test CPU\n- cores: 2\n\n| measurement ")
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()[5:]
+    }
+    assert rows["write, 16 clients"][:2] == ["2,000 ops/s", "1.50"]
+    assert rows["linearizable read, 1 client"][0] == "2,000 ops/s"
+    assert rows["failover window, 3 trials"][:5] == ["median 300 ms", "300", "-", "-", "500"]
+    assert rows["idle CPU, node 0"][0] == "1.23% of a core"
+    assert rows["load 1,000,000 keys"][0] == "400.0 s" and "2,500 writes/s" in rows["load 1,000,000 keys"][-1]
+    assert rows["memory, node 0"][0] == "120 MB RSS" and "40 MB before" in rows["memory, node 0"][-1]
+    assert rows["memory, node 1"][0] == "41 MB RSS" and rows["memory, node 1"][-1] == "key load skipped"
+
+
+def test_proc_parsing() -> None:
+    stat = "4242 (python -m (x) y) S 1 4242 4242 0 -1 4194560 1 0 0 0 1234 567 0 0 20 0 3 0 100 0 0"
+    assert parse_proc_stat(stat) == 1234 + 567
+    assert parse_vmrss_kib("Name:\tpython\nVmPeak:\t 9 kB\nVmRSS:\t   51234 kB\n") == 51234
+    with pytest.raises(ValueError):
+        parse_vmrss_kib("Name:\tzombie\n")
+    assert parse_cpu_model("processor\t: 0\nvendor_id\t: X\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+    assert parse_cpu_model("processor : 0\n") == "unknown"
+    assert parse_mem_total_kib("MemTotal:       24684104 kB\nMemFree: 1 kB\n") == 24684104
+    assert cpu_percent(50, 100, 10.0) == pytest.approx(5.0)
+    # and the real files of this process
+    assert proc_cpu_ticks(os.getpid()) >= 0 and proc_rss_kib(os.getpid()) > 1000
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env({"BENCH_SECONDS": "2", "BENCH_CONCURRENCY": "1, 8", "BENCH_LOAD_KEYS": "0"})
+    assert (s.seconds, s.concurrency, s.load_keys, s.failover_trials) == (2.0, (1, 8), 0, 10)
+    assert Settings.from_env({}) == Settings()
