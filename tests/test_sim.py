@@ -74,7 +74,12 @@ def _read_without_quorum(self: Raft, m: Message) -> None:
 
 BROKEN: dict[str, tuple[object, str, Callable[..., object], tuple[str, ...]]] = {
     "quorum one vote short": (quorum, "committed_index", _short_quorum, ("safety", "completeness")),
-    "follower keeps conflicting entries": (RaftLog, "maybe_append", _no_truncate, ("log matching",)),
+    "follower keeps conflicting entries": (
+        RaftLog,
+        "maybe_append",
+        _no_truncate,
+        ("log matching", "state machine safety"),
+    ),
     "votes twice in a term": (
         Raft,
         "_handle_vote_request",

@@ -106,6 +106,7 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        self.verified = 0
         self._reset(self.term)
 
     # -- state reported to the owner ----------------------------------------------------------------
@@ -128,6 +129,8 @@ class Raft:
         self.randomized_election_timeout = self.rng.randrange(self.cfg.election_tick, hi)
         self.lead_transferee = NONE
         self.votes = {}
+        # Invariant: our log matches the current leader's up to verified (0 until it sends an AppendEntries).
+        self.verified = 0
         self.prs = {p: Progress(self.log.last_index() + 1, self.cfg.max_inflight) for p in self.peers}
         self.prs[self.id].match = self.log.last_index()
         self.read_only = ReadOnly()
@@ -413,11 +416,18 @@ class Raft:
         elif m.type is MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.probe_sent = False
+            if m.index < pr.match:
+                # The follower lost entries it had acknowledged (a wiped or replaced disk): forget what we
+                # believed it holds and find out again, down to a snapshot if need be.
+                pr.match = 0
+                pr.become_probe()
             if pr.state is ProgressState.REPLICATE and pr.is_paused():
                 # Free a slot so lost AppendEntries cannot stall a full window forever: the next send
                 # exposes the gap, the follower rejects it, and we fall back to probing.
                 pr.inflights.popleft()
-            if pr.match < self.log.last_index():
+            # Behind in log or in commit: an AppendEntries both repairs the log and lets the follower commit
+            # (heartbeats only carry a commit index the follower has verified; see _step_follower).
+            if pr.match < self.log.last_index() or m.commit < self.log.committed:
                 self._send_append(m.frm)
             if m.context:
                 self._handle_read_ack(m)
@@ -521,8 +531,19 @@ class Raft:
             if m.type is MsgType.APP:
                 self._handle_append(m)
             elif m.type is MsgType.HEARTBEAT:
-                self.log.commit_to(m.commit)
-                self._send(Message(MsgType.HEARTBEAT_RESP, m.frm, context=m.context))
+                # Commit only what an AppendEntries of this leader has shown to match its log: the leader's
+                # view of our log can be stale (our disk was wiped), and entries we hold but have not
+                # matched may be another leader's uncommitted ones.
+                self.log.commit_to(min(m.commit, self.verified))
+                self._send(
+                    Message(
+                        MsgType.HEARTBEAT_RESP,
+                        m.frm,
+                        index=self.log.last_index(),
+                        commit=self.log.committed,
+                        context=m.context,
+                    )
+                )
             else:
                 self._handle_snapshot(m)
         elif m.type in (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER):
@@ -542,6 +563,7 @@ class Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            self.verified = max(self.verified, last_new)
             self._send(Message(MsgType.APP_RESP, m.frm, index=last_new))
             return
         # 5.3 with the dissertation's optimisation: point the leader at our last entry whose term is not
@@ -559,7 +581,9 @@ class Raft:
         elif self.log.match_term(meta.index, meta.term):
             # We already hold the snapshot's last entry: just fast-forward the commit index.
             self.log.commit_to(meta.index)
+            self.verified = max(self.verified, meta.index)
             self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.committed))
         else:
             self.log.restore(m.snapshot)
+            self.verified = meta.index
             self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.last_index()))

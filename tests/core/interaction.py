@@ -123,6 +123,8 @@ def fmt_msg(m: Message) -> str:
         parts.append("rejected" if m.reject else "granted")
     elif t is MsgType.HEARTBEAT:
         parts.append(f"commit={m.commit}")
+    elif t is MsgType.HEARTBEAT_RESP:
+        parts += [f"index={m.index}", f"commit={m.commit}"]
     elif t is MsgType.READ_INDEX_RESP:
         parts.append(f"index={m.index}")
     elif t is MsgType.SNAP and m.snapshot is not None:

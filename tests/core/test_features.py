@@ -353,6 +353,54 @@ def test_probing_sends_one_append_at_a_time() -> None:
     ]
 
 
+def test_heartbeat_commits_only_what_an_append_of_this_leader_verified() -> None:
+    """A follower may hold entries no leader of this term has matched (another leader's uncommitted tail,
+    or a log rebuilt after its disk was wiped); a heartbeat's commit index must not commit those."""
+    r = new_raft(term=2, log=log_of([1, 1, 1]))
+    r.step(Message(MsgType.HEARTBEAT, to=1, frm=2, term=2, commit=3))
+    assert r.log.committed == 0
+    (resp,) = take(r)
+    assert (resp.type, resp.index, resp.commit) == (MsgType.HEARTBEAT_RESP, 3, 0)
+    # An AppendEntries of this leader that matches at index 3 verifies the log up to there.
+    r.step(Message(MsgType.APP, to=1, frm=2, term=2, index=3, log_term=1, commit=3))
+    assert r.log.committed == 3
+    assert r.verified == 3
+
+
+def test_leader_repairs_a_follower_whose_commit_lags() -> None:
+    """Heartbeats alone cannot move a restarted follower's commit; its answer must draw an AppendEntries."""
+    net = settled(Network())
+    # Node 2 stores the entry but never hears that it committed, then restarts (verified nothing since).
+    net.drop = lambda m: m.to == 2 and m.type is MsgType.APP and not m.entries
+    index = net.nodes[1].propose(b"x")
+    net.deliver()
+    assert net.commit(1) == index and net.commit(2) < index
+    net.crash(2)
+    net.restart(2)
+    net.heal()
+    net.tick(1, 1)  # one heartbeat round: nothing else is pending
+    net.deliver()
+    assert net.commit(2) == index
+
+
+def test_leader_notices_a_follower_that_lost_its_log() -> None:
+    """A wiped follower answers heartbeats with a last index below what it had acknowledged: the leader
+    must stop trusting its match index, probe again, and rebuild the follower's log."""
+    net = settled(Network())
+    for k in range(5):
+        net.propose(1, f"p{k}".encode())
+    net.deliver()
+    assert net.nodes[1].raft.prs[3].match == 6
+    net.crash(3)
+    net.storage[3] = Storage()
+    net.restart(3)
+    net.tick_all(1)
+    net.deliver()
+    assert it(net.log(3)) == it(net.log(1))
+    assert net.commit(3) == net.commit(1) == 6
+    assert net.nodes[1].raft.prs[3].match == 6
+
+
 def test_probe_answered_at_the_current_match_resumes_streaming() -> None:
     """A follower whose probe reply repeats its match index is in sync: back to REPLICATE at once."""
     net = settled(Network())

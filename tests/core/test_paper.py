@@ -232,8 +232,10 @@ def test_follower_answers_append_entries_and_heartbeats() -> None:
     msgs = take(r)
     assert [(m.type, m.to, m.term, m.index, m.reject) for m in msgs] == [
         (MsgType.APP_RESP, 2, 1, 1, False),
-        (MsgType.HEARTBEAT_RESP, 2, 1, 0, False),
+        (MsgType.HEARTBEAT_RESP, 2, 1, 1, False),
     ]
+    # The heartbeat answer reports the follower's last index and commit, so the leader can repair either.
+    assert msgs[1].commit == 1
     assert msgs[1].context == b"c"
     assert r.lead == 2 and r.log.committed == 1
 
