@@ -40,9 +40,12 @@ from typing import TypeVar
 
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
+import grpc
+
 from raftctl.aio import AsyncClient
 from raftctl.bench import BenchConfig, BenchResult, fill, fmt_ms, make_value, run_bench
 from raftctl.client import Client, ClientError
+from raftd.pb import kv_pb2, kv_pb2_grpc
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -163,6 +166,7 @@ class Report:
     facts: dict[str, str] = field(default_factory=dict)
     runs: list[BenchResult] = field(default_factory=list)
     failover_ms: list[float] = field(default_factory=list)
+    election_ms: list[float] = field(default_factory=list)  # kill -> a survivor names a new leader
     failover_errors: int = 0
     failover_first_error: str | None = None
     failover_writers: int = 0
@@ -204,7 +208,13 @@ def render_report(report: Report) -> str:
                 "-",
                 fmt_ms(max(ms)),
                 str(report.failover_errors),
-                f"SIGKILL leader under {report.failover_writers} writers; kill -> first ack of a later write",
+                f"SIGKILL leader under {report.failover_writers} writers; kill -> first ack of a later write"
+                + (
+                    f"; new leader named after median {statistics.median(report.election_ms):.0f} ms"
+                    f" (max {max(report.election_ms):.0f})"
+                    if report.election_ms
+                    else ""
+                ),
             ]
         )
     for node, pct in sorted(report.idle_cpu.items()):
@@ -419,6 +429,26 @@ def _first_ack_after(acks: list[tuple[float, float]], start: int, issued_after: 
     return None
 
 
+async def _new_leader_named(cluster: LocalCluster, killed: int) -> float:
+    """When a surviving node first names a leader other than the killed one: the server's part of the
+    window, apart from the client's retry backoff."""
+    channels = [grpc.aio.insecure_channel(cluster.address(i)) for i in range(cluster.n) if i != killed]
+    stubs = [kv_pb2_grpc.AdminStub(ch) for ch in channels]
+    try:
+        deadline = time.monotonic() + FAILOVER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for stub in stubs:
+                with contextlib.suppress(grpc.RpcError):
+                    r = await stub.GetLeader(kv_pb2.GetLeaderRequest(), timeout=0.5)
+                    if r.leader_id not in (-1, killed):
+                        return time.monotonic()
+            await asyncio.sleep(POLL_S)
+        raise RuntimeError(f"no new leader named within {FAILOVER_TIMEOUT_S:.0f}s of a kill")
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
 async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
     """Steady writers plus a loop of kill leader / wait for a new write's ack / restart / catch up."""
     value = make_value(s.value_size)
@@ -449,6 +479,7 @@ async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
                 t_kill = time.monotonic()
                 cluster.procs[leader].kill()
                 issued_after = time.monotonic()
+                election = asyncio.create_task(_new_leader_named(cluster, leader))
                 await asyncio.to_thread(cluster.procs[leader].wait)
                 # acks are appended in the order they arrive: the first match is the earliest.
                 while (first := _first_ack_after(acks, mark, issued_after)) is None:
@@ -458,8 +489,12 @@ async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
                         )
                     await asyncio.sleep(POLL_S)
                 window_ms = (first - t_kill) * 1000
+                report.election_ms.append((await election - t_kill) * 1000)
                 report.failover_ms.append(window_ms)
-                log(f"failover trial {trial}: killed node {leader}, window {window_ms:.0f} ms")
+                log(
+                    f"failover trial {trial}: killed node {leader}, window {window_ms:.0f} ms, "
+                    f"new leader named after {report.election_ms[-1]:.0f} ms"
+                )
                 cluster.start(leader)
                 await asyncio.to_thread(cluster.wait_caught_up, leader)
                 del acks[:]

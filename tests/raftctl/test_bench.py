@@ -250,6 +250,7 @@ def test_markdown_table_and_report() -> None:
         facts={"CPU": "Test CPU", "cores": "2"},
         runs=[_result(), _result(workload="read", concurrency=1)],
         failover_ms=[300.0, 500.0, 200.0],
+        election_ms=[250.0, 150.0, 450.0],
         failover_writers=4,
         idle_cpu={0: 1.234, 1: 0.5},
         rss_before_kib={0: 40 * 1024, 1: 41 * 1024},
@@ -267,6 +268,7 @@ def test_markdown_table_and_report() -> None:
     assert rows["write, 16 clients"][:2] == ["2,000 ops/s", "1.50"]
     assert rows["linearizable read, 1 client"][0] == "2,000 ops/s"
     assert rows["failover window, 3 trials"][:5] == ["median 300 ms", "300", "-", "-", "500"]
+    assert "new leader named after median 250 ms (max 450)" in rows["failover window, 3 trials"][-1]
     assert rows["idle CPU, node 0"][0] == "1.23% of a core"
     assert rows["load 1,000,000 keys"][0] == "400.0 s" and "2,500 writes/s" in rows["load 1,000,000 keys"][-1]
     assert rows["memory, node 0"][0] == "120 MB RSS" and "40 MB before" in rows["memory, node 0"][-1]
