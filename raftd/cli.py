@@ -16,7 +16,7 @@ import click
 
 from raftd import logs
 from raftd.config import ClusterConfig, ConfigError, load_cluster
-from raftd.node import FatalError
+from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
 from raftd.server import StartupError, serve
 from raftd.storage import StorageError
 
@@ -42,8 +42,8 @@ def main() -> None:
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Every option can also come from the environment: RAFTD_NODE_ID for ID, RAFTD_CONFIG, "
-    "RAFTD_DATA_DIR, RAFTD_LISTEN, RAFTD_LOG_FORMAT, RAFTD_LOG_LEVEL. `raftd compose --help` turns a "
-    "cluster map into a docker-compose file.",
+    "RAFTD_DATA_DIR, RAFTD_LISTEN, RAFTD_LOG_FORMAT, RAFTD_LOG_LEVEL, RAFTD_SNAPSHOT_ENTRIES. "
+    "`raftd compose --help` turns a cluster map into a docker-compose file.",
 )
 @click.argument("node_id", metavar="ID", type=int, envvar="RAFTD_NODE_ID")
 @click.option(
@@ -82,6 +82,14 @@ def main() -> None:
 )
 @click.option("--election-timeout", metavar="MIN-MAX", help="Election timeout range in ms (default 150-300).")
 @click.option("--heartbeat-interval", type=int, metavar="MS", help="Heartbeat interval in ms (default 50).")
+@click.option(
+    "--snapshot-entries",
+    type=click.IntRange(min=1),
+    default=DEFAULT_SNAPSHOT_ENTRIES,
+    show_default=True,
+    envvar="RAFTD_SNAPSHOT_ENTRIES",
+    help="Take a snapshot and compact the log after this many applied entries.",
+)
 @click.version_option(package_name="raftd")
 def node(
     node_id: int,
@@ -92,6 +100,7 @@ def node(
     log_level: str,
     election_timeout: str | None,
     heartbeat_interval: int | None,
+    snapshot_entries: int,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
     try:
@@ -102,7 +111,9 @@ def node(
         _fail(str(e), EXIT_CONFIG)
     logs.setup(node_id, log_format, log_level)
     try:
-        asyncio.run(serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}", listen))
+        asyncio.run(
+            serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}", listen, snapshot_entries)
+        )
     except (StartupError, StorageError, FatalError) as e:
         _fail(str(e), EXIT_FAILURE)
 

@@ -8,11 +8,12 @@ requests meanwhile: whatever arrives during one fsync goes into the next Ready t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,20 +24,24 @@ from raftd.core import (
     Entry,
     HardState,
     Message,
+    MsgType,
     ProposalDropped,
     RawNode,
     ReadState,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
     SoftState,
 )
-from raftd.kv import Command, CommandError, KVStore, Result
+from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode
 from raftd.storage import SqliteStorage
 from raftd.transport.peer import PeerClient
 
 log = logging.getLogger("raftd.node")
 
 TICK_S = 0.01
+DEFAULT_SNAPSHOT_ENTRIES = 10_000
 MAX_SUSPEND_S = 3600
 
 
@@ -72,8 +77,15 @@ class _Proposal:
 
 
 class RaftNode:
-    def __init__(self, cluster: ClusterConfig, node_id: int, storage: SqliteStorage) -> None:
+    def __init__(
+        self,
+        cluster: ClusterConfig,
+        node_id: int,
+        storage: SqliteStorage,
+        snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
+    ) -> None:
         self.cluster = cluster
+        self.snapshot_entries = snapshot_entries
         self.me = cluster.node(node_id)
         self.id = to_core(node_id)
         self.storage = storage
@@ -99,7 +111,13 @@ class RaftNode:
         self.stopping = False
         self.on_role_change: list[Callable[[], None]] = []
         self.unreachable: set[int] = set()
+        self.snapshot_reports: list[tuple[int, bool]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._snapshotting = False
+        self._fatal: FatalError | None = None
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
+        # Encoding a large image is CPU work that must not run on the loop (heartbeats would stall).
+        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
         self._boot()
@@ -111,6 +129,13 @@ class RaftNode:
         snap = state.snapshot.meta if state.snapshot is not None else None
         self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
         self.kv = KVStore()
+        if state.snapshot is not None:
+            # Restart from the image, then replay only the log after it.
+            try:
+                self.kv.restore(state.snapshot.meta.index, state.snapshot.data)
+            except ImageError as e:
+                raise FatalError(f"the stored snapshot is unusable: {e}") from e
+        self.snapshot_index = snap.index if snap is not None else 0
         self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
         self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
@@ -133,6 +158,8 @@ class RaftNode:
             await self.wake.wait()
             timer.cancel()
             self.wake.clear()
+            if self._fatal is not None:
+                raise self._fatal
             if self.suspend_request is not None:
                 await self._suspend(self.suspend_request)
                 next_tick = loop.time() + TICK_S
@@ -169,6 +196,9 @@ class RaftNode:
         for peer in self.unreachable:
             self.raw.report_unreachable(peer)
         self.unreachable.clear()
+        for peer, ok in self.snapshot_reports:
+            self.raw.report_snapshot(peer, ok)
+        self.snapshot_reports.clear()
         if self.inbox:
             inbox, self.inbox = self.inbox, []
             for m in inbox:
@@ -209,8 +239,14 @@ class RaftNode:
             await self._persist(loop, rd)
             for m in rd.messages:
                 client = self.peers.get(m.to)
-                if client is not None:
+                if client is None:
+                    continue
+                if m.type is MsgType.SNAP:
+                    self._spawn(self._send_snapshot(client, m))
+                else:
                     client.send(m)
+            if rd.snapshot is not None:
+                self._install(rd.snapshot)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             if rd.read_states:
@@ -220,6 +256,62 @@ class RaftNode:
             if rd.hard_state is not None:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
+        if not self._snapshotting and self.kv.applied - self.snapshot_index >= self.snapshot_entries:
+            self._snapshotting = True
+            self._spawn(self._take_snapshot())
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        """A failed background job (a snapshot that could not be saved) stops the node like any disk error."""
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._fatal = FatalError(f"background work failed: {task.exception()}")
+            self.wake.set()
+
+    # -- snapshots ----------------------------------------------------------------------------------
+    async def _take_snapshot(self) -> None:
+        """Compact the log behind a fresh image of the state, without stalling the loop.
+
+        The copy is taken here, at a consistent applied index; encoding runs on a worker thread; the save
+        queues behind (never among) the Readies on the disk thread; only then is the log compacted.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            index = self.kv.applied
+            term = self.raw.raft.log.term(index)
+            assert term is not None
+            data = await loop.run_in_executor(self._cpu, encode, self.kv.image())
+            stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
+            if self.suspended or self.stopping or stale:
+                return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
+            await loop.run_in_executor(
+                self._disk, self.storage.save, None, [], Snapshot(SnapshotMeta(index, term), data)
+            )
+            self.raw.compact(index)
+            self.snapshot_index = max(self.snapshot_index, index)
+            await loop.run_in_executor(self._disk, self.storage.reclaim)
+            log.debug("snapshot at index %d (%d bytes); log compacted", index, len(data))
+        finally:
+            self._snapshotting = False
+
+    async def _send_snapshot(self, client: PeerClient, m: Message) -> None:
+        """Stream our latest stored snapshot (at least as new as the one the core asked for)."""
+        snapshot = await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.load_snapshot)
+        ok = snapshot is not None and await client.send_snapshot(dataclasses.replace(m, snapshot=snapshot))
+        self.snapshot_reports.append((m.to, ok))
+        self.wake.set()
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """A snapshot from the leader replaced our log: the state machine follows."""
+        try:
+            self.kv.restore(snapshot.meta.index, snapshot.data)
+        except ImageError as e:
+            raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
+        log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
     async def _persist(self, loop: asyncio.AbstractEventLoop, rd: Ready) -> None:
         hs = rd.hard_state
@@ -232,6 +324,9 @@ class RaftNode:
             hs = self._unsaved
         if hs is None and not durable:
             return
+        if rd.snapshot is not None:
+            # Before the save is queued: a local snapshot queued after it must see that it is older.
+            self.snapshot_index = max(self.snapshot_index, rd.snapshot.meta.index)
         try:
             await loop.run_in_executor(self._disk, self.storage.save, hs, rd.entries, rd.snapshot)
         except Exception as e:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -14,7 +16,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from raftd.api.kv import AdminService, KVService
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
-from raftd.node import RaftNode
+from raftd.core import MsgType, Snapshot
+from raftd.kv import ImageError, verify
+from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
 from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
@@ -43,28 +47,72 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         for task in self._streams:
             task.cancel()
 
-    async def Stream(
-        self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
-    ) -> peer_pb2.StepResponse:
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        """Run a long-lived inbound stream so that close() can end it, and its end is quiet."""
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
         try:
+            yield
+        except asyncio.CancelledError:
+            pass  # close() above, or the peer went away: a routine end for a long-lived stream
+        finally:
+            self._streams.discard(task)
+
+    async def _check_cluster(self, name: str, context: grpc.aio.ServicerContext) -> None:
+        if name != self.node.cluster.name:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"traffic for cluster {name!r} reached cluster {self.node.cluster.name!r}",
+            )
+
+    async def Stream(
+        self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.StepResponse:
+        async with self._tracked():
             async for batch in requests:
-                if batch.cluster != self.node.cluster.name:
-                    await context.abort(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"traffic for cluster {batch.cluster!r} reached cluster {self.node.cluster.name!r}",
-                    )
+                await self._check_cluster(batch.cluster, context)
                 try:
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 self.node.deliver(messages)
-        except asyncio.CancelledError:
-            pass  # close() above, or the peer went away: a routine end for a long-lived stream
-        finally:
-            self._streams.discard(task)
+        return peer_pb2.StepResponse()
+
+    async def InstallSnapshot(
+        self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.StepResponse:
+        """Gather the image, then hand the whole SNAP message to the node; a partial one is dropped."""
+        async with self._tracked():
+            header: peer_pb2.Message | None = None
+            total = 0
+            data = bytearray()
+            async for chunk in chunks:
+                if header is None:
+                    await self._check_cluster(chunk.cluster, context)
+                    header, total = chunk.header, chunk.total_size
+                data += chunk.data
+                if len(data) > total:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "snapshot larger than announced")
+            if header is None or len(data) != total:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"snapshot incomplete: {len(data)}/{total}"
+                )
+            try:
+                m = message_from_pb(header)
+            except CodecError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            if m.type is not MsgType.SNAP or m.snapshot is None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "InstallSnapshot carries a SNAP message"
+                )
+            image = bytes(data)
+            try:
+                verify(image)
+            except ImageError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {e}")
+            self.node.deliver([dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, image))])
         return peer_pb2.StepResponse()
 
 
@@ -90,12 +138,18 @@ def _health_updater(node: RaftNode, servicer: health.aio.HealthServicer) -> None
     update()
 
 
-async def serve(cluster: ClusterConfig, node_id: int, data_dir: Path, listen: str | None = None) -> None:
+async def serve(
+    cluster: ClusterConfig,
+    node_id: int,
+    data_dir: Path,
+    listen: str | None = None,
+    snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
+) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
     me = cluster.node(node_id)
     storage = SqliteStorage.open(data_dir, cluster.name, node_id)
     try:
-        node = RaftNode(cluster, node_id, storage)
+        node = RaftNode(cluster, node_id, storage, snapshot_entries)
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node)

@@ -194,6 +194,31 @@ def test_reopen_keeps_everything_and_the_log_goes_on(tmp_path: Path) -> None:
         assert s.load().entries == ents(4, 5, 1) + ents(6, 6, 2) + ents(7, 7, 3)
 
 
+def test_load_snapshot_returns_the_latest_alone(store: Storage) -> None:
+    assert store.load_snapshot() is None
+    store.save(HardState(2, 1, 8), ents(1, 8, 2))
+    snap = Snapshot(SnapshotMeta(6, 2), b"image@6")
+    store.save(None, [], snap)
+    assert store.load_snapshot() == snap
+    store.reclaim()
+    assert store.load() == PersistedState(HardState(2, 1, 8), snap, ents(7, 8, 2))
+
+
+def test_reclaim_keeps_the_file_bounded_under_overwrites(tmp_path: Path) -> None:
+    """Compaction frees pages; reclaim() must hand them back or the file grows with every write."""
+    sizes = []
+    with open_store(tmp_path) as s:
+        index = 0
+        for _ in range(20):
+            batch = [Entry(index + k, 1, b"x" * 200) for k in range(1, 501)]
+            index += 500
+            s.save(HardState(1, 1, index), batch)
+            s.save(None, [], Snapshot(SnapshotMeta(index, 1), b"i" * 1000))
+            s.reclaim()
+            sizes.append((tmp_path / "raft.db").stat().st_size + (tmp_path / "raft.db-wal").stat().st_size)
+    assert max(sizes[5:]) <= 2 * sizes[4], sizes
+
+
 def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
     data = tmp_path / "a" / "b" / "data"  # parents are created
     with open_store(data, "prod", 2) as s:

@@ -1,6 +1,18 @@
 """The key-value state machine replicated by Raft."""
 
 from .command import Command, CommandError, Op
+from .image import Image, ImageError, decode, encode, verify
 from .store import KVStore, Result
 
-__all__ = ["Command", "CommandError", "KVStore", "Op", "Result"]
+__all__ = [
+    "Command",
+    "CommandError",
+    "Image",
+    "ImageError",
+    "KVStore",
+    "Op",
+    "Result",
+    "decode",
+    "encode",
+    "verify",
+]

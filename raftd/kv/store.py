@@ -6,6 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .command import Command, Op
+from .image import Image, decode
 
 MAX_SESSIONS = 10_000
 
@@ -51,3 +52,15 @@ class KVStore:
 
     def get(self, key: bytes) -> bytes | None:
         return self.data.get(key)
+
+    def image(self) -> Image:
+        """A copy of the state, cheap to take here and encoded elsewhere (the loop must not stall)."""
+        sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
+        return Image(dict(self.data), sessions)
+
+    def restore(self, index: int, raw: bytes) -> None:
+        """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt."""
+        image = decode(raw)
+        self.data = image.data
+        self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
+        self.applied = index

@@ -212,6 +212,11 @@ class AdminStub:
                 request_serializer=raftd_dot_pb_dot_kv__pb2.TransferLeaderRequest.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_kv__pb2.TransferLeaderResponse.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_stream(
+                '/raftd.v1.Admin/Backup',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.BackupRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.BackupChunk.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -241,6 +246,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """A consistent image of the whole store as of a linearizable read point, taken on the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +275,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.TransferLeader,
                     request_deserializer=raftd_dot_pb_dot_kv__pb2.TransferLeaderRequest.FromString,
                     response_serializer=raftd_dot_pb_dot_kv__pb2.TransferLeaderResponse.SerializeToString,
+            ),
+            'Backup': grpc.unary_stream_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.BackupRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.BackupChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +390,33 @@ class Admin:
             '/raftd.v1.Admin/TransferLeader',
             raftd_dot_pb_dot_kv__pb2.TransferLeaderRequest.SerializeToString,
             raftd_dot_pb_dot_kv__pb2.TransferLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftd.v1.Admin/Backup',
+            raftd_dot_pb_dot_kv__pb2.BackupRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.BackupChunk.FromString,
             options,
             channel_credentials,
             insecure,

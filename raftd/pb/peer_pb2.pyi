@@ -102,3 +102,15 @@ class MessageBatch(_message.Message):
 class StepResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("cluster", "header", "total_size", "data")
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    cluster: str
+    header: Message
+    total_size: int
+    data: bytes
+    def __init__(self, cluster: _Optional[str] = ..., header: _Optional[_Union[Message, _Mapping]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

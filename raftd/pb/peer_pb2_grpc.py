@@ -39,6 +39,11 @@ class RaftPeerStub:
                 request_serializer=raftd_dot_pb_dot_peer__pb2.MessageBatch.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.InstallSnapshot = channel.stream_unary(
+                '/raftd.v1.RaftPeer/InstallSnapshot',
+                request_serializer=raftd_dot_pb_dot_peer__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
+                _registered_method=True)
 
 
 class RaftPeerServicer:
@@ -50,12 +55,23 @@ class RaftPeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallSnapshot(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftPeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_unary_rpc_method_handler(
                     servicer.Stream,
                     request_deserializer=raftd_dot_pb_dot_peer__pb2.MessageBatch.FromString,
+                    response_serializer=raftd_dot_pb_dot_peer__pb2.StepResponse.SerializeToString,
+            ),
+            'InstallSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.InstallSnapshot,
+                    request_deserializer=raftd_dot_pb_dot_peer__pb2.SnapshotChunk.FromString,
                     response_serializer=raftd_dot_pb_dot_peer__pb2.StepResponse.SerializeToString,
             ),
     }
@@ -85,6 +101,33 @@ class RaftPeer:
             target,
             '/raftd.v1.RaftPeer/Stream',
             raftd_dot_pb_dot_peer__pb2.MessageBatch.SerializeToString,
+            raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/raftd.v1.RaftPeer/InstallSnapshot',
+            raftd_dot_pb_dot_peer__pb2.SnapshotChunk.SerializeToString,
             raftd_dot_pb_dot_peer__pb2.StepResponse.FromString,
             options,
             channel_credentials,

@@ -39,6 +39,14 @@ class MemoryStorage:
             self._hard_state = hard_state
         self._shape = shape
 
+    def load_snapshot(self) -> Snapshot | None:
+        self._check_open()
+        return self._snapshot
+
+    def reclaim(self) -> None:
+        """Nothing to give back: dropped entries are already garbage."""
+        self._check_open()
+
     def close(self) -> None:
         self._closed = True
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from raftd.core import Message, MsgType
+from raftd.core import Message, MsgType, Snapshot
 from raftd.pb import peer_pb2 as pb
 from raftd.pb import peer_pb2_grpc
 
@@ -26,6 +26,9 @@ log = logging.getLogger("raftd.transport")
 QUEUE_LIMIT = 4096
 BATCH_LIMIT = 512
 WRITE_DEADLINE_S = 2.0
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+SNAPSHOT_DEADLINE_S = 10.0
+SNAPSHOT_MIN_RATE = 1024 * 1024  # bytes/s: a transfer slower than this is given up and retried
 CLOSE_WAIT_S = 1.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
@@ -95,6 +98,30 @@ class PeerClient:
                     self.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def send_snapshot(self, m: Message) -> bool:
+        """Stream a SNAP message with its image in chunks; True once the peer has taken all of it.
+
+        Any failure ends the transfer; the leader is told and later starts a fresh one (no resuming half a
+        transfer, whose image may meanwhile have been replaced by a newer one).
+        """
+        assert m.snapshot is not None
+        data = m.snapshot.data
+        header = message_to_pb(Message(m.type, m.to, m.frm, m.term, snapshot=Snapshot(m.snapshot.meta)))
+
+        async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
+            yield pb.SnapshotChunk(cluster=self.cluster, header=header, total_size=len(data))
+            view = memoryview(data)
+            for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+                yield pb.SnapshotChunk(data=bytes(view[start : start + SNAPSHOT_CHUNK_BYTES]))
+
+        deadline = SNAPSHOT_DEADLINE_S + len(data) / SNAPSHOT_MIN_RATE
+        try:
+            await self._stub.InstallSnapshot(chunks(), timeout=deadline)
+        except grpc.aio.AioRpcError as e:
+            log.info("Snapshot transfer to %s failed: %s", self.address, e.details() or e.code().name)
+            return False
+        return True
 
     async def _next_batch(self) -> list[Message]:
         batch = [await self._queue.get()]
