@@ -287,6 +287,15 @@ class Client(_Routing):
         )
         return response.leader_id
 
+    def backup(self) -> bytes:
+        """A backup file's bytes: the whole store as of a linearizable read point, taken on the leader."""
+
+        def fetch(channel: grpc.Channel, timeout: float) -> bytes:
+            stream = kv_pb2_grpc.AdminStub(channel).Backup(pb.BackupRequest(), timeout=timeout)
+            return b"".join(chunk.data for chunk in stream)
+
+        return self._call("snapshot save", fetch)
+
     def suspend(self, period: int, endpoint: str | None = None) -> None:
         """Suspend one node for period seconds: endpoint, else the first endpoint (the connected node).
 

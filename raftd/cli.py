@@ -15,6 +15,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import click
 
 from raftd import logs
+from raftd.backup import BackupError, restore
 from raftd.config import ClusterConfig, ConfigError, load_cluster
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
 from raftd.server import StartupError, serve
@@ -90,6 +91,14 @@ def main() -> None:
     envvar="RAFTD_SNAPSHOT_ENTRIES",
     help="Take a snapshot and compact the log after this many applied entries.",
 )
+@click.option(
+    "--restore",
+    "restore_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Seed an empty data directory from a backup (raftctl snapshot save), then run. Give every node "
+    "of the new cluster the same file.",
+)
 @click.version_option(package_name="raftd")
 def node(
     node_id: int,
@@ -101,6 +110,7 @@ def node(
     election_timeout: str | None,
     heartbeat_interval: int | None,
     snapshot_entries: int,
+    restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
     try:
@@ -110,11 +120,14 @@ def node(
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG)
     logs.setup(node_id, log_format, log_level)
+    data = data_dir or Path("data") / f"node-{node_id}"
     try:
-        asyncio.run(
-            serve(cluster, node_id, data_dir or Path("data") / f"node-{node_id}", listen, snapshot_entries)
-        )
-    except (StartupError, StorageError, FatalError) as e:
+        if restore_path is not None:
+            backup = restore(restore_path, data, cluster.name, node_id)
+            meta = backup.snapshot.meta
+            click.echo(f"Restored {restore_path} (index {meta.index}, term {meta.term}) into {data}")
+        asyncio.run(serve(cluster, node_id, data, listen, snapshot_entries))
+    except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)
 
 

@@ -518,6 +518,18 @@ class RaftNode:
         self.wake.set()
         return await fut
 
+    async def backup(self) -> tuple[SnapshotMeta, bytes]:
+        """An image of the state as of a linearizable read point: every write acknowledged before the call
+        is in it. Encoded off the loop, like a snapshot."""
+        await self.read_barrier()
+        index = self.kv.applied
+        term = self.raw.raft.log.term(index)
+        if term is None:
+            raise Unavailable("the log moved on while the backup was taken; retry")
+        image = self.kv.image()
+        data = await asyncio.get_running_loop().run_in_executor(self._cpu, encode, image)
+        return SnapshotMeta(index, term), data
+
     def best_transfer_target(self) -> int | None:
         """The most up-to-date follower, for handing over leadership on shutdown."""
         match = self.raw.status().match

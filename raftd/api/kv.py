@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
+from raftd.backup import pack
 from raftd.kv import Command, Op
-from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable, from_core
+from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable, from_core, to_core
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 
@@ -20,9 +22,13 @@ from .common import (
     grpc_errors,
     on_leader,
     on_node,
+    time_left,
+    was_forwarded,
 )
 
 log = logging.getLogger("raftd.api")
+
+BACKUP_CHUNK_BYTES = 1024 * 1024
 
 
 def _session(s: pb.WriteSession) -> tuple[bytes, int]:
@@ -115,6 +121,33 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     ) -> pb.SuspendResponse:
         suspend(self.node, request.period)
         return pb.SuspendResponse()
+
+    async def Backup(
+        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.BackupChunk]:
+        """Stream a backup file; taken on the leader (a follower relays the leader's stream)."""
+        node = self.node
+        log.info("Command from client: backup")
+        leader = node.leader()
+        if leader is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
+        if not node.is_leader():
+            if was_forwarded(context):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+            stub = kv_pb2_grpc.AdminStub(node.peers[to_core(leader.id)].channel)
+            try:
+                async for chunk in stub.Backup(request, timeout=time_left(context), metadata=FORWARDED):
+                    yield chunk
+            except grpc.aio.AioRpcError as e:
+                await context.abort(e.code(), e.details() or e.code().name)
+            return
+        try:
+            meta, image = await on_node(context, node.backup())
+        except RequestFailed as e:
+            await context.abort(e.code, e.message)
+        raw = pack(node.cluster.name, meta, image)
+        for start in range(0, len(raw), BACKUP_CHUNK_BYTES):
+            yield pb.BackupChunk(data=raw[start : start + BACKUP_CHUNK_BYTES])
 
     @grpc_errors
     async def TransferLeader(
