@@ -42,6 +42,15 @@ log = logging.getLogger("raftd.node")
 
 TICK_S = 0.01
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
+MIN_SNAPSHOT_LOG_BYTES = 64 * 1024
+
+
+def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
+    """Compact after `every` entries, or sooner once the log since the last snapshot outweighs the image:
+    a small state overwritten fast would otherwise keep a log many times its own size."""
+    return entries >= every or log_bytes >= max(image_bytes, MIN_SNAPSHOT_LOG_BYTES)
+
+
 MAX_SUSPEND_S = 3600
 
 
@@ -136,6 +145,9 @@ class RaftNode:
             except ImageError as e:
                 raise FatalError(f"the stored snapshot is unusable: {e}") from e
         self.snapshot_index = snap.index if snap is not None else 0
+        self.image_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
+        # Log bytes applied since the snapshot (those replayed at boot count too: they are in the log).
+        self.log_bytes = 0
         self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
         self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
@@ -256,7 +268,10 @@ class RaftNode:
             if rd.hard_state is not None:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
-        if not self._snapshotting and self.kv.applied - self.snapshot_index >= self.snapshot_entries:
+        entries = self.kv.applied - self.snapshot_index
+        if not self._snapshotting and snapshot_due(
+            entries, self.log_bytes, self.image_bytes, self.snapshot_entries
+        ):
             self._snapshotting = True
             self._spawn(self._take_snapshot())
 
@@ -282,6 +297,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         try:
             index = self.kv.applied
+            covered = self.log_bytes
             term = self.raw.raft.log.term(index)
             assert term is not None
             data = await loop.run_in_executor(self._cpu, encode, self.kv.image())
@@ -293,6 +309,8 @@ class RaftNode:
             )
             self.raw.compact(index)
             self.snapshot_index = max(self.snapshot_index, index)
+            self.image_bytes = len(data)
+            self.log_bytes -= covered
             await loop.run_in_executor(self._disk, self.storage.reclaim)
             log.debug("snapshot at index %d (%d bytes); log compacted", index, len(data))
         finally:
@@ -311,6 +329,8 @@ class RaftNode:
             self.kv.restore(snapshot.meta.index, snapshot.data)
         except ImageError as e:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
+        self.image_bytes = len(snapshot.data)
+        self.log_bytes = 0
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
     async def _persist(self, loop: asyncio.AbstractEventLoop, rd: Ready) -> None:
@@ -336,6 +356,7 @@ class RaftNode:
 
     def _apply(self, entries: list[Entry]) -> None:
         for e in entries:
+            self.log_bytes += len(e.data)
             try:
                 result = self.kv.apply(e.index, Command.decode(e.data)) if e.data else None
             except CommandError as err:

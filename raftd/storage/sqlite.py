@@ -293,14 +293,18 @@ def _check(conn: sqlite3.Connection, db: Path, cluster: str, node_id: int) -> tu
 def _connect(db: Path) -> sqlite3.Connection:
     # isolation_level=None: transactions are exactly the BEGIN IMMEDIATE ... COMMIT that save() issues.
     conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    # Only takes effect on a new, empty file, and only before the WAL switch writes its first page: it
+    # lets reclaim() return the pages compaction frees to the file system.
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
+    # Keep the WAL small: checkpoint every 256 pages (1 MiB) and cut the file back to 1 MiB afterwards.
+    conn.execute("PRAGMA wal_autocheckpoint=256")
+    conn.execute("PRAGMA journal_size_limit=1048576")
     conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit: durable when save() returns
     return conn
 
 
 def _create(conn: sqlite3.Connection, cluster: str, node_id: int) -> None:
-    # Must precede the first table: it lets reclaim() return freed pages to the file system.
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("BEGIN IMMEDIATE")
     for statement in _SCHEMA:
         conn.execute(statement)
