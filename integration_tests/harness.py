@@ -167,7 +167,8 @@ def _close_all() -> None:
 
 
 def _install_hooks() -> None:
-    """atexit always; SIGTERM becomes SystemExit so finally blocks and fixture teardowns run."""
+    """atexit always; SIGTERM becomes KeyboardInterrupt, which pytest treats as an interrupted session:
+    it stops and still runs the fixture teardowns (a SystemExit would only fail the current test)."""
     global _hooks_installed
     if _hooks_installed:
         return
@@ -179,7 +180,7 @@ def _install_hooks() -> None:
     ):
 
         def on_term(signum: int, frame: object) -> None:
-            raise SystemExit(128 + signum)
+            raise KeyboardInterrupt(f"signal {signum}")
 
         signal.signal(signal.SIGTERM, on_term)
     with contextlib.suppress(Exception):
