@@ -13,12 +13,17 @@ Outcomes:
   is +infinity; the search succeeds once every ok op is placed, so "never" is always available. An info get
   constrains nothing and is dropped.
 
-Three reductions keep the search small without losing a single linearization:
+Reductions keep the search small without losing a single linearization (a test compares the verdict with
+a brute-force twin's on thousands of small histories):
 - Written values that no ok get ever returned are indistinguishable to every later op (a get of a value
   needs exactly that value; a delete only asks "present or absent"), so they collapse to one UNSEEN value.
-- Info ops with the same effect (same kind and same collapsed value) are interchangeable; they are tried
-  only in call order (an exchange argument: the earliest-called ones fit wherever later ones do), so k
-  pending info writes of unseen values cost k configurations, not 2^k.
+- Info ops are placed just in time. An info op has no return, so it can always be moved later; its only
+  effect is the value, and in a run of info ops only the last one's value is seen. So an info op is only
+  ever linearized as a pair with the ok op right after it, and only when it makes that op legal: a put of
+  x before a get of x, a delete before a get of nothing or a delete reporting absent, a put before a
+  delete reporting present. Unneeded info ops are simply never placed ("never" is allowed).
+- Info ops with the same effect (same kind and same collapsed value) are interchangeable; only the
+  earliest-called one still unplaced is tried (an exchange argument: it fits wherever a later one does).
 - A pending get (or a delete that reports "absent") that agrees with the current value changes nothing,
   and taking it at once only loosens real-time constraints on the rest, so it is taken without branching.
 """
@@ -84,9 +89,9 @@ class _Frame:
     value: object  # None (absent), a string, or UNSEEN
     lo: int  # every ok op below this index is linearized
     depth: int  # how many ok ops are linearized
-    candidates: list[int]
+    candidates: list[tuple[int, int]]  # moves: (info op placed just before, or -1; ok op)
     parent: _Frame | None
-    via: int  # the op whose linearization led here (-1 at the root)
+    via: tuple[int, int]  # the move that led here ((-1, -1) at the root)
     next: int = 0
 
 
@@ -140,13 +145,36 @@ class _KeySearch:
             else:
                 self.code.append(_DELETE_INFO)
                 self.arg.append(None)
-        # Interchangeable info ops are linearized in call order: each waits for its predecessor.
-        self.pred = [-1] * len(self.ops)
-        last: dict[tuple[int, object], int] = {}
+        # Interchangeable info ops, by effect, in call order: only the first unplaced one is tried.
+        self.members: dict[tuple[int, object], list[int]] = defaultdict(list)
         for i in range(self.n_ok, len(self.ops)):
-            cls = (self.code[i], self.arg[i])
-            self.pred[i] = last.get(cls, -1)
-            last[cls] = i
+            self.members[(self.code[i], self.arg[i])].append(i)
+        self.seen_put_classes = [c for c in self.members if c[0] == _PUT and c[1] is not UNSEEN]
+
+    def head(self, cls: tuple[int, object], linearized: int, min_ret: float) -> int:
+        """The first unplaced info op of a class if it may be placed now (called by min_ret), else -1."""
+        for i in self.members.get(cls, ()):
+            if not linearized >> i & 1:
+                return i if self.call[i] <= min_ret else -1
+        return -1
+
+    def enablers(self, j: int, value: object, linearized: int, min_ret: float) -> list[int]:
+        """Info ops that, placed just before ok op j, make it legal when it is not legal at value."""
+        code, arg = self.code[j], self.arg[j]
+        if code == _GET:
+            cls = (_PUT, arg) if arg is not None else (_DELETE_INFO, None)
+            h = self.head(cls, linearized, min_ret)
+            return [h] if h >= 0 else []
+        if code != _DELETE_OK or arg == (value is not None):
+            return []
+        if not arg:
+            h = self.head((_DELETE_INFO, None), linearized, min_ret)
+            return [h] if h >= 0 else []
+        h = self.head((_PUT, UNSEEN), linearized, min_ret)
+        if h >= 0:  # an unread value serves as well as any and is never needed by a get
+            return [h]
+        heads = (self.head(c, linearized, min_ret) for c in self.seen_put_classes)
+        return [h for h in heads if h >= 0]
 
     def apply(self, i: int, value: object) -> tuple[bool, object]:
         """The model: whether op i is legal with the register at value, and the value after it."""
@@ -160,7 +188,13 @@ class _KeySearch:
         return True, None
 
     def expand(
-        self, linearized: int, value: object, lo: int, depth: int, parent: _Frame | None, via: int
+        self,
+        linearized: int,
+        value: object,
+        lo: int,
+        depth: int,
+        parent: _Frame | None,
+        via: tuple[int, int],
     ) -> _Frame | None:
         """The frame for a configuration, or None when every ok op is linearized (success)."""
         n_ok = self.n_ok
@@ -184,21 +218,17 @@ class _KeySearch:
             code = self.code[j]
             if (code == _GET or (code == _DELETE_OK and value is None)) and self.apply(j, value)[0]:
                 # Changes nothing and only loosens the rest: take it without branching.
-                return _Frame(linearized, value, lo, depth, [j], parent, via)
+                return _Frame(linearized, value, lo, depth, [(-1, j)], parent, via)
         ok_cands.sort(key=ret.__getitem__)
-        info_cands = []
-        for j in range(n_ok, len(self.ops)):
-            if call[j] > min_ret:
-                break
-            if not linearized >> j & 1:
-                p = self.pred[j]
-                if p < 0 or linearized >> p & 1:
-                    info_cands.append(j)
-        return _Frame(linearized, value, lo, depth, ok_cands + info_cands, parent, via)
+        moves = [(-1, j) for j in ok_cands]
+        if len(self.ops) > n_ok:
+            for j in ok_cands:
+                moves += [(i, j) for i in self.enablers(j, value, linearized, min_ret)]
+        return _Frame(linearized, value, lo, depth, moves, parent, via)
 
     def run(self) -> str | None:
         """None when linearizable, else an explanation."""
-        root = self.expand(0, None, 0, 0, None, -1)
+        root = self.expand(0, None, 0, 0, None, (-1, -1))
         if root is None:
             return None
         stack = [root]
@@ -210,7 +240,8 @@ class _KeySearch:
             if frame.next >= len(frame.candidates):
                 stack.pop()
                 continue
-            i = frame.candidates[frame.next]
+            move = frame.candidates[frame.next]
+            info, i = move
             frame.next += 1
             steps += 1
             if steps & 1023 == 0 and time.monotonic() > self.deadline:
@@ -218,15 +249,18 @@ class _KeySearch:
                     f"key {self.key!r}: no verdict after {steps} steps ({len(self.ops)} ops, "
                     f"{len(visited)} configurations)"
                 )
-            legal, value = self.apply(i, frame.value)
+            value, linearized = frame.value, frame.linearized
+            if info >= 0:
+                _, value = self.apply(info, value)
+                linearized |= 1 << info
+            legal, value = self.apply(i, value)
             if not legal:
                 continue
-            linearized = frame.linearized | 1 << i
+            linearized |= 1 << i
             if (linearized, value) in visited:
                 continue
             visited.add((linearized, value))
-            depth = frame.depth + (i < self.n_ok)
-            child = self.expand(linearized, value, frame.lo, depth, frame, i)
+            child = self.expand(linearized, value, frame.lo, frame.depth + 1, frame, move)
             if child is None:
                 return None
             if child.depth > best.depth:
@@ -237,8 +271,8 @@ class _KeySearch:
     def explain(self, best: _Frame) -> str:
         path: list[int] = []
         f: _Frame | None = best
-        while f is not None and f.via >= 0:
-            path.append(f.via)
+        while f is not None and f.via[1] >= 0:
+            path += [i for i in reversed(f.via) if i >= 0]
             f = f.parent
         path.reverse()
         lines = [
@@ -256,7 +290,7 @@ class _KeySearch:
                 raw = None
         lines.append(f"value after it: {raw!r}")
         lines.append("none of these completed ops can take effect next:")
-        stuck = [i for i in best.candidates if i < self.n_ok]
+        stuck = sorted({i for _, i in best.candidates})
         for i in stuck:
             legal, _ = self.apply(i, best.value)
             why = "" if legal else f"  <- illegal with value {raw!r}"

@@ -10,6 +10,10 @@ rests on, so it follows what raftctl.client can prove:
   "leadership changed before the write committed" are ambiguous by themselves.
 - A get that fails is "fail": a read has no effect.
 
+Even-numbered clients follow the leader (raftctl's default); odd-numbered ones are pinned to one node each,
+as Jepsen binds clients to nodes, so follower reads (ReadIndex through the leader) and write forwarding are
+exercised as much as the leader's own paths.
+
 After an info op the thread goes on as a new process id (Jepsen's rule): the old op may still take effect
 at any time, so its process never completes, and each process has one outstanding op at a time.
 """
@@ -78,12 +82,16 @@ def _client_loop(
     op_timeout_s: float,
 ) -> None:
     rng = random.Random(seed)
-    order = list(endpoints)
-    rng.shuffle(order)  # clients start at different nodes
+    pinned = index % 2 == 1
+    if pinned:
+        order = [endpoints[(index // 2) % len(endpoints)]]
+    else:
+        order = list(endpoints)
+        rng.shuffle(order)  # clients start at different nodes
     process = index
     written = 0
     kinds, weights = zip(*MIX, strict=True)
-    with Client(order, timeout=op_timeout_s) as client:
+    with Client(order, timeout=op_timeout_s, pin=pinned) as client:
         while time.monotonic() < stop_at:
             kind = rng.choices(kinds, weights)[0]
             key = rng.choice(keys)
