@@ -34,7 +34,7 @@ from raftd.core import (
     SnapshotMeta,
     SoftState,
 )
-from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode
+from raftd.kv import Command, CommandError, ImageError, KVStore, Result, decode, encode
 from raftd.storage import SqliteStorage
 from raftd.transport.peer import PeerClient
 
@@ -258,7 +258,7 @@ class RaftNode:
                 else:
                     client.send(m)
             if rd.snapshot is not None:
-                self._install(rd.snapshot)
+                await self._install(rd.snapshot)
             if rd.committed_entries:
                 self._apply(rd.committed_entries)
             if rd.read_states:
@@ -323,12 +323,14 @@ class RaftNode:
         self.snapshot_reports.append((m.to, ok))
         self.wake.set()
 
-    def _install(self, snapshot: Snapshot) -> None:
-        """A snapshot from the leader replaced our log: the state machine follows."""
+    async def _install(self, snapshot: Snapshot) -> None:
+        """A snapshot from the leader replaced our log: the state machine follows (decoded off the loop)."""
+        loop = asyncio.get_running_loop()
         try:
-            self.kv.restore(snapshot.meta.index, snapshot.data)
+            image = await loop.run_in_executor(self._cpu, decode, snapshot.data)
         except ImageError as e:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
+        self.kv.load(snapshot.meta.index, image)
         self.image_bytes = len(snapshot.data)
         self.log_bytes = 0
         log.info("Installed a snapshot at index %d", snapshot.meta.index)

@@ -60,7 +60,10 @@ class KVStore:
 
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt."""
-        image = decode(raw)
+        self.load(index, decode(raw))
+
+    def load(self, index: int, image: Image) -> None:
+        """Replace the whole state with an image already decoded (off the event loop)."""
         self.data = image.data
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.applied = index
