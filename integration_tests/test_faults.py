@@ -343,14 +343,7 @@ def test_rolling_restart_under_write_load_loses_nothing(c3: ContainerCluster) ->
         writer.halt.set()
         writer.join(20)
     assert not writer.is_alive()
-    # DAEMON BUG: a write that reaches the leader while it hands leadership over (graceful stop) fails
-    # with "UNKNOWN: Unexpected <class 'KeyError'>: 3" (3 = core id of the stopping leader n2), which
-    # the client cannot retry. raftd/node.py _take_input: propose_batch raises ProposalDropped
-    # ("leadership is being transferred") and the proposal gets NotLeader(self.leader()), naming this
-    # very node; raftd/api/common.py on_leader then does node.peers[to_core(e.leader.id)], and a node has
-    # no peer entry for itself. Seen in every run of this test (node logs: "Handing leadership to node 1
-    # before stopping" right before the error). It should be UNAVAILABLE (retryable), as for any other
-    # dropped proposal.
+    # A write reaching a leader that is handing over gets a retryable UNAVAILABLE (it once got UNKNOWN).
     assert not writer.errors, f"client-visible errors during the rolling restart: {writer.errors}"
     assert len(writer.acked) > 20
     client = c3.client(timeout=WRITE_TIMEOUT_S)

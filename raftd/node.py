@@ -219,10 +219,17 @@ class RaftNode:
             batch, self.proposals = self.proposals, []
             try:
                 first = self.raw.propose_batch([p.data for p in batch])
-            except ProposalDropped:
+            except ProposalDropped as dropped:
+                leader = self.leader()
+                # Still the leader but handing over (a transfer): nowhere to forward to yet, so retry.
+                error: Exception = (
+                    NotLeader(leader)
+                    if leader is None or leader.id != self.me.id
+                    else Unavailable(f"{dropped}; retry shortly")
+                )
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(NotLeader(self.leader()))
+                        p.future.set_exception(error)
             else:
                 term = self.raw.raft.term
                 for k, p in enumerate(batch):

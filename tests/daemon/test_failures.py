@@ -254,3 +254,37 @@ def test_sigterm_leader_hands_over_and_exits_cleanly(cluster: Cluster) -> None:
 
     cluster.start(old)
     wait_caught_up(cluster, old, {"k": "v", "after": "stop"})
+
+
+def test_writes_during_leadership_transfers_fail_only_retryably(cluster: Cluster) -> None:
+    """A write reaching a leader that is handing over must get a retryable UNAVAILABLE, never an
+    internal error (it once got UNKNOWN: the node tried to forward the write to itself)."""
+    codes: list[grpc.StatusCode] = []
+    ok = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal ok
+        n = 0
+        while not stop.is_set():
+            n += 1
+            target = cluster.wait_leader()
+            try:
+                cluster.put(target, f"t{n % 5}", str(n))
+                ok += 1
+            except grpc.RpcError as e:
+                codes.append(e.code())
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(6):
+            leader = cluster.wait_leader()
+            target = cluster.followers(leader)[0]
+            cluster.admin(leader).TransferLeader(kv_pb2.TransferLeaderRequest(target_id=target), timeout=5)
+            wait_until("the new leader", lambda t=target: cluster.wait_leader() == t)
+    finally:
+        stop.set()
+        t.join(30)
+    assert ok > 0
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
