@@ -308,12 +308,13 @@ class RaftNode:
             term = self.raw.raft.log.term(index)
             assert term is not None
             data = await loop.run_in_executor(self._cpu, encode, self.kv.image())
+            snapshot = Snapshot(SnapshotMeta(index, term), data)
+            # The big write happens beside the database, so the disk thread keeps saving Readies meanwhile.
+            await loop.run_in_executor(self._cpu, self.storage.stage_snapshot, snapshot)
             stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
             if self.suspended or self.stopping or stale:
                 return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
-            await loop.run_in_executor(
-                self._disk, self.storage.save, None, [], Snapshot(SnapshotMeta(index, term), data)
-            )
+            await loop.run_in_executor(self._disk, self.storage.save, None, [], snapshot)
             self.raw.compact(index)
             self.snapshot_index = max(self.snapshot_index, index)
             self.image_bytes = len(data)

@@ -219,6 +219,27 @@ def test_reclaim_keeps_the_file_bounded_under_overwrites(tmp_path: Path) -> None
     assert max(sizes[5:]) <= 2 * sizes[4], sizes
 
 
+def test_snapshot_images_live_beside_the_database(tmp_path: Path) -> None:
+    """One image file, the current one: staged ahead of its save, older and orphaned ones removed."""
+    with open_store(tmp_path) as s:
+        s.save(HardState(1, 1, 9), ents(1, 9, 1))
+        first = Snapshot(SnapshotMeta(4, 1), b"image@4")
+        s.save(None, [], first)
+        assert [p.name for p in tmp_path.glob("snapshot-*")] == [f"snapshot-{4:020d}-{1:020d}.img"]
+        orphan = Snapshot(SnapshotMeta(6, 1), b"never adopted")
+        s.stage_snapshot(orphan)
+        second = Snapshot(SnapshotMeta(8, 1), b"image@8")
+        s.stage_snapshot(second)
+        assert s.load_snapshot() == first  # staging alone changes nothing
+        s.save(None, [], second)
+        assert [p.name for p in tmp_path.glob("snapshot-*")] == [f"snapshot-{8:020d}-{1:020d}.img"]
+    with open_store(tmp_path) as s:
+        assert s.load().snapshot == second
+    (tmp_path / f"snapshot-{8:020d}-{1:020d}.img").unlink()
+    with open_store(tmp_path) as s, pytest.raises(StorageError, match="current snapshot cannot be read"):
+        s.load()
+
+
 def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
     data = tmp_path / "a" / "b" / "data"  # parents are created
     with open_store(data, "prod", 2) as s:

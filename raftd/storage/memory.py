@@ -39,6 +39,10 @@ class MemoryStorage:
             self._hard_state = hard_state
         self._shape = shape
 
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Nothing to write ahead: save() keeps the image."""
+        self._check_open()
+
     def load_snapshot(self) -> Snapshot | None:
         self._check_open()
         return self._snapshot

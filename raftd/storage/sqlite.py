@@ -1,7 +1,9 @@
 """Durable Raft state in one sqlite3 file: hard state, log and snapshot, each save one fsynced transaction.
 
-Layout of a data directory: raft.db (with its -wal/-shm while open) and LOCK, which an open store holds
-with flock so two processes never write one log. Opening never repairs or resets anything: a database of
+Layout of a data directory: raft.db (with its -wal/-shm while open), the current snapshot image in
+snapshot-INDEX-TERM.img (a large image written inside the database would hold its write lock, and with it
+every Ready, for hundreds of milliseconds), and LOCK, which an open store holds with flock so two processes
+never write one log. Opening never repairs or resets anything: a database of
 another cluster or node, of a newer schema, or damaged, is refused with a StorageError and left as found.
 """
 
@@ -81,11 +83,11 @@ class SqliteStorage:
             conn = self._open_conn()
             try:
                 term, vote, commit = self._hard_state_row(conn)
-                snap_row = conn.execute("SELECT idx, term, data FROM snapshot").fetchone()
+                snap_row = conn.execute("SELECT idx, term FROM snapshot").fetchone()
                 rows = conn.execute("SELECT idx, term, data FROM entries ORDER BY idx").fetchall()
             except sqlite3.Error as e:
                 raise StorageError(f"{self.path}: cannot read the database: {e}") from e
-            snapshot = Snapshot(SnapshotMeta(snap_row[0], snap_row[1]), snap_row[2]) if snap_row else None
+            snapshot = self._read_snapshot(snap_row) if snap_row else None
             state = PersistedState(HardState(term, vote, commit), snapshot, [Entry(*r) for r in rows])
             problem = state_problem(state)
             if problem:
@@ -110,13 +112,16 @@ class SqliteStorage:
             if hard_state is None and not entries and snapshot is None:
                 return  # an empty Ready part: no transaction, no fsync
             shape, keep_tail = plan_save(self._shape, hard_state, entries, snapshot, self._stored_term)
+            if snapshot is not None and not self._snapshot_file(snapshot.meta).exists():
+                self.stage_snapshot(snapshot)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 if snapshot is not None:
                     meta = snapshot.meta
+                    # The image itself is in its own file (stage_snapshot); the row makes it the current one.
                     conn.execute(
                         "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)",
-                        (meta.index, meta.term, snapshot.data),
+                        (meta.index, meta.term, b""),
                     )
                     if keep_tail:
                         conn.execute("DELETE FROM entries WHERE idx <= ?", (meta.index,))
@@ -141,15 +146,54 @@ class SqliteStorage:
                         conn.execute("ROLLBACK")
                 raise StorageError(f"{self.path}: cannot save: {e}") from e
             self._shape = shape
+            if snapshot is not None:
+                self._drop_other_snapshots(snapshot.meta)
+
+    def stage_snapshot(self, snapshot: Snapshot) -> None:
+        """Write a snapshot's image to its own durable file, ahead of the save() that adopts it.
+
+        Safe from any thread and needs no database lock, so a large image is written while Readies keep
+        being saved; save() then only records which file is current. An image never adopted (a crash in
+        between) is removed by the next snapshot save.
+        """
+        final = self._snapshot_file(snapshot.meta)
+        partial = final.with_suffix(".partial")
+        try:
+            with open(partial, "wb") as f:
+                f.write(snapshot.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"{final}: cannot write the snapshot: {e.strerror or e}") from e
+
+    def _snapshot_file(self, meta: SnapshotMeta) -> Path:
+        return self.path.parent / f"snapshot-{meta.index:020d}-{meta.term:020d}.img"
+
+    def _read_snapshot(self, row: tuple[int, int]) -> Snapshot:
+        meta = SnapshotMeta(row[0], row[1])
+        path = self._snapshot_file(meta)
+        try:
+            return Snapshot(meta, path.read_bytes())
+        except OSError as e:
+            raise StorageError(f"{path}: the current snapshot cannot be read: {e.strerror or e}") from e
+
+    def _drop_other_snapshots(self, current: SnapshotMeta) -> None:
+        keep = self._snapshot_file(current)
+        for path in self.path.parent.glob("snapshot-*"):
+            if path != keep:
+                path.unlink(missing_ok=True)
 
     def load_snapshot(self) -> Snapshot | None:
         """The stored snapshot alone: what a leader streams to a follower that is too far behind."""
         with self._mutex:
             try:
-                row = self._open_conn().execute("SELECT idx, term, data FROM snapshot").fetchone()
+                row = self._open_conn().execute("SELECT idx, term FROM snapshot").fetchone()
             except sqlite3.Error as e:
                 raise StorageError(f"{self.path}: cannot read the snapshot: {e}") from e
-        return Snapshot(SnapshotMeta(row[0], row[1]), row[2]) if row else None
+        return self._read_snapshot(row) if row else None
 
     def reclaim(self) -> None:
         """Give the pages freed by compaction back to the file system, and shrink the WAL.
