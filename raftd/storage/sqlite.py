@@ -341,9 +341,9 @@ def _connect(db: Path) -> sqlite3.Connection:
     # lets reclaim() return the pages compaction frees to the file system.
     conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
-    # Keep the WAL small: checkpoint every 256 pages (1 MiB) and cut the file back to 1 MiB afterwards.
-    conn.execute("PRAGMA wal_autocheckpoint=256")
-    conn.execute("PRAGMA journal_size_limit=1048576")
+    # Keep the WAL small: checkpoint every 64 pages (256 KiB) and cut the file back to that afterwards.
+    conn.execute("PRAGMA wal_autocheckpoint=64")
+    conn.execute("PRAGMA journal_size_limit=262144")
     conn.execute("PRAGMA synchronous=FULL")  # fsync the WAL at every commit: durable when save() returns
     return conn
 
