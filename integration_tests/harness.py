@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import tempfile
@@ -135,10 +136,14 @@ def sweep_leftovers(only_mine: bool = False) -> list[str]:
                     c.remove(force=True, v=True)
                     removed.append(c.name)
         for net in client.networks.list(filters={"label": LABEL}):
-            if doomed(net.attrs.get("Labels") or {}):
+            labels = net.attrs.get("Labels") or {}
+            if doomed(labels):
                 with contextlib.suppress(docker.errors.APIError):
                     net.remove()
                     removed.append(net.name)
+                # The cluster map's temporary directory, named after the cluster.
+                for leftover in Path(tempfile.gettempdir()).glob(f"{labels.get(LABEL, '?')}-*"):
+                    shutil.rmtree(leftover, ignore_errors=True)
     finally:
         client.close()
     return removed
