@@ -167,7 +167,7 @@ class AsyncClient(_Routing):
             backoff = await self._sleep(backoff, deadline, what, last_error + note)
 
     async def _find_target(self, deadline: float, failed: set[str]) -> str:
-        endpoint = self.endpoints[self._next]
+        endpoint = self._endpoint_to_ask(failed)
         try:
             response = await self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
         except grpc.RpcError:

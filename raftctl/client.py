@@ -148,6 +148,19 @@ class _Routing:
             self._leader = response.address
         return Leader(response.leader_id, response.address, response.term)
 
+    def _endpoint_to_ask(self, failed: set[str]) -> str:
+        """The next endpoint that has not failed during this call (when all have: simply the next one).
+
+        After the leader dies, asking it again who leads would only cost another backoff round.
+        """
+        n = len(self.endpoints)
+        for k in range(n):
+            i = (self._next + k) % n
+            if self.endpoints[i] not in failed:
+                self._next = i
+                break
+        return self.endpoints[self._next]
+
     def _skip_endpoint(self) -> None:
         """Ask the next endpoint next time (never when pinned)."""
         if not self.pin:
@@ -388,7 +401,7 @@ class Client(_Routing):
         known = self._known_target(failed)
         if known is not None:
             return known
-        endpoint = self.endpoints[self._next]
+        endpoint = self._endpoint_to_ask(failed)
         try:
             response = self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
         except grpc.RpcError:
