@@ -193,6 +193,7 @@ class RaftNode:
         for client in self.peers.values():
             await client.close()
         self._disk.shutdown(wait=True)
+        self._cpu.shutdown(wait=True, cancel_futures=True)
 
     # -- input from handlers ------------------------------------------------------------------------
     def deliver(self, messages: list[Message]) -> None:
