@@ -28,11 +28,11 @@ from raftd.pb import kv_pb2_grpc
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0
-# An election takes 150-300 ms: backing off beyond a quarter second would add more to a failover than the
-# election itself (a 1 s cap made windows of ~780 ms after a ~200 ms election). A leaderless node answers
+# An election takes 150-300 ms: backing off beyond a tenth of a second would add more to a failover than
+# the election itself (a 1 s cap made windows of ~780 ms after a ~200 ms election). A leaderless node answers
 # at once, so polling it a few times a second costs little.
 BACKOFF_MIN_S = 0.025
-BACKOFF_MAX_S = 0.25
+BACKOFF_MAX_S = 0.1
 # One attempt may use at most this share of the overall timeout (but at least ATTEMPT_MIN_S), so a node
 # that accepts connections but never answers (SIGSTOPped, partitioned) leaves time to try the others.
 ATTEMPT_SHARE = 0.5
