@@ -792,3 +792,34 @@ def test_restart_reapplies_committed_entries_above_applied() -> None:
     rd = node.ready()
     assert rd.committed_entries == ents[1:]
     assert rd.entries == [] and rd.hard_state is None
+
+
+# ==================================================================================================
+# Snapshot transfers
+# ==================================================================================================
+def test_failed_snapshot_transfer_is_retried_and_a_complete_one_resumes_replication() -> None:
+    r = new_raft(log=log_of([1] * 10), term=1)
+    r.log.commit_to(10)
+    r.log.applied_to(10)
+    r.log.compact(8)
+    r._become_candidate()
+    r._become_leader()
+    take(r)
+    # Follower 2 has nothing: its rejection walks the leader back below the compacted prefix.
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=r.term, index=10, reject=True, reject_hint=0))
+    (snap,) = take(r)
+    assert snap.type is MsgType.SNAP and snap.snapshot is not None and snap.snapshot.meta.index == 8
+    assert r.prs[2].state is ProgressState.SNAPSHOT
+    # The transfer breaks: the leader waits for the follower to speak again, then sends a fresh one.
+    r.step(Message(MsgType.SNAP_STATUS, frm=2, reject=True))
+    assert r.prs[2].state is ProgressState.PROBE
+    assert take(r) == []
+    r.step(Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=r.term, index=0, commit=0))
+    (again,) = [m for m in take(r) if m.to == 2]
+    assert again.type is MsgType.SNAP and again.snapshot is not None and again.snapshot.meta.index == 8
+    # This one lands: the follower acknowledges the snapshot's index and replication goes on from there.
+    r.step(Message(MsgType.SNAP_STATUS, frm=2, reject=False))
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=r.term, index=8))
+    assert r.prs[2].state is ProgressState.REPLICATE and r.prs[2].match == 8
+    apps = [m for m in take(r) if m.to == 2 and m.type is MsgType.APP]
+    assert [e.index for m in apps for e in m.entries] == [9, 10, 11]
