@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -19,18 +18,9 @@ from raftd.config import load_cluster
 from raftd.deploy.compose import render
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from tests.daemon.cluster import free_ports
 
 WAIT_S = 90
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Deployment:
@@ -111,7 +101,7 @@ def _retry(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def deployment(image: str, compose_cmd: list[str], tmp_path: Path) -> Iterator[Deployment]:
-    ports = _free_ports(3)
+    ports = free_ports(3)
     cluster_map = tmp_path / "cluster.yaml"
     cluster_map.write_text(
         "name: it-compose\nnodes:\n"

@@ -21,18 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftd.pb import kv_pb2, raft_pb2, raft_pb2_grpc
 
-from .cluster import Cluster, wait_until
+from .cluster import Cluster, cluster_of, wait_until
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Started once for the module; killed at the end whatever happened."""
-    c = Cluster(tmp_path_factory.mktemp("shared"), 3)
-    try:
-        c.start_all()
+    with cluster_of(tmp_path_factory.mktemp("shared")) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.cluster import Cluster
+from tests.daemon.cluster import Cluster, cluster_of
 
 # A bound for every raftctl run: a hang fails the test instead of stalling the suite.
 RUN_LIMIT_S = 30.0
@@ -49,12 +49,8 @@ def run_ctl(
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A healthy cluster for tests that leave it healthy; killed at the end whatever happened."""
-    c = Cluster(tmp_path_factory.mktemp("raftctl-shared"), 3)
-    try:
-        c.start_all()
+    with cluster_of(tmp_path_factory.mktemp("raftctl-shared")) as c:
         yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture
