@@ -508,23 +508,34 @@ class RaftNode:
 
     async def propose(self, cmd: Command) -> Result:
         """Replicate a write; returns once it is committed and applied here. NotLeader off the leader."""
+        return await self.propose_nowait(cmd)
+
+    def propose_nowait(self, cmd: Command) -> asyncio.Future[Result]:
+        """propose() without a task to await it: a stream serving many writes attaches callbacks instead.
+
+        NotLeader and Unavailable are raised at once; the future resolves once committed and applied here.
+        """
         self._check_serving()
         if not self.is_leader():
             raise NotLeader(self.leader())
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self.proposals.append(_Proposal(cmd.encode(), fut))
         self.wake.set()
-        return await fut
+        return fut
 
     async def read_barrier(self) -> int:
         """Wait until this node's state reflects every write committed before the call (ReadIndex)."""
+        return await self.read_barrier_nowait()
+
+    def read_barrier_nowait(self) -> asyncio.Future[int]:
+        """read_barrier() as a future, which any number of reads that arrived before it may share."""
         self._check_serving()
         if self.leader() is None:
             raise Unavailable("no leader known")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.reads.append(fut)
         self.wake.set()
-        return await fut
+        return fut
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
         self._check_serving()
