@@ -49,6 +49,11 @@ class KVStub:
                 request_serializer=raftd_dot_pb_dot_kv__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_kv__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/raftd.v1.KV/Stream',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.RequestBatch.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.ResponseBatch.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -72,6 +77,14 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Pipelined requests on one long-lived call; a unary call costs far more CPU in Python than a message.
+        A follower refuses writes here (it does not forward them); reads are served as by Get.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +102,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=raftd_dot_pb_dot_kv__pb2.DeleteRequest.FromString,
                     response_serializer=raftd_dot_pb_dot_kv__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.RequestBatch.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.ResponseBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +190,33 @@ class KV:
             '/raftd.v1.KV/Delete',
             raftd_dot_pb_dot_kv__pb2.DeleteRequest.SerializeToString,
             raftd_dot_pb_dot_kv__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/raftd.v1.KV/Stream',
+            raftd_dot_pb_dot_kv__pb2.RequestBatch.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.ResponseBatch.FromString,
             options,
             channel_credentials,
             insecure,
