@@ -169,6 +169,20 @@ class Raft:
         else:
             self._tick_election()
 
+    def ticks_until_due(self) -> int:
+        """How many ticks may pass before one does anything but count: the owner may sleep that long.
+
+        Ticks short of it only advance counters, so delivering them late, all at once, changes nothing.
+        """
+        if self.role is Role.LEADER:
+            due = min(
+                self.cfg.heartbeat_tick - self.heartbeat_elapsed,
+                self.cfg.election_tick - self.election_elapsed,
+            )
+        else:
+            due = self.randomized_election_timeout - self.election_elapsed
+        return max(1, due)
+
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:

@@ -52,6 +52,10 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def ticks_until_due(self) -> int:
+        """Ticks that can be skipped and delivered later in one go (at least 1): see Raft.ticks_until_due."""
+        return self.raft.ticks_until_due()
+
     def step(self, m: Message) -> None:
         """Feed a message from the network. Local-only kinds and strangers' messages are refused."""
         if m.type in LOCAL_MESSAGES:

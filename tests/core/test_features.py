@@ -823,3 +823,71 @@ def test_failed_snapshot_transfer_is_retried_and_a_complete_one_resumes_replicat
     assert r.prs[2].state is ProgressState.REPLICATE and r.prs[2].match == 8
     apps = [m for m in take(r) if m.to == 2 and m.type is MsgType.APP]
     assert [e.index for m in apps for e in m.entries] == [9, 10, 11]
+
+
+# ==================================================================================================
+# Idle ticks: the owner may sleep ticks_until_due() ticks and deliver them at once
+# ==================================================================================================
+def _quiet(r: Raft) -> tuple[Role, int, int, int]:
+    return (r.role, r.term, r.vote, r.lead)
+
+
+@pytest.mark.parametrize("pre_vote", [False, True])
+def test_a_follower_is_due_exactly_when_its_election_timeout_fires(pre_vote: bool) -> None:
+    r = new_raft(pre_vote=pre_vote)
+    due = r.ticks_until_due()
+    assert due == r.randomized_election_timeout
+    before = _quiet(r)
+    for _ in range(due - 1):
+        r.tick()
+        assert take(r) == [] and _quiet(r) == before
+    assert r.ticks_until_due() == 1
+    r.tick()
+    expected = MsgType.PRE_VOTE if pre_vote else MsgType.VOTE
+    assert {m.type for m in take(r)} == {expected}
+
+
+def test_hearing_from_the_leader_pushes_the_due_tick_back() -> None:
+    r = new_raft()
+    for _ in range(r.ticks_until_due() - 1):
+        r.tick()
+    r.step(Message(MsgType.HEARTBEAT, to=1, frm=2, term=1))
+    assert r.ticks_until_due() == r.randomized_election_timeout
+
+
+def test_a_leader_is_due_at_every_heartbeat_and_quorum_check() -> None:
+    net = settled(Network(heartbeat_tick=3, check_quorum=True))
+    leader = net.nodes[1].raft
+
+    def tick_and_collect() -> set[MsgType]:
+        start = len(net.sent)
+        net.tick(1, 1)
+        sent = {m.type for m in net.sent[start:] if m.frm == 1}
+        net.deliver()
+        return sent
+
+    for _ in range(4 * ET):
+        due = leader.ticks_until_due()
+        for _ in range(due - 1):
+            assert tick_and_collect() == set()
+        heartbeat_due = leader.heartbeat_elapsed + 1 >= 3
+        check_due = leader.election_elapsed + 1 >= ET
+        assert heartbeat_due or check_due
+        sent = tick_and_collect()
+        assert sent == ({MsgType.HEARTBEAT} if heartbeat_due else set())
+    assert leader.role is Role.LEADER
+
+
+def test_an_isolated_leader_steps_down_on_a_due_tick() -> None:
+    net = settled(Network(check_quorum=True))
+    leader = net.nodes[1].raft
+    net.isolate(1)
+    for _ in range(3 * ET):
+        due = leader.ticks_until_due()
+        for _ in range(due - 1):
+            net.tick(1, 1)
+            assert leader.role is Role.LEADER
+        net.tick(1, 1)
+        if leader.role is not Role.LEADER:
+            break
+    assert leader.role is Role.FOLLOWER
