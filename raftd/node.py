@@ -264,15 +264,12 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         while self.raw.has_ready():
             rd = self.raw.ready()
+            if rd.send_early:
+                # A leader's followers write their copies while it writes its own (dissertation 10.2.1).
+                self._send(rd.messages)
             await self._persist(loop, rd)
-            for m in rd.messages:
-                client = self.peers.get(m.to)
-                if client is None:
-                    continue
-                if m.type is MsgType.SNAP:
-                    self._spawn(self._send_snapshot(client, m))
-                else:
-                    client.send(m)
+            if not rd.send_early:
+                self._send(rd.messages)
             if rd.snapshot is not None:
                 await self._install(rd.snapshot)
             if rd.committed_entries:
@@ -290,6 +287,16 @@ class RaftNode:
         ):
             self._snapshotting = True
             self._spawn(self._take_snapshot())
+
+    def _send(self, messages: list[Message]) -> None:
+        for m in messages:
+            client = self.peers.get(m.to)
+            if client is None:
+                continue
+            if m.type is MsgType.SNAP:
+                self._spawn(self._send_snapshot(client, m))
+            else:
+                client.send(m)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -132,7 +132,7 @@ class Raft:
         # Invariant: our log matches the current leader's up to verified (0 until it sends an AppendEntries).
         self.verified = 0
         self.prs = {p: Progress(self.log.last_index() + 1, self.cfg.max_inflight) for p in self.peers}
-        self.prs[self.id].match = self.log.last_index()
+        self.prs[self.id].match = self.log.stabled
         self.read_only = ReadOnly()
         self.pending_reads = []
 
@@ -226,10 +226,15 @@ class Raft:
     def _append_entries(self, datas: Sequence[bytes]) -> None:
         last = self.log.last_index()
         self.log.append([Entry(last + 1 + k, self.term, d) for k, d in enumerate(datas)])
-        self.prs[self.id].maybe_update(self.log.last_index())
-        # A single-node cluster commits at once; otherwise this is a no-op until followers answer.
-        self._maybe_commit()
+        # Our own copy counts toward a quorum only once it is durable (on_persisted), so the owner may send
+        # these entries to followers while it writes them (dissertation 10.2.1).
         self._bcast_append()
+
+    def on_persisted(self) -> None:
+        """The owner made the log durable up to log.stabled: as leader, that is our own acknowledgement."""
+        leading = self.role is Role.LEADER
+        if leading and self.prs[self.id].maybe_update(self.log.stabled) and self._maybe_commit():
+            self._bcast_append()
 
     # -- sending ------------------------------------------------------------------------------------
     def _send(self, m: Message, *, term: int | None = None) -> None:

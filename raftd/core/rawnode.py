@@ -126,6 +126,10 @@ class RawNode:
             committed_entries=r.log.next_committed_entries(),
             messages=r.msgs,
             read_states=r.read_states,
+            # A leader's messages depend on nothing this Ready persists: its term and vote are durable
+            # already, and its own new entries count toward commit only after advance().
+            send_early=r.role is Role.LEADER
+            and (hard.term, hard.vote) == (self._prev_hard.term, self._prev_hard.vote),
         )
         r.msgs = []
         r.read_states = []
@@ -149,6 +153,7 @@ class RawNode:
         if rd.entries:
             last = rd.entries[-1]
             log.stable_to(last.index, last.term)
+            self.raft.on_persisted()
         if rd.committed_entries:
             log.applied_to(rd.committed_entries[-1].index)
 

@@ -118,7 +118,9 @@ class Ready:
 
     Ordering contract: persist hard_state, snapshot and entries (one durable transaction) before sending
     messages, then apply committed_entries, then call advance(). Messages may depend on the persisted state
-    (a vote, an acknowledgement of entries), so sending first would break Raft's safety.
+    (a vote, an acknowledgement of entries), so sending first would break Raft's safety. Exception: when
+    send_early is set (a leader whose term and vote are already durable), the messages may be sent before
+    or while persisting; everything else keeps its order.
     """
 
     soft_state: SoftState | None = None
@@ -128,6 +130,7 @@ class Ready:
     committed_entries: list[Entry] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    send_early: bool = False
 
     def is_empty(self) -> bool:
         return not (

@@ -206,14 +206,22 @@ class Simulation:
         raw = n.raw
         old_commit = n.disk.hard.commit
         rd = raw.ready()
+        if rd.send_early:
+            # A leader sends while it writes; a crash here loses the write after the messages left.
+            for m in rd.messages:
+                self._send(n, m)
+            if self.rng.random() < self.params.crash_mid_ready:
+                self._crash(n)
+                return
         self._persist(n, rd)
         if rd.hard_state is not None and rd.hard_state.commit > old_commit:
             self.check.observe_commit(n.id, raw.raft, old_commit, rd.hard_state.commit)
         if self.rng.random() < self.params.crash_mid_ready:
-            self._crash(n)  # durable, but no message sent and nothing applied
+            self._crash(n)  # durable, but (unless sent early) no message sent and nothing applied
             return
-        for m in rd.messages:
-            self._send(n, m)
+        if not rd.send_early:
+            for m in rd.messages:
+                self._send(n, m)
         self._apply(n, rd)
         raw.advance()
         self._maybe_compact(n)

@@ -139,8 +139,12 @@ class Network:
         st = self.storage[node_id]
         while node.has_ready():
             rd = node.ready()
+            if rd.send_early:
+                # Its messages may leave before this Ready's write: they must hold against the disk as it was.
+                self._check_messages(node_id, rd)
             st.persist(rd)
-            self._check_ready(node_id, rd)
+            self._check_messages(node_id, rd)
+            self._check_applied(node_id, rd)
             for m in rd.messages:
                 assert m.frm == node_id or m.type in (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER), m
                 self.sent.append(m)
@@ -151,8 +155,8 @@ class Network:
             self.read_states[node_id].extend(rd.read_states)
             node.advance()
 
-    def _check_ready(self, node_id: int, rd: Ready) -> None:
-        """The Ready contract, checked against what is durable after persisting this very Ready."""
+    def _check_messages(self, node_id: int, rd: Ready) -> None:
+        """The Ready contract for messages, checked against what is durable when they are sent."""
         st = self.storage[node_id]
         hs = st.hard_state
         for m in rd.messages:
@@ -165,6 +169,11 @@ class Network:
                 assert len(st.entries) >= m.index, f"ack {m} sent before entries were durable"
             if m.type not in (MsgType.READ_INDEX, MsgType.TRANSFER_LEADER, MsgType.PRE_VOTE):
                 assert m.term <= hs.term or m.type is MsgType.PRE_VOTE_RESP, f"{m} ahead of durable {hs}"
+
+    def _check_applied(self, node_id: int, rd: Ready) -> None:
+        """Committed entries are applied in order, only once durable here and committed."""
+        st = self.storage[node_id]
+        hs = st.hard_state
         prev = st.applied
         for e in rd.committed_entries:
             assert e.index == prev + 1, f"applied out of order: {e} after index {prev}"

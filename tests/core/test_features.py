@@ -658,6 +658,42 @@ def test_leader_proposal_ready_holds_entries_with_appends() -> None:
     assert not node.has_ready()
 
 
+def test_only_a_leader_with_a_durable_term_may_send_before_persisting() -> None:
+    follower = new_node(2)
+    entries = (Entry(1, 1, b"a"),)
+    follower.step(Message(MsgType.APP, to=2, frm=1, term=1, index=0, log_term=0, entries=entries))
+    assert not follower.ready().send_early, "an ack must wait for its entries"
+    node = new_node(1)
+    node.campaign()
+    assert not node.ready().send_early, "vote requests must wait for the vote"
+    node.advance()
+    node.step(Message(MsgType.VOTE_RESP, to=1, frm=2, term=1))
+    rd = node.ready()
+    assert rd.send_early and rd.entries == [Entry(1, 1, b"")]
+    node.advance()
+    node.step(Message(MsgType.APP_RESP, to=1, frm=2, term=1, index=1))
+    node.ready()
+    node.advance()
+    node.propose(b"x")
+    rd = node.ready()
+    assert rd.send_early and rd.entries == [Entry(2, 1, b"x")]
+
+
+def test_a_single_node_commits_its_own_entries_once_they_are_durable() -> None:
+    config = Config(id=1, peers=(1,), rng=random.Random(1), election_tick=ET)
+    node = RawNode(config)
+    node.campaign()
+    rd = node.ready()
+    assert rd.soft_state is not None and rd.soft_state.role is Role.LEADER
+    assert not rd.send_early, "its term and vote are not durable yet"
+    assert rd.entries == [Entry(1, 1, b"")] and rd.committed_entries == []
+    node.advance()
+    rd = node.ready()
+    assert rd.committed_entries == [Entry(1, 1, b"")]
+    node.advance()
+    assert not node.has_ready()
+
+
 def test_ready_twice_or_advance_without_ready_is_refused() -> None:
     node = new_node(1)
     node.campaign()

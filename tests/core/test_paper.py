@@ -59,12 +59,19 @@ def become_candidate(r: Raft) -> None:
 
 
 def become_leader(r: Raft) -> None:
-    """Campaign and collect granted votes until the node wins."""
+    """Campaign and collect granted votes until the node wins; its no-op is then on its disk."""
     r.step(Message(MsgType.HUP))
     for p in r.peers:
         if p != r.id and r.role is not Role.LEADER:
             r.step(Message(MsgType.VOTE_RESP, to=r.id, frm=p, term=r.term))
     assert r.role is Role.LEADER
+    persisted(r)
+
+
+def persisted(r: Raft) -> None:
+    """The owner wrote the whole log to disk and said so, as RawNode.advance() does."""
+    r.log.stable_to(r.log.last_index(), r.log.last_term())
+    r.on_persisted()
 
 
 def commit_noop(r: Raft) -> None:
@@ -376,6 +383,7 @@ def test_leader_commits_on_majority_and_tells_followers() -> None:
     become_leader(r)
     commit_noop(r)
     r.propose([b"x"])
+    persisted(r)
     take(r)
     r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=1, index=2))
     assert r.log.committed == 2
@@ -410,9 +418,36 @@ def test_leader_commits_only_what_a_majority_acknowledged(
         commit_noop(r)
     li = r.log.last_index()
     r.propose([b"data"])
+    persisted(r)
     for a in acceptors:
         r.step(Message(MsgType.APP_RESP, to=1, frm=a, term=r.term, index=li + 1))
     assert r.log.committed == (li + 1 if committed else li)
+
+
+def test_leader_counts_its_own_copy_only_once_it_is_durable() -> None:
+    """The owner may send a leader's entries while writing them (10.2.1): until its write is done, the
+    leader's own copy must not count, or one durable copy out of three could be called committed."""
+    r = new_raft()
+    become_leader(r)
+    commit_noop(r)
+    r.propose([b"x"])
+    take(r)
+    r.step(Message(MsgType.APP_RESP, to=1, frm=2, term=1, index=2))
+    assert r.log.committed == 1, "committed on one durable copy"
+    persisted(r)
+    assert r.log.committed == 2
+    apps = of(take(r), MsgType.APP)
+    assert {m.to for m in apps} == {2, 3} and all(m.commit == 2 for m in apps)
+
+
+def test_two_followers_commit_without_the_leaders_own_write() -> None:
+    r = new_raft()
+    become_leader(r)
+    commit_noop(r)
+    r.propose([b"x"])
+    for p in (2, 3):
+        r.step(Message(MsgType.APP_RESP, to=1, frm=p, term=1, index=2))
+    assert r.log.committed == 2
 
 
 @pytest.mark.parametrize("prior", [[], [2], [1, 1], [1, 2], [1, 2, 2]])
