@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from raftd.api.common import LongCalls
 from raftd.api.kv import AdminService, KVService
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
@@ -37,28 +37,7 @@ class StartupError(Exception):
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
-        self._streams: set[asyncio.Task[object]] = set()
-
-    def close(self) -> None:
-        """End every inbound stream from our side, so that stopping the server finds no RPC in flight.
-
-        gRPC prints a traceback for each long-lived handler it has to cancel itself at server stop.
-        """
-        for task in self._streams:
-            task.cancel()
-
-    @contextlib.asynccontextmanager
-    async def _tracked(self) -> AsyncIterator[None]:
-        """Run a long-lived inbound stream so that close() can end it, and its end is quiet."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        try:
-            yield
-        except asyncio.CancelledError:
-            pass  # close() above, or the peer went away: a routine end for a long-lived stream
-        finally:
-            self._streams.discard(task)
+        self.streams = LongCalls()
 
     async def _check_cluster(self, name: str, context: grpc.aio.ServicerContext) -> None:
         if name != self.node.cluster.name:
@@ -70,7 +49,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
     async def Stream(
         self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
     ) -> peer_pb2.StepResponse:
-        async with self._tracked():
+        async with self.streams.track():
             async for batch in requests:
                 await self._check_cluster(batch.cluster, context)
                 try:
@@ -84,7 +63,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
     ) -> peer_pb2.StepResponse:
         """Gather the image, then hand the whole SNAP message to the node; a partial one is dropped."""
-        async with self._tracked():
+        async with self.streams.track():
             header: peer_pb2.Message | None = None
             total = 0
             data = bytearray()
@@ -154,7 +133,8 @@ async def serve(
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, server)
-        kv_pb2_grpc.add_KVServicer_to_server(KVService(node), server)
+        kv = KVService(node)
+        kv_pb2_grpc.add_KVServicer_to_server(kv, server)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node), server)
         health_servicer = health.aio.HealthServicer()
@@ -168,7 +148,8 @@ async def serve(
         log.info("The server starts at %s", me.address)
         _health_updater(node, health_servicer)
         await _run_until_signal(node)
-        peers.close()
+        peers.streams.close()
+        kv.streams.close()
         await server.stop(grace=0.5)
     finally:
         storage.close()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from raftd.config import NodeAddr
+from raftd.kv import Command, Op
 from raftd.node import NotLeader, RaftNode, Unavailable, to_core
+from raftd.pb import kv_pb2 as pb
 
 T = TypeVar("T")
 
@@ -32,6 +36,34 @@ class RequestFailed(Exception):
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class LongCalls:
+    """Handlers of long-lived calls (streams), which the server ends itself before it stops.
+
+    gRPC prints a traceback for each long-lived handler it has to cancel itself at server stop.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    def close(self) -> None:
+        """End every call from our side, so that stopping the server finds none in flight."""
+        for task in self._tasks:
+            task.cancel()
+
+    @contextlib.asynccontextmanager
+    async def track(self) -> AsyncIterator[None]:
+        """Run a handler so that close() can end it, and its end is quiet."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            pass  # close() above, or the caller went away: a routine end for a long-lived call
+        finally:
+            self._tasks.discard(task)
 
 
 def grpc_errors(method: Handler) -> Handler:
@@ -76,6 +108,25 @@ def check_key(key: bytes) -> bytes:
     return check_text("the key", key, MAX_KEY_BYTES)
 
 
+def put_command(request: pb.PutRequest) -> Command:
+    """A Put checked and ready for the log (its session makes a retried write apply once)."""
+    key = check_key(request.key)
+    value = check_text("the value", request.value, MAX_VALUE_BYTES)
+    return Command(Op.PUT, key, value, request.session.client_id.encode(), request.session.seq)
+
+
+def delete_command(request: pb.DeleteRequest) -> Command:
+    key = check_key(request.key)
+    return Command(Op.DELETE, key, b"", request.session.client_id.encode(), request.session.seq)
+
+
+def not_leader(leader: NodeAddr | None) -> RequestFailed:
+    """A write refused here: the client follows the hint (raftctl.client parses this exact form)."""
+    if leader is None:
+        return RequestFailed(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
+    return RequestFailed(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+
+
 async def on_leader(
     node: RaftNode,
     context: grpc.aio.ServicerContext,
@@ -87,12 +138,8 @@ async def on_leader(
     try:
         return await asyncio.wait_for(local(), timeout)
     except NotLeader as e:
-        if e.leader is None:
-            raise RequestFailed(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly") from None
-        if was_forwarded(context):
-            raise RequestFailed(
-                grpc.StatusCode.UNAVAILABLE, f"not the leader; try {e.leader.address}"
-            ) from None
+        if e.leader is None or was_forwarded(context):
+            raise not_leader(e.leader) from None
         channel = node.peers[to_core(e.leader.id)].channel
         try:
             return await forward(channel, time_left(context))

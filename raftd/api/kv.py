@@ -8,42 +8,38 @@ from collections.abc import AsyncIterator
 import grpc
 
 from raftd.backup import pack
-from raftd.kv import Command, Op
 from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable, from_core, to_core
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 
 from .common import (
     FORWARDED,
-    MAX_VALUE_BYTES,
+    LongCalls,
     RequestFailed,
     check_key,
-    check_text,
+    delete_command,
     grpc_errors,
     on_leader,
     on_node,
+    put_command,
     time_left,
     was_forwarded,
 )
+from .stream import StreamSession
 
 log = logging.getLogger("raftd.api")
 
 BACKUP_CHUNK_BYTES = 1024 * 1024
 
 
-def _session(s: pb.WriteSession) -> tuple[bytes, int]:
-    return s.client_id.encode(), s.seq
-
-
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
+        self.streams = LongCalls()
 
     @grpc_errors
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
-        key = check_key(request.key)
-        value = check_text("the value", request.value, MAX_VALUE_BYTES)
-        cmd = Command(Op.PUT, key, value, *_session(request.session))
+        cmd = put_command(request)
 
         async def local() -> pb.PutResponse:
             return pb.PutResponse(index=(await self.node.propose(cmd)).index)
@@ -55,8 +51,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        key = check_key(request.key)
-        cmd = Command(Op.DELETE, key, b"", *_session(request.session))
+        cmd = delete_command(request)
 
         async def local() -> pb.DeleteResponse:
             result = await self.node.propose(cmd)
@@ -72,6 +67,13 @@ class KVService(kv_pb2_grpc.KVServicer):
         key = check_key(request.key)
         value, index = await on_node(context, read(self.node, key, request.local))
         return pb.GetResponse(found=value is not None, value=value or b"", index=index)
+
+    async def Stream(
+        self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Pipelined requests, answered in batches (raftd/api/stream.py); server stop ends it quietly."""
+        async with self.streams.track():
+            await StreamSession(self.node).run(requests, context)
 
 
 async def read(node: RaftNode, key: bytes, local: bool) -> tuple[bytes | None, int]:

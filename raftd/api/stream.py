@@ -1,0 +1,186 @@
+"""KV.Stream: many requests pipelined over one long-lived call and answered in batches.
+
+A unary call costs far more CPU in Python's gRPC than a message on an open stream, so a busy client sends
+whatever requests piled up as one RequestBatch and gets whatever answers piled up as one ResponseBatch.
+Each request keeps its own terms: a write is answered once committed and applied (RaftNode.propose_nowait),
+a linearizable read once a ReadIndex round confirms it (the reads of one batch share one round), and a bad
+request gets an Error while the stream goes on. No task per request: the node's futures get callbacks that
+queue the answer, and one writer per stream sends everything queued in one message.
+
+Unlike the unary Put, a follower does not forward writes from a stream: it answers "not the leader; try
+HOST:PORT" and the client sends them to the leader itself, which saves the leader a unary call per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+
+import grpc
+
+from raftd.kv import Command, Result
+from raftd.node import NotLeader, RaftNode, Unavailable
+from raftd.pb import kv_pb2 as pb
+
+from .common import RequestFailed, check_key, delete_command, not_leader, put_command
+
+# Requests of one stream received but not yet answered on the wire; reading pauses at this many, so that
+# a client that floods (or stops reading answers) holds bounded memory here.
+MAX_UNANSWERED = 4096
+# One ResponseBatch carries at most about this many bytes of values (a client takes 8 MiB messages).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
+
+class StreamSession:
+    """One Stream call: the reader serves requests, callbacks queue answers, the writer sends them."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+        self.out: list[pb.Response] = []
+        self.out_bytes = 0  # value bytes in out
+        self.unanswered = 0
+        self.closed = False  # the call is over: late callbacks drop their answers
+        self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
+        self.room = asyncio.Event()  # for the reader: unanswered fell below MAX_UNANSWERED
+        self.room.set()
+
+    async def run(self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext) -> None:
+        """Serve until the client has sent its last request and every one of them is answered."""
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            await self._write(context, reader)
+        finally:
+            self.closed = True
+            reader.cancel()
+
+    async def _read(self, requests: AsyncIterator[pb.RequestBatch]) -> None:
+        try:
+            async for batch in requests:
+                self.serve(batch)
+                if self.unanswered >= MAX_UNANSWERED:
+                    self.room.clear()
+                    await self.room.wait()
+        finally:
+            self.wake.set()
+
+    async def _write(self, context: grpc.aio.ServicerContext, reader: asyncio.Task[None]) -> None:
+        while True:
+            self.wake.clear()
+            if self.out:
+                responses = self._take()
+                await context.write(pb.ResponseBatch(responses=responses))
+                self.unanswered -= len(responses)
+                if self.unanswered < MAX_UNANSWERED:
+                    self.room.set()
+            elif reader.done() and (self.unanswered == 0 or reader.cancelled() or reader.exception()):
+                reader.result()  # a failure in serving is a bug: let gRPC report it
+                return
+            else:
+                await self.wake.wait()
+
+    def _take(self) -> list[pb.Response]:
+        """Everything queued, unless its values outweigh one message: then the longest prefix that fits."""
+        if self.out_bytes <= MAX_BATCH_BYTES:
+            taken, self.out, self.out_bytes = self.out, [], 0
+            return taken
+        n = size = 0
+        for response in self.out:
+            weight = len(response.get.value)
+            if n and size + weight > MAX_BATCH_BYTES:
+                break
+            n, size = n + 1, size + weight
+        taken, self.out = self.out[:n], self.out[n:]
+        self.out_bytes -= size
+        return taken
+
+    # -- serving ------------------------------------------------------------------------------------
+    def serve(self, batch: pb.RequestBatch) -> None:
+        """Start every request of a batch; its linearizable reads share one ReadIndex round."""
+        reads: list[tuple[int, bytes]] = []
+        for request in batch.requests:
+            self.unanswered += 1
+            kind = request.WhichOneof("op")
+            try:
+                if kind == "put":
+                    self._propose(request.id, kind, put_command(request.put))
+                elif kind == "delete":
+                    self._propose(request.id, kind, delete_command(request.delete))
+                elif kind == "get":
+                    key = check_key(request.get.key)
+                    if request.get.local:
+                        self._local_read(request.id, key)
+                    else:
+                        reads.append((request.id, key))
+                else:
+                    raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, "the request carries no operation")
+            except RequestFailed as e:
+                self._fail(request.id, e)
+        if reads:
+            try:
+                barrier = self.node.read_barrier_nowait()
+            except Unavailable as e:
+                for rid, _ in reads:
+                    self._fail(rid, RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)))
+            else:
+                barrier.add_done_callback(functools.partial(self._barrier_passed, reads))
+
+    def _propose(self, rid: int, kind: str, cmd: Command) -> None:
+        try:
+            future = self.node.propose_nowait(cmd)
+        except (NotLeader, Unavailable) as e:
+            raise _failure(e) from None
+        future.add_done_callback(functools.partial(self._written, rid, kind))
+
+    def _written(self, rid: int, kind: str, future: asyncio.Future[Result]) -> None:
+        try:
+            result = future.result()
+        except (Exception, asyncio.CancelledError) as e:
+            self._fail(rid, _failure(e))
+            return
+        if kind == "put":
+            self._answer(pb.Response(id=rid, put=pb.PutResponse(index=result.index)))
+        else:
+            deleted = pb.DeleteResponse(deleted=result.existed, index=result.index)
+            self._answer(pb.Response(id=rid, delete=deleted))
+
+    def _barrier_passed(self, reads: list[tuple[int, bytes]], barrier: asyncio.Future[int]) -> None:
+        try:
+            barrier.result()
+        except (Exception, asyncio.CancelledError) as e:
+            failure = _failure(e)
+            for rid, _ in reads:
+                self._fail(rid, failure)
+            return
+        for rid, key in reads:
+            self._local_read(rid, key)
+
+    def _local_read(self, rid: int, key: bytes) -> None:
+        try:
+            value, index = self.node.local_read(key)
+        except Unavailable as e:
+            self._fail(rid, _failure(e))
+            return
+        found = pb.GetResponse(found=value is not None, value=value or b"", index=index)
+        self._answer(pb.Response(id=rid, get=found), len(value or b""))
+
+    def _fail(self, rid: int, e: RequestFailed) -> None:
+        self._answer(pb.Response(id=rid, error=pb.Error(code=e.code.value[0], message=e.message)))
+
+    def _answer(self, response: pb.Response, weight: int = 0) -> None:
+        if self.closed:
+            return
+        self.out.append(response)
+        self.out_bytes += weight
+        self.wake.set()
+
+
+def _failure(e: BaseException) -> RequestFailed:
+    """The status a unary call would have ended with."""
+    if isinstance(e, RequestFailed):
+        return e
+    if isinstance(e, NotLeader):
+        return not_leader(e.leader)
+    if isinstance(e, Unavailable | asyncio.CancelledError):
+        return RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e) or "abandoned; retry")
+    return RequestFailed(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)
