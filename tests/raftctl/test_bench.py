@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from raftctl.benchmark import (
     render_report,
 )
 from raftctl.client import InvalidArgument, NotFound, Unavailable
+from raftd.pb import kv_pb2 as pb
 from tests.daemon.cluster import Cluster
 
 from .conftest import ctl_env, run_ctl
@@ -46,14 +48,80 @@ from .test_client import FakeNode, unused_endpoint
 # -- AsyncClient against fake nodes ------------------------------------------------------------------
 
 
-@pytest.fixture
-def fakes() -> Iterator[list[FakeNode]]:
-    made = [FakeNode(), FakeNode()]
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class _OneRequest:
+    """The context a FakeNode method sees for one request of a stream: abort() fails that request only."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Refused(code, details)
+
+
+class StreamingFakeNode(FakeNode):
+    """A FakeNode that also serves KV.Stream: each batch is answered at once, by the same script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []  # the number of requests in each RequestBatch received
+        self.received: list[pb.Request] = []
+        self.streams = 0  # Stream calls opened
+        self.silent: set[bytes] = set()  # keys whose requests are never answered
+        self.break_next = False  # fail the whole stream on the next batch
+
+    def Stream(
+        self, batches: Iterator[pb.RequestBatch], context: grpc.ServicerContext
+    ) -> Iterator[pb.ResponseBatch]:
+        with self.lock:
+            self.streams += 1
+        for batch in batches:
+            self.batches.append(len(batch.requests))
+            self.received += batch.requests
+            if self.break_next:
+                self.break_next = False
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by fake")
+            answers = [self._answer(r) for r in batch.requests if self._key(r) not in self.silent]
+            yield pb.ResponseBatch(responses=answers)
+
+    @staticmethod
+    def _key(r: pb.Request) -> bytes:
+        return getattr(r, r.WhichOneof("op") or "get").key
+
+    def _answer(self, r: pb.Request) -> pb.Response:
+        one = _OneRequest()
+        try:
+            if r.HasField("put"):
+                return pb.Response(id=r.id, put=self.Put(r.put, one))  # type: ignore[arg-type]
+            if r.HasField("delete"):
+                return pb.Response(id=r.id, delete=self.Delete(r.delete, one))  # type: ignore[arg-type]
+            return pb.Response(id=r.id, get=self.Get(r.get, one))  # type: ignore[arg-type]
+        except _Refused as e:
+            return pb.Response(id=r.id, error=pb.Error(code=e.code.value[0], message=e.details))
+
+
+@pytest.fixture(params=[FakeNode, StreamingFakeNode], ids=["unary", "stream"])
+def fakes(request: pytest.FixtureRequest) -> Iterator[list[FakeNode]]:
+    """Every AsyncClient test runs against nodes with KV.Stream and against older ones without it."""
+    made = [request.param(), request.param()]
     try:
         yield made
     finally:
         for n in made:
             n.server.stop(None)
+
+
+@pytest.fixture
+def streaming() -> Iterator[StreamingFakeNode]:
+    node = StreamingFakeNode()
+    node.leader = (0, node.address)
+    try:
+        yield node
+    finally:
+        node.server.stop(None)
 
 
 def test_async_retry_keeps_the_write_id(fakes: list[FakeNode]) -> None:
@@ -130,6 +198,110 @@ def test_async_errors_are_typed(fakes: list[FakeNode]) -> None:
         async with AsyncClient([unused_endpoint()], timeout=0.5) as c:
             with pytest.raises(Unavailable, match=r"no answer within 0\.5s"):
                 await c.put("k", "v")
+
+    asyncio.run(go())
+
+
+def test_async_requests_made_together_travel_as_one_batch(streaming: StreamingFakeNode) -> None:
+    """64 coroutines sharing a client cost one stream message per loop iteration, not a call each."""
+    node = streaming
+
+    async def go() -> list[int]:
+        async with AsyncClient([node.address], timeout=10) as c:
+            await c.put("warm", "up")  # finds the leader and opens the stream
+            before = len(node.batches)
+            indexes = await asyncio.gather(*(c.put(f"k{i}", "v") for i in range(64)))
+            assert node.batches[before:] == [64], "requests made in one loop iteration share one batch"
+
+            async def worker(w: int) -> None:
+                for n in range(10):
+                    await c.put(f"w{w}", str(n))
+                    assert await c.get(f"w{w}") == str(n)
+
+            before = len(node.batches)
+            await asyncio.gather(*(worker(w) for w in range(32)))
+            assert sum(node.batches[before:]) == 640
+            assert len(node.batches) - before <= 640 / 4, f"hardly any batching: {node.batches[before:]}"
+            return indexes
+
+    indexes = asyncio.run(go())
+    assert sorted(indexes) == list(range(2, 66)), "every request answered, each by its own answer"
+    assert node.streams == 1
+
+
+def test_async_client_falls_back_to_unary_calls_without_stream(fakes: list[FakeNode]) -> None:
+    node = fakes[0]
+    streams = isinstance(node, StreamingFakeNode)
+
+    async def go() -> bool:
+        async with AsyncClient([node.address], timeout=10) as c:
+            for _ in range(3):
+                await c.put("k", "v")
+                assert await c.get("k", linearizable=False) == "v"
+            assert await c.delete("k") is True
+            return c._connection(node.address).pipe is not None
+
+    assert asyncio.run(go()) is streams, "the stream is given up only on a node that has none"
+    assert len(node.writes) == 4
+    if isinstance(node, StreamingFakeNode):
+        assert sum(node.batches) == 7 and node.streams == 1
+
+
+def test_async_unanswered_request_fails_by_its_own_deadline(streaming: StreamingFakeNode) -> None:
+    """The stream has no deadline; each request has one (the client's attempt timeout) and fails alone."""
+    node = streaming
+    node.silent = {b"lost"}
+
+    async def go() -> None:
+        async with AsyncClient([node.address], timeout=2.5) as c:
+            lost = asyncio.ensure_future(c.put("lost", "v"))
+            for n in range(5):
+                await c.put("other", str(n))
+            assert not lost.done(), "answers to the others do not end the one still waiting"
+            with pytest.raises(Unavailable) as e:
+                await asyncio.wait_for(lost, 10)  # without a deadline of its own it would wait forever
+            assert re.fullmatch(
+                r"setval: no answer within 2\.5s; last error: \S+: no answer within [\d.]+s; "
+                r"the write may or may not have applied",
+                str(e.value),
+            ), e.value
+
+    asyncio.run(go())
+    lost = [r.put.session for r in node.received if r.put.key == b"lost"]
+    assert len(lost) >= 2 and all(s == lost[0] for s in lost), "the write was retried with its one id"
+
+
+def test_async_broken_stream_fails_its_requests_over_to_a_new_stream(streaming: StreamingFakeNode) -> None:
+    node = streaming
+
+    async def go() -> None:
+        async with AsyncClient([node.address], timeout=10) as c:
+            await c.put("a", "1")
+            node.break_next = True
+            await asyncio.gather(*(c.put(f"k{i}", "v") for i in range(8)))
+            assert await c.get("k7") == "v"
+
+    asyncio.run(go())
+    assert node.streams == 2, "the broken stream's requests were retried on a new one"
+    sessions = [(r.put.session.client_id, r.put.session.seq) for r in node.received if r.HasField("put")]
+    assert len(sessions) == 17 and sorted(sessions[1:9]) == sorted(node.writes[1:9])
+
+
+def test_async_big_values_are_split_across_stream_messages(cluster: Cluster) -> None:
+    """Ten 1 MB values at once are 10 MB each way, more than one message may carry (8 MiB for a client):
+    both ends split their batches, and a value over the node's limit is refused like a unary call's."""
+    values = {f"big-{i}": str(i) * 1_000_000 for i in range(10)}
+
+    async def go() -> None:
+        async with AsyncClient([cluster.address(i) for i in range(cluster.n)], timeout=20) as c:
+            await c.put("big-warmup", "v")  # learns the leader, so the ten below leave together
+            await asyncio.gather(*(c.put(k, v) for k, v in values.items()))
+            assert await asyncio.gather(*(c.get(k) for k in values)) == list(values.values())
+            with pytest.raises(InvalidArgument, match="the limit is 1048576"):
+                await c.put("too-big", "v" * (5 * 1024 * 1024))
+            used = [conn.pipe for conn in c._connections.values() if conn.pipe and conn.pipe.opened]
+            assert all(p.opened == 1 and p.call is not None for p in used), "no stream broke"
+            assert sum(p.batches_sent for p in used) >= 1 + 3 + 1, "ten big puts took three batches at least"
 
     asyncio.run(go())
 

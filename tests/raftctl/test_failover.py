@@ -1,15 +1,19 @@
-"""The client follows the leader: killed between two commands, or suspended under a connected shell.
+"""The client follows the leader: killed between two commands, killed under the async client's streams,
+or suspended under a connected shell.
 
 Each test has a cluster of its own, since it takes a node down.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from raftctl.aio import AsyncClient
+from raftctl.client import Client
 from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import run_ctl
@@ -62,3 +66,44 @@ def test_original_example_2_suspend_the_leader(tmp_path: Path, own_cluster: Clus
     new_id, new_address = lines[2].split()
     assert int(new_id) != old and new_address == c.address(int(new_id))
     wait_until(f"node {old} to be back", lambda: not c.status(old).suspended, 20)
+
+
+def test_async_writes_go_on_after_the_leader_is_killed_under_its_stream(own_cluster: Cluster) -> None:
+    """16 writers on one AsyncClient: the killed leader's stream breaks with writes in flight; they and
+    every later write are acknowledged through the new leader, and every acknowledged write is there."""
+    c = own_cluster
+    old = c.wait_leader()
+    order = [old, *c.followers(old)]
+    acked: dict[str, str] = {}
+    acked_after_kill: dict[int, int] = {}
+
+    async def go() -> None:
+        async with AsyncClient([c.address(i) for i in order], timeout=15) as client:
+            killed = False
+
+            async def writer(w: int) -> None:
+                n = 0
+                while acked_after_kill.get(w, 0) < 10:
+                    key, value = f"w{w}-{n}", str(n)
+                    await client.put(key, value)
+                    acked[key] = value
+                    if killed:
+                        acked_after_kill[w] = acked_after_kill.get(w, 0) + 1
+                    n += 1
+
+            async def killer() -> None:
+                nonlocal killed
+                while len(acked) < 100:
+                    await asyncio.sleep(0.01)
+                await asyncio.get_running_loop().run_in_executor(None, c.kill, old)
+                killed = True
+
+            await asyncio.gather(killer(), *(writer(w) for w in range(16)))
+            new = c.address(c.wait_leader(exclude=old))
+            pipe = client._connection(new).pipe
+            assert pipe is not None and pipe.batches_sent > 0, "the writes after the kill went by stream"
+
+    asyncio.run(go())
+    with Client([c.address(i) for i in c.followers(old)], timeout=15) as check:
+        for key, value in acked.items():
+            assert check.get(key) == value, f"acknowledged write {key}={value} is lost"
