@@ -18,6 +18,7 @@ from raftctl.cli import (
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    resolve_endpoints,
 )
 from tests.daemon.cluster import Cluster, free_ports, wait_until
 
@@ -206,9 +207,16 @@ def endpoints_used(cwd: Path, *args: str, env: dict[str, str] | None = None) -> 
     return [row["endpoint"] for row in json.loads(r.stdout)]
 
 
+def test_without_flags_environment_or_config_the_seed_endpoint_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Resolved in-process: asking 127.0.0.1:50000 for real could reach whatever another program runs there.
+    monkeypatch.chdir(tmp_path)
+    assert resolve_endpoints(None, None, {}).addresses == ["127.0.0.1:50000"]
+
+
 def test_where_the_endpoints_come_from(tmp_path: Path) -> None:
     a, b, c, d = (f"127.0.0.1:{p}" for p in free_ports(4))
-    assert endpoints_used(tmp_path) == ["127.0.0.1:50000"]
     env = ctl_env(tmp_path, RAFTCTL_ENDPOINTS=f"{a},{b}")
     assert endpoints_used(tmp_path, env=env) == [a, b]
     (tmp_path / "config.conf").write_text(f"0 {c.replace(':', ' ')}\n")
