@@ -7,13 +7,17 @@ Each test has a cluster of its own, since it takes a node down.
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from raftctl.aio import AsyncClient
-from raftctl.client import Client
+from raftctl.client import Client, ClientError, InvalidArgument, NotFound
+from raftd.testing.history import History
+from raftd.testing.linearizability import check
 from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import run_ctl
@@ -107,3 +111,63 @@ def test_async_writes_go_on_after_the_leader_is_killed_under_its_stream(own_clus
     with Client([c.address(i) for i in c.followers(old)], timeout=15) as check:
         for key, value in acked.items():
             assert check.get(key) == value, f"acknowledged write {key}={value} is lost"
+
+
+def test_async_streamed_history_is_linearizable_across_a_leader_kill(own_cluster: Cluster) -> None:
+    """Puts, gets (sharing ReadIndex rounds per batch) and deletes on 3 keys from 24 coroutines over the
+    streams of one AsyncClient, the leader SIGKILLed midway: the recorded history must be linearizable.
+    Classified as raftd/testing/workload.py does: a failed write is "info" (it may still apply), a failed
+    get is "fail"; after an info op the coroutine goes on as a new process."""
+    c = own_cluster
+    old = c.wait_leader()
+    history = History()
+    keys = ["a", "b", "c"]
+    workers = 24
+    stop_at = time.monotonic() + 6.0
+
+    async def worker(index: int, client: AsyncClient) -> None:
+        rng = random.Random(index)
+        process, written = index, 0
+        while time.monotonic() < stop_at:
+            kind = rng.choice(("put", "put", "get", "get", "delete"))
+            key = rng.choice(keys)
+            value = None
+            if kind == "put":
+                written += 1
+                value = f"p{process}-{written}"
+            op = history.invoke(process, kind, key, value)
+            try:
+                if kind == "put":
+                    await client.put(key, value)  # type: ignore[arg-type]
+                    history.ok(op)
+                elif kind == "delete":
+                    history.ok(op, "true" if await client.delete(key) else "false")
+                else:
+                    try:
+                        found: str | None = await client.get(key)
+                    except NotFound:
+                        found = None
+                    history.ok(op, found)
+            except InvalidArgument:
+                history.fail(op)
+            except ClientError:
+                if kind == "get":
+                    history.fail(op)
+                else:
+                    history.info(op)
+                    process += workers
+
+    async def killer() -> None:
+        await asyncio.sleep(2.0)
+        await asyncio.get_running_loop().run_in_executor(None, c.kill, old)
+
+    async def go() -> None:
+        async with AsyncClient([c.address(i) for i in range(c.n)], timeout=2.0) as client:
+            await asyncio.gather(killer(), *(worker(i, client) for i in range(workers)))
+
+    asyncio.run(go())
+    ops = history.ops()
+    done = [op for op in ops if op.status == "ok"]
+    assert len(done) > 500 and any(op.kind == "get" and op.output for op in done), "too little happened"
+    result = check(ops)
+    assert result.ok, f"not linearizable on key {result.key}:\n{result.explanation}"
