@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import grpc
@@ -102,7 +101,7 @@ class Bench:
 
 def seed_backup(path: Path, keys: int) -> None:
     data = {b"key%07d" % i: VALUE for i in range(keys)}
-    image = encode(Image(data, OrderedDict()))
+    image = encode(Image.of(data))
     path.write_bytes(pack("bench", SnapshotMeta(keys, 1), image))
 
 

@@ -34,7 +34,7 @@ from raftd.core import (
     SnapshotMeta,
     SoftState,
 )
-from raftd.kv import Command, CommandError, ImageError, KVStore, Result, decode, encode
+from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode
 from raftd.storage import SqliteStorage
 from raftd.transport.peer import PeerClient
 
@@ -351,10 +351,11 @@ class RaftNode:
         """A snapshot from the leader replaced our log: the state machine follows (decoded off the loop)."""
         loop = asyncio.get_running_loop()
         try:
-            image = await loop.run_in_executor(self._cpu, decode, snapshot.data)
+            self.kv = await loop.run_in_executor(
+                self._cpu, KVStore.from_image, snapshot.meta.index, snapshot.data
+            )
         except ImageError as e:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
-        self.kv.load(snapshot.meta.index, image)
         self.image_bytes = len(snapshot.data)
         self.log_bytes = 0
         log.info("Installed a snapshot at index %d", snapshot.meta.index)

@@ -16,6 +16,7 @@ C-level passes instead of a Python loop per key.
 from __future__ import annotations
 
 import array
+import io
 import itertools
 import struct
 import sys
@@ -27,7 +28,7 @@ MAGIC = b"RAFTDKV1"
 _COUNTS = struct.Struct("<II")
 _SESSION = struct.Struct("<QQB")
 _CRC = struct.Struct("<I")
-_SLICE = 20_000
+SLICE = 20_000  # items per C-level pass: each holds the GIL for a few ms at most
 
 
 class ImageError(ValueError):
@@ -36,10 +37,23 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Image:
-    """A copy of the state at one applied index, safe to encode off the event loop."""
+    """The state at one applied index, safe to encode off the event loop.
 
-    data: dict[bytes, bytes]
+    Two flat lists in the map's order rather than a copy of the map: taking them is as quick on the loop,
+    and they are what encoding walks anyway (16 MB at a million keys, where a map copy is 40 MB more).
+    """
+
+    keys: list[bytes]
+    values: list[bytes]  # values[i] belongs to keys[i]
     sessions: OrderedDict[bytes, tuple[int, int, bool]]  # client -> (seq, index, existed), LRU order
+
+    @classmethod
+    def of(
+        cls, data: dict[bytes, bytes], sessions: OrderedDict[bytes, tuple[int, int, bool]] | None = None
+    ) -> Image:
+        """The image of a map and its sessions; the map must not change during the call (or the lists
+        would disagree)."""
+        return cls(list(data), list(data.values()), OrderedDict() if sessions is None else sessions)
 
 
 def _u32(values: list[int]) -> bytes:
@@ -63,22 +77,33 @@ def _read_u32(raw: bytes | memoryview, count: int) -> array.array[int]:
 
 def encode(image: Image) -> bytes:
     """Meant for a worker thread: it works in slices so that no single C call holds the GIL for long
-    (the event loop, with its heartbeats, must keep running meanwhile)."""
-    keys = list(image.data)
-    values = list(image.data.values())
-    slices = [slice(i, i + _SLICE) for i in range(0, len(keys), _SLICE)]
-    parts = [MAGIC, _COUNTS.pack(len(keys), len(image.sessions))]
-    parts += [_u32([len(k) for k in keys[s]]) for s in slices]
-    parts += [_u32([len(v) for v in values[s]]) for s in slices]
-    parts += [b"".join(keys[s]) for s in slices]
-    parts += [b"".join(values[s]) for s in slices]
-    for client, (seq, index, existed) in image.sessions.items():
-        parts.append(struct.pack("<H", len(client)) + client + _SESSION.pack(seq, index, existed))
+    (the event loop, with its heartbeats, must keep running meanwhile). Each part goes straight into the
+    output, so the image is held once, not once in parts and again joined."""
+    keys, values = image.keys, image.values
+    if len(keys) != len(values):
+        raise ValueError(f"{len(keys)} keys but {len(values)} values")
+    out = io.BytesIO()
     crc = 0
-    for part in parts:
+
+    def put(part: bytes) -> None:
+        nonlocal crc
         crc = zlib.crc32(part, crc)
-    parts.append(_CRC.pack(crc))
-    return b"".join(parts)
+        out.write(part)
+
+    slices = [slice(i, i + SLICE) for i in range(0, len(keys), SLICE)]
+    put(MAGIC + _COUNTS.pack(len(keys), len(image.sessions)))
+    for s in slices:
+        put(_u32([len(k) for k in keys[s]]))
+    for s in slices:
+        put(_u32([len(v) for v in values[s]]))
+    for s in slices:
+        put(b"".join(keys[s]))
+    for s in slices:
+        put(b"".join(values[s]))
+    for client, (seq, index, existed) in image.sessions.items():
+        put(struct.pack("<H", len(client)) + client + _SESSION.pack(seq, index, existed))
+    out.write(_CRC.pack(crc))
+    return out.getvalue()  # no copy: BytesIO hands over its buffer
 
 
 def verify(raw: bytes) -> None:
@@ -91,46 +116,47 @@ def verify(raw: bytes) -> None:
 
 def decode(raw: bytes) -> Image:
     verify(raw)
-    body = raw[: -_CRC.size]
     try:
-        return _decode_body(body)
+        return _decode_body(raw, len(raw) - _CRC.size)
     except (struct.error, IndexError) as e:
         raise ImageError(f"malformed image: {e}") from e
 
 
-def _decode_body(body: bytes) -> Image:
+def _decode_body(raw: bytes, end: int) -> Image:
+    """Reads raw up to end (the checksum) in place: a copy of the body would cost the image's size again."""
+    view = memoryview(raw)[:end]
     pos = len(MAGIC)
-    n, n_sessions = _COUNTS.unpack_from(body, pos)
+    n, n_sessions = _COUNTS.unpack_from(view, pos)
     pos += _COUNTS.size
-    key_lens = _read_u32(body[pos : pos + 4 * n], n)
+    key_lens = _read_u32(view[pos : pos + 4 * n], n)
     pos += 4 * n
-    value_lens = _read_u32(body[pos : pos + 4 * n], n)
+    value_lens = _read_u32(view[pos : pos + 4 * n], n)
     pos += 4 * n
     key_start = pos
     value_start = key_start + sum(key_lens)
     pos = value_start + sum(value_lens)
-    if pos > len(body):
+    if pos > end:
         raise ImageError("truncated key/value data")
-    data: dict[bytes, bytes] = {}
+    keys: list[bytes] = []
+    values: list[bytes] = []
     # In slices, like encode: no single C call may hold the GIL for long on a node that is serving.
-    for start in range(0, n, _SLICE):
-        key_ends = list(itertools.accumulate(key_lens[start : start + _SLICE], initial=key_start))
-        value_ends = list(itertools.accumulate(value_lens[start : start + _SLICE], initial=value_start))
+    for start in range(0, n, SLICE):
+        key_ends = list(itertools.accumulate(key_lens[start : start + SLICE], initial=key_start))
+        value_ends = list(itertools.accumulate(value_lens[start : start + SLICE], initial=value_start))
         key_start, value_start = key_ends[-1], value_ends[-1]
-        keys = [body[a:b] for a, b in itertools.pairwise(key_ends)]
-        values = [body[a:b] for a, b in itertools.pairwise(value_ends)]
-        data.update(zip(keys, values, strict=True))
-    if len(data) != n:
-        raise ImageError("duplicate keys")
+        keys += [raw[a:b] for a, b in itertools.pairwise(key_ends)]
+        values += [raw[a:b] for a, b in itertools.pairwise(value_ends)]
     sessions: OrderedDict[bytes, tuple[int, int, bool]] = OrderedDict()
     for _ in range(n_sessions):
-        (size,) = struct.unpack_from("<H", body, pos)
+        (size,) = struct.unpack_from("<H", view, pos)
         pos += 2
-        client = body[pos : pos + size]
+        if pos + size > end:
+            raise ImageError("truncated session")
+        client = raw[pos : pos + size]
         pos += size
-        seq, index, existed = _SESSION.unpack_from(body, pos)
+        seq, index, existed = _SESSION.unpack_from(view, pos)
         pos += _SESSION.size
         sessions[client] = (seq, index, bool(existed))
-    if pos != len(body):
-        raise ImageError(f"{len(body) - pos} unexpected trailing bytes")
-    return Image(data, sessions)
+    if pos != end:
+        raise ImageError(f"{end - pos} unexpected trailing bytes")
+    return Image(keys, values, sessions)

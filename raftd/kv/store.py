@@ -6,7 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .command import Command, Op
-from .image import Image, decode
+from .image import SLICE, Image, ImageError, decode
 
 MAX_SESSIONS = 10_000
 
@@ -56,14 +56,26 @@ class KVStore:
     def image(self) -> Image:
         """A copy of the state, cheap to take here and encoded elsewhere (the loop must not stall)."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
-        return Image(dict(self.data), sessions)
+        return Image.of(self.data, sessions)
+
+    @classmethod
+    def from_image(cls, index: int, raw: bytes) -> KVStore:
+        """A store holding a snapshot image taken at index. Decoding a large image and building its map take
+        a while: call this off the event loop. Raises ImageError when the image is corrupt."""
+        kv = cls()
+        kv.restore(index, raw)
+        return kv
 
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt."""
-        self.load(index, decode(raw))
-
-    def load(self, index: int, image: Image) -> None:
-        """Replace the whole state with an image already decoded (off the event loop)."""
-        self.data = image.data
+        image = decode(raw)
+        data: dict[bytes, bytes] = {}
+        # In slices, like decoding: this may run on a worker thread while the event loop serves.
+        keys, values = image.keys, image.values
+        for start in range(0, len(keys), SLICE):
+            data.update(zip(keys[start : start + SLICE], values[start : start + SLICE], strict=True))
+        if len(data) != len(keys):
+            raise ImageError("duplicate keys")
+        self.data = data
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.applied = index

@@ -124,7 +124,7 @@ def test_install_snapshot_refuses_partial_corrupt_or_foreign_images(cluster: Clu
     expected = _write(cluster, 10)
     follower = cluster.followers(leader)[0]
     name = cluster_name(cluster)
-    image = encode(Image({b"evil": b"x"}, {}))  # type: ignore[arg-type]
+    image = encode(Image.of({b"evil": b"x"}))
     header = message_to_pb(
         Message(
             MsgType.SNAP, to=follower + 1, frm=leader + 1, term=99, snapshot=Snapshot(SnapshotMeta(10**6, 99))
