@@ -14,7 +14,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
 
-from raftd import logs
+from raftd import logs, malloc
 from raftd.backup import BackupError, restore
 from raftd.config import ClusterConfig, ConfigError, load_cluster
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
@@ -113,6 +113,7 @@ def node(
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
+    malloc.tune()  # before any thread starts: the settings shape every arena
     try:
         cluster = load_cluster(config_path)
         cluster.node(node_id)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from raftd import malloc
 from raftd.config import ClusterConfig, NodeAddr
 from raftd.core import (
     NONE,
@@ -337,6 +338,8 @@ class RaftNode:
             self.log_bytes -= covered
             await loop.run_in_executor(self._disk, self.storage.reclaim)
             log.debug("snapshot at index %d (%d bytes); log compacted", index, len(data))
+            # The encoding's working buffers are gone: hand the pages they left in the heaps back.
+            await loop.run_in_executor(self._cpu, malloc.trim)
         finally:
             self._snapshotting = False
 
