@@ -12,6 +12,7 @@ This module knows nothing of Click or terminals; errors are the exception classe
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 import time
@@ -187,11 +188,15 @@ class _Routing:
         return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
 
     def _pause(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
-        """How long to sleep before the next attempt; Unavailable when no time is left."""
+        """How long to sleep before the next attempt; Unavailable when no time is left.
+
+        Between half and all of backoff, at random: requests that failed together (a batch on a broken
+        stream) would otherwise retry in lock step, all asking the same dead node at the same moment.
+        """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise self._gave_up(what, last_error)
-        return min(backoff, remaining)
+        return min(backoff * random.uniform(0.5, 1.0), remaining)
 
     def _gave_up(self, what: str, last_error: str) -> Unavailable:
         return Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")

@@ -6,6 +6,7 @@ Fakes rather than raftd, because only a fake can fail a write on demand after re
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -178,3 +179,15 @@ def test_after_the_leader_fails_the_next_node_asked_is_a_live_one() -> None:
         assert c._endpoint_to_ask(failed) in c.endpoints  # all failed: go round again
     finally:
         c.close()
+
+
+def test_backoff_is_jittered_so_requests_that_failed_together_do_not_retry_together() -> None:
+    """A broken stream fails a whole batch at once; in lock step, every retry would then ask the same dead
+    node at the same moment (it cost the async client ~100 ms per failover)."""
+    c = Client(["127.0.0.1:1"], timeout=10)
+    try:
+        deadline = time.monotonic() + 10
+        pauses = [c._pause(0.1, deadline, "setval", "") for _ in range(200)]
+    finally:
+        c.close()
+    assert all(0.05 <= p <= 0.1 for p in pauses) and len(set(pauses)) > 100
