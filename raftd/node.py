@@ -43,12 +43,13 @@ log = logging.getLogger("raftd.node")
 
 TICK_S = 0.01
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
-MIN_SNAPSHOT_LOG_BYTES = 64 * 1024
+MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
     """Compact after `every` entries, or sooner once the log since the last snapshot outweighs the image:
-    a small state overwritten fast would otherwise keep a log many times its own size."""
+    a large state overwritten fast would otherwise keep a log many times its own size. The floor keeps a
+    small state from being snapshotted several times a second under load."""
     return entries >= every or log_bytes >= max(image_bytes, MIN_SNAPSHOT_LOG_BYTES)
 
 
