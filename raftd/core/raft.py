@@ -504,12 +504,13 @@ class Raft:
             self._send_append(target)
 
     def _handle_read_index(self, m: Message) -> None:
+        if not self._committed_in_term():
+            # 6.4: until the no-op of this term commits, our commit index may be behind the true one (also
+            # alone: a single node commits its own entries only once they are durable).
+            self.pending_reads.append(m)
+            return
         if len(self.peers) == 1:
             self._answer_read(ReadRequest(self.log.committed, m.context, m.frm))
-            return
-        if not self._committed_in_term():
-            # 6.4: until the no-op of this term commits, our commit index may be behind the true one.
-            self.pending_reads.append(m)
             return
         if self.read_only.add(self.log.committed, m.context, m.frm):
             self.read_only.ack(self.id, m.context)

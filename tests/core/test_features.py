@@ -694,6 +694,20 @@ def test_a_single_node_commits_its_own_entries_once_they_are_durable() -> None:
     assert not node.has_ready()
 
 
+def test_a_single_node_answers_a_read_only_after_its_terms_first_commit() -> None:
+    # Restarted with entry 2 acknowledged before the crash but its commit index never written (a commit-only
+    # hard state is not fsynced): a read must not be served at index 1.
+    config = Config(id=1, peers=(1,), rng=random.Random(1), election_tick=ET)
+    node = RawNode(config, HardState(1, 1, 1), entries=[Entry(1, 1, b"a"), Entry(2, 1, b"b")])
+    node.campaign()
+    node.read_index(b"r")
+    reads = []
+    while node.has_ready():
+        reads += node.ready().read_states
+        node.advance()
+    assert reads == [ReadState(3, b"r")]
+
+
 def test_ready_twice_or_advance_without_ready_is_refused() -> None:
     node = new_node(1)
     node.campaign()
