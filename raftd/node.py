@@ -188,10 +188,15 @@ class RaftNode:
             # Time spent waiting counts in full, time spent busy in the loop for one tick at most: when the
             # node is starved of CPU, time runs slow for it rather than firing elections it cannot help.
             ticks = min(owed, due, int((now - waited_from) / TICK_S) + 1)
-            for _ in range(ticks):
+            # The due tick itself waits for the messages that arrived meanwhile: a heartbeat held up behind
+            # a stall of the loop must reach the election timer before that tick fires it.
+            hold = ticks == due and bool(self.inbox)
+            for _ in range(ticks - hold):
                 self.raw.tick()
             ticked_at = now if owed > ticks + 1 else ticked_at + ticks * TICK_S
             self._take_input()
+            if hold and self.raw.ticks_until_due() == 1:
+                self.raw.tick()
             await self._drain_ready()
 
     async def stop(self) -> None:
