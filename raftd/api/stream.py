@@ -23,13 +23,16 @@ from raftd.kv import Command, Result
 from raftd.node import NotLeader, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 
-from .common import RequestFailed, check_key, delete_command, not_leader, put_command
+from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, not_leader, put_command
 
 # Requests of one stream received but not yet answered on the wire; reading pauses at this many, so that
 # a client that floods (or stops reading answers) holds bounded memory here.
 MAX_UNANSWERED = 4096
 # One ResponseBatch carries at most about this many bytes of values (a client takes 8 MiB messages).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# A request still open after this long is answered DEADLINE_EXCEEDED, so that one whose outcome never comes
+# (a follower's ReadIndex request lost on the way to the leader) cannot hold its slot forever.
+REQUEST_DEADLINE_S = MAX_DEADLINE_S
 
 
 class StreamSession:
@@ -40,6 +43,7 @@ class StreamSession:
         self.out: list[pb.Response] = []
         self.out_bytes = 0  # value bytes in out
         self.unanswered = 0
+        self.open: set[int] = set()  # ids of requests received and not answered yet
         self.closed = False  # the call is over: late callbacks drop their answers
         self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
         self.room = asyncio.Event()  # for the reader: unanswered fell below MAX_UNANSWERED
@@ -98,8 +102,11 @@ class StreamSession:
     def serve(self, batch: pb.RequestBatch) -> None:
         """Start every request of a batch; its linearizable reads share one ReadIndex round."""
         reads: list[tuple[int, bytes]] = []
+        ids = [rid for rid in dict.fromkeys(r.id for r in batch.requests) if rid not in self.open]
+        self.open.update(ids)
+        self.unanswered += len(ids)
+        asyncio.get_running_loop().call_later(REQUEST_DEADLINE_S, self._expire, ids)
         for request in batch.requests:
-            self.unanswered += 1
             kind = request.WhichOneof("op")
             try:
                 if kind == "put":
@@ -164,12 +171,25 @@ class StreamSession:
         found = pb.GetResponse(found=value is not None, value=value or b"", index=index)
         self._answer(pb.Response(id=rid, get=found), len(value or b""))
 
+    def _expire(self, ids: list[int]) -> None:
+        for rid in ids:
+            if rid in self.open:
+                self._fail(
+                    rid,
+                    RequestFailed(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may or may not have applied",
+                    ),
+                )
+
     def _fail(self, rid: int, e: RequestFailed) -> None:
         self._answer(pb.Response(id=rid, error=pb.Error(code=e.code.value[0], message=e.message)))
 
     def _answer(self, response: pb.Response, weight: int = 0) -> None:
-        if self.closed:
+        """Queue the one answer to a request; a later one (its outcome after it expired) is dropped."""
+        if self.closed or response.id not in self.open:
             return
+        self.open.discard(response.id)
         self.out.append(response)
         self.out_bytes += weight
         self.wake.set()
