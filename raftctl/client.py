@@ -349,10 +349,13 @@ class Client(_Routing):
             calls.append((ep, status, health))
         rows = []
         for ep, status_call, health_call in calls:
+            # Both calls are always waited for, never cancelled: a cancelled call's completion is still
+            # handled later on gRPC's daemon thread under the call's lock, and an exit in that window froze
+            # the thread holding the lock, hanging the interpreter's final collection (seen under load).
+            health_call.exception()
             try:
                 st: pb.StatusResponse = status_call.result()
             except grpc.RpcError as e:
-                health_call.cancel()
                 rows.append(NodeStatus(endpoint=ep, reachable=False, error=_details(e)))
                 continue
             try:
