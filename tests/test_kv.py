@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import struct
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -9,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, decode, encode, verify
+from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, decode, encode, table, verify
 from raftd.kv import image as image_module
 from raftd.kv import store as store_module
 
@@ -76,7 +79,7 @@ def test_sessions_are_bounded_and_deterministic(monkeypatch: pytest.MonkeyPatch)
             kv.apply(i, c)
     assert len(replicas[0].sessions) == 3
     assert replicas[0].sessions == replicas[1].sessions
-    assert replicas[0].data == replicas[1].data
+    assert list(replicas[0].data.items()) == list(replicas[1].data.items())
 
 
 def _filled(n: int = 200) -> KVStore:
@@ -91,7 +94,7 @@ def test_image_round_trip_keeps_data_and_sessions() -> None:
     kv = _filled()
     restored = KVStore()
     restored.restore(kv.applied, encode(kv.image()))
-    assert restored.data == kv.data
+    assert list(restored.data.items()) == list(kv.data.items())
     assert restored.sessions == kv.sessions
     assert restored.applied == kv.applied
     # The sessions still deduplicate after a restore: a retried write applies once.
@@ -121,8 +124,7 @@ def test_the_image_is_a_copy() -> None:
     image = kv.image()
     kv.apply(11, Command(Op.PUT, b"new", b"v"))
     kv.apply(12, Command(Op.PUT, b"k1", b"changed"))
-    assert b"new" not in image.keys
-    assert b"changed" not in image.values
+    assert dict(image.items()) == dict(_filled(10).data.items())
 
 
 @pytest.mark.parametrize(
@@ -144,25 +146,61 @@ def test_damaged_images_are_refused(damage: Callable[[bytes], bytes]) -> None:
 
 @given(st.dictionaries(st.binary(min_size=1, max_size=20), st.binary(max_size=40), max_size=50))
 def test_image_round_trip_any_map(data: dict[bytes, bytes]) -> None:
-    image = decode(encode(Image.of(data)))
-    assert dict(zip(image.keys, image.values, strict=True)) == data
-    assert image.keys == list(data)
+    assert dict(decode(encode(Image.of(data))).items()) == data
 
 
-def test_the_image_format_is_the_one_earlier_versions_wrote() -> None:
-    """Images on disk and in backups from before stay readable, and replicas of mixed versions agree."""
+def _v1_image(keys: list[bytes], values: list[bytes], sessions: bytes = b"", n_sessions: int = 0) -> bytes:
+    """An image as versions before the packed map wrote it (raftd.kv.image's docstring has the layout)."""
+    body = (
+        b"RAFTDKV1"
+        + struct.pack(
+            f"<II{len(keys)}I{len(values)}I", len(keys), n_sessions, *map(len, keys), *map(len, values)
+        )
+        + b"".join(keys)
+        + b"".join(values)
+        + sessions
+    )
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_images_earlier_versions_wrote_stay_readable() -> None:
+    """Images on disk and in backups from before the packed map load with their data and sessions."""
     written_before = bytes.fromhex(
         "52414654444b56310200000001000000020000000400000002000000000000006b316b657932763101006307000000"
         "000000000300000000000000017ba46040"
     )
+    assert _v1_image([b"k1", b"key2"], [b"v1", b""], b"\x01\x00c" + struct.pack("<QQB", 7, 3, 1), 1) == (
+        written_before
+    )
+    image = decode(written_before)
+    assert dict(image.items()) == {b"k1": b"v1", b"key2": b""}
+    assert image.sessions == OrderedDict([(b"c", (7, 3, True))])
+    assert image == Image.of({b"k1": b"v1", b"key2": b""}, OrderedDict([(b"c", (7, 3, True))]))
+
+
+def test_the_image_format_is_pinned() -> None:
+    """Replicas of different versions at one index must agree on the bytes: a format change shows here."""
     image = Image.of({b"k1": b"v1", b"key2": b""}, OrderedDict([(b"c", (7, 3, True))]))
-    assert encode(image) == written_before
-    assert decode(written_before) == image
+    raw = encode(image)
+    assert raw.startswith(b"RAFTDKV2" + struct.pack("<IIII", table.BUCKET_BITS, 2, 1, 2))
+    assert len(raw) == 8 + 16 + 2 * (4 + 4) + (8 + 2 + 2) + (8 + 4) + (2 + 1 + 17) + 4
+    assert hashlib.sha256(raw).hexdigest() == PINNED_IMAGE_SHA256
+    assert decode(raw) == image
 
 
-def test_large_images_round_trip_across_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+PINNED_IMAGE_SHA256 = "38556e54fd1e197802467f87519d334c87324c20312a74fcb132d2ea858a4feb"
+
+
+def test_large_earlier_images_load_across_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(image_module, "SLICE", 3)
-    monkeypatch.setattr(store_module, "SLICE", 3)
+    pairs = {f"key{i}".encode(): f"value{i}".encode() * (i % 3) for i in range(100)}
+    image = decode(_v1_image(list(pairs), list(pairs.values())))
+    assert dict(image.items()) == pairs
+    assert image == Image.of(pairs)  # put in the earlier image's order, as a replica applying them would
+
+
+def test_large_images_round_trip_across_bucket_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_module, "BUCKET_SLICE", 1000)
     kv = _filled(100)
     raw = encode(kv.image())
     restored = KVStore.from_image(kv.applied, raw)
@@ -172,9 +210,93 @@ def test_large_images_round_trip_across_slices(monkeypatch: pytest.MonkeyPatch) 
     assert encode(restored.image()) == raw
 
 
-def test_an_image_with_a_key_twice_is_refused() -> None:
-    raw = encode(Image([b"a", b"b", b"a"], [b"1", b"2", b"3"], OrderedDict()))
+def _v2_image(buckets: dict[int, bytes], count: int) -> bytes:
+    """A current-format image with hand-made buckets (and a valid checksum), for the load-time checks."""
+    used = sorted(buckets)
+    n = len(used)
+    body = (
+        b"RAFTDKV2"
+        + struct.pack(
+            f"<IIII{n}I{n}I", table.BUCKET_BITS, count, 0, n, *used, *(len(buckets[b]) for b in used)
+        )
+        + b"".join(buckets[b] for b in used)
+    )
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _entry(key: bytes, value: bytes) -> bytes:
+    return table.ENTRY.pack(len(key), len(value)) + key + value
+
+
+def test_a_hand_made_image_loads_when_well_formed() -> None:
+    """The control for the refusals below: the helper makes images the loader accepts."""
+    a, b = table.bucket_of(b"a"), table.bucket_of(b"b")
+    image = decode(_v2_image({a: _entry(b"a", b"1"), b: _entry(b"b", b"2")}, 2))
+    assert dict(image.items()) == {b"a": b"1", b"b": b"2"}
+
+
+@pytest.mark.parametrize(
+    ("buckets", "count", "error"),
+    [
+        ({table.bucket_of(b"a"): _entry(b"a", b"1") * 2}, 2, "duplicate"),
+        ({table.bucket_of(b"a") ^ 1: _entry(b"a", b"1")}, 1, "belongs elsewhere"),
+        ({table.bucket_of(b"a"): _entry(b"a", b"1")}, 2, "1 keys where the header says 2"),
+        ({table.bucket_of(b"a"): _entry(b"a", b"1")[:-1]}, 1, "runs past"),
+        ({table.bucket_of(b"a"): _entry(b"a", b"1") + b"\x00"}, 1, "truncated entry header"),
+        ({table.bucket_of(b"a"): _entry(b"a", b"1"), 5: b""}, 1, "listed but empty"),
+        ({table.N_BUCKETS: _entry(b"a", b"1")}, 1, "out of order or range"),
+    ],
+)
+def test_an_image_that_breaks_the_map_s_rules_is_refused(
+    buckets: dict[int, bytes], count: int, error: str
+) -> None:
+    kv = _filled(10)
+    with pytest.raises(ImageError, match=error):
+        kv.restore(99, _v2_image(buckets, count))
+    assert kv.applied == 10  # a refused image leaves the state as it was
+
+
+def test_an_image_of_another_bucket_count_is_refused() -> None:
+    raw = bytearray(_v2_image({}, 0))
+    assert decode(bytes(raw)) == Image.of({})
+    raw[8:12] = struct.pack("<I", table.BUCKET_BITS + 1)
+    raw[-4:] = struct.pack("<I", zlib.crc32(raw[:-4]))
+    with pytest.raises(ImageError, match="buckets"):
+        decode(bytes(raw))
+
+
+def test_an_earlier_image_with_a_key_twice_is_refused() -> None:
+    raw = _v1_image([b"a", b"b", b"a"], [b"1", b"2", b"3"])
     kv = _filled(10)
     with pytest.raises(ImageError, match="duplicate"):
         kv.restore(99, raw)
-    assert kv.applied == 10  # a refused image leaves the state as it was
+    assert kv.applied == 10
+
+
+_ops = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.sampled_from([b"a", b"ab", b"b", b"ba", b"aba", b"\x01\x00", b"k"]),
+        st.binary(max_size=6),
+    ),
+    max_size=60,
+)
+
+
+@given(_ops)
+def test_the_packed_map_behaves_like_a_dict(ops: list[tuple[bool, bytes, bytes]]) -> None:
+    """All keys in one bucket, keys that are parts of other keys and values that hold keys: only a whole
+    key at an entry boundary may match."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(table, "bucket_of", lambda key: 0)
+        m, model = table.PackedMap(), dict[bytes, bytes]()
+        for put, key, value in ops:
+            if put:
+                m.put(key, value)
+                model[key] = value
+            else:
+                assert m.delete(key) == (model.pop(key, None) is not None)
+            assert len(m) == len(model)
+            for k in (b"a", b"ab", b"b", b"ba", b"aba", b"\x01\x00", b"k", b"zz"):
+                assert m.get(k) == model.get(k)
+        assert list(m.items()) == list(model.items())  # updates keep their place: the dict's order

@@ -1,16 +1,18 @@
 """The state machine's snapshot image: a deterministic, checksummed, fast-to-load byte format.
 
 Layout (all integers little-endian):
-    b"RAFTDKV1"  u32 n_keys  u32 n_sessions
-    u32 key_len[n_keys]  u32 value_len[n_keys]  keys...  values...      (in the map's insertion order)
+    b"RAFTDKV2"  u32 bucket_bits  u32 n_keys  u32 n_sessions  u32 n_used
+    u32 bucket_index[n_used]  u32 bucket_len[n_used]  buckets...
+        (the packed map's non-empty buckets as they are, in ascending order; see table.py)
     per session: u16 len(client_id) client_id u64 seq u64 index u8 existed   (in LRU order)
     u32 crc32 of everything before it
 
-Deterministic without sorting: the insertion order of the map is a function of the log (every replica
-applies the same commands in the same order, and a restore keeps the image's order), so replicas at the same
-index encode to the same bytes. Not sorting matters: sorting a million keys holds the GIL for ~100 ms, long
-enough to delay the leader's heartbeats into an election. Length arrays let a million keys load with a few
-C-level passes instead of a Python loop per key.
+The buckets are a function of the log (see table.py), so replicas at the same index encode to the same
+bytes, and encoding is a copy of memory rather than a walk over a million keys. Loading checks every entry
+(its bucket, no key twice, the count): a checksum catches damage, not a writer's bug.
+
+Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
+values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ import struct
 import sys
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-MAGIC = b"RAFTDKV1"
-_COUNTS = struct.Struct("<II")
+from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of, entries
+
+MAGIC = b"RAFTDKV2"
+MAGIC_V1 = b"RAFTDKV1"
+_HEADER = struct.Struct("<IIII")
+_COUNTS_V1 = struct.Struct("<II")
 _SESSION = struct.Struct("<QQB")
 _CRC = struct.Struct("<I")
-SLICE = 20_000  # items per C-level pass: each holds the GIL for a few ms at most
+SLICE = 20_000  # keys per pass when reading an earlier version's image: bounds the offset lists
+BUCKET_SLICE = 4_096  # buckets per join when encoding: a few MB at most
 
 
 class ImageError(ValueError):
@@ -37,23 +45,27 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Image:
-    """The state at one applied index, safe to encode off the event loop.
+    """The state at one applied index, safe to encode off the event loop: the bucket list is a copy and
+    the buckets themselves never change (a write replaces its bucket)."""
 
-    Two flat lists in the map's order rather than a copy of the map: taking them is as quick on the loop,
-    and they are what encoding walks anyway (16 MB at a million keys, where a map copy is 40 MB more).
-    """
-
-    keys: list[bytes]
-    values: list[bytes]  # values[i] belongs to keys[i]
+    buckets: list[bytes]
+    count: int
     sessions: OrderedDict[bytes, tuple[int, int, bool]]  # client -> (seq, index, existed), LRU order
 
     @classmethod
     def of(
-        cls, data: dict[bytes, bytes], sessions: OrderedDict[bytes, tuple[int, int, bool]] | None = None
+        cls,
+        data: Mapping[bytes, bytes],
+        sessions: OrderedDict[bytes, tuple[int, int, bool]] | None = None,
     ) -> Image:
-        """The image of a map and its sessions; the map must not change during the call (or the lists
-        would disagree)."""
-        return cls(list(data), list(data.values()), OrderedDict() if sessions is None else sessions)
+        """The image of a map, its keys put in the map's order (for tools and tests)."""
+        m = PackedMap()
+        for key, value in data.items():
+            m.put(key, value)
+        return cls(m.buckets, m.count, OrderedDict() if sessions is None else sessions)
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return PackedMap(self.buckets, self.count).items()
 
 
 def _u32(values: list[int]) -> bytes:
@@ -76,12 +88,13 @@ def _read_u32(raw: bytes | memoryview, count: int) -> array.array[int]:
 
 
 def encode(image: Image) -> bytes:
-    """Meant for a worker thread: it works in slices so that no single C call holds the GIL for long
-    (the event loop, with its heartbeats, must keep running meanwhile). Each part goes straight into the
-    output, so the image is held once, not once in parts and again joined."""
-    keys, values = image.keys, image.values
-    if len(keys) != len(values):
-        raise ValueError(f"{len(keys)} keys but {len(values)} values")
+    """Meant for a worker thread: it joins buckets in slices so that no single C call holds the GIL for
+    long (the event loop, with its heartbeats, must keep running meanwhile). Each part goes straight into
+    the output, so the image is held once, not once in parts and again joined."""
+    buckets = image.buckets
+    if len(buckets) != N_BUCKETS:
+        raise ValueError(f"{len(buckets)} buckets, not {N_BUCKETS}")
+    used = list(itertools.compress(range(N_BUCKETS), buckets))  # the non-empty ones
     out = io.BytesIO()
     crc = 0
 
@@ -90,62 +103,90 @@ def encode(image: Image) -> bytes:
         crc = zlib.crc32(part, crc)
         out.write(part)
 
-    slices = [slice(i, i + SLICE) for i in range(0, len(keys), SLICE)]
-    put(MAGIC + _COUNTS.pack(len(keys), len(image.sessions)))
-    for s in slices:
-        put(_u32([len(k) for k in keys[s]]))
-    for s in slices:
-        put(_u32([len(v) for v in values[s]]))
-    for s in slices:
-        put(b"".join(keys[s]))
-    for s in slices:
-        put(b"".join(values[s]))
-    for client, (seq, index, existed) in image.sessions.items():
-        put(struct.pack("<H", len(client)) + client + _SESSION.pack(seq, index, existed))
+    put(MAGIC + _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used)))
+    put(_u32(used))
+    put(_u32([len(buckets[b]) for b in used]))
+    for start in range(0, len(used), BUCKET_SLICE):
+        put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
+    put(_encode_sessions(image.sessions))
     out.write(_CRC.pack(crc))
     return out.getvalue()  # no copy: BytesIO hands over its buffer
 
 
+def _encode_sessions(sessions: OrderedDict[bytes, tuple[int, int, bool]]) -> bytes:
+    return b"".join(
+        struct.pack("<H", len(client)) + client + _SESSION.pack(seq, index, existed)
+        for client, (seq, index, existed) in sessions.items()
+    )
+
+
 def verify(raw: bytes) -> None:
     """Check the magic and the checksum without decoding: cheap enough to run before accepting an image."""
-    if len(raw) < len(MAGIC) + _COUNTS.size + _CRC.size or not raw.startswith(MAGIC):
+    if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith((MAGIC, MAGIC_V1)):
         raise ImageError("not a raftd state image")
     if zlib.crc32(memoryview(raw)[: -_CRC.size]) != _CRC.unpack(raw[-_CRC.size :])[0]:
         raise ImageError("checksum mismatch: the image is corrupt")
 
 
 def decode(raw: bytes) -> Image:
+    """Meant for a worker thread, like encode: a million keys take a second or two to check."""
     verify(raw)
+    end = len(raw) - _CRC.size
     try:
-        return _decode_body(raw, len(raw) - _CRC.size)
+        if raw.startswith(MAGIC_V1):
+            return _decode_v1(raw, end)
+        return _decode_v2(raw, end)
     except (struct.error, IndexError) as e:
         raise ImageError(f"malformed image: {e}") from e
 
 
-def _decode_body(raw: bytes, end: int) -> Image:
-    """Reads raw up to end (the checksum) in place: a copy of the body would cost the image's size again."""
-    view = memoryview(raw)[:end]
+def _decode_v2(raw: bytes, end: int) -> Image:
+    view = memoryview(raw)[:end]  # in place: a copy of the body would cost the image's size again
     pos = len(MAGIC)
-    n, n_sessions = _COUNTS.unpack_from(view, pos)
-    pos += _COUNTS.size
-    key_lens = _read_u32(view[pos : pos + 4 * n], n)
-    pos += 4 * n
-    value_lens = _read_u32(view[pos : pos + 4 * n], n)
-    pos += 4 * n
-    key_start = pos
-    value_start = key_start + sum(key_lens)
-    pos = value_start + sum(value_lens)
-    if pos > end:
-        raise ImageError("truncated key/value data")
-    keys: list[bytes] = []
-    values: list[bytes] = []
-    # In slices, like encode: no single C call may hold the GIL for long on a node that is serving.
-    for start in range(0, n, SLICE):
-        key_ends = list(itertools.accumulate(key_lens[start : start + SLICE], initial=key_start))
-        value_ends = list(itertools.accumulate(value_lens[start : start + SLICE], initial=value_start))
-        key_start, value_start = key_ends[-1], value_ends[-1]
-        keys += [raw[a:b] for a, b in itertools.pairwise(key_ends)]
-        values += [raw[a:b] for a, b in itertools.pairwise(value_ends)]
+    bits, count, n_sessions, n_used = _HEADER.unpack_from(view, pos)
+    pos += _HEADER.size
+    if bits != BUCKET_BITS:
+        raise ImageError(f"an image of 2**{bits} buckets; this version uses 2**{BUCKET_BITS}")
+    if n_used > N_BUCKETS:
+        raise ImageError(f"{n_used} buckets used of {N_BUCKETS}")
+    used = _read_u32(view[pos : pos + 4 * n_used], n_used)
+    pos += 4 * n_used
+    lengths = _read_u32(view[pos : pos + 4 * n_used], n_used)
+    pos += 4 * n_used
+    if any(a >= b for a, b in itertools.pairwise(used)) or (n_used and used[-1] >= N_BUCKETS):
+        raise ImageError("bucket numbers out of order or range")
+    bounds = list(itertools.accumulate(lengths, initial=pos))
+    if bounds[-1] > end:
+        raise ImageError("truncated buckets")
+    buckets = [b""] * N_BUCKETS
+    seen = 0
+    for b, (start, stop) in zip(used, itertools.pairwise(bounds), strict=True):
+        buckets[b] = bucket = raw[start:stop]
+        seen += _check_bucket(b, bucket)
+    if seen != count:
+        raise ImageError(f"{seen} keys where the header says {count}")
+    return Image(buckets, count, _decode_sessions(raw, view, bounds[-1], end, n_sessions))
+
+
+def _check_bucket(b: int, bucket: bytes) -> int:
+    """How many entries bucket b holds, after checking each is well formed, in its key's bucket, and there
+    once: a checksum catches damage, not a writer's bug."""
+    try:
+        keys = [key for key, _ in entries(bucket)]
+    except ValueError as e:
+        raise ImageError(f"bucket {b}: {e}") from e
+    if not keys:
+        raise ImageError(f"bucket {b} is listed but empty")
+    if any(bucket_of(key) != b for key in keys):
+        raise ImageError(f"bucket {b} holds a key that belongs elsewhere")
+    if len(set(keys)) != len(keys):
+        raise ImageError("duplicate keys")
+    return len(keys)
+
+
+def _decode_sessions(
+    raw: bytes, view: memoryview, pos: int, end: int, n_sessions: int
+) -> OrderedDict[bytes, tuple[int, int, bool]]:
     sessions: OrderedDict[bytes, tuple[int, int, bool]] = OrderedDict()
     for _ in range(n_sessions):
         (size,) = struct.unpack_from("<H", view, pos)
@@ -159,4 +200,32 @@ def _decode_body(raw: bytes, end: int) -> Image:
         sessions[client] = (seq, index, bool(existed))
     if pos != end:
         raise ImageError(f"{end - pos} unexpected trailing bytes")
-    return Image(keys, values, sessions)
+    return sessions
+
+
+def _decode_v1(raw: bytes, end: int) -> Image:
+    """An earlier version's image, put into a packed map in its order."""
+    view = memoryview(raw)[:end]
+    pos = len(MAGIC_V1)
+    n, n_sessions = _COUNTS_V1.unpack_from(view, pos)
+    pos += _COUNTS_V1.size
+    key_lens = _read_u32(view[pos : pos + 4 * n], n)
+    pos += 4 * n
+    value_lens = _read_u32(view[pos : pos + 4 * n], n)
+    pos += 4 * n
+    key_start = pos
+    value_start = key_start + sum(key_lens)
+    pos = value_start + sum(value_lens)
+    if pos > end:
+        raise ImageError("truncated key/value data")
+    m = PackedMap()
+    for start in range(0, n, SLICE):
+        key_ends = list(itertools.accumulate(key_lens[start : start + SLICE], initial=key_start))
+        value_ends = list(itertools.accumulate(value_lens[start : start + SLICE], initial=value_start))
+        key_start, value_start = key_ends[-1], value_ends[-1]
+        pairs = zip(itertools.pairwise(key_ends), itertools.pairwise(value_ends), strict=True)
+        for (ka, kb), (va, vb) in pairs:
+            m.put(raw[ka:kb], raw[va:vb])
+    if len(m) != n:
+        raise ImageError("duplicate keys")
+    return Image(m.buckets, m.count, _decode_sessions(raw, view, pos, end, n_sessions))

@@ -6,7 +6,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from .command import Command, Op
-from .image import SLICE, Image, ImageError, decode
+from .image import Image, decode
+from .table import PackedMap
 
 MAX_SESSIONS = 10_000
 
@@ -21,7 +22,7 @@ class KVStore:
     """Deterministic: every replica applying the same entries reaches the same state and results."""
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
+        self.data = PackedMap()
         # Dissertation 6.3: the last (seq, result) per client, so a retried write applies once. Bounded,
         # evicting the least recently used client; eviction depends only on the log, so replicas agree.
         self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
@@ -35,10 +36,10 @@ class KVStore:
                 self.sessions.move_to_end(cmd.client_id)
                 return seen[1]
         if cmd.op is Op.PUT:
-            self.data[cmd.key] = cmd.value
+            self.data.put(cmd.key, cmd.value)
             result = Result(index, existed=True)
         else:
-            result = Result(index, existed=self.data.pop(cmd.key, None) is not None)
+            result = Result(index, existed=self.data.delete(cmd.key))
         if cmd.client_id:
             self.sessions[cmd.client_id] = (cmd.seq, result)
             self.sessions.move_to_end(cmd.client_id)
@@ -54,9 +55,9 @@ class KVStore:
         return self.data.get(key)
 
     def image(self) -> Image:
-        """A copy of the state, cheap to take here and encoded elsewhere (the loop must not stall)."""
+        """A copy of the state, cheap to take here (a list of bucket references) and encoded elsewhere."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
-        return Image.of(self.data, sessions)
+        return Image(list(self.data.buckets), self.data.count, sessions)
 
     @classmethod
     def from_image(cls, index: int, raw: bytes) -> KVStore:
@@ -69,13 +70,6 @@ class KVStore:
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt."""
         image = decode(raw)
-        data: dict[bytes, bytes] = {}
-        # In slices, like decoding: this may run on a worker thread while the event loop serves.
-        keys, values = image.keys, image.values
-        for start in range(0, len(keys), SLICE):
-            data.update(zip(keys[start : start + SLICE], values[start : start + SLICE], strict=True))
-        if len(data) != len(keys):
-            raise ImageError("duplicate keys")
-        self.data = data
+        self.data = PackedMap(image.buckets, image.count)
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.applied = index
