@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started as a background job of a non-interactive shell, the suite inherits SIGINT ignored, and so
+    # would every raftctl it starts: the Ctrl-C tests, which play a person at a keyboard, would then see
+    # Ctrl-C do nothing. A handled (not ignored) SIGINT here is the default again in each child.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
