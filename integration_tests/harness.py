@@ -41,6 +41,7 @@ import grpc
 from testcontainers.core.container import DockerContainer
 
 from raftctl.client import Client, NodeStatus
+from raftd.config import DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_INTERVAL_MS
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 
@@ -206,8 +207,8 @@ class ContainerCluster:
         n: int,
         image: str = IMAGE,
         *,
-        election_timeout_ms: tuple[int, int] = (150, 300),
-        heartbeat_interval_ms: int = 50,
+        election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS,
+        heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")

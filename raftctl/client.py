@@ -29,9 +29,9 @@ from raftd.pb import kv_pb2_grpc
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 5.0
-# An election takes 150-300 ms: backing off beyond a tenth of a second would add more to a failover than
-# the election itself (a 1 s cap made windows of ~780 ms after a ~200 ms election). A leaderless node answers
-# at once, so polling it a few times a second costs little.
+# An election takes 200-400 ms with the default timeouts: backing off beyond a tenth of a second would add
+# more to a failover than the election itself (a 1 s cap made windows of ~780 ms after a ~200 ms election).
+# A leaderless node answers at once, so polling it a few times a second costs little.
 BACKOFF_MIN_S = 0.025
 BACKOFF_MAX_S = 0.1
 # One attempt may use at most this share of the overall timeout (but at least ATTEMPT_MIN_S), so a node

@@ -16,7 +16,13 @@ import click
 
 from raftd import logs, malloc
 from raftd.backup import BackupError, restore
-from raftd.config import ClusterConfig, ConfigError, load_cluster
+from raftd.config import (
+    DEFAULT_ELECTION_TIMEOUT_MS,
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+    ClusterConfig,
+    ConfigError,
+    load_cluster,
+)
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
 from raftd.server import StartupError, serve
 from raftd.storage import StorageError
@@ -81,8 +87,17 @@ def main() -> None:
     show_default=True,
     envvar="RAFTD_LOG_LEVEL",
 )
-@click.option("--election-timeout", metavar="MIN-MAX", help="Election timeout range in ms (default 150-300).")
-@click.option("--heartbeat-interval", type=int, metavar="MS", help="Heartbeat interval in ms (default 50).")
+@click.option(
+    "--election-timeout",
+    metavar="MIN-MAX",
+    help="Election timeout range in ms (default {}-{}).".format(*DEFAULT_ELECTION_TIMEOUT_MS),
+)
+@click.option(
+    "--heartbeat-interval",
+    type=int,
+    metavar="MS",
+    help=f"Heartbeat interval in ms (default {DEFAULT_HEARTBEAT_INTERVAL_MS}).",
+)
 @click.option(
     "--snapshot-entries",
     type=click.IntRange(min=1),
@@ -140,7 +155,7 @@ def _override_timeouts(cluster: ClusterConfig, election: str | None, heartbeat: 
             lo, hi = (int(x) for x in election.split("-"))
         except ValueError:
             raise ConfigError(
-                f"--election-timeout wants MIN-MAX in ms, like 150-300, not {election!r}"
+                f"--election-timeout wants MIN-MAX in ms, like 200-400, not {election!r}"
             ) from None
     hb = heartbeat if heartbeat is not None else cluster.heartbeat_interval_ms
     if hb <= 0:

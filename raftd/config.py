@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_ELECTION_TIMEOUT_MS = (150, 300)
-DEFAULT_HEARTBEAT_INTERVAL_MS = 50
+DEFAULT_ELECTION_TIMEOUT_MS = (200, 400)
+DEFAULT_HEARTBEAT_INTERVAL_MS = 100
 
 _INT_RE = re.compile(r"-?[0-9]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

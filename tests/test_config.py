@@ -56,8 +56,8 @@ def test_conf_with_comments_and_blank_lines(tmp_path: Path) -> None:
     c = load_cluster(path)
     assert c.nodes == SEED_NODES
     assert c.source == str(path)
-    assert c.election_timeout_ms == (150, 300)
-    assert c.heartbeat_interval_ms == 50
+    assert c.election_timeout_ms == (200, 400)
+    assert c.heartbeat_interval_ms == 100
     assert c.node(1).address == "127.0.0.1:50001"
 
 
@@ -155,7 +155,7 @@ def test_yaml_defaults_and_derived_name(tmp_path: Path) -> None:
         write(tmp_path, "c.yaml", "nodes:\n  - {id: 0, host: h, port: 1}\n  - {id: 1, host: h, port: 2}\n")
     )
     conf = load_cluster(write(tmp_path, "c.conf", "0 h 1\n1 h 2\n"))
-    assert (c.election_timeout_ms, c.heartbeat_interval_ms) == ((150, 300), 50)
+    assert (c.election_timeout_ms, c.heartbeat_interval_ms) == ((200, 400), 100)
     assert c.name == conf.name == derived_name(c.nodes)
 
 
@@ -216,7 +216,7 @@ NODES = "nodes:\n  - {id: 0, host: h, port: 1}\n"
         (NODES + "election_timeout_ms: [300, 300]\n", 3, "MIN 300 must be below MAX 300"),
         (NODES + "election_timeout_ms: [400, 300]\n", 3, "MIN 400 must be below MAX 300"),
         (NODES + "heartbeat_interval_ms: 100\nelection_timeout_ms: [100, 300]\n", 4, "must exceed heartbeat"),
-        (NODES + "heartbeat_interval_ms: 150\n", 3, "MIN 150 must exceed heartbeat_interval_ms 150"),
+        (NODES + "heartbeat_interval_ms: 200\n", 3, "MIN 200 must exceed heartbeat_interval_ms 200"),
         (NODES + "heartbeat_interval_ms: 0\n", 3, "heartbeat_interval_ms must be > 0, got 0"),
         (NODES + "heartbeat_interval_ms: -5\n", 3, "heartbeat_interval_ms must be > 0"),
     ],
