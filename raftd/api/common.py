@@ -46,9 +46,12 @@ class LongCalls:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[object]] = set()
+        self._closed = False
 
     def close(self) -> None:
-        """End every call from our side, so that stopping the server finds none in flight."""
+        """End every call from our side, so that stopping the server finds none in flight; a call whose
+        handler starts later (accepted just before, a peer reconnecting) ends at its first wait."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
 
@@ -58,6 +61,8 @@ class LongCalls:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        if self._closed:
+            task.cancel()
         try:
             yield
         except asyncio.CancelledError:
