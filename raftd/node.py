@@ -13,6 +13,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ log = logging.getLogger("raftd.node")
 TICK_S = 0.01
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
 MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
+# A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it) and is then
+# never answered: its reads fail this long after they were asked, and their clients retry.
+READ_CONFIRM_S = 10.0
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
@@ -152,6 +156,7 @@ class RaftNode:
         self.log_bytes = 0
         self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
         self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
+        self.read_deadlines: deque[tuple[float, bytes]] = deque()  # (when to give up, context), in order
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._soft = SoftState()
         self._vote = state.hard_state.vote
@@ -195,6 +200,7 @@ class RaftNode:
                 self.raw.tick()
             ticked_at = now if owed > ticks + 1 else ticked_at + ticks * TICK_S
             self._take_input()
+            self._expire_reads(now)
             if hold and self.raw.ticks_until_due() == 1:
                 self.raw.tick()
             await self._drain_ready()
@@ -262,6 +268,7 @@ class RaftNode:
                         f.set_exception(Unavailable("no leader known"))
             else:
                 self.read_wait[ctx] = batch_reads
+                self.read_deadlines.append((asyncio.get_running_loop().time() + READ_CONFIRM_S, ctx))
         for target in self.transfers:
             self.raw.transfer_leader(target)
         self.transfers.clear()
@@ -415,6 +422,14 @@ class RaftNode:
             self.confirmed = [(i, fs) for i, fs in self.confirmed if i > self.kv.applied]
             for _, futures in ready:
                 self._release(futures)
+
+    def _expire_reads(self, now: float) -> None:
+        while self.read_deadlines and self.read_deadlines[0][0] <= now:
+            _, ctx = self.read_deadlines.popleft()
+            error = Unavailable(f"the read was not confirmed within {READ_CONFIRM_S:g}s; retry")
+            for f in self.read_wait.pop(ctx, []):
+                if not f.done():
+                    f.set_exception(error)
 
     def _confirm_reads(self, states: list[ReadState]) -> None:
         for rs in states:
