@@ -134,14 +134,16 @@ class _Pipe:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                while self.queue:
-                    await call.write(pb.RequestBatch(requests=self._take()))
+                while batch := self._take():
+                    await call.write(pb.RequestBatch(requests=batch))
                     self.batches_sent += 1
         except (grpc.RpcError, asyncio.InvalidStateError) as e:
             self._broken(call, e)
 
     def _take(self) -> list[pb.Request]:
-        """What is queued, up to MAX_BATCH_BYTES (always at least one request)."""
+        """What is queued and still awaited, up to MAX_BATCH_BYTES (at least one request, if any is left):
+        a request whose caller gave up (its deadline passed while a write was in flight) is not sent."""
+        self.queue = [r for r in self.queue if r.id in self.waiting]
         n = size = 0
         for request in self.queue:
             size += request.ByteSize()
