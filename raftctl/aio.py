@@ -143,7 +143,8 @@ class _Pipe:
     def _take(self) -> list[pb.Request]:
         """What is queued and still awaited, up to MAX_BATCH_BYTES (at least one request, if any is left):
         a request whose caller gave up (its deadline passed while a write was in flight) is not sent."""
-        self.queue = [r for r in self.queue if r.id in self.waiting]
+        live = self.waiting
+        self.queue = [r for r in self.queue if r.id in live and not live[r.id].done()]
         n = size = 0
         for request in self.queue:
             size += request.ByteSize()

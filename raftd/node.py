@@ -46,7 +46,8 @@ TICK_S = 0.01
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
 MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
 # A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it) and is then
-# never answered: its reads fail this long after they were asked, and their clients retry.
+# never answered: its reads fail this long after they were asked. That frees them; a streamed read (its
+# request may wait 60 s) gets UNAVAILABLE and is retried, a unary Get has timed out by then.
 READ_CONFIRM_S = 10.0
 
 
@@ -177,7 +178,10 @@ class RaftNode:
         ticked_at = loop.time()
         while not self.stopping:
             due = self.raw.ticks_until_due()
-            timer = loop.call_at(ticked_at + due * TICK_S, self.wake.set)
+            wake_at = ticked_at + due * TICK_S
+            if self.read_deadlines:
+                wake_at = min(wake_at, self.read_deadlines[0][0])
+            timer = loop.call_at(wake_at, self.wake.set)
             waited_from = loop.time()
             await self.wake.wait()
             timer.cancel()

@@ -200,7 +200,7 @@ def test_large_earlier_images_load_across_slices(monkeypatch: pytest.MonkeyPatch
 
 
 def test_large_images_round_trip_across_bucket_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image_module, "BUCKET_SLICE", 1000)
+    monkeypatch.setattr(image_module, "BUCKET_SLICE", 3)
     kv = _filled(100)
     raw = encode(kv.image())
     restored = KVStore.from_image(kv.applied, raw)
@@ -300,3 +300,24 @@ def test_the_packed_map_behaves_like_a_dict(ops: list[tuple[bool, bytes, bytes]]
             for k in (b"a", b"ab", b"b", b"ba", b"aba", b"\x01\x00", b"k", b"zz"):
                 assert m.get(k) == model.get(k)
         assert list(m.items()) == list(model.items())  # updates keep their place: the dict's order
+
+
+def test_a_length_table_cut_short_is_refused_as_an_image_error() -> None:
+    """A table of lengths whose size is not a multiple of 4 (review finding: a bare ValueError escaped)."""
+    body = b"RAFTDKV2" + struct.pack("<IIII", table.BUCKET_BITS, 1, 0, 1) + b"\x01\x00"
+    with pytest.raises(ImageError, match="truncated length table"):
+        decode(body + struct.pack("<I", zlib.crc32(body)))
+
+
+@pytest.mark.parametrize(
+    "sessions",
+    [
+        b"\x01\x00c" + struct.pack("<QQB", 7, 3, 1) + b"\x01\x00c" + struct.pack("<QQB", 8, 4, 0),
+        b"\x01\x00c" + struct.pack("<QQB", 7, 3, 2),
+    ],
+)
+def test_malformed_sessions_are_refused(sessions: bytes) -> None:
+    """A client twice, or an "existed" flag that is neither 0 nor 1: such an image would load but not
+    encode back to the same bytes."""
+    with pytest.raises(ImageError, match="malformed sessions"):
+        decode(_v1_image([b"k"], [b"v"], sessions, 2 if sessions.count(b"c") == 2 else 1))

@@ -12,12 +12,17 @@ from raftd.config import load_cluster
 from raftd.core import Message, MsgType, ReadState
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode, Unavailable
 from raftd.storage import SqliteStorage
+from tests.daemon.cluster import free_ports
 
 
 def _follower(tmp_path: Path) -> RaftNode:
-    """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere."""
-    conf = tmp_path / "c.conf"
-    conf.write_text("0 127.0.0.1 1\n1 127.0.0.1 2\n2 127.0.0.1 3\n")
+    """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere (the
+    peers' ports are closed), and it waits 100 s before suspecting the leader."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        "election_timeout_ms: [100000, 200000]\nnodes:\n"
+        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {port}}}\n" for i, port in enumerate(free_ports(3)))
+    )
     cluster = load_cluster(conf)
     node = RaftNode(
         cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0), DEFAULT_SNAPSHOT_ENTRIES
@@ -48,5 +53,29 @@ def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path)
             lost.result()
         assert not node.read_wait and not node.read_deadlines  # nothing is left behind
         node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else wakes this follower for 100 s: the read's own deadline must."""
+    monkeypatch.setattr(node_module, "READ_CONFIRM_S", 0.3)
+
+    async def main() -> None:
+        node = _follower(tmp_path)
+        runner = asyncio.create_task(node.run())
+        try:
+            await asyncio.sleep(0.2)  # lets the loop take in the leader it learned (a wait before acting)
+            read = node.read_barrier_nowait()
+            done, _ = await asyncio.wait({read}, timeout=5)
+            assert read in done, "the read was never failed"
+            with pytest.raises(Unavailable, match="not confirmed"):
+                read.result()
+        finally:
+            await node.stop()
+            await runner
+            node.storage.close()
 
     asyncio.run(main())

@@ -78,12 +78,12 @@ def _u32(values: list[int]) -> bytes:
 
 
 def _read_u32(raw: bytes | memoryview, count: int) -> array.array[int]:
+    if len(raw) != 4 * count:
+        raise ImageError("truncated length table")
     arr = array.array("I")
     arr.frombytes(raw)
     if sys.byteorder != "little":
         arr.byteswap()
-    if len(arr) != count:
-        raise ImageError("truncated length table")
     return arr
 
 
@@ -197,6 +197,8 @@ def _decode_sessions(
         pos += size
         seq, index, existed = _SESSION.unpack_from(view, pos)
         pos += _SESSION.size
+        if client in sessions or existed > 1:
+            raise ImageError("malformed sessions")
         sessions[client] = (seq, index, bool(existed))
     if pos != end:
         raise ImageError(f"{end - pos} unexpected trailing bytes")

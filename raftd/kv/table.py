@@ -88,7 +88,10 @@ def _find(bucket: bytes, key: bytes) -> tuple[int, int, int]:
             key_len, value_len = ENTRY.unpack_from(bucket, pos)
             if key_len == want:
                 return pos, at + key_len, at + key_len + value_len
-        at = bucket.find(key, at + 1)
+            pos += header + key_len + value_len
+        # The next search starts at the next key: occurrences inside a value (a megabyte of them, say)
+        # are skipped by the C-level search, not visited one by one here.
+        at = bucket.find(key, pos + header)
     return -1, -1, -1
 
 

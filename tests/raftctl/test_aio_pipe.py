@@ -58,3 +58,20 @@ def test_a_request_that_expires_while_queued_is_not_sent() -> None:
         await pipe.close()
 
     asyncio.run(main())
+
+
+def test_a_request_whose_deadline_fired_is_not_taken_even_before_its_caller_resumes() -> None:
+    """The deadline may fire in the loop turn in which a write completes: the caller has not yet removed
+    its entry, but its future is done (review finding)."""
+
+    async def main() -> None:
+        pipe = _Pipe(_FakeStub(_FakeCall()))  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        expired, live = loop.create_future(), loop.create_future()
+        expired.set_exception(RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer"))
+        expired.exception()  # retrieved, as its caller would
+        pipe.waiting = {1: expired, 2: live}
+        pipe.queue = [pb.Request(id=1), pb.Request(id=2)]
+        assert [r.id for r in pipe._take()] == [2]
+
+    asyncio.run(main())
