@@ -428,8 +428,13 @@ class RaftNode:
                 self._release(futures)
 
     def _expire_reads(self, now: float) -> None:
-        while self.read_deadlines and self.read_deadlines[0][0] <= now:
-            _, ctx = self.read_deadlines.popleft()
+        """Fail the reads past their deadline, and drop the deadlines of reads already settled from the
+        head, so that the loop's timer (which wakes for the first deadline) wakes only for a live one."""
+        while self.read_deadlines:
+            deadline, ctx = self.read_deadlines[0]
+            if ctx in self.read_wait and deadline > now:
+                return
+            self.read_deadlines.popleft()
             error = Unavailable(f"the read was not confirmed within {READ_CONFIRM_S:g}s; retry")
             for f in self.read_wait.pop(ctx, []):
                 if not f.done():

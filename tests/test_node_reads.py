@@ -57,6 +57,24 @@ def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path)
     asyncio.run(main())
 
 
+def test_a_settled_read_s_deadline_is_dropped_so_the_loop_does_not_wake_for_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = _follower(tmp_path)
+        now = asyncio.get_running_loop().time()
+        answered = node.read_barrier_nowait()
+        node._take_input()
+        (ctx,) = node.read_wait
+        node._expire_reads(now)
+        assert len(node.read_deadlines) == 1  # the control: a live read keeps its deadline
+        node._confirm_reads([ReadState(0, ctx)])
+        assert answered.done()
+        node._expire_reads(now)  # long before the deadline
+        assert not node.read_deadlines
+        node.storage.close()
+
+    asyncio.run(main())
+
+
 def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

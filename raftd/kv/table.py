@@ -2,7 +2,7 @@
 
 Why not a dict: a dict of a million 16-byte values costs ~147 MB of Python objects (a bytes object per key
 and per value plus the table), where the data itself is ~30 MB. Here an entry costs its bytes plus an 8-byte
-header, and a bucket one object: a million keys take ~40 MB. The price is a short scan of one bucket per
+header, and a bucket one object: a million keys take ~48 MB. The price is a short scan of one bucket per
 operation (a few entries at a million keys) and a rewrite of that bucket per write.
 
 Deterministic: the bucket is a checksum of the key (not Python's salted hash), an update keeps the entry's
