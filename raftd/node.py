@@ -288,6 +288,10 @@ class RaftNode:
             await self._persist(loop, rd)
             if not rd.send_early:
                 self._send(rd.messages)
+                if rd.messages and rd.committed_entries:
+                    # Let the senders start writing before applying: a follower's acknowledgement of
+                    # the entries just written must not wait for it to apply the previous batch.
+                    await asyncio.sleep(0)
             if rd.snapshot is not None:
                 await self._install(rd.snapshot)
             if rd.committed_entries:

@@ -234,7 +234,7 @@ class Raft:
         """The owner made the log durable up to log.stabled: as leader, that is our own acknowledgement."""
         leading = self.role is Role.LEADER
         if leading and self.prs[self.id].maybe_update(self.log.stabled) and self._maybe_commit():
-            self._bcast_append()
+            self._bcast_append(send_if_empty=False)
 
     # -- sending ------------------------------------------------------------------------------------
     def _send(self, m: Message, *, term: int | None = None) -> None:
@@ -295,10 +295,12 @@ class Raft:
         pr.become_snapshot(meta.index)
         return True
 
-    def _bcast_append(self) -> None:
+    def _bcast_append(self, send_if_empty: bool = True) -> None:
+        """send_if_empty=False after a commit: unlike etcd, no append for the new commit index alone; it
+        rides on the next append or heartbeat (as in the paper), which halves the messages per write."""
         for p in self.peers:
             if p != self.id:
-                self._send_append(p)
+                self._send_append(p, send_if_empty)
 
     def _bcast_heartbeat(self, context: bytes = b"") -> None:
         for p in self.peers:
@@ -483,8 +485,10 @@ class Raft:
         if pr.state is ProgressState.PROBE or caught_up:
             pr.become_replicate()
         if self._maybe_commit():
-            self._bcast_append()
-        elif was_paused:
+            self._bcast_append(send_if_empty=False)
+        if was_paused:
+            # A follower that was paused (probing, or a full window) hears from us now even when there is
+            # nothing new: it learns the commit index (rare, so worth a message).
             self._send_append(m.frm)
         # Pipelining: keep the window full while there is something to send.
         while self._send_append(m.frm, send_if_empty=False):

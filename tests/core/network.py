@@ -251,6 +251,11 @@ class Network:
         self.deliver()
         assert self.role(node_id) is Role.LEADER, f"node {node_id} is {self.role(node_id)}"
 
+    def heartbeat(self, node_id: int) -> None:
+        """Tick the leader to its next heartbeat and deliver: how followers learn a new commit index."""
+        self.tick(node_id, self.nodes[node_id].raft.cfg.heartbeat_tick)
+        self.deliver()
+
     def propose(self, node_id: int, data: bytes) -> int:
         index = self.nodes[node_id].propose(data)
         self.process(node_id)

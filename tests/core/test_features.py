@@ -482,6 +482,20 @@ def test_read_at_a_follower_is_forwarded_and_answered() -> None:
     assert net.read_states[1] == []
 
 
+def test_read_at_a_follower_right_after_a_write_can_be_served() -> None:
+    """No append carries a commit index alone, so a follower may hold a committed write without knowing it;
+    the heartbeats that confirm its read carry the commit, so it can serve the read at once."""
+    net = settled(Network())
+    index = net.propose(1, b"x")
+    net.deliver()
+    assert net.commit(1) == index and net.commit(2) == index - 1
+    net.nodes[2].read_index(b"f")
+    net.deliver()
+    assert net.read_states[2] == [ReadState(index, b"f")]
+    assert net.commit(2) == index
+    assert [e.index for e in net.applied[2]][-1] == index
+
+
 def test_deposed_leader_cannot_answer_a_read() -> None:
     net = settled(Network())
     net.isolate(1)
