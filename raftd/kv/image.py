@@ -27,7 +27,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of, entries
+from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of
+from .table import keys as bucket_keys
 
 MAGIC = b"RAFTDKV2"
 MAGIC_V1 = b"RAFTDKV1"
@@ -172,7 +173,7 @@ def _check_bucket(b: int, bucket: bytes) -> int:
     """How many entries bucket b holds, after checking each is well formed, in its key's bucket, and there
     once: a checksum catches damage, not a writer's bug."""
     try:
-        keys = [key for key, _ in entries(bucket)]
+        keys = list(bucket_keys(bucket))
     except ValueError as e:
         raise ImageError(f"bucket {b}: {e}") from e
     if not keys:

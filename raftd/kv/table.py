@@ -97,6 +97,18 @@ def _find(bucket: bytes, key: bytes) -> tuple[int, int, int]:
 
 def entries(bucket: bytes) -> Iterator[tuple[bytes, bytes]]:
     """A bucket's entries in order. Raises ValueError when the bucket is malformed."""
+    for key_start, value_start, end in _spans(bucket):
+        yield bucket[key_start:value_start], bucket[value_start:end]
+
+
+def keys(bucket: bytes) -> Iterator[bytes]:
+    """A bucket's keys in order, without copying its values (checking a loaded image needs only these)."""
+    for key_start, value_start, _ in _spans(bucket):
+        yield bucket[key_start:value_start]
+
+
+def _spans(bucket: bytes) -> Iterator[tuple[int, int, int]]:
+    """(key start, value start, end) of each entry. Raises ValueError when the bucket is malformed."""
     pos, size = 0, len(bucket)
     while pos < size:
         if pos + ENTRY.size > size:
@@ -107,4 +119,4 @@ def entries(bucket: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos = value_start + value_len
         if pos > size:
             raise ValueError("entry runs past its bucket")
-        yield bucket[key_start:value_start], bucket[value_start:pos]
+        yield key_start, value_start, pos
