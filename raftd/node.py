@@ -37,7 +37,7 @@ from raftd.core import (
     SoftState,
 )
 from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode
-from raftd.storage import SqliteStorage
+from raftd.storage import PersistedState, SqliteStorage
 from raftd.transport.peer import PeerClient
 
 log = logging.getLogger("raftd.node")
@@ -136,21 +136,26 @@ class RaftNode:
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
-        self._boot()
+        self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def _boot(self) -> None:
-        """(Re)build all volatile state from disk: at start and when a suspension ends."""
+    def _load(self) -> tuple[PersistedState, KVStore]:
+        """What a (re)boot starts from: the stored state, and the state machine restored from its image
+        (the log after it is replayed later). Safe off the loop: a resume runs it on the disk thread."""
         state = self.storage.load()
-        snap = state.snapshot.meta if state.snapshot is not None else None
-        self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
-        self.kv = KVStore()
+        kv = KVStore()
         if state.snapshot is not None:
-            # Restart from the image, then replay only the log after it.
             try:
-                self.kv.restore(state.snapshot.meta.index, state.snapshot.data)
+                kv.restore(state.snapshot.meta.index, state.snapshot.data)
             except ImageError as e:
                 raise FatalError(f"the stored snapshot is unusable: {e}") from e
+        return state, kv
+
+    def _boot(self, state: PersistedState, kv: KVStore) -> None:
+        """(Re)build all volatile state from what _load read: at start and when a suspension ends."""
+        snap = state.snapshot.meta if state.snapshot is not None else None
+        self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
+        self.kv = kv
         self.snapshot_index = snap.index if snap is not None else 0
         self.image_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
         # Log bytes applied since the snapshot (those replayed at boot count too: they are in the log).
@@ -520,7 +525,11 @@ class RaftNode:
         self.inbox.clear()
         if self.stopping:
             return
-        self._boot()
+        # Restoring a large image takes seconds: off the loop, which keeps answering (UNAVAILABLE) meanwhile.
+        loaded = await asyncio.get_running_loop().run_in_executor(self._disk, self._load)
+        if self.stopping:
+            return
+        self._boot(*loaded)
         self.suspended = False
         log.info("I am a follower. Term: %d", self.raw.raft.term)
         for callback in self.on_role_change:

@@ -1,0 +1,50 @@
+"""The driver's resume from a suspension, in-process: the state is reloaded off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from raftd.kv import KVStore
+from raftd.node import Unavailable
+from raftd.storage import PersistedState
+from tests.test_node_reads import _follower
+
+
+def test_resuming_reloads_the_state_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restoring a large image takes seconds (1M keys: over a second): the loop keeps answering meanwhile.
+    Were the load run on the loop, it would block the loop, and the release below would never come."""
+
+    async def main() -> None:
+        node = _follower(tmp_path)
+        started, release = threading.Event(), threading.Event()
+        load = node._load
+
+        def slow_load() -> tuple[PersistedState, KVStore]:
+            started.set()
+            if not release.wait(2):
+                raise AssertionError("the load ran on the event loop")
+            return load()
+
+        monkeypatch.setattr(node, "_load", slow_load)
+        resuming = asyncio.get_running_loop().create_task(node._suspend(0.01))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the loop runs while the load waits
+        assert not resuming.done() and node.suspended
+        with pytest.raises(Unavailable, match="suspended"):
+            node.local_read(b"k")
+        release.set()
+        await asyncio.wait_for(resuming, 5)
+        assert not node.suspended
+        assert node.local_read(b"k") == (None, 0)
+        node._disk.shutdown()
+        node._cpu.shutdown()
+        node.storage.close()
+
+    asyncio.run(main())
