@@ -285,7 +285,9 @@ class RaftNode:
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.raw.has_ready():
+        # Not once stopping: stop() shuts the disk thread down while this may be parked at an await, and
+        # a save queued after that would fail as if the disk had.
+        while not self.stopping and self.raw.has_ready():
             rd = self.raw.ready()
             if rd.send_early:
                 # A leader's followers write their copies while it writes its own (dissertation 10.2.1).

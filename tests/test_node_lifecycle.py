@@ -1,4 +1,4 @@
-"""The driver's resume from a suspension, in-process: the state is reloaded off the event loop."""
+"""The driver's lifecycle in-process: resuming from a suspension, stopping."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raftd.core import Entry, Message, MsgType
 from raftd.kv import KVStore
 from raftd.node import Unavailable
 from raftd.storage import PersistedState
@@ -44,6 +45,25 @@ def test_resuming_reloads_the_state_off_the_event_loop(
         assert not node.suspended
         assert node.local_read(b"k") == (None, 0)
         node._disk.shutdown()
+        node._cpu.shutdown()
+        node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_a_stopping_node_takes_no_more_work_from_the_core(tmp_path: Path) -> None:
+    """stop() shuts the disk thread down while the loop may be parked at an await: the loop must not queue
+    another save after that (it would fail like a broken disk, and a clean SIGTERM would exit as fatal)."""
+
+    async def main() -> None:
+        node = _follower(tmp_path)
+        node._disk.shutdown()
+        node.stopping = True
+        entry = Entry(1, 1, b"x")
+        node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(entry,))])
+        node._take_input()
+        assert node.raw.has_ready()
+        await node._drain_ready()
         node._cpu.shutdown()
         node.storage.close()
 
