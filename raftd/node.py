@@ -49,6 +49,8 @@ MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
 # never answered: its reads fail this long after they were asked. That frees them; a streamed read (its
 # request may wait 60 s) gets UNAVAILABLE and is retried, a unary Get has timed out by then.
 READ_CONFIRM_S = 10.0
+# How often a leadership transfer in progress checks that its target is still reachable.
+TRANSFER_CHECK_S = 0.05
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
@@ -623,7 +625,17 @@ class RaftNode:
         self._leader_waiters.append(fut)
         self.transfers.append(to_core(target))
         self.wake.set()
-        return await fut
+        peer = self.peers.get(to_core(target))
+        try:
+            # An unreachable target never takes over (a whole cluster stopping at once, say): say so as
+            # soon as the transport knows, not at the caller's deadline.
+            while not fut.done():
+                await asyncio.wait({fut}, timeout=TRANSFER_CHECK_S)
+                if not fut.done() and peer is not None and not peer.reachable:
+                    raise Unavailable(f"node {target} is unreachable")
+            return fut.result()
+        finally:
+            fut.cancel()
 
     async def backup(self) -> tuple[SnapshotMeta, bytes]:
         """An image of the state as of a linearizable read point: every write acknowledged before the call

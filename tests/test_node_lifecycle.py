@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,6 +65,30 @@ def test_a_stopping_node_takes_no_more_work_from_the_core(tmp_path: Path) -> Non
         node._take_input()
         assert node.raw.has_ready()
         await node._drain_ready()
+        node._cpu.shutdown()
+        node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> None:
+    """When the whole cluster stops at once, the leader's hand-over target is gone: the leader must not
+    wait out its deadline (a second at every shutdown) for a transfer that cannot happen."""
+
+    async def main() -> None:
+        node = _follower(tmp_path)
+        # Node 0 (core id 1) wins term 2 with node 1's (pre-)vote; nothing runs the loop or sends anything.
+        node.raw.campaign()
+        for kind in (MsgType.PRE_VOTE_RESP, MsgType.VOTE_RESP):
+            await node._drain_ready()
+            node.deliver([Message(kind, to=1, frm=2, term=2)])
+            node._take_input()
+        await node._drain_ready()
+        assert node.is_leader()
+        node.peers[3] = SimpleNamespace(reachable=False)  # type: ignore[assignment]
+        with pytest.raises(Unavailable, match="node 2 is unreachable"):
+            await asyncio.wait_for(node.transfer_leader(2), 2)
+        node._disk.shutdown()
         node._cpu.shutdown()
         node.storage.close()
 
