@@ -51,6 +51,8 @@ MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
 READ_CONFIRM_S = 10.0
 # How often a leadership transfer in progress checks that its target is still reachable.
 TRANSFER_CHECK_S = 0.05
+# How long stop() waits for the loop to finish its Ready (installing a snapshot's image can take seconds).
+STOP_WAIT_S = 10.0
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
@@ -133,6 +135,7 @@ class RaftNode:
         self._background: set[asyncio.Task[None]] = set()
         self._snapshotting = False
         self._fatal: FatalError | None = None
+        self._runner: asyncio.Task[None] | None = None  # the task in run()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
         # Encoding a large image is CPU work that must not run on the loop (heartbeats would stall).
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
@@ -172,6 +175,7 @@ class RaftNode:
         self._unsaved: HardState | None = None  # newer than _saved in its commit index only
 
     async def run(self) -> None:
+        self._runner = asyncio.current_task()
         for peer_id, addr in self.addresses.items():
             if peer_id != self.id:
                 client = PeerClient(peer_id, addr.address, self.cluster.name, self._report_unreachable)
@@ -224,6 +228,9 @@ class RaftNode:
         self._fail_all(Unavailable("the node is shutting down"))
         for client in self.peers.values():
             await client.close()
+        if self._runner is not None and self._runner is not asyncio.current_task():
+            # The loop finishes the Ready it is in (and takes no other): it may still need the threads.
+            await asyncio.wait({self._runner}, timeout=STOP_WAIT_S)
         self._disk.shutdown(wait=True)
         self._cpu.shutdown(wait=True, cancel_futures=True)
 
@@ -287,8 +294,7 @@ class RaftNode:
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
         loop = asyncio.get_running_loop()
-        # Not once stopping: stop() shuts the disk thread down while this may be parked at an await, and
-        # a save queued after that would fail as if the disk had.
+        # Not once stopping: stop() waits for this loop to end before it shuts down the threads it uses.
         while not self.stopping and self.raw.has_ready():
             rd = self.raw.ready()
             if rd.send_early:
@@ -313,7 +319,7 @@ class RaftNode:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
         entries = self.kv.applied - self.snapshot_index
-        if not self._snapshotting and snapshot_due(
+        if not self._snapshotting and not self.stopping and snapshot_due(
             entries, self.log_bytes, self.image_bytes, self.snapshot_entries
         ):
             self._snapshotting = True

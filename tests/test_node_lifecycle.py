@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from raftd.core import Entry, Message, MsgType
-from raftd.kv import KVStore
+from raftd.core import Entry, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.kv import Image, KVStore, encode
 from raftd.node import Unavailable
 from raftd.storage import PersistedState
 from tests.test_node_reads import _follower
@@ -90,6 +91,34 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
             await asyncio.wait_for(node.transfer_leader(2), 2)
         node._disk.shutdown()
         node._cpu.shutdown()
+        node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() during the save of a leader's snapshot: the loop still installs the image afterwards (on the
+    snapshot thread), so stop() must let it finish before it shuts the threads down."""
+
+    async def main() -> None:
+        node = _follower(tmp_path)
+        save = node.storage.save
+
+        def slow_save(*args: object) -> None:
+            time.sleep(0.3)
+            save(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(node.storage, "save", slow_save)
+        runner = asyncio.get_running_loop().create_task(node.run())
+        image = encode(Image.of({b"k": b"v"}))
+        snap = Snapshot(SnapshotMeta(5, 1), image)
+        node.deliver([Message(MsgType.SNAP, to=1, frm=2, term=1, snapshot=snap)])
+        await asyncio.sleep(0.1)  # the loop now waits for the slow save
+        await node.stop()
+        await asyncio.wait_for(runner, 5)  # ends without an error
+        assert node.kv.applied == 5
         node.storage.close()
 
     asyncio.run(main())

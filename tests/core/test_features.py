@@ -489,10 +489,13 @@ def test_read_at_a_follower_right_after_a_write_can_be_served() -> None:
     index = net.propose(1, b"x")
     net.deliver()
     assert net.commit(1) == index and net.commit(2) == index - 1
+    mark = len(net.delivered)
     net.nodes[2].read_index(b"f")
     net.deliver()
     assert net.read_states[2] == [ReadState(index, b"f")]
     assert net.commit(2) == index
+    # From the heartbeat itself: no append (the leader's repair of a lagging commit) was needed.
+    assert [m for m in net.delivered[mark:] if m.type is MsgType.APP] == []
     assert [e.index for e in net.applied[2]][-1] == index
 
 

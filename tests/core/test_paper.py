@@ -444,6 +444,7 @@ def test_leader_counts_its_own_copy_only_once_it_is_durable() -> None:
     assert r.log.committed == 1, "committed on one durable copy"
     persisted(r)
     assert r.log.committed == 2
+    assert take(r) == [], "the new commit index waits for the next append or heartbeat"
 
 
 def test_two_followers_commit_without_the_leaders_own_write() -> None:
