@@ -30,6 +30,7 @@ def test_close_ends_running_handlers_and_later_ones_at_their_first_wait() -> Non
         calls.close()
         assert await running == "ended"  # ended, not cancelled: gRPC sees a normal end
         assert waiting == ["started"]
+        assert running.cancelling() == 0  # and no cancellation is left pending on the task
 
         # A handler starting after close() (a call accepted just before the stop) ends at its first wait
         # instead of waiting there until gRPC cancels it; without that, this would time out.
@@ -39,5 +40,6 @@ def test_close_ends_running_handlers_and_later_ones_at_their_first_wait() -> Non
         task.cancel()  # (it is done unless the rule is broken)
         assert task in done and task.result() == "ended"
         assert late == ["started"]
+        assert task.cancelling() == 0
 
     asyncio.run(main())

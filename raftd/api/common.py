@@ -66,7 +66,9 @@ class LongCalls:
         try:
             yield
         except asyncio.CancelledError:
-            pass  # close() above, or the caller went away: a routine end for a long-lived call
+            # close() above, or the caller went away: a routine end for a long-lived call. The task goes
+            # on, so it must not stay marked as cancelling (asyncio.timeout would misread that later).
+            task.uncancel()
         finally:
             self._tasks.discard(task)
 
