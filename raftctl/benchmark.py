@@ -281,6 +281,16 @@ def machine_facts() -> dict[str, str]:
     return facts
 
 
+def python_loop_seconds(additions: int = 10_000_000) -> float:
+    """A fixed pure-Python loop's duration: the virtual machines this runs on change speed from hour to
+    hour, so two runs' figures compare only with this beside them."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(additions):
+        total += i
+    return time.perf_counter() - start
+
+
 def proc_cpu_ticks(pid: int) -> int:
     return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text())
 
@@ -561,11 +571,16 @@ def main() -> int:
     s = Settings.from_env(os.environ)
     signal.signal(signal.SIGTERM, _sigterm)
     report = Report(facts=machine_facts())
+    before = python_loop_seconds()
     root = Path(tempfile.mkdtemp(prefix="raftd-bench-"))
     ok = False
     try:
         run(s, root, report)
         ok = True
+        after = python_loop_seconds()
+        report.facts["speed"] = (
+            f"a 10M-addition Python loop took {before:.2f} s before the run, {after:.2f} s after"
+        )
     except KeyboardInterrupt:
         log(f"interrupted; every node killed; node logs kept in {root}")
         return 130

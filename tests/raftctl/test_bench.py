@@ -366,6 +366,7 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
         *(f"memory, node {i}" for i in range(3)),
     ]
     assert "- CPU: " in r.stdout and "- Python: " in r.stdout
+    assert "- speed: a 10M-addition Python loop took " in r.stdout
     assert "raftd-bench-" in r.stderr
     bench_dir = r.stderr.split("cluster up in ")[1].split(":")[0]
     assert not Path(bench_dir).exists(), "the temporary data dirs are removed after a good run"
