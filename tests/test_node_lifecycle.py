@@ -105,8 +105,10 @@ def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
     async def main() -> None:
         node = _follower(tmp_path)
         save = node.storage.save
+        saving = threading.Event()
 
         def slow_save(*args: object) -> None:
+            saving.set()
             time.sleep(0.3)
             save(*args)  # type: ignore[arg-type]
 
@@ -115,7 +117,8 @@ def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
         image = encode(Image.of({b"k": b"v"}))
         snap = Snapshot(SnapshotMeta(5, 1), image)
         node.deliver([Message(MsgType.SNAP, to=1, frm=2, term=1, snapshot=snap)])
-        await asyncio.sleep(0.1)  # the loop now waits for the slow save
+        while not saving.is_set():  # the loop takes the snapshot in its first Ready
+            await asyncio.sleep(0.005)
         await node.stop()
         await asyncio.wait_for(runner, 5)  # ends without an error
         assert node.kv.applied == 5
