@@ -155,7 +155,9 @@ def _override_timeouts(cluster: ClusterConfig, election: str | None, heartbeat: 
             lo, hi = (int(x) for x in election.split("-"))
         except ValueError:
             raise ConfigError(
-                f"--election-timeout wants MIN-MAX in ms, like 200-400, not {election!r}"
+                "--election-timeout wants MIN-MAX in ms, like {}-{}, not {!r}".format(
+                    *DEFAULT_ELECTION_TIMEOUT_MS, election
+                )
             ) from None
     hb = heartbeat if heartbeat is not None else cluster.heartbeat_interval_ms
     if hb <= 0:

@@ -14,7 +14,7 @@ from raftd.core import Entry, Message, MsgType, Snapshot, SnapshotMeta
 from raftd.kv import Image, KVStore, encode
 from raftd.node import Unavailable
 from raftd.storage import PersistedState
-from tests.test_node_reads import _follower
+from tests.nodes import follower, release_node
 
 
 def test_resuming_reloads_the_state_off_the_event_loop(
@@ -24,7 +24,7 @@ def test_resuming_reloads_the_state_off_the_event_loop(
     Were the load run on the loop, it would block the loop, and the release below would never come."""
 
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         started, release = threading.Event(), threading.Event()
         load = node._load
 
@@ -46,9 +46,7 @@ def test_resuming_reloads_the_state_off_the_event_loop(
         await asyncio.wait_for(resuming, 5)
         assert not node.suspended
         assert node.local_read(b"k") == (None, 0)
-        node._disk.shutdown()
-        node._cpu.shutdown()
-        node.storage.close()
+        release_node(node)
 
     asyncio.run(main())
 
@@ -58,7 +56,7 @@ def test_a_stopping_node_takes_no_more_work_from_the_core(tmp_path: Path) -> Non
     another save after that (it would fail like a broken disk, and a clean SIGTERM would exit as fatal)."""
 
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         node._disk.shutdown()
         node.stopping = True
         entry = Entry(1, 1, b"x")
@@ -66,8 +64,7 @@ def test_a_stopping_node_takes_no_more_work_from_the_core(tmp_path: Path) -> Non
         node._take_input()
         assert node.raw.has_ready()
         await node._drain_ready()
-        node._cpu.shutdown()
-        node.storage.close()
+        release_node(node)
 
     asyncio.run(main())
 
@@ -77,7 +74,7 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
     wait out its deadline (a second at every shutdown) for a transfer that cannot happen."""
 
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         # Node 0 (core id 1) wins term 2 with node 1's (pre-)vote; nothing runs the loop or sends anything.
         node.raw.campaign()
         for kind in (MsgType.PRE_VOTE_RESP, MsgType.VOTE_RESP):
@@ -89,9 +86,7 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
         node.peers[3] = SimpleNamespace(reachable=False)  # type: ignore[assignment]
         with pytest.raises(Unavailable, match="node 2 is unreachable"):
             await asyncio.wait_for(node.transfer_leader(2), 2)
-        node._disk.shutdown()
-        node._cpu.shutdown()
-        node.storage.close()
+        release_node(node)
 
     asyncio.run(main())
 
@@ -103,7 +98,7 @@ def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
     snapshot thread), so stop() must let it finish before it shuts the threads down."""
 
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         save = node.storage.save
         saving = threading.Event()
 

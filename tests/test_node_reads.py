@@ -8,34 +8,14 @@ from pathlib import Path
 import pytest
 
 from raftd import node as node_module
-from raftd.config import load_cluster
-from raftd.core import Message, MsgType, ReadState
-from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode, Unavailable
-from raftd.storage import SqliteStorage
-from tests.daemon.cluster import free_ports
-
-
-def _follower(tmp_path: Path) -> RaftNode:
-    """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere (the
-    peers' ports are closed), and it waits 100 s before suspecting the leader."""
-    conf = tmp_path / "c.yaml"
-    conf.write_text(
-        "election_timeout_ms: [100000, 200000]\nnodes:\n"
-        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {port}}}\n" for i, port in enumerate(free_ports(3)))
-    )
-    cluster = load_cluster(conf)
-    node = RaftNode(
-        cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0), DEFAULT_SNAPSHOT_ENTRIES
-    )
-    node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=2, term=1)])
-    node._take_input()
-    assert node.leader() is not None and node.leader().id == 1
-    return node
+from raftd.core import ReadState
+from raftd.node import Unavailable
+from tests.nodes import follower, release_node
 
 
 def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path) -> None:
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         now = asyncio.get_running_loop().time()
         lost = node.read_barrier_nowait()
         node._take_input()  # forwards a ReadIndex request, which nobody delivers
@@ -52,14 +32,14 @@ def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path)
         with pytest.raises(Unavailable, match="not confirmed"):
             lost.result()
         assert not node.read_wait and not node.read_deadlines  # nothing is left behind
-        node.storage.close()
+        release_node(node)
 
     asyncio.run(main())
 
 
 def test_a_settled_read_s_deadline_is_dropped_so_the_loop_does_not_wake_for_it(tmp_path: Path) -> None:
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         now = asyncio.get_running_loop().time()
         answered = node.read_barrier_nowait()
         node._take_input()
@@ -70,7 +50,7 @@ def test_a_settled_read_s_deadline_is_dropped_so_the_loop_does_not_wake_for_it(t
         assert answered.done()
         node._expire_reads(now)  # long before the deadline
         assert not node.read_deadlines
-        node.storage.close()
+        release_node(node)
 
     asyncio.run(main())
 
@@ -82,7 +62,7 @@ def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(
     monkeypatch.setattr(node_module, "READ_CONFIRM_S", 0.3)
 
     async def main() -> None:
-        node = _follower(tmp_path)
+        node = follower(tmp_path)
         runner = asyncio.create_task(node.run())
         try:
             await asyncio.sleep(0.2)  # lets the loop take in the leader it learned (a wait before acting)

@@ -1,0 +1,36 @@
+"""An in-process RaftNode for the driver's tests: nothing runs its loop unless the test does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raftd.config import load_cluster
+from raftd.core import Message, MsgType
+from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
+from raftd.storage import SqliteStorage
+from tests.daemon.cluster import free_ports
+
+
+def follower(tmp_path: Path) -> RaftNode:
+    """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere (the
+    peers' ports are closed), and it waits 100 s before suspecting the leader."""
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        "election_timeout_ms: [100000, 200000]\nnodes:\n"
+        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {port}}}\n" for i, port in enumerate(free_ports(3)))
+    )
+    cluster = load_cluster(conf)
+    node = RaftNode(
+        cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0), DEFAULT_SNAPSHOT_ENTRIES
+    )
+    node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=2, term=1)])
+    node._take_input()
+    assert node.leader() is not None and node.leader().id == 1
+    return node
+
+
+def release_node(node: RaftNode) -> None:
+    """What stop() releases, for a node whose loop never ran: its threads and its database."""
+    node._disk.shutdown()
+    node._cpu.shutdown()
+    node.storage.close()
