@@ -1,8 +1,10 @@
 """The single driver loop: tick -> step -> propose -> ready -> persist -> send -> apply -> advance.
 
 Only this loop touches the Raft core and the state machine; gRPC handlers hand it work through lists and
-futures and wake it with an event. Persisting runs in one worker thread so the event loop keeps accepting
-requests meanwhile: whatever arrives during one fsync goes into the next Ready together (group commit).
+futures and wake it with an event. A Ready is saved on the loop's own thread: handing each save to a
+worker thread and back cost more CPU and latency than the fsync it waits for (measured). Whatever arrives
+during one save is still taken into the next Ready together (group commit). Snapshots, the compaction
+after them and loading are large, so they run on worker threads.
 """
 
 from __future__ import annotations
@@ -300,6 +302,9 @@ class RaftNode:
             if rd.send_early:
                 # A leader's followers write their copies while it writes its own (dissertation 10.2.1).
                 self._send(rd.messages)
+                if rd.messages and rd.entries:
+                    # The senders put the appends on the wire before the save blocks this thread.
+                    await asyncio.sleep(0)
             await self._persist(loop, rd)
             if not rd.send_early:
                 self._send(rd.messages)
@@ -319,8 +324,10 @@ class RaftNode:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
         entries = self.kv.applied - self.snapshot_index
-        if not self._snapshotting and not self.stopping and snapshot_due(
-            entries, self.log_bytes, self.image_bytes, self.snapshot_entries
+        if (
+            not self._snapshotting
+            and not self.stopping
+            and snapshot_due(entries, self.log_bytes, self.image_bytes, self.snapshot_entries)
         ):
             self._snapshotting = True
             self._spawn(self._take_snapshot())
@@ -352,7 +359,7 @@ class RaftNode:
         """Compact the log behind a fresh image of the state, without stalling the loop.
 
         The copy is taken here, at a consistent applied index; encoding runs on a worker thread; the save
-        queues behind (never among) the Readies on the disk thread; only then is the log compacted.
+        runs on the disk thread, between two Ready saves (the storage's lock); only then is the log compacted.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -362,7 +369,7 @@ class RaftNode:
             assert term is not None
             data = await loop.run_in_executor(self._cpu, encode, self.kv.image())
             snapshot = Snapshot(SnapshotMeta(index, term), data)
-            # The big write happens beside the database, so the disk thread keeps saving Readies meanwhile.
+            # The big write happens beside the database, so Readies keep being saved meanwhile.
             await loop.run_in_executor(self._cpu, self.storage.stage_snapshot, snapshot)
             stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
             if self.suspended or self.stopping or stale:
@@ -414,7 +421,10 @@ class RaftNode:
             # Before the save is queued: a local snapshot queued after it must see that it is older.
             self.snapshot_index = max(self.snapshot_index, rd.snapshot.meta.index)
         try:
-            await loop.run_in_executor(self._disk, self.storage.save, hs, rd.entries, rd.snapshot)
+            if rd.snapshot is None:
+                self.storage.save(hs, rd.entries)
+            else:
+                await loop.run_in_executor(self._disk, self.storage.save, hs, rd.entries, rd.snapshot)
         except Exception as e:
             raise FatalError(f"cannot persist Raft state: {e}") from e
         if hs is not None:

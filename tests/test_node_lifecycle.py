@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raftd.core import Entry, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.core import Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
 from raftd.kv import Image, KVStore, encode
 from raftd.node import Unavailable
 from raftd.storage import PersistedState
@@ -51,19 +51,30 @@ def test_resuming_reloads_the_state_off_the_event_loop(
     asyncio.run(main())
 
 
-def test_a_stopping_node_takes_no_more_work_from_the_core(tmp_path: Path) -> None:
-    """stop() shuts the disk thread down while the loop may be parked at an await: the loop must not queue
-    another save after that (it would fail like a broken disk, and a clean SIGTERM would exit as fatal)."""
+def test_a_stopping_node_takes_no_more_work_from_the_core(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() shuts the threads down and the server then closes the database while the loop may be parked
+    at an await: the loop must not take another Ready after that (its save would fail like a broken disk,
+    and a clean SIGTERM would exit as fatal)."""
 
     async def main() -> None:
         node = follower(tmp_path)
-        node._disk.shutdown()
+        saves: list[list[Entry]] = []
+        original = node.storage.save
+
+        def save(hs: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None) -> None:
+            saves.append(entries)
+            original(hs, entries, snapshot)
+
+        monkeypatch.setattr(node.storage, "save", save)
         node.stopping = True
         entry = Entry(1, 1, b"x")
         node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(entry,))])
         node._take_input()
         assert node.raw.has_ready()
         await node._drain_ready()
+        assert saves == [] and node.raw.has_ready()
         release_node(node)
 
     asyncio.run(main())
