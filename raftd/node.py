@@ -247,6 +247,10 @@ class RaftNode:
         self.unreachable.add(peer)
 
     def _take_input(self) -> None:
+        # Transfers first: a report in the same turn that the target is unreachable then abandons it.
+        for target in self.transfers:
+            self.raw.transfer_leader(target)
+        self.transfers.clear()
         for peer in self.unreachable:
             self.raw.report_unreachable(peer)
         self.unreachable.clear()
@@ -289,9 +293,6 @@ class RaftNode:
             else:
                 self.read_wait[ctx] = batch_reads
                 self.read_deadlines.append((asyncio.get_running_loop().time() + READ_CONFIRM_S, ctx))
-        for target in self.transfers:
-            self.raw.transfer_leader(target)
-        self.transfers.clear()
 
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
@@ -648,6 +649,9 @@ class RaftNode:
             while not fut.done():
                 await asyncio.wait({fut}, timeout=TRANSFER_CHECK_S)
                 if not fut.done() and peer is not None and not peer.reachable:
+                    # The core then takes writes again at once, not after an election timeout.
+                    self.unreachable.add(to_core(target))
+                    self.wake.set()
                     raise Unavailable(f"node {target} is unreachable")
             return fut.result()
         finally:

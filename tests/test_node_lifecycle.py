@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from raftd.core import Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
-from raftd.kv import Image, KVStore, encode
+from raftd.core import NONE, Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import Unavailable
 from raftd.storage import PersistedState
 from tests.nodes import follower, release_node
@@ -82,7 +82,8 @@ def test_a_stopping_node_takes_no_more_work_from_the_core(
 
 def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> None:
     """When the whole cluster stops at once, the leader's hand-over target is gone: the leader must not
-    wait out its deadline (a second at every shutdown) for a transfer that cannot happen."""
+    wait out its deadline (a second at every shutdown) for a transfer that cannot happen, nor go on
+    refusing writes for an election timeout after it gave up."""
 
     async def main() -> None:
         node = follower(tmp_path)
@@ -94,9 +95,20 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
             node._take_input()
         await node._drain_ready()
         assert node.is_leader()
-        node.peers[3] = SimpleNamespace(reachable=False)  # type: ignore[assignment]
+        target = SimpleNamespace(reachable=True)
+        node.peers[3] = target  # type: ignore[assignment]
+        transfer = asyncio.get_running_loop().create_task(node.transfer_leader(2))
+        await asyncio.sleep(0)
+        node._take_input()
+        assert node.raw.raft.lead_transferee == 3
+        target.reachable = False
         with pytest.raises(Unavailable, match="node 2 is unreachable"):
-            await asyncio.wait_for(node.transfer_leader(2), 2)
+            await asyncio.wait_for(transfer, 2)
+        node._take_input()
+        assert node.raw.raft.lead_transferee == NONE
+        write = node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        node._take_input()
+        assert not write.done() and list(node.waiting) == [2], "the write was taken, not refused"
         release_node(node)
 
     asyncio.run(main())

@@ -462,6 +462,11 @@ class Raft:
         elif m.type is MsgType.UNREACHABLE:
             if pr.state is ProgressState.REPLICATE:
                 pr.become_probe()
+            if m.frm == self.lead_transferee:
+                # A target we cannot reach will not take over: take proposals again now, not only once
+                # the election timeout abandons the transfer. Its TIMEOUT_NOW, if it did arrive, still
+                # wins it the election; our entries since then are simply not committed.
+                self.lead_transferee = NONE
         elif m.type is MsgType.TRANSFER_LEADER:
             self._handle_transfer_leader(m.frm, pr)
 
