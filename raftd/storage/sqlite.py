@@ -45,7 +45,7 @@ class SqliteStorage:
         self.path = db
         self._conn: sqlite3.Connection | None = conn
         self._lock_fd = lock_fd
-        # The driver loads on its event loop and saves on a disk thread; calls must not interleave.
+        # Readies are saved on the event loop, snapshots on a disk thread: calls must not interleave.
         self._mutex = threading.Lock()
         self._shape = self._read_shape(conn)
 
