@@ -3,8 +3,9 @@
 Only this loop touches the Raft core and the state machine; gRPC handlers hand it work through lists and
 futures and wake it with an event. A Ready is saved on the loop's own thread: handing each save to a
 worker thread and back cost more CPU and latency than the fsync it waits for (measured). Whatever arrives
-during one save is still taken into the next Ready together (group commit). Snapshots, the compaction
-after them and loading are large, so they run on worker threads.
+during one save waits in gRPC and is taken into the next Ready together (group commit). Snapshots, the
+compaction after them and loading are large, so they run on the disk thread; while it is busy, Readies
+are saved there too, queued behind it, so the loop never stalls on the storage's lock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from raftd import malloc
 from raftd.config import ClusterConfig, NodeAddr
@@ -43,6 +45,8 @@ from raftd.storage import PersistedState, SqliteStorage
 from raftd.transport.peer import PeerClient
 
 log = logging.getLogger("raftd.node")
+
+T = TypeVar("T")
 
 TICK_S = 0.01
 DEFAULT_SNAPSHOT_ENTRIES = 10_000
@@ -133,12 +137,14 @@ class RaftNode:
         self.stopping = False
         self.on_role_change: list[Callable[[], None]] = []
         self.unreachable: set[int] = set()
+        self.aborted_transfers: list[int] = []  # targets whose transfer_leader() gave up
         self.snapshot_reports: list[tuple[int, bool]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._snapshotting = False
         self._fatal: FatalError | None = None
         self._runner: asyncio.Task[None] | None = None  # the task in run()
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
+        self._disk_jobs = 0  # calls on the disk thread not finished yet
         # Encoding a large image is CPU work that must not run on the loop (heartbeats would stall).
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
         self._read_ids = itertools.count(1)
@@ -247,10 +253,6 @@ class RaftNode:
         self.unreachable.add(peer)
 
     def _take_input(self) -> None:
-        # Transfers first: a report in the same turn that the target is unreachable then abandons it.
-        for target in self.transfers:
-            self.raw.transfer_leader(target)
-        self.transfers.clear()
         for peer in self.unreachable:
             self.raw.report_unreachable(peer)
         self.unreachable.clear()
@@ -293,11 +295,17 @@ class RaftNode:
             else:
                 self.read_wait[ctx] = batch_reads
                 self.read_deadlines.append((asyncio.get_running_loop().time() + READ_CONFIRM_S, ctx))
+        for target in self.transfers:
+            self.raw.transfer_leader(target)
+        self.transfers.clear()
+        for target in self.aborted_transfers:
+            self.raw.abort_transfer(target)
+        self.aborted_transfers.clear()
 
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
-        loop = asyncio.get_running_loop()
-        # Not once stopping: stop() waits for this loop to end before it shuts down the threads it uses.
+        # Not once stopping: stop() waits for this loop to end, then shuts the threads down, and the server
+        # closes the storage.
         while not self.stopping and self.raw.has_ready():
             rd = self.raw.ready()
             if rd.send_early:
@@ -306,7 +314,7 @@ class RaftNode:
                 if rd.messages and rd.entries:
                     # The senders put the appends on the wire before the save blocks this thread.
                     await asyncio.sleep(0)
-            await self._persist(loop, rd)
+            await self._persist(rd)
             if not rd.send_early:
                 self._send(rd.messages)
                 if rd.messages and rd.committed_entries:
@@ -375,12 +383,12 @@ class RaftNode:
             stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
             if self.suspended or self.stopping or stale:
                 return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
-            await loop.run_in_executor(self._disk, self.storage.save, None, [], snapshot)
+            await self._on_disk(self.storage.save, None, [], snapshot)
             self.raw.compact(index)
             self.snapshot_index = max(self.snapshot_index, index)
             self.image_bytes = len(data)
             self.log_bytes -= covered
-            await loop.run_in_executor(self._disk, self.storage.reclaim)
+            await self._on_disk(self.storage.reclaim)
             log.debug("snapshot at index %d (%d bytes); log compacted", index, len(data))
             # The encoding's working buffers are gone: hand the pages they left in the heaps back.
             await loop.run_in_executor(self._cpu, malloc.trim)
@@ -389,7 +397,7 @@ class RaftNode:
 
     async def _send_snapshot(self, client: PeerClient, m: Message) -> None:
         """Stream our latest stored snapshot (at least as new as the one the core asked for)."""
-        snapshot = await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.load_snapshot)
+        snapshot = await self._on_disk(self.storage.load_snapshot)
         ok = snapshot is not None and await client.send_snapshot(dataclasses.replace(m, snapshot=snapshot))
         self.snapshot_reports.append((m.to, ok))
         self.wake.set()
@@ -407,7 +415,15 @@ class RaftNode:
         self.log_bytes = 0
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
-    async def _persist(self, loop: asyncio.AbstractEventLoop, rd: Ready) -> None:
+    async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
+        """Run work on the disk thread, counted: while any is there, Ready saves queue behind it."""
+        self._disk_jobs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._disk, work, *args)
+        finally:
+            self._disk_jobs -= 1
+
+    async def _persist(self, rd: Ready) -> None:
         hs = rd.hard_state
         durable = bool(rd.entries) or rd.snapshot is not None
         if hs is not None and not durable and (hs.term, hs.vote) == (self._saved.term, self._saved.vote):
@@ -422,10 +438,10 @@ class RaftNode:
             # Before the save is queued: a local snapshot queued after it must see that it is older.
             self.snapshot_index = max(self.snapshot_index, rd.snapshot.meta.index)
         try:
-            if rd.snapshot is None:
+            if rd.snapshot is None and not self._disk_jobs:
                 self.storage.save(hs, rd.entries)
             else:
-                await loop.run_in_executor(self._disk, self.storage.save, hs, rd.entries, rd.snapshot)
+                await self._on_disk(self.storage.save, hs, rd.entries, rd.snapshot)
         except Exception as e:
             raise FatalError(f"cannot persist Raft state: {e}") from e
         if hs is not None:
@@ -547,7 +563,7 @@ class RaftNode:
         if self.stopping:
             return
         # Restoring a large image takes seconds: off the loop, which keeps answering (UNAVAILABLE) meanwhile.
-        loaded = await asyncio.get_running_loop().run_in_executor(self._disk, self._load)
+        loaded = await self._on_disk(self._load)
         if self.stopping:
             return
         self._boot(*loaded)
@@ -650,7 +666,7 @@ class RaftNode:
                 await asyncio.wait({fut}, timeout=TRANSFER_CHECK_S)
                 if not fut.done() and peer is not None and not peer.reachable:
                     # The core then takes writes again at once, not after an election timeout.
-                    self.unreachable.add(to_core(target))
+                    self.aborted_transfers.append(to_core(target))
                     self.wake.set()
                     raise Unavailable(f"node {target} is unreachable")
             return fut.result()

@@ -114,6 +114,46 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
     asyncio.run(main())
 
 
+def test_a_ready_queues_behind_a_busy_disk_thread_instead_of_stalling_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ready saves run on the loop, but while the disk thread is busy (a snapshot's save, reclaim) a save
+    there would hold the storage's lock for tens of ms: the Ready then queues behind it instead."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        savers: list[str] = []
+        original = node.storage.save
+
+        def save(hs: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None) -> None:
+            savers.append(threading.current_thread().name)
+            original(hs, entries, snapshot)
+
+        monkeypatch.setattr(node.storage, "save", save)
+        release = threading.Event()
+        busy = asyncio.get_running_loop().create_task(node._on_disk(release.wait, 5.0))
+        await asyncio.sleep(0)
+        node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(Entry(1, 1, b"x"),))])
+        node._take_input()
+        drain = asyncio.get_running_loop().create_task(node._drain_ready())
+        await asyncio.sleep(0.05)
+        assert savers == [] and not drain.done(), "the save waits its turn; the loop runs meanwhile"
+        release.set()
+        await asyncio.wait_for(drain, 5)
+        await busy
+        assert savers == ["raftd-disk_0"]
+        node.deliver(
+            [Message(MsgType.APP, to=1, frm=2, term=1, index=1, log_term=1, entries=(Entry(2, 1, b"y"),))]
+        )
+        node._take_input()
+        await node._drain_ready()
+        assert savers[1] == threading.current_thread().name, "with the disk thread idle, saved on the loop"
+        assert node.storage.load().entries[-1] == Entry(2, 1, b"y")
+        release_node(node)
+
+    asyncio.run(main())
+
+
 def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

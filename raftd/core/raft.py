@@ -462,11 +462,6 @@ class Raft:
         elif m.type is MsgType.UNREACHABLE:
             if pr.state is ProgressState.REPLICATE:
                 pr.become_probe()
-            if m.frm == self.lead_transferee:
-                # A target we cannot reach will not take over: take proposals again now, not only once
-                # the election timeout abandons the transfer. Its TIMEOUT_NOW, if it did arrive, still
-                # wins it the election; our entries since then are simply not committed.
-                self.lead_transferee = NONE
         elif m.type is MsgType.TRANSFER_LEADER:
             self._handle_transfer_leader(m.frm, pr)
 
@@ -500,6 +495,13 @@ class Raft:
             pass
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self._send(Message(MsgType.TIMEOUT_NOW, m.frm))
+
+    def abort_transfer(self, target: int) -> None:
+        """The owner gave up handing leadership to target: take proposals again now, not only once the
+        election timeout abandons the transfer. A TIMEOUT_NOW already sent may still make target campaign;
+        safety does not depend on the transfer's state."""
+        if self.role is Role.LEADER and self.lead_transferee == target:
+            self.lead_transferee = NONE
 
     def _handle_transfer_leader(self, target: int, pr: Progress) -> None:
         if target == self.lead_transferee:

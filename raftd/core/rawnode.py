@@ -89,6 +89,10 @@ class RawNode:
     def transfer_leader(self, target: int) -> None:
         self.raft.step(Message(MsgType.TRANSFER_LEADER, frm=target))
 
+    def abort_transfer(self, target: int) -> None:
+        """Give up a leadership transfer to target (a no-op when none to target is under way)."""
+        self.raft.abort_transfer(target)
+
     def report_unreachable(self, node: int) -> None:
         self.raft.step(Message(MsgType.UNREACHABLE, frm=node))
 
