@@ -368,7 +368,7 @@ class RaftNode:
         """Compact the log behind a fresh image of the state, without stalling the loop.
 
         The copy is taken here, at a consistent applied index; encoding runs on a worker thread; the save
-        runs on the disk thread, between two Ready saves (the storage's lock); only then is the log compacted.
+        runs on the disk thread, the Readies of that time queued behind it; only then is the log compacted.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -397,7 +397,10 @@ class RaftNode:
 
     async def _send_snapshot(self, client: PeerClient, m: Message) -> None:
         """Stream our latest stored snapshot (at least as new as the one the core asked for)."""
-        snapshot = await self._on_disk(self.storage.load_snapshot)
+        # On the disk thread, so that no snapshot save drops the file between its row and its read; not
+        # counted as busy: it holds the storage's lock for the row only, so Readies go on being saved on the
+        # loop while a large image is read.
+        snapshot = await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.load_snapshot)
         ok = snapshot is not None and await client.send_snapshot(dataclasses.replace(m, snapshot=snapshot))
         self.snapshot_reports.append((m.to, ok))
         self.wake.set()
@@ -416,7 +419,8 @@ class RaftNode:
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
     async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
-        """Run work on the disk thread, counted: while any is there, Ready saves queue behind it."""
+        """Run work that holds the storage's lock for long on the disk thread, counted: while any is there,
+        Ready saves queue behind it there rather than block the loop on the lock."""
         self._disk_jobs += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._disk, work, *args)

@@ -154,6 +154,38 @@ def test_a_ready_queues_behind_a_busy_disk_thread_instead_of_stalling_the_loop(
     asyncio.run(main())
 
 
+def test_readies_are_saved_on_the_loop_while_an_image_is_read_for_a_follower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a large image to send holds the storage's lock for its row only: the Readies of the same
+    time must not queue behind the file read on the disk thread."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        release = threading.Event()
+
+        def slow_load() -> Snapshot | None:
+            release.wait(5.0)
+            return None
+
+        monkeypatch.setattr(node.storage, "load_snapshot", slow_load)
+        sending = asyncio.get_running_loop().create_task(
+            node._send_snapshot(SimpleNamespace(), Message(MsgType.SNAP, to=3, frm=1, term=1))  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.01)
+        node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(Entry(1, 1, b"x"),))])
+        node._take_input()
+        await asyncio.wait_for(node._drain_ready(), 2)
+        assert not sending.done(), "the image is still being read"
+        assert node.storage.load().entries == [Entry(1, 1, b"x")]
+        release.set()
+        await asyncio.wait_for(sending, 5)
+        assert node.snapshot_reports == [(3, False)]
+        release_node(node)
+
+    asyncio.run(main())
+
+
 def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
