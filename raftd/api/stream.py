@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -33,6 +34,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 # A request still open after this long is answered DEADLINE_EXCEEDED, so that one whose outcome never comes
 # (a follower's ReadIndex request lost on the way to the leader) cannot hold its slot forever.
 REQUEST_DEADLINE_S = MAX_DEADLINE_S
+EXPIRY_GRAIN_S = 1.0
 
 
 class StreamSession:
@@ -43,7 +45,10 @@ class StreamSession:
         self.out: list[pb.Response] = []
         self.out_bytes = 0  # value bytes in out
         self.unanswered = 0
-        self.open: set[int] = set()  # ids of requests received and not answered yet
+        # Requests received and not answered yet: id -> when it expires. In arrival order, so in deadline
+        # order too, which lets one timer per stream, armed for the oldest, serve them all.
+        self.open: dict[int, float] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         self.closed = False  # the call is over: late callbacks drop their answers
         self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
         self.room = asyncio.Event()  # for the reader: unanswered fell below MAX_UNANSWERED
@@ -57,6 +62,8 @@ class StreamSession:
         finally:
             self.closed = True
             reader.cancel()
+            if self._expiry is not None:
+                self._expiry.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.RequestBatch]) -> None:
         try:
@@ -103,9 +110,12 @@ class StreamSession:
         """Start every request of a batch; its linearizable reads share one ReadIndex round."""
         reads: list[tuple[int, bytes]] = []
         ids = [rid for rid in dict.fromkeys(r.id for r in batch.requests) if rid not in self.open]
-        self.open.update(ids)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_DEADLINE_S
+        self.open.update(dict.fromkeys(ids, deadline))
         self.unanswered += len(ids)
-        asyncio.get_running_loop().call_later(REQUEST_DEADLINE_S, self._expire, ids)
+        if ids and self._expiry is None:
+            self._expiry = loop.call_at(deadline + EXPIRY_GRAIN_S, self._expire)
         for request in batch.requests:
             kind = request.WhichOneof("op")
             try:
@@ -171,25 +181,36 @@ class StreamSession:
         found = pb.GetResponse(found=value is not None, value=value or b"", index=index)
         self._answer(pb.Response(id=rid, get=found), len(value or b""))
 
-    def _expire(self, ids: list[int]) -> None:
-        for rid in ids:
-            if rid in self.open:
-                self._fail(
-                    rid,
-                    RequestFailed(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may or may not have applied",
-                    ),
-                )
+    def _expire(self) -> None:
+        """Answer the requests past their deadline, then sleep until the oldest one left is due.
+
+        One timer per stream rather than one per batch: under load those filled the loop's timer heap
+        (every batch of a minute), and they kept firing for a minute after the load ended. It runs
+        EXPIRY_GRAIN_S late, so that the requests of a stuck stream expire in a few rounds, not one each.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = [rid for rid, _ in itertools.takewhile(lambda item: item[1] <= now, self.open.items())]
+        for rid in due:
+            self._fail(
+                rid,
+                RequestFailed(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may or may not have applied",
+                ),
+            )
+        self._expiry = None
+        if self.open and not self.closed:
+            oldest = next(iter(self.open.values()))
+            self._expiry = loop.call_at(oldest + EXPIRY_GRAIN_S, self._expire)
 
     def _fail(self, rid: int, e: RequestFailed) -> None:
         self._answer(pb.Response(id=rid, error=pb.Error(code=e.code.value[0], message=e.message)))
 
     def _answer(self, response: pb.Response, weight: int = 0) -> None:
         """Queue the one answer to a request; a later one (its outcome after it expired) is dropped."""
-        if self.closed or response.id not in self.open:
+        if self.closed or self.open.pop(response.id, None) is None:
             return
-        self.open.discard(response.id)
         self.out.append(response)
         self.out_bytes += weight
         self.wake.set()
