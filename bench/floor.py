@@ -1,0 +1,231 @@
+"""The floor under a single client's write (issue 8): raftd's gRPC and disk shape with no Raft at all.
+
+Prints numbers, asserts nothing. Three processes play a leader and two followers. A client sends one
+16-byte request at a time over a long-lived bidi stream to the leader. The leader hands it to one sender
+task per follower, which writes it on a long-lived client stream (raftd's transport), and meanwhile
+appends it to its own sqlite log (WAL, synchronous=FULL: raftd's storage). It answers once its own
+save and the first follower's acknowledgement are in. A follower saves, then acknowledges on its own
+stream back to the leader. No log matching, no terms, no state machine, no protobuf.
+
+The median of this relay is the lowest single-client write latency raftd's design reaches on the machine;
+raftd's own median (`make bench`) minus it is what Raft itself and the hand-offs between its tasks add.
+Modes, each for --seconds:
+  relay   as above;
+  nosync  the same with synchronous=OFF (no fsync): what the disk adds;
+  echo    the leader answers at once: one client round trip on a long-lived stream.
+
+Run: .venv/bin/python bench/floor.py [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+
+PEER = "/floor.Floor/Peer"
+CLIENT = "/floor.Floor/Client"
+MODES = ("echo", "relay", "nosync")
+ID_BYTES = 8
+
+
+class Log:
+    """An append-only sqlite log with raftd's durability settings: one transaction per save."""
+
+    def __init__(self, path: Path, sync: bool) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'OFF'}")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, data BLOB)")
+        self.index = 0
+
+    def save(self, data: bytes) -> None:
+        self.index += 1
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("INSERT INTO entries (idx, data) VALUES (?, ?)", (self.index, data))
+        self.conn.execute("COMMIT")
+
+
+class Sender:
+    """One long-lived client stream to a peer, fed from a queue by its own task (raftd's PeerClient)."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        # wait_for_ready: the three processes start together, and the peer may not be listening yet.
+        stream = self.channel.stream_unary(PEER)(wait_for_ready=True)
+        while True:
+            await stream.write(await self.queue.get())
+
+
+class Node:
+    def __init__(self, me: int, ports: list[int], log: Log, mode: str) -> None:
+        self.me = me
+        self.log = log
+        self.mode = mode
+        self.senders = {
+            i: Sender(f"127.0.0.1:{port}") for i, port in enumerate(ports) if i != me and (me == 0 or i == 0)
+        }
+        self.saved: set[bytes] = set()  # request ids the leader has on disk and no follower has acked yet
+        self.acked: set[bytes] = set()  # ... and the other way round
+        self.out: list[bytes] = []
+        self.wake = asyncio.Event()
+
+    async def peer(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        async for message in messages:
+            if self.me != 0:
+                self.log.save(message)
+                self.senders[0].queue.put_nowait(message[:ID_BYTES])
+            elif message in self.saved:
+                self.saved.discard(message)
+                self._answer(message)
+            else:
+                self.acked.add(message)
+        return b""
+
+    async def client(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        reader = asyncio.get_running_loop().create_task(self._read(requests))
+        try:
+            while True:
+                self.wake.clear()
+                if self.out:
+                    taken, self.out = self.out, []
+                    for answer in taken:
+                        await context.write(answer)
+                else:
+                    await self.wake.wait()
+        finally:
+            reader.cancel()
+
+    async def _read(self, requests: AsyncIterator[bytes]) -> None:
+        async for request in requests:
+            rid = request[:ID_BYTES]
+            if self.mode == "echo":
+                self._answer(rid)
+                continue
+            for sender in self.senders.values():
+                sender.queue.put_nowait(request)
+            await asyncio.sleep(0)  # the senders write before the save blocks the loop, as raftd's leader
+            self.log.save(request)
+            if rid in self.acked:
+                self.acked.discard(rid)
+                self._answer(rid)
+            else:
+                self.saved.add(rid)
+
+    def _answer(self, rid: bytes) -> None:
+        self.out.append(rid)
+        self.wake.set()
+
+
+async def serve(me: int, ports: list[int], data: Path, mode: str) -> None:
+    server = grpc.aio.server()
+    node = Node(me, ports, Log(data / f"node-{me}.db", sync=mode != "nosync"), mode)
+    handlers = {
+        "Peer": grpc.stream_unary_rpc_method_handler(node.peer),
+        "Client": grpc.stream_stream_rpc_method_handler(node.client),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", handlers),))
+    server.add_insecure_port(f"127.0.0.1:{ports[me]}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def drive(port: int, seconds: float, pids: list[int]) -> tuple[list[float], float]:
+    """One client, one request at a time, after a one-second warm-up: the latencies in ms, and the CPU
+    seconds the nodes spent meanwhile."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.channel_ready()
+        call = channel.stream_stream(CLIENT)()
+        latencies: list[float] = []
+        cpu = 0.0
+        start = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) < start + 1 + seconds:
+            n += 1
+            async with asyncio.timeout(5):  # a stuck relay ends the run rather than hanging it
+                await call.write(n.to_bytes(ID_BYTES, "big") + b"v" * 16)
+                answer = await call.read()
+            assert isinstance(answer, bytes) and int.from_bytes(answer, "big") == n
+            if now >= start + 1:
+                if not latencies:
+                    cpu = cpu_seconds(pids)
+                latencies.append((time.perf_counter() - now) * 1000)
+        call.cancel()
+        return latencies, cpu_seconds(pids) - cpu
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measure(mode: str, seconds: float) -> str:
+    ports = free_ports(3)
+    with tempfile.TemporaryDirectory(prefix="raftd-floor-") as data:
+        argv = [sys.executable, __file__, "--node", mode, data, *map(str, ports)]
+        procs = [subprocess.Popen([*argv, str(i)]) for i in range(3)]
+        try:
+            time.sleep(1.5)  # the servers start and the streams between them open
+            latencies, cpu = asyncio.run(drive(ports[0], seconds, [p.pid for p in procs]))
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    p50 = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    per_op = cpu / len(latencies) * 1000 if latencies else 0.0
+    return f"| {mode} | {len(latencies) / seconds:,.0f} ops/s | {p50:.2f} | {p99:.2f} | {per_op:.2f} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--node", nargs=6, help=argparse.SUPPRESS)  # MODE DIR PORT0 PORT1 PORT2 ID
+    args = parser.parse_args()
+    if args.node:
+        mode, data, *ports, me = args.node
+        asyncio.run(serve(int(me), [int(p) for p in ports], Path(data), mode))
+        return 0
+    print("| mode | throughput | p50 ms | p99 ms | CPU of the 3 nodes per op, ms |")
+    print("|------|------------|--------|--------|-------------------------------|")
+    for mode in MODES:
+        try:
+            print(measure(mode, args.seconds), flush=True)
+        except TimeoutError:
+            print(f"floor: the {mode} relay did not answer within 5 s", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
