@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from raftd.grpcenv import POLL_ENGINE
+
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+os.environ.setdefault("GRPC_EXPERIMENTS", POLL_ENGINE)  # raftd/grpcenv.py
 
 import grpc
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from raftd.grpcenv import POLL_ENGINE
+
 # gRPC's C core would print its own copy of connection errors that we report in one line; it reads this
 # before grpc is first imported (by raftctl.client below). Set GRPC_VERBOSITY yourself to see its logs.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+os.environ.setdefault("GRPC_EXPERIMENTS", POLL_ENGINE)  # raftd/grpcenv.py
 
 import click
 

@@ -8,9 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+from raftd.grpcenv import POLL_ENGINE
+
 # gRPC's C core prints its own copy of errors we report in one line (a port in use, ...); it reads this
 # before grpc is first imported below. Set GRPC_VERBOSITY yourself to see its logs.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+os.environ.setdefault("GRPC_EXPERIMENTS", POLL_ENGINE)  # raftd/grpcenv.py
 
 import click
 
