@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import random
@@ -40,7 +41,7 @@ from raftd.core import (
     SnapshotMeta,
     SoftState,
 )
-from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode
+from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode, encode_to
 from raftd.storage import PersistedState, SqliteStorage
 from raftd.transport.peer import PeerClient
 
@@ -367,8 +368,9 @@ class RaftNode:
     async def _take_snapshot(self) -> None:
         """Compact the log behind a fresh image of the state, without stalling the loop.
 
-        The copy is taken here, at a consistent applied index; encoding runs on a worker thread; the save
-        runs on the disk thread, the Readies of that time queued behind it; only then is the log compacted.
+        The copy is taken here, at a consistent applied index; encoding into the image's file runs on a
+        worker thread; the save that adopts the file runs on the disk thread, the Readies of that time
+        queued behind it; only then is the log compacted.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -376,20 +378,21 @@ class RaftNode:
             covered = self.log_bytes
             term = self.raw.raft.log.term(index)
             assert term is not None
-            data = await loop.run_in_executor(self._cpu, encode, self.kv.image())
-            snapshot = Snapshot(SnapshotMeta(index, term), data)
-            # The big write happens beside the database, so Readies keep being saved meanwhile.
-            await loop.run_in_executor(self._cpu, self.storage.stage_snapshot, snapshot)
+            meta = SnapshotMeta(index, term)
+            # Encoded straight into its file beside the database, so the image is never held whole in
+            # memory (about 40 MB at a million keys) and Readies keep being saved meanwhile.
+            write = functools.partial(encode_to, self.kv.image())
+            size = await loop.run_in_executor(self._cpu, self.storage.stage_image, meta, write)
             stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
             if self.suspended or self.stopping or stale:
                 return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
-            await self._on_disk(self.storage.save, None, [], snapshot)
+            await self._on_disk(self.storage.save, None, [], meta)
             self.raw.compact(index)
             self.snapshot_index = max(self.snapshot_index, index)
-            self.image_bytes = len(data)
+            self.image_bytes = size
             self.log_bytes -= covered
             await self._on_disk(self.storage.reclaim)
-            log.debug("snapshot at index %d (%d bytes); log compacted", index, len(data))
+            log.debug("snapshot at index %d (%d bytes); log compacted", index, size)
             # The encoding's working buffers are gone: hand the pages they left in the heaps back.
             await loop.run_in_executor(self._cpu, malloc.trim)
         finally:

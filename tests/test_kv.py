@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import tracemalloc
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, decode, encode, table, verify
+from raftd.kv import (
+    Command,
+    CommandError,
+    Image,
+    ImageError,
+    KVStore,
+    Op,
+    decode,
+    encode,
+    encode_to,
+    table,
+    verify,
+)
 from raftd.kv import image as image_module
 from raftd.kv import store as store_module
 
@@ -321,3 +335,19 @@ def test_malformed_sessions_are_refused(sessions: bytes) -> None:
     encode back to the same bytes."""
     with pytest.raises(ImageError, match="malformed sessions"):
         decode(_v1_image([b"k"], [b"v"], sessions, 2 if sessions.count(b"c") == 2 else 1))
+
+
+def test_an_image_written_to_a_file_is_never_held_whole(tmp_path: Path) -> None:
+    """A node snapshots a million keys (about 40 MB) through encode_to into the image's file: the memory
+    it takes meanwhile must not grow with the image, or a snapshot in progress adds the image to RSS."""
+    image = Image.of({b"key%07d" % i: b"v" * 16 for i in range(400_000)})
+    tracemalloc.start()
+    try:
+        with (tmp_path / "image").open("wb") as f:
+            size = encode_to(image, f)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == (tmp_path / "image").stat().st_size and size > 12_000_000
+    assert peak < size / 2, f"encoding a {size:,}-byte image to a file took {peak:,} bytes"
+    assert (tmp_path / "image").read_bytes() == encode(image)

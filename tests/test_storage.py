@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -162,6 +163,23 @@ def test_saves_that_would_break_the_log_are_refused_whole(
     assert store.load() == before
 
 
+def test_an_image_staged_ahead_is_adopted_by_its_meta(store: Storage) -> None:
+    """A local snapshot's image is written through stage_image as it is encoded; save(meta) adopts it."""
+    store.save(HardState(1, 1, 9), ents(1, 9, 1))
+    meta = SnapshotMeta(6, 1)
+    with pytest.raises(ValueError, match="no image was staged for the snapshot at 6"):
+        store.save(None, [], meta)
+    assert store.load() == PersistedState(HardState(1, 1, 9), None, ents(1, 9, 1)), "refused whole"
+
+    def write(out: BinaryIO) -> int:
+        return out.write(b"image") + out.write(b"@6")
+
+    assert store.stage_image(meta, write) == 7
+    assert store.load_snapshot() is None, "staging alone changes nothing"
+    store.save(None, [], meta)
+    assert store.load() == PersistedState(HardState(1, 1, 9), Snapshot(meta, b"image@6"), ents(7, 9, 1))
+
+
 def test_closed_store_refuses_use(store: Storage) -> None:
     store.close()
     store.close()  # twice is fine
@@ -227,9 +245,9 @@ def test_snapshot_images_live_beside_the_database(tmp_path: Path) -> None:
         s.save(None, [], first)
         assert [p.name for p in tmp_path.glob("snapshot-*")] == [f"snapshot-{4:020d}-{1:020d}.img"]
         orphan = Snapshot(SnapshotMeta(6, 1), b"never adopted")
-        s.stage_snapshot(orphan)
+        s.stage_image(orphan.meta, lambda f: f.write(orphan.data))
         second = Snapshot(SnapshotMeta(8, 1), b"image@8")
-        s.stage_snapshot(second)
+        s.stage_image(second.meta, lambda f: f.write(second.data))
         assert s.load_snapshot() == first  # staging alone changes nothing
         s.save(None, [], second)
         assert [p.name for p in tmp_path.glob("snapshot-*")] == [f"snapshot-{8:020d}-{1:020d}.img"]

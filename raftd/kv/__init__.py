@@ -1,7 +1,7 @@
 """The key-value state machine replicated by Raft."""
 
 from .command import Command, CommandError, Op
-from .image import Image, ImageError, decode, encode, verify
+from .image import Image, ImageError, decode, encode, encode_to, verify
 from .store import KVStore, Result
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "Result",
     "decode",
     "encode",
+    "encode_to",
     "verify",
 ]

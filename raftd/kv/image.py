@@ -26,6 +26,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of
 from .table import keys as bucket_keys
@@ -89,20 +90,29 @@ def _read_u32(raw: bytes | memoryview, count: int) -> array.array[int]:
 
 
 def encode(image: Image) -> bytes:
-    """Meant for a worker thread: it joins buckets in slices so that no single C call holds the GIL for
-    long (the event loop, with its heartbeats, must keep running meanwhile). Each part goes straight into
-    the output, so the image is held once, not once in parts and again joined."""
+    """The image as bytes (encode_to an in-memory file)."""
+    out = io.BytesIO()
+    encode_to(image, out)
+    return out.getvalue()  # no copy: BytesIO hands over its buffer
+
+
+def encode_to(image: Image, out: BinaryIO) -> int:
+    """Write the image to out; return its size.
+
+    Meant for a worker thread: it joins buckets in slices so that no single C call holds the GIL for long
+    (the event loop, with its heartbeats, must keep running meanwhile). Each slice goes straight into out,
+    so written to a file the image is never held whole in memory (it is about 40 MB at a million keys).
+    """
     buckets = image.buckets
     if len(buckets) != N_BUCKETS:
         raise ValueError(f"{len(buckets)} buckets, not {N_BUCKETS}")
     used = list(itertools.compress(range(N_BUCKETS), buckets))  # the non-empty ones
-    out = io.BytesIO()
-    crc = 0
+    crc = size = 0
 
     def put(part: bytes) -> None:
-        nonlocal crc
+        nonlocal crc, size
         crc = zlib.crc32(part, crc)
-        out.write(part)
+        size += out.write(part)
 
     put(MAGIC + _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used)))
     put(_u32(used))
@@ -110,8 +120,7 @@ def encode(image: Image) -> bytes:
     for start in range(0, len(used), BUCKET_SLICE):
         put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
     put(_encode_sessions(image.sessions))
-    out.write(_CRC.pack(crc))
-    return out.getvalue()  # no copy: BytesIO hands over its buffer
+    return size + out.write(_CRC.pack(crc))
 
 
 def _encode_sessions(sessions: OrderedDict[bytes, tuple[int, int, bool]]) -> bytes:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from raftd.core.types import Entry, HardState, Snapshot
+from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
 
 class StorageError(Exception):
@@ -30,10 +30,18 @@ class Storage(Protocol):
     def load(self) -> PersistedState: ...
 
     def save(
-        self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None
-    ) -> None: ...
+        self,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | SnapshotMeta | None = None,
+    ) -> None:
+        """snapshot: an image with its data, or the meta of one written ahead by stage_image."""
 
-    def stage_snapshot(self, snapshot: Snapshot) -> None: ...
+    def stage_image(self, meta: SnapshotMeta, write: Callable[[BinaryIO], int]) -> int:
+        """Have write() put the image of meta where a later save(snapshot=meta) adopts it; its size.
+
+        The image goes to its destination as it is encoded, so it is never held whole in memory.
+        """
 
     def load_snapshot(self) -> Snapshot | None: ...
 
@@ -57,7 +65,7 @@ def plan_save(
     shape: LogShape,
     hard_state: HardState | None,
     entries: Sequence[Entry],
-    snapshot: Snapshot | None,
+    snapshot: SnapshotMeta | None,
     stored_term: Callable[[int], int | None],
 ) -> tuple[LogShape, bool]:
     """Check a save against the stored log; return the log's shape after it and whether the stored entries
@@ -82,7 +90,7 @@ def plan_save(
     last_index, last_term = shape.last_index, shape.last_term
     keep_tail = True
     if snapshot is not None:
-        meta = snapshot.meta
+        meta = snapshot
         if meta.index < snap_index:
             raise ValueError(f"snapshot at {meta.index} is older than the stored snapshot at {snap_index}")
         keep_tail = term_at(meta.index) == meta.term

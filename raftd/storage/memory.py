@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from raftd.core.types import Entry, HardState, Snapshot
+import io
+from collections.abc import Callable
+from typing import BinaryIO
+
+from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
 from .base import LogShape, PersistedState, StorageError, plan_save
 
@@ -13,6 +17,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._hard_state = HardState()
         self._snapshot: Snapshot | None = None
+        self._staged: dict[SnapshotMeta, bytes] = {}
         # Invariant: contiguous, starting at self._shape.snapshot_index + 1.
         self._entries: list[Entry] = []
         self._shape = LogShape()
@@ -23,12 +28,21 @@ class MemoryStorage:
         return PersistedState(self._hard_state, self._snapshot, list(self._entries))
 
     def save(
-        self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None
+        self,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | SnapshotMeta | None = None,
     ) -> None:
         """Same contract as SqliteStorage.save, including which entries a snapshot discards."""
         self._check_open()
-        shape, keep_tail = plan_save(self._shape, hard_state, entries, snapshot, self._stored_term)
+        meta = snapshot.meta if isinstance(snapshot, Snapshot) else snapshot
+        shape, keep_tail = plan_save(self._shape, hard_state, entries, meta, self._stored_term)
+        if isinstance(snapshot, SnapshotMeta):
+            if snapshot not in self._staged:
+                raise ValueError(f"no image was staged for the snapshot at {snapshot.index}")
+            snapshot = Snapshot(snapshot, self._staged[snapshot])
         if snapshot is not None:
+            self._staged.clear()  # adopted, or orphaned by a newer snapshot
             offset = snapshot.meta.index - self._shape.snapshot_index
             self._entries = self._entries[offset:] if keep_tail else []
             self._snapshot = snapshot
@@ -39,9 +53,12 @@ class MemoryStorage:
             self._hard_state = hard_state
         self._shape = shape
 
-    def stage_snapshot(self, snapshot: Snapshot) -> None:
-        """Nothing to write ahead: save() keeps the image."""
+    def stage_image(self, meta: SnapshotMeta, write: Callable[[BinaryIO], int]) -> int:
         self._check_open()
+        out = io.BytesIO()
+        size = write(out)
+        self._staged[meta] = out.getvalue()
+        return size
 
     def load_snapshot(self) -> Snapshot | None:
         self._check_open()

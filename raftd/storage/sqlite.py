@@ -15,8 +15,10 @@ import os
 import sqlite3
 import threading
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
@@ -96,7 +98,10 @@ class SqliteStorage:
             return state
 
     def save(
-        self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None = None
+        self,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | SnapshotMeta | None = None,
     ) -> None:
         """Write one Ready's worth of state in ONE transaction, durable (fsynced) when this returns.
 
@@ -105,20 +110,22 @@ class SqliteStorage:
         last entry (local compaction), the log after it starts empty (a snapshot installed from the
         leader). Then entries overwrite the log from entries[0].index on (a follower's conflicting suffix
         goes), and hard_state replaces the stored one. A call that would break the log raises ValueError
-        and writes nothing.
+        and writes nothing. A snapshot given as its meta adopts the image that stage_image wrote for it.
         """
         with self._mutex:
             conn = self._open_conn()
             if hard_state is None and not entries and snapshot is None:
                 return  # an empty Ready part: no transaction, no fsync
-            shape, keep_tail = plan_save(self._shape, hard_state, entries, snapshot, self._stored_term)
-            if snapshot is not None and not self._snapshot_file(snapshot.meta).exists():
-                self.stage_snapshot(snapshot)
+            meta = snapshot.meta if isinstance(snapshot, Snapshot) else snapshot
+            shape, keep_tail = plan_save(self._shape, hard_state, entries, meta, self._stored_term)
+            if meta is not None and not self._snapshot_file(meta).exists():
+                if not isinstance(snapshot, Snapshot):
+                    raise ValueError(f"no image was staged for the snapshot at {meta.index}")
+                self.stage_image(meta, _writer(snapshot.data))
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                if snapshot is not None:
-                    meta = snapshot.meta
-                    # The image itself is in its own file (stage_snapshot); the row makes it the current one.
+                if meta is not None:
+                    # The image itself is in its own file (stage_image); the row makes it the current one.
                     conn.execute(
                         "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)",
                         (meta.index, meta.term, b""),
@@ -146,21 +153,21 @@ class SqliteStorage:
                         conn.execute("ROLLBACK")
                 raise StorageError(f"{self.path}: cannot save: {e}") from e
             self._shape = shape
-            if snapshot is not None:
-                self._drop_other_snapshots(snapshot.meta)
+            if meta is not None:
+                self._drop_other_snapshots(meta)
 
-    def stage_snapshot(self, snapshot: Snapshot) -> None:
-        """Write a snapshot's image to its own durable file, ahead of the save() that adopts it.
+    def stage_image(self, meta: SnapshotMeta, write: Callable[[BinaryIO], int]) -> int:
+        """Have write() put an image into its own durable file, ahead of the save() that adopts it.
 
         Safe from any thread and needs no database lock, so a large image is written while Readies keep
         being saved; save() then only records which file is current. An image never adopted (a crash in
         between) is removed by the next snapshot save.
         """
-        final = self._snapshot_file(snapshot.meta)
+        final = self._snapshot_file(meta)
         partial = final.with_suffix(".partial")
         try:
             with open(partial, "wb") as f:
-                f.write(snapshot.data)
+                size = write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, final)
@@ -168,6 +175,7 @@ class SqliteStorage:
         except OSError as e:
             partial.unlink(missing_ok=True)
             raise StorageError(f"{final}: cannot write the snapshot: {e.strerror or e}") from e
+        return size
 
     def _snapshot_file(self, meta: SnapshotMeta) -> Path:
         return self.path.parent / f"snapshot-{meta.index:020d}-{meta.term:020d}.img"
@@ -332,6 +340,10 @@ def _check(conn: sqlite3.Connection, db: Path, cluster: str, node_id: int) -> tu
             f"not cluster {cluster!r} node {node_id}"
         ), False
     return None, False
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], int]:
+    return lambda f: f.write(data)
 
 
 def _connect(db: Path) -> sqlite3.Connection:
