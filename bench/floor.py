@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+
+from raftd.testing.ports import free_ports
 
 PEER = "/floor.Floor/Peer"
 CLIENT = "/floor.Floor/Client"
@@ -167,16 +168,6 @@ async def drive(port: int, seconds: float, pids: list[int]) -> tuple[list[float]
                 latencies.append((time.perf_counter() - now) * 1000)
         call.cancel()
         return latencies, cpu_seconds(pids) - cpu
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,18 +31,9 @@ from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, snapshot_due
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.storage import SqliteStorage
+from raftd.testing.ports import free_ports
 
 VALUE = b"v" * 16
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class Bench:

@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -44,6 +43,7 @@ from raftctl.client import Client, NodeStatus
 from raftd.config import DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_INTERVAL_MS
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from raftd.testing.ports import free_ports
 
 T = TypeVar("T")
 
@@ -75,18 +75,6 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         if time.monotonic() >= deadline:
             raise ClusterError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
         time.sleep(interval)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class MappedClient(Client):

@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from raftctl.aio import AsyncClient
 from raftctl.bench import BenchConfig, BenchResult, fill, fmt_ms, make_value, run_bench
 from raftctl.client import Client, ClientError
 from raftd.pb import kv_pb2, kv_pb2_grpc
+from raftd.testing.ports import free_ports
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -303,20 +303,6 @@ def proc_rss_kib(pid: int) -> int:
 
 
 # -- the cluster ------------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1 (held open together so they cannot repeat)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: float = 0.05) -> T:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import TypeVar
 import grpc
 
 from raftd.pb import kv_pb2, kv_pb2_grpc
+from raftd.testing.ports import free_ports
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -49,20 +49,6 @@ def _kill_leftovers() -> None:
     """Should pytest die before a fixture's teardown, still leave no raftd process behind."""
     for cluster in list(_live):
         cluster.close()
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they cannot repeat)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = LEADER_TIMEOUT_S) -> T:
