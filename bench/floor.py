@@ -14,7 +14,9 @@ Modes, each for --seconds:
   nosync  the same with synchronous=OFF (no fsync): what the disk adds;
   echo    the leader answers at once: one client round trip on a long-lived stream.
 
-Run: .venv/bin/python bench/floor.py [--seconds 5]
+It runs on gRPC's default polling engine unless GRPC_EXPERIMENTS says otherwise; raftd's own choice is
+GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener (raftd/grpcenv.py).
+Run: [GRPC_EXPERIMENTS=...] .venv/bin/python bench/floor.py [--seconds 5]
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class Node:
         self.senders = {
             i: Sender(f"127.0.0.1:{port}") for i, port in enumerate(ports) if i != me and (me == 0 or i == 0)
         }
-        self.saved: set[bytes] = set()  # request ids the leader has on disk and no follower has acked yet
-        self.acked: set[bytes] = set()  # ... and the other way round
+        # The leader's requests in flight: how many of (its own save, a follower's ack) each still needs.
+        self.needs: dict[bytes, int] = {}
         self.out: list[bytes] = []
         self.wake = asyncio.Event()
 
@@ -91,11 +93,8 @@ class Node:
             if self.me != 0:
                 self.log.save(message)
                 self.senders[0].queue.put_nowait(message[:ID_BYTES])
-            elif message in self.saved:
-                self.saved.discard(message)
-                self._answer(message)
             else:
-                self.acked.add(message)
+                self._done(message)  # the second follower's ack finds the request answered: ignored
         return b""
 
     async def client(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
@@ -118,15 +117,20 @@ class Node:
             if self.mode == "echo":
                 self._answer(rid)
                 continue
+            self.needs[rid] = 2
             for sender in self.senders.values():
                 sender.queue.put_nowait(request)
             await asyncio.sleep(0)  # the senders write before the save blocks the loop, as raftd's leader
             self.log.save(request)
-            if rid in self.acked:
-                self.acked.discard(rid)
-                self._answer(rid)
-            else:
-                self.saved.add(rid)
+            self._done(rid)
+
+    def _done(self, rid: bytes) -> None:
+        if rid not in self.needs:
+            return
+        self.needs[rid] -= 1
+        if not self.needs[rid]:
+            del self.needs[rid]
+            self._answer(rid)
 
     def _answer(self, rid: bytes) -> None:
         self.out.append(rid)
@@ -150,7 +154,8 @@ async def drive(port: int, seconds: float, pids: list[int]) -> tuple[list[float]
     """One client, one request at a time, after a one-second warm-up: the latencies in ms, and the CPU
     seconds the nodes spent meanwhile."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await channel.channel_ready()
+        async with asyncio.timeout(10):  # a node that did not start ends the run rather than hanging it
+            await channel.channel_ready()
         call = channel.stream_stream(CLIENT)()
         latencies: list[float] = []
         cpu = 0.0
@@ -161,7 +166,8 @@ async def drive(port: int, seconds: float, pids: list[int]) -> tuple[list[float]
             async with asyncio.timeout(5):  # a stuck relay ends the run rather than hanging it
                 await call.write(n.to_bytes(ID_BYTES, "big") + b"v" * 16)
                 answer = await call.read()
-            assert isinstance(answer, bytes) and int.from_bytes(answer, "big") == n
+            if not isinstance(answer, bytes) or int.from_bytes(answer, "big") != n:
+                raise RuntimeError(f"request {n} got the answer {answer!r}")
             if now >= start + 1:
                 if not latencies:
                     cpu = cpu_seconds(pids)
@@ -190,9 +196,11 @@ def measure(mode: str, seconds: float) -> str:
             for p in procs:
                 p.kill()
                 p.wait()
+    if len(latencies) < 2:
+        raise RuntimeError(f"the {mode} relay answered {len(latencies)} request(s) in {seconds:g} s")
     p50 = statistics.median(latencies)
     p99 = statistics.quantiles(latencies, n=100)[98]
-    per_op = cpu / len(latencies) * 1000 if latencies else 0.0
+    per_op = cpu / len(latencies) * 1000
     return f"| {mode} | {len(latencies) / seconds:,.0f} ops/s | {p50:.2f} | {p99:.2f} | {per_op:.2f} |"
 
 
@@ -213,7 +221,10 @@ def main() -> int:
         try:
             print(measure(mode, args.seconds), flush=True)
         except TimeoutError:
-            print(f"floor: the {mode} relay did not answer within 5 s", file=sys.stderr)
+            print(f"floor: the {mode} relay did not answer in time", file=sys.stderr)
+            return 1
+        except RuntimeError as e:
+            print(f"floor: {e}", file=sys.stderr)
             return 1
     return 0
 

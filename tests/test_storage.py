@@ -258,6 +258,41 @@ def test_snapshot_images_live_beside_the_database(tmp_path: Path) -> None:
         s.load()
 
 
+def test_a_leader_snapshot_adopted_while_a_local_image_is_written_leaves_that_file_alone(
+    tmp_path: Path,
+) -> None:
+    """The disk thread may adopt a leader's snapshot while a worker thread still encodes a local image: the
+    half-written file must survive it (deleting it failed the local snapshot, which stopped the node)."""
+    with open_store(tmp_path) as s:
+        s.save(HardState(1, 1, 9), ents(1, 9, 1))
+        leader = Snapshot(SnapshotMeta(20, 2), b"leader@20")
+
+        def write(out: BinaryIO) -> int:
+            n = out.write(b"local")
+            s.save(None, [], leader)  # meanwhile, on the disk thread
+            return n + out.write(b"@6")
+
+        assert s.stage_image(SnapshotMeta(6, 1), write) == 7
+        assert s.load().snapshot == leader
+        # The local image is an orphan now (the node sees it is older and drops it); the next save removes it.
+        assert sorted(p.name for p in tmp_path.glob("snapshot-*")) == [
+            f"snapshot-{6:020d}-{1:020d}.img",
+            f"snapshot-{20:020d}-{2:020d}.img",
+        ]
+
+        def fail(out: BinaryIO) -> int:
+            out.write(b"half")
+            raise ValueError("the encoder failed")
+
+        with pytest.raises(ValueError, match="encoder failed"):
+            s.stage_image(SnapshotMeta(8, 2), fail)
+        assert not list(tmp_path.glob("*.partial")), "a failed image leaves no file behind"
+    (tmp_path / f"snapshot-{9:020d}-{2:020d}.partial").write_bytes(b"a crash while writing")
+    with open_store(tmp_path) as s:
+        assert not list(tmp_path.glob("*.partial")), "opening clears images left half written"
+        assert s.load().snapshot == leader
+
+
 def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
     data = tmp_path / "a" / "b" / "data"  # parents are created
     with open_store(data, "prod", 2) as s:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -36,8 +36,10 @@ def test_a_request_without_an_outcome_expires_and_frees_its_slot(monkeypatch: py
         session = StreamSession(node)  # type: ignore[arg-type]
         put = pb.Request(id=7, put=pb.PutRequest(key=b"k", value=b"v"))
         session.serve(pb.RequestBatch(requests=[put, put]))  # a repeated id counts once
+        session.serve(pb.RequestBatch(requests=[put]))  # and so does one that is still open
         assert session.unanswered == 1 and session.out == []
-        await asyncio.sleep(0.18)  # after the timer, before request 101 is due (0.3 s) and its round (0.35 s)
+        assert len(node.futures) == 1, "a repeated id must not be proposed again"
+        await asyncio.sleep(0.15)  # the timer runs at 0.06 s
         expired = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
         assert [(r.id, r.error.code) for r in session.out] == [(7, expired)]
         node.futures[0].set_result(Result(index=5, existed=False))
@@ -51,41 +53,78 @@ def test_each_request_expires_at_its_own_deadline_from_one_timer_per_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(stream, "REQUEST_DEADLINE_S", 1.0)
-    monkeypatch.setattr(stream, "EXPIRY_GRAIN_S", 0.2)  # the timer runs 1.2 s after the first request
+    monkeypatch.setattr(stream, "EXPIRY_GRAIN_S", 0.2)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        timers = 0
+        clock = loop.time()
+        monkeypatch.setattr(loop, "time", lambda: clock)  # no real timer comes due: the test runs them
+        armed: list[float] = []
         call_at = loop.call_at
 
-        def counting_call_at(
+        def recording_call_at(
             when: float, callback: Callable[..., object], *args: object, **kwargs: Any
         ) -> asyncio.TimerHandle:
-            nonlocal timers
-            timers += getattr(callback, "__self__", None) is session  # the session's timers, not sleep()'s
+            if getattr(callback, "__self__", None) is session:
+                armed.append(when - start)
             return call_at(when, callback, *args, **kwargs)
 
-        monkeypatch.setattr(loop, "call_at", counting_call_at)  # call_later goes through call_at too
+        monkeypatch.setattr(loop, "call_at", recording_call_at)  # call_later goes through call_at too
         node = StuckNode()
         session = StreamSession(node)  # type: ignore[arg-type]
+        start = clock
 
         def put(rid: int) -> pb.RequestBatch:
             return pb.RequestBatch(requests=[pb.Request(id=rid, put=pb.PutRequest(key=b"k", value=b"v"))])
 
         for rid in range(1, 101):
             session.serve(put(rid))
-        assert timers == 1, "one timer for the stream, not one per batch"
+        assert armed == [pytest.approx(1.2)], "one timer for the stream, not one per batch"
         node.futures[0].set_result(Result(index=1, existed=False))  # request 1 is answered in time
-        await asyncio.sleep(0.5)
-        session.serve(put(101))  # arrives 0.5 s later: due at 1.5 s, its round at 1.7 s
-        await asyncio.sleep(0.85)
+        await asyncio.sleep(0)
+        clock = start + 0.5
+        session.serve(put(101))  # due at 1.5 s
+        clock = start + 1.2
+        session._expire()  # the timer's run
         expired = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
         assert session.out[0].id == 1 and session.out[0].WhichOneof("result") == "put"
         assert [(r.id, r.error.code) for r in session.out[1:]] == [(rid, expired) for rid in range(2, 101)]
-        assert 101 in session.open, "not due yet"
-        await asyncio.sleep(0.5)
+        assert list(session.open) == [101], "not due yet"
+        assert armed == [pytest.approx(1.2), pytest.approx(1.7)], "next, the oldest open request's round"
+        clock = start + 1.7
+        session._expire()
         assert [(r.id, r.error.code) for r in session.out[100:]] == [(101, expired)]
         assert session.open == {} and session._expiry is None, "nothing left to wait for"
-        assert timers == 2
+        assert len(armed) == 2
+
+    asyncio.run(scenario())
+
+
+class AnsweringNode(StuckNode):
+    def propose_nowait(self, cmd: object) -> asyncio.Future[Result]:
+        future = super().propose_nowait(cmd)
+        future.set_result(Result(index=len(self.futures), existed=False))
+        return future
+
+
+class Context:
+    def __init__(self) -> None:
+        self.written: list[pb.ResponseBatch] = []
+
+    async def write(self, batch: pb.ResponseBatch) -> None:
+        self.written.append(batch)
+
+
+def test_the_expiry_timer_ends_with_the_call() -> None:
+    async def scenario() -> None:
+        session = StreamSession(AnsweringNode())  # type: ignore[arg-type]
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            yield pb.RequestBatch(requests=[pb.Request(id=1, put=pb.PutRequest(key=b"k", value=b"v"))])
+
+        context = Context()
+        await session.run(requests(), context)  # type: ignore[arg-type]
+        assert [r.id for batch in context.written for r in batch.responses] == [1]
+        assert session._expiry is not None and session._expiry.cancelled(), "no timer outlives its call"
 
     asyncio.run(scenario())

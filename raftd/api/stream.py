@@ -31,8 +31,9 @@ from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, no
 MAX_UNANSWERED = 4096
 # One ResponseBatch carries at most about this many bytes of values (a client takes 8 MiB messages).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-# A request still open after this long is answered DEADLINE_EXCEEDED, so that one whose outcome never comes
-# (a follower's ReadIndex request lost on the way to the leader) cannot hold its slot forever.
+# A request still open after this long (and up to EXPIRY_GRAIN_S more) is answered DEADLINE_EXCEEDED, so
+# that one whose outcome never comes (a follower's ReadIndex request lost on the way to the leader) cannot
+# hold its slot forever.
 REQUEST_DEADLINE_S = MAX_DEADLINE_S
 EXPIRY_GRAIN_S = 1.0
 
@@ -107,9 +108,11 @@ class StreamSession:
 
     # -- serving ------------------------------------------------------------------------------------
     def serve(self, batch: pb.RequestBatch) -> None:
-        """Start every request of a batch; its linearizable reads share one ReadIndex round."""
+        """Start every request of a batch; its linearizable reads share one ReadIndex round. An id that is
+        already open, or repeated in the batch, is started once."""
         reads: list[tuple[int, bytes]] = []
         ids = [rid for rid in dict.fromkeys(r.id for r in batch.requests) if rid not in self.open]
+        fresh = set(ids)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REQUEST_DEADLINE_S
         self.open.update(dict.fromkeys(ids, deadline))
@@ -117,6 +120,9 @@ class StreamSession:
         if ids and self._expiry is None:
             self._expiry = loop.call_at(deadline + EXPIRY_GRAIN_S, self._expire)
         for request in batch.requests:
+            if request.id not in fresh:
+                continue
+            fresh.discard(request.id)
             kind = request.WhichOneof("op")
             try:
                 if kind == "put":

@@ -68,6 +68,9 @@ class SqliteStorage:
                 if is_new:
                     _create(conn, cluster, node_id)
                     _fsync_dir(data_dir)  # the new file's name must survive a power cut too
+                # Images half written when the last process stopped: nobody is writing them now.
+                for partial in data_dir.glob("snapshot-*.partial"):
+                    partial.unlink(missing_ok=True)
                 return cls(db, conn, lock_fd)
             except BaseException:
                 conn.close()
@@ -172,9 +175,11 @@ class SqliteStorage:
                 os.fsync(f.fileno())
             os.replace(partial, final)
             _fsync_dir(final.parent)
-        except OSError as e:
+        except BaseException as e:
             partial.unlink(missing_ok=True)
-            raise StorageError(f"{final}: cannot write the snapshot: {e.strerror or e}") from e
+            if isinstance(e, OSError):
+                raise StorageError(f"{final}: cannot write the snapshot: {e.strerror or e}") from e
+            raise
         return size
 
     def _snapshot_file(self, meta: SnapshotMeta) -> Path:
@@ -189,8 +194,9 @@ class SqliteStorage:
             raise StorageError(f"{path}: the current snapshot cannot be read: {e.strerror or e}") from e
 
     def _drop_other_snapshots(self, current: SnapshotMeta) -> None:
+        """Older and orphaned images; not a .partial one, which a local snapshot may be writing meanwhile."""
         keep = self._snapshot_file(current)
-        for path in self.path.parent.glob("snapshot-*"):
+        for path in self.path.parent.glob("snapshot-*.img"):
             if path != keep:
                 path.unlink(missing_ok=True)
 
