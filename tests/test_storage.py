@@ -178,6 +178,8 @@ def test_an_image_staged_ahead_is_adopted_by_its_meta(store: Storage) -> None:
     assert store.load_snapshot() is None, "staging alone changes nothing"
     store.save(None, [], meta)
     assert store.load() == PersistedState(HardState(1, 1, 9), Snapshot(meta, b"image@6"), ents(7, 9, 1))
+    store.save(None, [], meta)  # the current image can be named again
+    assert store.load() == PersistedState(HardState(1, 1, 9), Snapshot(meta, b"image@6"), ents(7, 9, 1))
 
 
 def test_closed_store_refuses_use(store: Storage) -> None:

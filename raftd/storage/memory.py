@@ -38,9 +38,12 @@ class MemoryStorage:
         meta = snapshot.meta if isinstance(snapshot, Snapshot) else snapshot
         shape, keep_tail = plan_save(self._shape, hard_state, entries, meta, self._stored_term)
         if isinstance(snapshot, SnapshotMeta):
-            if snapshot not in self._staged:
+            if snapshot in self._staged:
+                snapshot = Snapshot(snapshot, self._staged[snapshot])
+            elif self._snapshot is not None and self._snapshot.meta == snapshot:
+                snapshot = self._snapshot  # the current image, as sqlite finds its file
+            else:
                 raise ValueError(f"no image was staged for the snapshot at {snapshot.index}")
-            snapshot = Snapshot(snapshot, self._staged[snapshot])
         if snapshot is not None:
             self._staged.clear()  # adopted, or orphaned by a newer snapshot
             offset = snapshot.meta.index - self._shape.snapshot_index
