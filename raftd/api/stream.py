@@ -111,18 +111,17 @@ class StreamSession:
         """Start every request of a batch; its linearizable reads share one ReadIndex round. An id that is
         already open, or repeated in the batch, is started once."""
         reads: list[tuple[int, bytes]] = []
-        ids = [rid for rid in dict.fromkeys(r.id for r in batch.requests) if rid not in self.open]
-        fresh = set(ids)
+        fresh: dict[int, pb.Request] = {}  # id -> its first request in the batch, if not open already
+        for request in batch.requests:
+            if request.id not in self.open:
+                fresh.setdefault(request.id, request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REQUEST_DEADLINE_S
-        self.open.update(dict.fromkeys(ids, deadline))
-        self.unanswered += len(ids)
-        if ids and self._expiry is None:
+        self.open.update(dict.fromkeys(fresh, deadline))
+        self.unanswered += len(fresh)
+        if fresh and self._expiry is None:
             self._expiry = loop.call_at(deadline + EXPIRY_GRAIN_S, self._expire)
-        for request in batch.requests:
-            if request.id not in fresh:
-                continue
-            fresh.discard(request.id)
+        for request in fresh.values():
             kind = request.WhichOneof("op")
             try:
                 if kind == "put":

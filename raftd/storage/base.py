@@ -65,7 +65,7 @@ def plan_save(
     shape: LogShape,
     hard_state: HardState | None,
     entries: Sequence[Entry],
-    snapshot: SnapshotMeta | None,
+    meta: SnapshotMeta | None,
     stored_term: Callable[[int], int | None],
 ) -> tuple[LogShape, bool]:
     """Check a save against the stored log; return the log's shape after it and whether the stored entries
@@ -89,8 +89,7 @@ def plan_save(
     snap_index, snap_term = shape.snapshot_index, shape.snapshot_term
     last_index, last_term = shape.last_index, shape.last_term
     keep_tail = True
-    if snapshot is not None:
-        meta = snapshot
+    if meta is not None:
         if meta.index < snap_index:
             raise ValueError(f"snapshot at {meta.index} is older than the stored snapshot at {snap_index}")
         keep_tail = term_at(meta.index) == meta.term
