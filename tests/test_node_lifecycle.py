@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -212,6 +213,50 @@ def test_stopping_while_a_snapshot_is_being_saved_ends_cleanly(
         await node.stop()
         await asyncio.wait_for(runner, 5)  # ends without an error
         assert node.kv.applied == 5
+        node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_the_loop_keeps_one_timer_while_input_wakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every wake used to arm a fresh timer and cancel it: under load the event loop's timer heap filled
+    with dead entries. The loop now keeps its alarm while the time it wakes for stays the same, re-arms it
+    when that time moves, and arms a new one once it has rung."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        loop = asyncio.get_running_loop()
+        armed: list[float] = []
+        call_at = loop.call_at
+
+        def recording_call_at(
+            when: float, callback: Any, *args: object, **kwargs: Any
+        ) -> asyncio.TimerHandle:
+            if callback == node._ring:
+                armed.append(when)
+            return call_at(when, callback, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "call_at", recording_call_at)
+        runner = loop.create_task(node.run())
+        await asyncio.sleep(0.02)
+        first = len(armed)
+        assert first >= 1
+        for _ in range(200):  # input keeps waking the loop well within one tick
+            node.deliver([])
+            await asyncio.sleep(0)
+        assert len(armed) - first <= 3, "input woke the loop 200 times; the alarm stayed armed"
+        assert node._alarm is not None and not node._alarm.cancelled()
+        before = len(armed)
+        node._set_alarm(loop.time() + 0.01)  # a sooner wake replaces the alarm
+        sooner = node._alarm
+        assert sooner is not None and len(armed) == before + 1
+        await asyncio.sleep(0.05)  # it rings: the loop wakes and arms the next one
+        assert not sooner.cancelled() and node._alarm is not sooner
+        assert len(armed) == before + 2 and armed[-1] > sooner.when()
+        await node.stop()
+        await asyncio.wait_for(runner, 5)
         node.storage.close()
 
     asyncio.run(main())
