@@ -2,9 +2,9 @@
 
 A sender drains its queue into one batch per write, so a busy leader sends few large writes, and writes
 them on one long-lived client stream, which keeps them in order without a call's set-up per batch. Every
-write has a deadline; a failed stream is dropped and reopened after a capped exponential backoff. A dead
-or slow peer only fills its own queue: when full, new messages to it are dropped, which Raft tolerates
-(the leader resends from its own log).
+write has a deadline, kept by one watchdog timer per peer rather than a timer per write; a failed or stuck
+stream is dropped and reopened after a capped exponential backoff. A dead or slow peer only fills its own
+queue: when full, new messages to it are dropped, which Raft tolerates (the leader resends from its log).
 """
 
 from __future__ import annotations
@@ -55,6 +55,9 @@ class PeerClient:
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        self._stream: grpc.aio.StreamUnaryCall | None = None
+        self._writing_since: float | None = None  # when the write in flight started
+        self._watchdog: asyncio.TimerHandle | None = None
         self.dropped = 0
         self.reachable = True
 
@@ -74,22 +77,31 @@ class PeerClient:
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         while True:
             batch = await self._next_batch()
-            stream = self._stub.Stream()
+            stream = self._stream = self._stub.Stream()
             try:
                 while True:
                     request = pb.MessageBatch(
                         cluster=self.cluster, messages=[message_to_pb(m) for m in batch]
                     )
-                    # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that races with
-                    # the write's completion (gh-86296), and then close() would wait forever.
-                    async with asyncio.timeout(WRITE_DEADLINE_S):
-                        await stream.write(request)
+                    self._writing_since = loop.time()
+                    if self._watchdog is None:
+                        self._watchdog = loop.call_at(self._writing_since + WRITE_DEADLINE_S, self._watch)
+                    await stream.write(request)
+                    self._writing_since = None
                     self.reachable = True
                     backoff = BACKOFF_MIN_S
                     batch = await self._next_batch()
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as e:
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError) as e:
+                # The watchdog cancelling the call fails its write with CancelledError; close() cancels
+                # this task instead, and that must end it.
+                if isinstance(e, asyncio.CancelledError) and task.cancelling():
+                    raise
+                self._writing_since = None
                 stream.cancel()
                 if self.reachable:
                     log.debug("peer %s at %s unreachable: %r", self.peer, self.address, e)
@@ -98,6 +110,20 @@ class PeerClient:
                     self.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _watch(self) -> None:
+        """Give up a write in flight for over WRITE_DEADLINE_S (a peer that stopped reading), else wait for
+        the deadline of the one in flight now. One timer serves every write: a timer per write, cancelled
+        when it completed, left thousands of dead entries in the event loop's heap under load."""
+        self._watchdog = None
+        if self._writing_since is None or self._stream is None:
+            return
+        due = self._writing_since + WRITE_DEADLINE_S
+        loop = asyncio.get_running_loop()
+        if loop.time() >= due:
+            self._stream.cancel()
+        else:
+            self._watchdog = loop.call_at(due, self._watch)
 
     async def send_snapshot(self, m: Message) -> bool:
         """Stream a SNAP message with its image in chunks; True once the peer has taken all of it.
@@ -130,6 +156,8 @@ class PeerClient:
         return batch
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._task is not None:
             self._task.cancel()
             # Bounded: shutting down must never hang on a peer.

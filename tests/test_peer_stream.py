@@ -1,0 +1,87 @@
+"""The peer stream's write deadline, in-process against a follower that takes the stream and never reads
+it: its flow-control window fills, and the write in flight waits for good."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from raftd.core import Entry, Message, MsgType
+from raftd.pb import peer_pb2, peer_pb2_grpc
+from raftd.transport import peer as peer_module
+from raftd.transport.peer import PeerClient
+
+DEADLINE_S = 0.3
+
+
+class Deaf(peer_pb2_grpc.RaftPeerServicer):
+    async def Stream(
+        self, batches: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.StepResponse:
+        await asyncio.sleep(30)
+        return peer_pb2.StepResponse()
+
+
+def _append(index: int) -> Message:
+    return Message(MsgType.APP, to=2, frm=1, term=1, entries=(Entry(index, 1, b"x" * (1 << 20)),))
+
+
+async def _stuck_client(reports: list[int]) -> tuple[grpc.aio.Server, PeerClient]:
+    """A client whose write is stuck: it sent 1 MiB appends, one a batch, until one did not complete."""
+    server = grpc.aio.server()
+    peer_pb2_grpc.add_RaftPeerServicer_to_server(Deaf(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = PeerClient(2, f"127.0.0.1:{port}", "c", reports.append)
+    client.start()
+    for index in range(1, 65):
+        client.send(_append(index))
+        await asyncio.sleep(0.02)
+        if client._writing_since is not None and client._queue.qsize() > 2:
+            return server, client
+    raise AssertionError("64 MiB went out to a follower that never reads")
+
+
+def test_a_write_the_follower_never_takes_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", DEADLINE_S)
+
+    async def main() -> None:
+        reports: list[int] = []
+        server, client = await _stuck_client(reports)
+        loop = asyncio.get_running_loop()
+        stuck_since = client._writing_since
+        assert stuck_since is not None
+        while not reports and loop.time() < stuck_since + 10:
+            await asyncio.sleep(0.02)
+        assert reports, "the stuck write was never given up"
+        assert loop.time() >= stuck_since + DEADLINE_S
+        assert reports[0] == 2 and not client.reachable
+        await client.close()
+        await server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_closing_ends_a_stuck_sender_rather_than_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() cancels the sender mid-write: that cancellation ends it; only the watchdog's is a failure."""
+    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", 30.0)
+
+    async def main() -> None:
+        reports: list[int] = []
+        server, client = await _stuck_client(reports)
+        task = client._task
+        assert task is not None
+        await client.close()
+        assert task.cancelled(), "the sender outlived close()"
+        assert reports == [] and client.reachable
+        await server.stop(None)
+
+    # Not asyncio.run: a sender that swallows its cancellation would hang its final clean-up, not fail.
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
