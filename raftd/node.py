@@ -209,6 +209,7 @@ class RaftNode:
             if self._fatal is not None:
                 raise self._fatal
             if self.suspend_request is not None:
+                self._cancel_alarm()  # a suspended node keeps no time
                 await self._suspend(self.suspend_request)
                 ticked_at = loop.time()
                 continue
@@ -237,7 +238,8 @@ class RaftNode:
         paid for them (about 3 % of a leader's CPU per write, measured).
         """
         if self._alarm is not None:
-            if self._alarm.when() == when:
+            # The same time, but for float rounding (ticked_at moves by a tick at a time): within 0.1 ms.
+            if abs(self._alarm.when() - when) < TICK_S / 100:
                 return
             self._alarm.cancel()
         self._alarm = asyncio.get_running_loop().call_at(when, self._ring)
@@ -246,11 +248,15 @@ class RaftNode:
         self._alarm = None
         self.wake.set()
 
+    def _cancel_alarm(self) -> None:
+        if self._alarm is not None:
+            self._alarm.cancel()
+            self._alarm = None
+
     async def stop(self) -> None:
         self.stopping = True
         self.wake.set()
-        if self._alarm is not None:
-            self._alarm.cancel()
+        self._cancel_alarm()
         for callback in self.on_role_change:
             callback()
         self._fail_all(Unavailable("the node is shutting down"))

@@ -1,5 +1,6 @@
-"""The peer stream's write deadline, in-process against a follower that takes the stream and never reads
-it: its flow-control window fills, and the write in flight waits for good."""
+"""The peer stream's write deadline, in-process: against a follower that takes the stream and never reads
+it (its flow-control window fills, and the write in flight waits for good), and against a listener that
+never opens the stream."""
 
 from __future__ import annotations
 
@@ -65,18 +66,58 @@ def test_a_write_the_follower_never_takes_fails_at_its_deadline(monkeypatch: pyt
     asyncio.run(main())
 
 
-def test_closing_ends_a_stuck_sender_rather_than_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
-    """close() cancels the sender mid-write: that cancellation ends it; only the watchdog's is a failure."""
+def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener that accepts the connection and never speaks HTTP/2: the first write waits for the stream
+    to open, which cancelling the call alone does not end."""
+    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", DEADLINE_S)
+    slow_connect = [("grpc.initial_reconnect_backoff_ms", 20_000), ("grpc.min_reconnect_backoff_ms", 20_000)]
+    monkeypatch.setattr(peer_module, "CHANNEL_OPTIONS", slow_connect)
+
+    async def main() -> None:
+        held: list[asyncio.StreamWriter] = []
+
+        async def mute(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        listener = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reports: list[int] = []
+        client = PeerClient(2, f"127.0.0.1:{port}", "c", reports.append)
+        client.start()
+        client.send(_append(1))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not reports and loop.time() < started + 10:
+            await asyncio.sleep(0.02)
+        assert reports == [2], "the write waiting for the stream was never given up"
+        assert DEADLINE_S <= loop.time() - started < 5
+        await client.close()
+        for writer in held:
+            writer.close()
+        listener.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("watchdog_too", [False, True], ids=["close", "close-as-the-deadline-passes"])
+def test_closing_ends_a_stuck_sender_rather_than_retrying(
+    monkeypatch: pytest.MonkeyPatch, watchdog_too: bool
+) -> None:
+    """close() cancels the sender mid-write: that cancellation ends it, also when the watchdog cancels it
+    in the same moment; only the watchdog's alone is a failed write."""
     monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", 30.0)
 
     async def main() -> None:
         reports: list[int] = []
         server, client = await _stuck_client(reports)
         task = client._task
-        assert task is not None
+        assert task is not None and client._writing_since is not None
+        if watchdog_too:
+            client._writing_since -= 60
+            client._watch()  # cancels the sender, which has not run since
         await client.close()
         assert task.cancelled(), "the sender outlived close()"
-        assert reports == [] and client.reachable
+        assert reports == []
         await server.stop(None)
 
     # Not asyncio.run: a sender that swallows its cancellation would hang its final clean-up, not fail.

@@ -55,9 +55,9 @@ class PeerClient:
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
-        self._stream: grpc.aio.StreamUnaryCall | None = None
         self._writing_since: float | None = None  # when the write in flight started
         self._watchdog: asyncio.TimerHandle | None = None
+        self._expired = False  # the watchdog cancelled the sender: its write took too long
         self.dropped = 0
         self.reachable = True
 
@@ -82,7 +82,7 @@ class PeerClient:
         assert task is not None
         while True:
             batch = await self._next_batch()
-            stream = self._stream = self._stub.Stream()
+            stream = self._stub.Stream()
             try:
                 while True:
                     request = pb.MessageBatch(
@@ -97,10 +97,13 @@ class PeerClient:
                     backoff = BACKOFF_MIN_S
                     batch = await self._next_batch()
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError) as e:
-                # The watchdog cancelling the call fails its write with CancelledError; close() cancels
-                # this task instead, and that must end it.
-                if isinstance(e, asyncio.CancelledError) and task.cancelling():
-                    raise
+                if isinstance(e, asyncio.CancelledError):
+                    # The watchdog's cancellation is a failed write; close()'s, alone or as well, ends us.
+                    if not self._expired:
+                        raise
+                    self._expired = False
+                    if task.uncancel():
+                        raise
                 self._writing_since = None
                 stream.cancel()
                 if self.reachable:
@@ -114,14 +117,19 @@ class PeerClient:
     def _watch(self) -> None:
         """Give up a write in flight for over WRITE_DEADLINE_S (a peer that stopped reading), else wait for
         the deadline of the one in flight now. One timer serves every write: a timer per write, cancelled
-        when it completed, left thousands of dead entries in the event loop's heap under load."""
+        when it completed, left thousands of dead entries in the event loop's heap under load.
+
+        It cancels the sender task, as asyncio.timeout would: cancelling only the call does not end a
+        write still waiting for the stream to open (grpc.aio waits for that outside its cancellation
+        handling)."""
         self._watchdog = None
-        if self._writing_since is None or self._stream is None:
+        if self._writing_since is None or self._task is None:
             return
         due = self._writing_since + WRITE_DEADLINE_S
         loop = asyncio.get_running_loop()
         if loop.time() >= due:
-            self._stream.cancel()
+            self._expired = True
+            self._task.cancel()
         else:
             self._watchdog = loop.call_at(due, self._watch)
 
@@ -158,6 +166,7 @@ class PeerClient:
     async def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+            self._watchdog = None
         if self._task is not None:
             self._task.cancel()
             # Bounded: shutting down must never hang on a peer.
