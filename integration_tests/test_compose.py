@@ -18,7 +18,7 @@ from raftd.config import load_cluster
 from raftd.deploy.compose import render
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from tests.daemon.cluster import free_ports
+from raftd.testing.ports import free_ports
 
 WAIT_S = 90
 

@@ -8,7 +8,7 @@ from raftd.config import load_cluster
 from raftd.core import Message, MsgType
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
 from raftd.storage import SqliteStorage
-from tests.daemon.cluster import free_ports
+from raftd.testing.ports import free_ports
 
 
 def follower(tmp_path: Path) -> RaftNode:

@@ -20,7 +20,8 @@ from raftctl.cli import (
     EXIT_USAGE,
     resolve_endpoints,
 )
-from tests.daemon.cluster import Cluster, free_ports, wait_until
+from raftd.testing.ports import free_ports
+from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import RUN_LIMIT_S, ctl_env, run_ctl
 

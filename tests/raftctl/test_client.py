@@ -16,7 +16,7 @@ import pytest
 from raftctl.client import Client, InvalidArgument, NotFound, ServerError, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from tests.daemon.cluster import free_ports
+from raftd.testing.ports import free_ports
 
 Failure = tuple[grpc.StatusCode, str]
 

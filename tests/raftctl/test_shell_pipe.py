@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.daemon.cluster import Cluster, free_ports, wait_until
+from raftd.testing.ports import free_ports
+from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import run_ctl
 

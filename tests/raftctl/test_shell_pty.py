@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.cluster import Cluster, free_ports
+from raftd.testing.ports import free_ports
+from tests.daemon.cluster import Cluster
 
 from .conftest import ctl_env
 from .ptyproc import PtyProcess
