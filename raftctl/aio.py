@@ -10,9 +10,9 @@ therefore holds a session (client_id, seq counter) of its own from a pool: a wri
 makes one, numbers itself, keeps that (client_id, seq) on every retry, and gives the session back when
 done. A client makes as many sessions as it ever has writes in flight at once.
 
-put, get and delete travel on one KV.Stream call per endpoint (_Pipe), since a unary call costs far more
-CPU in Python's gRPC, on both ends, than a message on an open stream: the requests of all coroutines made
-within one event-loop iteration leave as one RequestBatch, and the answers come back batched. A node that
+put, get and delete travel on one KV.Stream call per endpoint (raftd.pipe.Pipe), since a unary call costs
+far more CPU in Python's gRPC, on both ends, than a message on an open stream: the requests of all coroutines
+made within one event-loop iteration leave as one RequestBatch, and the answers come back batched. A node that
 does not know Stream (an older raftd) answers UNIMPLEMENTED, and that endpoint gets unary calls from then
 on. get_leader stays unary.
 """
@@ -20,7 +20,6 @@ on. get_leader stays unary.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ from raftctl.client import (
 )
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe
 
 T = TypeVar("T")
 
@@ -53,163 +53,6 @@ class _Session:
     seq: int = 0
 
 
-# A RequestBatch carries at most about this many bytes (nodes take messages of 64 MiB); a request with
-# more key and value bytes than that goes as a unary call, so that it is refused exactly as before and
-# can never break the stream that other requests share.
-MAX_BATCH_BYTES = 4 * 1024 * 1024
-_STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class RequestError(grpc.RpcError):
-    """One request's failure on the stream, shaped like a failed unary call (code(), details()), so that
-    the retry loop treats both alike."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-class _NoStream(Exception):
-    """The node does not know KV.Stream: use unary calls there."""
-
-
-class _Pipe:
-    """One KV.Stream call to one endpoint, shared by every request sent there, opened on first use.
-
-    Callers queue their requests and wake the sender, which runs after them in the loop and sends all that
-    is queued as one RequestBatch; while that write is in flight, more pile up for the next. The receiver
-    resolves each caller's future by the request's id. A stream that breaks fails every request in flight
-    with UNAVAILABLE (the callers' retry loop takes over) and the next request opens a new one.
-    """
-
-    def __init__(self, stub: kv_pb2_grpc.KVStub) -> None:
-        self.stub = stub
-        self.call: grpc.aio.StreamStreamCall | None = None
-        self.queue: list[pb.Request] = []
-        self.waiting: dict[int, asyncio.Future[pb.Response]] = {}
-        self.ids = itertools.count(1)
-        self.wake = asyncio.Event()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.opened = 0  # calls opened: more than one means the stream broke
-        self.batches_sent = 0
-
-    async def request(self, request: pb.Request, timeout: float) -> pb.Response:
-        """The answer to one request within timeout; RequestError as a unary call would fail."""
-        if self.call is None:
-            self._open()
-        loop = asyncio.get_running_loop()
-        rid = request.id = next(self.ids)
-        future: asyncio.Future[pb.Response] = loop.create_future()
-        self.waiting[rid] = future
-        self.queue.append(request)
-        self.wake.set()
-        timer = loop.call_later(timeout, _expire, future, timeout)
-        try:
-            response = await future
-        finally:
-            timer.cancel()
-            self.waiting.pop(rid, None)
-        if response.WhichOneof("result") == "error":
-            error = response.error
-            raise RequestError(_STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN), error.message)
-        return response
-
-    def _open(self) -> None:
-        call = self.call = self.stub.Stream()
-        self.opened += 1
-        for work in (self._send(call), self._receive(call)):
-            task = asyncio.get_running_loop().create_task(work)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while batch := self._take():
-                    await call.write(pb.RequestBatch(requests=batch))
-                    self.batches_sent += 1
-        except (grpc.RpcError, asyncio.InvalidStateError) as e:
-            self._broken(call, e)
-
-    def _take(self) -> list[pb.Request]:
-        """What is queued and still awaited, up to MAX_BATCH_BYTES (at least one request, if any is left):
-        a request whose caller gave up (its deadline passed while a write was in flight) is not sent."""
-        live = self.waiting
-        self.queue = [r for r in self.queue if r.id in live and not live[r.id].done()]
-        n = size = 0
-        for request in self.queue:
-            size += request.ByteSize()
-            if n and size > MAX_BATCH_BYTES:
-                break
-            n += 1
-        taken, self.queue = self.queue[:n], self.queue[n:]
-        return taken
-
-    async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
-        try:
-            while (batch := await call.read()) is not grpc.aio.EOF:
-                for response in batch.responses:
-                    future = self.waiting.pop(response.id, None)
-                    if future is not None and not future.done():
-                        future.set_result(response)
-        except grpc.RpcError as e:
-            self._broken(call, e)
-        else:
-            self._broken(call, RequestError(grpc.StatusCode.UNAVAILABLE, "the node ended the stream"))
-
-    def _broken(self, call: grpc.aio.StreamStreamCall, e: Exception) -> None:
-        """Fail what is in flight on call; the next request opens a new one (unless the node has none)."""
-        if call is not self.call:
-            return
-        self.call = None
-        call.cancel()
-        for task in self.tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
-        code = e.code() if isinstance(e, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-        error: Exception
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            error = _NoStream()
-        else:
-            details = _details(e) if isinstance(e, grpc.RpcError) else str(e)
-            if code != grpc.StatusCode.UNAVAILABLE:
-                details = f"the stream failed: {code.name}: {details}"
-            error = RequestError(grpc.StatusCode.UNAVAILABLE, details)
-        self._fail_waiting(error)
-
-    def _fail_waiting(self, error: Exception) -> None:
-        waiting, self.waiting, self.queue = self.waiting, {}, []
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(error)
-
-    async def close(self) -> None:
-        if self.call is not None:
-            self.call.cancel()
-            self.call = None
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._fail_waiting(RequestError(grpc.StatusCode.CANCELLED, "the client was closed"))
-
-
-def _expire(future: asyncio.Future[pb.Response], timeout: float) -> None:
-    """The per-request deadline a unary call would have had (the stream itself has none)."""
-    if not future.done():
-        error = RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.1f}s")
-        future.set_exception(error)
-
-
 class _Connection:
     """The long-lived channel to one endpoint: its stubs (made once: stub creation is not free) and the
     stream its KV requests share, until the node turns out to have none."""
@@ -218,7 +61,7 @@ class _Connection:
         self.channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
         self.kv = kv_pb2_grpc.KVStub(self.channel)
         self.admin = kv_pb2_grpc.AdminStub(self.channel)
-        self.pipe: _Pipe | None = _Pipe(self.kv)
+        self.pipe: Pipe | None = Pipe(self.kv)
 
     async def close(self) -> None:
         if self.pipe is not None:
@@ -252,7 +95,7 @@ class _Connection:
             return None
         try:
             return await self.pipe.request(request, timeout)
-        except _NoStream:
+        except NoStream:
             self.pipe = None
             return None
 

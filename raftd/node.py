@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from raftd import malloc
+from raftd import malloc, testhooks
 from raftd.config import ClusterConfig, NodeAddr
 from raftd.core import (
     NONE,
@@ -60,6 +60,10 @@ READ_CONFIRM_S = 10.0
 TRANSFER_CHECK_S = 0.05
 # How long stop() waits for the loop to finish its Ready (installing a snapshot's image can take seconds).
 STOP_WAIT_S = 10.0
+# While a ReadIndex round is in flight, newer reads wait to share the next one (as etcd's read loop does),
+# so that concurrent reads cost one round, not one each. A round older than this no longer holds them
+# back: one whose request was lost must not stall every read behind it until READ_CONFIRM_S.
+READ_ROUND_HOLD_S = 0.1
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
@@ -73,7 +77,13 @@ MAX_SUSPEND_S = 3600
 
 
 class Unavailable(Exception):
-    """The request cannot be served now (no leader, suspended, leadership lost); safe to retry."""
+    """The request was refused before it was proposed (no leader, suspended, stopping): a write failed with
+    it has not applied and never will. Safe to retry."""
+
+
+class OutcomeUnknown(Unavailable):
+    """The write was proposed, but this node can no longer tell whether it commits: it may have applied,
+    or may still apply (suspended, stopped or deposed with it in the log, its entry compacted away)."""
 
 
 class NotLeader(Exception):
@@ -95,6 +105,11 @@ def to_core(node_id: int) -> int:
 
 def from_core(core_id: int) -> int:
     return core_id - 1
+
+
+def _settle(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)
 
 
 @dataclass
@@ -132,6 +147,8 @@ class RaftNode:
         self.inbox: list[Message] = []
         self.proposals: list[_Proposal] = []
         self.reads: list[asyncio.Future[int]] = []
+        # Unary client calls in progress here (RaftNode._busy).
+        self.unary_calls = 0
         self.transfers: list[int] = []
         self.suspend_request: float | None = None
         self.suspended = False
@@ -178,6 +195,8 @@ class RaftNode:
         self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
         self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
         self.read_deadlines: deque[tuple[float, bytes]] = deque()  # (when to give up, context), in order
+        self._round: bytes | None = None  # the context of the newest ReadIndex round
+        self._round_started = 0.0  # when it began (READ_ROUND_HOLD_S)
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._soft = SoftState()
         self._vote = state.hard_state.vote
@@ -202,6 +221,8 @@ class RaftNode:
             wake_at = ticked_at + due * TICK_S
             if self.read_deadlines:
                 wake_at = min(wake_at, self.read_deadlines[0][0])
+            if self.reads and self._round in self.read_wait:
+                wake_at = min(wake_at, self._round_started + READ_ROUND_HOLD_S)
             self._set_alarm(wake_at)
             waited_from = loop.time()
             await self.wake.wait()
@@ -259,7 +280,7 @@ class RaftNode:
         self._cancel_alarm()
         for callback in self.on_role_change:
             callback()
-        self._fail_all(Unavailable("the node is shutting down"))
+        self._fail_all("the node is shutting down")
         for client in self.peers.values():
             await client.close()
         if self._runner is not None and self._runner is not asyncio.current_task():
@@ -308,7 +329,7 @@ class RaftNode:
                 term = self.raw.raft.term
                 for k, p in enumerate(batch):
                     self.waiting[first + k] = (term, p.future)
-        if self.reads:
+        if self.reads and not self._round_in_flight():
             # One ReadIndex round confirms every read that arrived since the last one.
             batch_reads, self.reads = self.reads, []
             ctx = f"{self.id}:{next(self._read_ids)}".encode()
@@ -320,13 +341,22 @@ class RaftNode:
                         f.set_exception(Unavailable("no leader known"))
             else:
                 self.read_wait[ctx] = batch_reads
-                self.read_deadlines.append((asyncio.get_running_loop().time() + READ_CONFIRM_S, ctx))
+                self._round = ctx
+                self._round_started = asyncio.get_running_loop().time()
+                self.read_deadlines.append((self._round_started + READ_CONFIRM_S, ctx))
         for target in self.transfers:
             self.raw.transfer_leader(target)
         self.transfers.clear()
         for target in self.aborted_transfers:
             self.raw.abort_transfer(target)
         self.aborted_transfers.clear()
+
+    def _round_in_flight(self) -> bool:
+        """Whether the newest ReadIndex round is still unanswered and young enough to wait for."""
+        return (
+            self._round in self.read_wait
+            and asyncio.get_running_loop().time() - self._round_started < READ_ROUND_HOLD_S
+        )
 
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
@@ -358,6 +388,8 @@ class RaftNode:
             if rd.hard_state is not None:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
+        if self.reads and not self._round_in_flight():
+            self.wake.set()  # the round they waited for is over: start theirs
         entries = self.kv.applied - self.snapshot_index
         if (
             not self._snapshotting
@@ -444,6 +476,12 @@ class RaftNode:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
         self.image_bytes = len(snapshot.data)
         self.log_bytes = 0
+        # Writes proposed here whose entries the image now covers are never applied one by one here: they
+        # may be in it, or may have been overwritten first.
+        covered = [i for i in self.waiting if i <= snapshot.meta.index]
+        self._fail_writes(
+            [self.waiting.pop(i)[1] for i in covered], "a snapshot from the leader replaced the write's entry"
+        )
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
     async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
@@ -470,7 +508,7 @@ class RaftNode:
             # Before the save is queued: a local snapshot queued after it must see that it is older.
             self.snapshot_index = max(self.snapshot_index, rd.snapshot.meta.index)
         try:
-            if rd.snapshot is None and not self._disk_jobs:
+            if rd.snapshot is None and not self._disk_jobs and not self._busy(rd):
                 self.storage.save(hs, rd.entries)
             else:
                 await self._on_disk(self.storage.save, hs, rd.entries, rd.snapshot)
@@ -478,6 +516,16 @@ class RaftNode:
             raise FatalError(f"cannot persist Raft state: {e}") from e
         if hs is not None:
             self._saved, self._unsaved = hs, None
+
+    def _busy(self, rd: Ready) -> bool:
+        """Whether clients keep this node busy beyond the Ready being saved; then it is saved on the disk
+        thread, and the loop goes on taking requests meanwhile, to share the next save.
+
+        grpc.aio accepts one new call, and reads one message of a stream, per turn of the event loop, so a
+        save that blocks the loop caps those at one per fsync: 64 concurrent unary writers made about 1,000
+        writes/s, each save carrying one. A lone client's write is saved on the loop, which is cheaper.
+        """
+        return self.unary_calls > 1 or len(self.waiting) > len(rd.entries)
 
     def _apply(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -495,7 +543,10 @@ class RaftNode:
             if fut.done():
                 continue
             if e.term == term and result is not None:
-                fut.set_result(result)
+                if testhooks.ANSWER_DELAY_S:
+                    asyncio.get_running_loop().call_later(testhooks.ANSWER_DELAY_S, _settle, fut, result)
+                else:
+                    fut.set_result(result)
             else:
                 # Another leader's entry took this index: ours was never committed.
                 fut.set_exception(Unavailable("leadership changed before the write committed; retry"))
@@ -541,6 +592,12 @@ class RaftNode:
     def _on_soft_state(self, soft: SoftState) -> None:
         prev, self._soft = self._soft, soft
         term = self.raw.raft.term
+        if prev.role is Role.LEADER and soft.role is not Role.LEADER and self.waiting:
+            # A write in our log may yet be committed by the next leader, or overwritten: say so now rather
+            # than at the caller's deadline, so that it can retry (with its session) or read.
+            waiting, self.waiting = self.waiting, {}
+            lost = [f for _, f in waiting.values()]
+            self._fail_writes(lost, "leadership was lost before the write committed")
         if soft.role is not prev.role:
             if soft.role is Role.FOLLOWER:
                 log.info("I am a follower. Term: %d", term)
@@ -574,7 +631,7 @@ class RaftNode:
         self.suspend_request = None
         self.suspended = True
         log.info("Sleeping for %s seconds", f"{seconds:g}")
-        self._fail_all(Unavailable("the node is suspended"))
+        self._fail_all("the node is suspended")
         self.inbox.clear()
         self.unreachable.clear()
         for client in self.peers.values():
@@ -604,9 +661,10 @@ class RaftNode:
         for callback in self.on_role_change:
             callback()
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, reason: str) -> None:
+        """Fail every pending request: those not proposed yet as refused, writes in the log as unknown."""
+        self._fail_writes([f for _, f in self.waiting.values()], reason)
         futures: list[asyncio.Future] = [p.future for p in self.proposals]
-        futures += [f for _, f in self.waiting.values()]
         futures += self.reads
         futures += [f for fs in self.read_wait.values() for f in fs]
         futures += [f for _, fs in self.confirmed for f in fs]
@@ -617,6 +675,15 @@ class RaftNode:
         self.read_wait.clear()
         self.confirmed.clear()
         self._leader_waiters.clear()
+        error = Unavailable(reason)
+        for f in futures:
+            if not f.done():
+                f.set_exception(error)
+
+    @staticmethod
+    def _fail_writes(futures: list[asyncio.Future[Result]], reason: str) -> None:
+        """Writes proposed into the log whose fate this node can no longer learn."""
+        error = OutcomeUnknown(f"{reason}; the write may have applied")
         for f in futures:
             if not f.done():
                 f.set_exception(error)

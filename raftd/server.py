@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from raftd.api.common import LongCalls
+from raftd.api.common import Calls, Forwarder, LongCalls
 from raftd.api.kv import AdminService, KVService
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
@@ -136,10 +136,11 @@ async def serve(
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, server)
-        kv = KVService(node)
+        calls, forwarder = Calls(node), Forwarder(node)
+        kv = KVService(node, calls, forwarder)
         kv_pb2_grpc.add_KVServicer_to_server(kv, server)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
-        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node), server)
+        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         bind = listen or me.address
@@ -150,7 +151,10 @@ async def serve(
         await server.start()
         log.info("The server starts at %s", me.address)
         _health_updater(node, health_servicer)
-        await _run_until_signal(node)
+        try:
+            await _run_until_signal(node)
+        finally:
+            await forwarder.close()
         peers.streams.close()
         kv.streams.close()
         await server.stop(grace=0.5)

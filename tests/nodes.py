@@ -34,3 +34,20 @@ def release_node(node: RaftNode) -> None:
     node._disk.shutdown()
     node._cpu.shutdown()
     node.storage.close()
+
+
+async def leader(tmp_path: Path) -> RaftNode:
+    """Node 0 of three, elected leader in term 1 by node 1's (core id 2) votes; its messages go nowhere, so
+    nothing it proposes commits until a test delivers acknowledgements. Run inside an event loop."""
+    node = follower(tmp_path)
+    node.raw.campaign()
+    await node._drain_ready()
+    term = node.raw.raft.term
+    node.deliver([Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=term + 1)])
+    node._take_input()
+    await node._drain_ready()
+    node.deliver([Message(MsgType.VOTE_RESP, to=1, frm=2, term=node.raw.raft.term)])
+    node._take_input()
+    await node._drain_ready()
+    assert node.is_leader()
+    return node

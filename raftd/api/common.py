@@ -1,4 +1,10 @@
-"""What every client-facing service shares: deadlines, validation, error mapping, leader forwarding."""
+"""What every client-facing service shares: deadlines, validation, error mapping, leader forwarding.
+
+A failed write always says whether it may have applied (the outcome rule, README "Failures"): a refusal
+before the write was proposed is NOT_APPLIED, and everything after (a deadline, a node that lost track of
+its entry, a forward that broke once sent) is UNKNOWN. Unary calls carry it as trailing metadata
+(raftd.pipe.OUTCOME_KEY), streamed answers in Error.outcome.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,10 @@ import grpc
 
 from raftd.config import NodeAddr
 from raftd.kv import Command, Op
-from raftd.node import NotLeader, RaftNode, Unavailable, to_core
+from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable, to_core
 from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, OUTCOME_VALUES, UNKNOWN, NoStream, Pipe, RequestError
 
 T = TypeVar("T")
 
@@ -27,12 +35,21 @@ FORWARDED = (("x-raftd-forwarded", "1"),)
 
 
 class RequestFailed(Exception):
-    """A request that ends in a gRPC status; raised anywhere below a handler, turned into abort() once."""
+    """A request that ends in a gRPC status; raised anywhere below a handler, turned into abort() once.
+    outcome (NOT_APPLIED or UNKNOWN) is set on a write's failure."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.outcome = outcome
+
+    def to_pb(self) -> pb.Error:
+        outcome = OUTCOME_VALUES.get(self.outcome or "")
+        return pb.Error(code=self.code.value[0], message=self.message, outcome=outcome)
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        return ((OUTCOME_KEY, self.outcome),) if self.outcome is not None else ()
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -79,7 +96,7 @@ def grpc_errors(method: Handler) -> Handler:
         try:
             return await method(self, request, context)
         except RequestFailed as e:
-            await context.abort(e.code, e.message)
+            await context.abort(e.code, e.message, e.trailers())
 
     return wrapper
 
@@ -130,8 +147,115 @@ def delete_command(request: pb.DeleteRequest) -> Command:
 def not_leader(leader: NodeAddr | None) -> RequestFailed:
     """A write refused here: the client follows the hint (raftctl.client parses this exact form)."""
     if leader is None:
-        return RequestFailed(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
-    return RequestFailed(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+        return RequestFailed(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly", NOT_APPLIED)
+    return RequestFailed(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}", NOT_APPLIED)
+
+
+def failure(e: BaseException, *, write: bool) -> RequestFailed:
+    """The status a request ends with when the node failed it. A write's says whether it may have applied:
+    OutcomeUnknown, a deadline and anything unexpected may have; NotLeader and Unavailable were refused
+    before proposing. A read has no effect, so its failure carries no outcome."""
+    if isinstance(e, RequestFailed):
+        failed = e
+    elif isinstance(e, NotLeader):
+        failed = not_leader(e.leader)
+    elif isinstance(e, OutcomeUnknown):
+        failed = RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e), UNKNOWN)
+    elif isinstance(e, Unavailable):
+        failed = RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e), NOT_APPLIED)
+    elif isinstance(e, TimeoutError | asyncio.CancelledError):
+        code = (
+            grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
+        )
+        what = "no outcome before the deadline" if isinstance(e, TimeoutError) else "abandoned"
+        failed = RequestFailed(code, f"{what}; the write may have applied" if write else what, UNKNOWN)
+    else:
+        failed = RequestFailed(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__, UNKNOWN)
+    if not write:
+        failed.outcome = None
+    elif failed.outcome is None:
+        failed.outcome = NOT_APPLIED  # refused before it was proposed (invalid, say)
+    return failed
+
+
+class Forwarder:
+    """A follower's unary writes, passed to the leader on one KV.Stream per leader (raftd.pipe.Pipe), so
+    that concurrent callers share the leader's proposals and fsyncs as a streaming client's requests do.
+
+    The leader never passes them on again: a stream refuses writes off the leader ("not the leader").
+    """
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+        self.pipes: dict[int, Pipe] = {}
+
+    async def request(self, leader: NodeAddr, request: pb.Request, timeout: float) -> pb.Response:
+        pipe = self.pipes.get(leader.id)
+        if pipe is None:
+            channel = self.node.peers[to_core(leader.id)].channel
+            pipe = self.pipes[leader.id] = Pipe(kv_pb2_grpc.KVStub(channel))
+        try:
+            return await pipe.request(request, timeout)
+        except RequestError as e:
+            raise RequestFailed(e.code(), e.details(), e.outcome or UNKNOWN) from None
+        except NoStream:
+            # A leader that predates Stream: never sent, so the caller may take the hint and go there.
+            raise not_leader(leader) from None
+
+    async def close(self) -> None:
+        pipes, self.pipes = list(self.pipes.values()), {}
+        for pipe in pipes:
+            await pipe.close()
+
+
+class Calls:
+    """Counts a node's unary calls in progress (RaftNode.unary_calls) and keeps their deadlines."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    @contextlib.asynccontextmanager
+    async def deadline(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        self.node.unary_calls += 1
+        try:
+            async with asyncio.timeout(time_left(context)):
+                yield
+        finally:
+            self.node.unary_calls -= 1
+
+
+async def write(
+    calls: Calls, forwarder: Forwarder, context: grpc.aio.ServicerContext, cmd: Command, request: pb.Request
+) -> tuple[int, bool]:
+    """(index, whether the key existed) of a write committed and applied: proposed here when leading, else
+    forwarded to the leader. Every failure is a RequestFailed with its outcome."""
+    try:
+        async with calls.deadline(context):
+            try:
+                result = await calls.node.propose_nowait(cmd)
+                return result.index, result.existed
+            except NotLeader as e:
+                if e.leader is None or was_forwarded(context):
+                    raise
+                response = await forwarder.request(e.leader, request, time_left(context))
+    except Exception as e:
+        raise failure(e, write=True) from None
+    if response.WhichOneof("result") == "put":
+        return response.put.index, False
+    return response.delete.index, response.delete.deleted
+
+
+async def read(
+    calls: Calls, context: grpc.aio.ServicerContext, key: bytes, local: bool
+) -> tuple[bytes | None, int]:
+    """A linearizable read by default (ReadIndex, confirmed by the leader even on a follower)."""
+    try:
+        async with calls.deadline(context):
+            if not local:
+                await calls.node.read_barrier_nowait()
+            return calls.node.local_read(key)
+    except Exception as e:
+        raise failure(e, write=False) from None
 
 
 async def on_leader(
@@ -140,7 +264,7 @@ async def on_leader(
     local: Callable[[], Awaitable[T]],
     forward: Callable[[grpc.aio.Channel, float], Awaitable[T]],
 ) -> T:
-    """Run local() here when leading, else forward() to the leader."""
+    """Run local() here when leading, else forward() to the leader (an admin call: no outcome rule)."""
     timeout = time_left(context)
     try:
         return await asyncio.wait_for(local(), timeout)
@@ -155,10 +279,7 @@ async def on_leader(
     except Unavailable as e:
         raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
     except TimeoutError:
-        raise RequestFailed(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"no outcome within {timeout:.1f}s; a write may or may not have applied",
-        ) from None
+        raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"no outcome within {timeout:.1f}s") from None
 
 
 async def on_node(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:

@@ -14,16 +14,21 @@ from raftd.pb import kv_pb2_grpc
 
 from .common import (
     FORWARDED,
+    Calls,
+    Forwarder,
     LongCalls,
     RequestFailed,
     check_key,
     delete_command,
+    failure,
     grpc_errors,
     on_leader,
     on_node,
     put_command,
+    read,
     time_left,
     was_forwarded,
+    write,
 )
 from .stream import StreamSession
 
@@ -33,39 +38,37 @@ BACKUP_CHUNK_BYTES = 1024 * 1024
 
 
 class KVService(kv_pb2_grpc.KVServicer):
-    def __init__(self, node: RaftNode) -> None:
+    """One unary call per operation; concurrent calls share proposals, fsyncs and ReadIndex rounds in the
+    node, and a follower forwards writes to the leader on one stream (common.Forwarder)."""
+
+    def __init__(self, node: RaftNode, calls: Calls, forwarder: Forwarder) -> None:
         self.node = node
+        self.calls = calls
+        self.forwarder = forwarder
         self.streams = LongCalls()
 
     @grpc_errors
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
-        cmd = put_command(request)
-
-        async def local() -> pb.PutResponse:
-            return pb.PutResponse(index=(await self.node.propose(cmd)).index)
-
-        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.PutResponse:
-            return await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout, metadata=FORWARDED)
-
-        return await on_leader(self.node, context, local, forward)
+        try:
+            cmd = put_command(request)
+        except RequestFailed as e:
+            raise failure(e, write=True) from None
+        index, _ = await write(self.calls, self.forwarder, context, cmd, pb.Request(put=request))
+        return pb.PutResponse(index=index)
 
     @grpc_errors
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
-        cmd = delete_command(request)
-
-        async def local() -> pb.DeleteResponse:
-            result = await self.node.propose(cmd)
-            return pb.DeleteResponse(deleted=result.existed, index=result.index)
-
-        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.DeleteResponse:
-            return await kv_pb2_grpc.KVStub(channel).Delete(request, timeout=timeout, metadata=FORWARDED)
-
-        return await on_leader(self.node, context, local, forward)
+        try:
+            cmd = delete_command(request)
+        except RequestFailed as e:
+            raise failure(e, write=True) from None
+        index, existed = await write(self.calls, self.forwarder, context, cmd, pb.Request(delete=request))
+        return pb.DeleteResponse(deleted=existed, index=index)
 
     @grpc_errors
     async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
         key = check_key(request.key)
-        value, index = await on_node(context, read(self.node, key, request.local))
+        value, index = await read(self.calls, context, key, request.local)
         return pb.GetResponse(found=value is not None, value=value or b"", index=index)
 
     async def Stream(
@@ -74,13 +77,6 @@ class KVService(kv_pb2_grpc.KVServicer):
         """Pipelined requests, answered in batches (raftd/api/stream.py); server stop ends it quietly."""
         async with self.streams.track():
             await StreamSession(self.node).run(requests, context)
-
-
-async def read(node: RaftNode, key: bytes, local: bool) -> tuple[bytes | None, int]:
-    """A linearizable read by default (ReadIndex, confirmed by the leader even on a follower)."""
-    if not local:
-        await node.read_barrier()
-    return node.local_read(key)
 
 
 class AdminService(kv_pb2_grpc.AdminServicer):

@@ -1,4 +1,9 @@
-"""The original project's RaftService, served unchanged for its clients, with raftd's guarantees."""
+"""The original project's RaftService, served unchanged for its clients, with raftd's guarantees.
+
+SetVal's verdict=false means the write was refused and never applies; a write whose outcome is unknown
+ends in a gRPC error instead (the original client then prints that the server is unavailable), since
+false would be a lie if it applied after all.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,21 @@ import grpc
 
 from raftd.kv import Command, Op
 from raftd.node import RaftNode
-from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2_grpc
+from raftd.pb import kv_pb2, raft_pb2_grpc
 from raftd.pb import raft_pb2 as pb
+from raftd.pipe import UNKNOWN
 
-from .common import FORWARDED, MAX_KEY_BYTES, MAX_VALUE_BYTES, RequestFailed, grpc_errors, on_leader, on_node
-from .kv import read, suspend
+from .common import MAX_KEY_BYTES, MAX_VALUE_BYTES, Calls, Forwarder, RequestFailed, grpc_errors, read, write
+from .kv import suspend
 
 log = logging.getLogger("raftd.api")
 
 
 class SeedService(raft_pb2_grpc.RaftServiceServicer):
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: RaftNode, calls: Calls, forwarder: Forwarder) -> None:
         self.node = node
+        self.calls = calls
+        self.forwarder = forwarder
 
     async def GetLeader(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.GetLeaderResponse:
         log.info("Command from client: getleader")
@@ -35,24 +43,21 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         suspend(self.node, request.period)
         return pb.Empty()
 
+    @grpc_errors
     async def SetVal(self, request: pb.SetValRequest, context: grpc.aio.ServicerContext) -> pb.SetValResponse:
-        """verdict is true only once the write is committed and applied; false when it was refused or lost."""
+        """verdict is true once the write is committed and applied, false when it was refused before it was
+        proposed; an unknown outcome is a gRPC error."""
         log.info("Command from client: setval %s %s", request.key, request.value)
         key, value = request.key.encode(), request.value.encode()
         if not key or len(key) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
             return pb.SetValResponse(verdict=False)
-        put = kv_pb2.PutRequest(key=key, value=value)
-
-        async def local() -> kv_pb2.PutResponse:
-            return kv_pb2.PutResponse(index=(await self.node.propose(Command(Op.PUT, key, value))).index)
-
-        async def forward(channel: grpc.aio.Channel, timeout: float) -> kv_pb2.PutResponse:
-            return await kv_pb2_grpc.KVStub(channel).Put(put, timeout=timeout, metadata=FORWARDED)
-
+        put = kv_pb2.Request(put=kv_pb2.PutRequest(key=key, value=value))
         try:
-            await on_leader(self.node, context, local, forward)
+            await write(self.calls, self.forwarder, context, Command(Op.PUT, key, value), put)
         except RequestFailed as e:
             log.info("setval %s failed: %s", request.key, e.message)
+            if e.outcome == UNKNOWN:
+                raise
             return pb.SetValResponse(verdict=False)
         return pb.SetValResponse(verdict=True)
 
@@ -62,7 +67,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         key = request.key.encode()
         if not key or len(key) > MAX_KEY_BYTES:
             return pb.GetValResponse(verdict=False)
-        value, _ = await on_node(context, read(self.node, key, local=False))
+        value, _ = await read(self.calls, context, key, local=False)
         if value is None:
             return pb.GetValResponse(verdict=False)
         return pb.GetValResponse(verdict=True, value=value.decode())

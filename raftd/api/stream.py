@@ -23,8 +23,9 @@ import grpc
 from raftd.kv import Command, Result
 from raftd.node import NotLeader, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
+from raftd.pipe import UNKNOWN
 
-from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, not_leader, put_command
+from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, failure, put_command
 
 # Requests of one stream received but not yet answered on the wire; reading pauses at this many, so that
 # a client that floods (or stops reading answers) holds bounded memory here.
@@ -137,13 +138,13 @@ class StreamSession:
                 else:
                     raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, "the request carries no operation")
             except RequestFailed as e:
-                self._fail(request.id, e)
+                self._fail(request.id, failure(e, write=kind != "get"))
         if reads:
             try:
                 barrier = self.node.read_barrier_nowait()
             except Unavailable as e:
                 for rid, _ in reads:
-                    self._fail(rid, RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)))
+                    self._fail(rid, failure(e, write=False))
             else:
                 barrier.add_done_callback(functools.partial(self._barrier_passed, reads))
 
@@ -151,14 +152,14 @@ class StreamSession:
         try:
             future = self.node.propose_nowait(cmd)
         except (NotLeader, Unavailable) as e:
-            raise _failure(e) from None
+            raise failure(e, write=True) from None
         future.add_done_callback(functools.partial(self._written, rid, kind))
 
     def _written(self, rid: int, kind: str, future: asyncio.Future[Result]) -> None:
         try:
             result = future.result()
         except (Exception, asyncio.CancelledError) as e:
-            self._fail(rid, _failure(e))
+            self._fail(rid, failure(e, write=True))
             return
         if kind == "put":
             self._answer(pb.Response(id=rid, put=pb.PutResponse(index=result.index)))
@@ -170,9 +171,9 @@ class StreamSession:
         try:
             barrier.result()
         except (Exception, asyncio.CancelledError) as e:
-            failure = _failure(e)
+            failed = failure(e, write=False)
             for rid, _ in reads:
-                self._fail(rid, failure)
+                self._fail(rid, failed)
             return
         for rid, key in reads:
             self._local_read(rid, key)
@@ -181,7 +182,7 @@ class StreamSession:
         try:
             value, index = self.node.local_read(key)
         except Unavailable as e:
-            self._fail(rid, _failure(e))
+            self._fail(rid, failure(e, write=False))
             return
         found = pb.GetResponse(found=value is not None, value=value or b"", index=index)
         self._answer(pb.Response(id=rid, get=found), len(value or b""))
@@ -201,7 +202,8 @@ class StreamSession:
                 rid,
                 RequestFailed(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may or may not have applied",
+                    f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may have applied",
+                    UNKNOWN,  # a read's answer carries it too; a read has no effect
                 ),
             )
         self._expiry = None
@@ -210,7 +212,7 @@ class StreamSession:
             self._expiry = loop.call_at(oldest + EXPIRY_GRAIN_S, self._expire)
 
     def _fail(self, rid: int, e: RequestFailed) -> None:
-        self._answer(pb.Response(id=rid, error=pb.Error(code=e.code.value[0], message=e.message)))
+        self._answer(pb.Response(id=rid, error=e.to_pb()))
 
     def _answer(self, response: pb.Response, weight: int = 0) -> None:
         """Queue the one answer to a request; a later one (its outcome after it expired) is dropped."""
@@ -219,14 +221,3 @@ class StreamSession:
         self.out.append(response)
         self.out_bytes += weight
         self.wake.set()
-
-
-def _failure(e: BaseException) -> RequestFailed:
-    """The status a unary call would have ended with."""
-    if isinstance(e, RequestFailed):
-        return e
-    if isinstance(e, NotLeader):
-        return not_leader(e.leader)
-    if isinstance(e, Unavailable | asyncio.CancelledError):
-        return RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e) or "abandoned; retry")
-    return RequestFailed(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__)

@@ -104,8 +104,10 @@ class Cluster:
         election_timeout_ms: tuple[int, int] | None = None,
         heartbeat_ms: int | None = None,
         ports: list[int] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.env = env or {}  # added to every node's environment (test hooks: raftd/testhooks.py)
         self.root.mkdir(parents=True, exist_ok=True)
         self.n = n
         self.ports = list(ports) if ports is not None else free_ports(n)
@@ -190,7 +192,12 @@ class Cluster:
         args += list(extra)
         with self.out_path(i).open("ab") as out, self.err_path(i).open("ab") as err:
             proc = subprocess.Popen(
-                args, cwd=self.root, env=raftd_env(), stdout=out, stderr=err, start_new_session=True
+                args,
+                cwd=self.root,
+                env={**raftd_env(), **self.env},
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
             )
         self.procs[i] = proc
         self.paused.discard(i)

@@ -1,0 +1,225 @@
+"""The outcome rule in the driver: a write refused before it was proposed fails as Unavailable (it never
+applies); one already in the log that the node loses track of fails as OutcomeUnknown (it may apply)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftd.api.common import Calls, Forwarder
+from raftd.api.kv import KVService
+from raftd.api.seed import SeedService
+from raftd.core import Entry, Message, MsgType
+from raftd.kv import Command, Op, Result
+from raftd.node import OutcomeUnknown, RaftNode, Unavailable
+from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN
+from raftd.testing.ports import free_ports
+from tests.nodes import leader, release_node
+
+
+async def pending_write(node: RaftNode, key: bytes = b"k") -> asyncio.Future[Result]:
+    """A write in the leader's log, saved and sent, not committed (no follower acknowledges it)."""
+    future = node.propose_nowait(Command(Op.PUT, key, b"v"))
+    node._take_input()
+    await node._drain_ready()
+    assert not future.done() and node.waiting
+    return future
+
+
+def outcome(future: asyncio.Future[Result]) -> type[BaseException] | None:
+    error = future.exception() if future.done() else None
+    return type(error) if error is not None else None
+
+
+def test_suspending_with_a_write_in_the_log_reports_it_unknown(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        logged = await pending_write(node)
+        queued = node.propose_nowait(Command(Op.PUT, b"q", b"v"))  # not taken into the log yet
+        await node._suspend(0.01)
+        assert outcome(logged) is OutcomeUnknown, "the suspended leader's entry may still commit"
+        assert outcome(queued) is Unavailable, "a write never proposed is refused for sure"
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_stopping_with_a_write_in_the_log_reports_it_unknown(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        logged = await pending_write(node)
+        queued = node.propose_nowait(Command(Op.PUT, b"q", b"v"))
+        await node.stop()
+        assert (outcome(logged), outcome(queued)) == (OutcomeUnknown, Unavailable)
+        node.storage.close()
+
+    asyncio.run(main())
+
+
+def test_stepping_down_with_a_write_in_the_log_reports_it_unknown_at_once(tmp_path: Path) -> None:
+    """Before, the write waited for its caller's deadline (and SetVal then answered verdict=false)."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        logged = await pending_write(node)
+        # Node 2 (core id 3) leads a newer term: this leader steps down with its entry uncommitted.
+        term = node.raw.raft.term + 1
+        node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=3, term=term)])
+        node._take_input()
+        await node._drain_ready()
+        assert not node.is_leader()
+        assert outcome(logged) is OutcomeUnknown
+        with pytest.raises(OutcomeUnknown, match="may have applied"):
+            logged.result()
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_write_whose_entry_another_leader_overwrote_is_refused(tmp_path: Path) -> None:
+    """The one definite failure after proposing: the index holds another term's entry once committed, so
+    ours can never commit (Log Matching)."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        index = node.raw.raft.log.last_index() + 1
+        logged = await pending_write(node)
+        future_term = node.raw.raft.term + 1
+        # A leader of a newer term that never had our entry replaces it and commits its own there.
+        prev = index - 1
+        prev_term = node.raw.raft.log.term(prev)
+        assert prev_term is not None
+        entries = (Entry(index, future_term, b""),)
+        node.deliver(
+            [
+                Message(
+                    MsgType.APP,
+                    to=1,
+                    frm=3,
+                    term=future_term,
+                    index=prev,
+                    log_term=prev_term,
+                    entries=entries,
+                    commit=index,
+                )
+            ]
+        )
+        node._take_input()
+        await node._drain_ready()
+        assert node.kv.applied >= index
+        assert outcome(logged) is Unavailable
+        release_node(node)
+
+    asyncio.run(main())
+
+
+class Served:
+    """The client services of an in-process node on a free port, and a channel to them."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+        self.server = grpc.aio.server()
+        calls, forwarder = Calls(node), Forwarder(node)
+        kv_pb2_grpc.add_KVServicer_to_server(KVService(node, calls, forwarder), self.server)
+        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), self.server)
+        (port,) = free_ports(1)
+        self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.kv = kv_pb2_grpc.KVStub(self.channel)
+        self.seed = raft_pb2_grpc.RaftServiceStub(self.channel)
+
+    async def __aenter__(self) -> Served:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+        await self.server.stop(None)
+
+    async def proposed(self, n: int) -> None:
+        """Wait until n calls' writes are queued, then take them into the (uncommitting) log."""
+        while len(self.node.proposals) < n:
+            await asyncio.sleep(0.005)
+        self.node._take_input()
+        await self.node._drain_ready()
+
+
+async def failed(call: Awaitable[object]) -> tuple[grpc.StatusCode, str | None]:
+    """The status of a call that must fail, and its raftd-outcome trailer."""
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    trailers = dict(e.value.trailing_metadata() or ())
+    return e.value.code(), trailers.get(OUTCOME_KEY)
+
+
+@pytest.mark.parametrize("event", ["suspend", "step-down"])
+def test_unary_and_original_writes_lost_track_of_end_in_an_error_that_says_unknown(
+    tmp_path: Path, event: str
+) -> None:
+    """SetVal answered verdict=false, which the original client shows as a failed write, for writes that
+    were later read back (issue 16's Jepsen runs); the unary Put failed with no outcome at all."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        async with Served(node) as s:
+            setval = asyncio.ensure_future(
+                s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=10)
+            )
+            put = asyncio.ensure_future(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=10))
+            await s.proposed(2)
+            if event == "suspend":
+                await node._suspend(0.01)
+            else:
+                node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=3, term=node.raw.raft.term + 1)])
+                node._take_input()
+                await node._drain_ready()
+            assert await failed(setval) == (grpc.StatusCode.UNAVAILABLE, UNKNOWN)
+            assert await failed(put) == (grpc.StatusCode.UNAVAILABLE, UNKNOWN)
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_writes_refused_before_proposing_say_not_applied(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        async with Served(node) as s:
+            node.suspend(60)  # requested: the node takes no more writes
+            reply = await s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=10)
+            assert reply.verdict is False
+            assert await failed(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=10)) == (
+                grpc.StatusCode.UNAVAILABLE,
+                NOT_APPLIED,
+            )
+            assert await failed(s.kv.Put(kv_pb2.PutRequest(key=b"", value=b"2"), timeout=10)) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                NOT_APPLIED,
+            )
+            assert await failed(s.kv.Get(kv_pb2.GetRequest(key=b"a"), timeout=10)) == (
+                grpc.StatusCode.UNAVAILABLE,
+                None,  # a read has no effect: no outcome
+            )
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_write_past_its_deadline_says_unknown(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        async with Served(node) as s:
+            put = asyncio.ensure_future(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=0.5))
+            await s.proposed(1)
+            code, outcome = await failed(put)
+            # The client's own deadline may fire first: then gRPC reports it, with no trailer of ours.
+            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and outcome in (UNKNOWN, None)
+            setval = s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=0.5)
+            assert (await failed(setval))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+        release_node(node)
+
+    asyncio.run(main())
