@@ -9,20 +9,26 @@ stream back to the leader. No log matching, no terms, no state machine, no proto
 
 The median of this relay is the lowest single-client write latency raftd's design reaches on the machine;
 raftd's own median (`make bench`) minus it is what Raft itself and the hand-offs between its tasks add.
-Modes, each for --seconds:
+Modes (--modes, all by default), each for --seconds:
   relay   as above;
   nosync  the same with synchronous=OFF (no fsync): what the disk adds;
-  echo    the leader answers at once: one client round trip on a long-lived stream.
+  echo    the leader answers at once: one client round trip on a long-lived stream;
+  unary   the floor under one unary call per operation, as clients other than raftctl make them: ONE
+          grpc.aio process serving raftd.v1 KV's Put and Get and RaftService's SetVal and GetVal from a
+          dict (the generated servicers; no Raft, no disk), loaded by raftctl/unary_load.py, the driver
+          `make bench` loads raftd with, from this process: put and get at 1 and 64 clients.
 
-It runs on gRPC's default polling engine unless GRPC_EXPERIMENTS says otherwise; raftd's own choice is
-GRPC_EXPERIMENTS=-event_engine_client,-event_engine_listener (raftd/grpcenv.py).
-Run: [GRPC_EXPERIMENTS=...] .venv/bin/python bench/floor.py [--seconds 5]
+`make bench` runs the relay and unary floors in its own run, through floor_relay_p50() and unary_floor().
+Like raftd, it runs on gRPC's older polling engine (raftd/grpcenv.py) unless GRPC_EXPERIMENTS says
+otherwise (GRPC_EXPERIMENTS= for gRPC's default one), and so does every process it starts.
+Run: [GRPC_EXPERIMENTS=...] .venv/bin/python bench/floor.py [--seconds 5] [--modes relay,unary]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sqlite3
 import statistics
@@ -30,16 +36,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+from raftd.grpcenv import POLL_ENGINE
+
+os.environ.setdefault("GRPC_EXPERIMENTS", POLL_ENGINE)  # before grpc loads, here and in every child
 
 import grpc
 
+from raftctl.bench import BenchResult
+from raftctl.unary_load import UnaryConfig, run_unary
+from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.testing.ports import free_ports
 
 PEER = "/floor.Floor/Peer"
 CLIENT = "/floor.Floor/Client"
-MODES = ("echo", "relay", "nosync")
+RELAY_MODES = ("echo", "relay", "nosync")
+MODES = (*RELAY_MODES, "unary")
+UNARY_OPS = ("put", "get")
+UNARY_CONCURRENCY = (1, 64)
+UNARY_WARMUP_S = 1.0
 ID_BYTES = 8
 
 
@@ -184,7 +201,8 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure(mode: str, seconds: float) -> str:
+def measure(mode: str, seconds: float) -> tuple[list[float], float]:
+    """One relay mode for seconds after a warm-up: the latencies in ms, and the nodes' CPU seconds."""
     ports = free_ports(3)
     with tempfile.TemporaryDirectory(prefix="raftd-floor-") as data:
         argv = [sys.executable, __file__, "--node", mode, data, *map(str, ports)]
@@ -198,10 +216,103 @@ def measure(mode: str, seconds: float) -> str:
                 p.wait()
     if len(latencies) < 2:
         raise RuntimeError(f"the {mode} relay answered {len(latencies)} request(s) in {seconds:g} s")
+    return latencies, cpu
+
+
+def relay_row(mode: str, seconds: float) -> str:
+    latencies, cpu = measure(mode, seconds)
     p50 = statistics.median(latencies)
     p99 = statistics.quantiles(latencies, n=100)[98]
     per_op = cpu / len(latencies) * 1000
     return f"| {mode} | {len(latencies) / seconds:,.0f} ops/s | {p50:.2f} | {p99:.2f} | {per_op:.2f} |"
+
+
+def floor_relay_p50(seconds: float) -> float:
+    """The relay's median in ms: the floor under raftd's single-client write, for `make bench`'s ratio."""
+    return statistics.median(measure("relay", seconds)[0])
+
+
+# -- the unary floor --------------------------------------------------------------------------------
+
+
+class DictServer(kv_pb2_grpc.KVServicer, raft_pb2_grpc.RaftServiceServicer):
+    """raftd's client services on a dict: what a unary call costs grpc.aio with nothing behind it."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.index = 0
+
+    async def Put(self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext) -> kv_pb2.PutResponse:
+        self.index += 1
+        self.data[request.key] = request.value
+        return kv_pb2.PutResponse(index=self.index)
+
+    async def Get(self, request: kv_pb2.GetRequest, context: grpc.aio.ServicerContext) -> kv_pb2.GetResponse:
+        value = self.data.get(request.key)
+        return kv_pb2.GetResponse(found=value is not None, value=value or b"", index=self.index)
+
+    async def SetVal(
+        self, request: raft_pb2.SetValRequest, context: grpc.aio.ServicerContext
+    ) -> raft_pb2.SetValResponse:
+        self.index += 1
+        self.data[request.key.encode()] = request.value.encode()
+        return raft_pb2.SetValResponse(verdict=True)
+
+    async def GetVal(
+        self, request: raft_pb2.GetValRequest, context: grpc.aio.ServicerContext
+    ) -> raft_pb2.GetValResponse:
+        value = self.data.get(request.key.encode())
+        return raft_pb2.GetValResponse(verdict=value is not None, value=(value or b"").decode())
+
+
+async def serve_unary(port: int) -> None:
+    server = grpc.aio.server()
+    dict_server = DictServer()
+    kv_pb2_grpc.add_KVServicer_to_server(dict_server, server)
+    raft_pb2_grpc.add_RaftServiceServicer_to_server(dict_server, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+@contextlib.contextmanager
+def unary_server() -> Iterator[str]:
+    """A DictServer in a process of its own, as raftd is: yields its address (the driver waits until it
+    listens) and kills it on the way out."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, __file__, "--unary-server", str(port)])
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def unary_floor(
+    op: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float = UNARY_WARMUP_S,
+    keys: int = UnaryConfig.keys,
+    value_size: int = UnaryConfig.value_size,
+) -> BenchResult:
+    """op at concurrency against a fresh DictServer, from this process, by `make bench`'s unary driver."""
+    cfg = UnaryConfig(op, concurrency, seconds, warmup, keys, value_size)
+    with unary_server() as address:
+        return asyncio.run(run_unary(address, cfg))
+
+
+def unary_row(r: BenchResult) -> str:
+    throughput = f"{r.ops_per_s:,.0f} ops/s"
+    return f"| {r.workload} | {r.concurrency} | {throughput} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} |"
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"modes are a comma-separated list of {', '.join(MODES)}")
+    return modes
 
 
 def main() -> int:
@@ -209,23 +320,40 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--modes", type=parse_modes, default=list(MODES), help=f"default {','.join(MODES)}")
     parser.add_argument("--node", nargs=6, help=argparse.SUPPRESS)  # MODE DIR PORT0 PORT1 PORT2 ID
+    parser.add_argument("--unary-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.node:
         mode, data, *ports, me = args.node
         asyncio.run(serve(int(me), [int(p) for p in ports], Path(data), mode))
         return 0
-    print("| mode | throughput | p50 ms | p99 ms | CPU of the 3 nodes per op, ms |")
-    print("|------|------------|--------|--------|-------------------------------|")
-    for mode in MODES:
+    if args.unary_server is not None:
+        asyncio.run(serve_unary(args.unary_server))
+        return 0
+    relays = [m for m in RELAY_MODES if m in args.modes]
+    if relays:
+        print("| mode | throughput | p50 ms | p99 ms | CPU of the 3 nodes per op, ms |")
+        print("|------|------------|--------|--------|-------------------------------|")
+    for mode in relays:
         try:
-            print(measure(mode, args.seconds), flush=True)
+            print(relay_row(mode, args.seconds), flush=True)
         except TimeoutError:
             print(f"floor: the {mode} relay did not answer in time", file=sys.stderr)
             return 1
         except RuntimeError as e:
             print(f"floor: {e}", file=sys.stderr)
             return 1
+    if "unary" in args.modes:
+        print("| unary op | clients | throughput | p50 ms | p99 ms | errors |")
+        print("|----------|---------|------------|--------|--------|--------|")
+        for op in UNARY_OPS:
+            for c in UNARY_CONCURRENCY:
+                try:
+                    print(unary_row(unary_floor(op, c, args.seconds)), flush=True)
+                except RuntimeError as e:
+                    print(f"floor: {e}", file=sys.stderr)
+                    return 1
     return 0
 
 

@@ -104,34 +104,56 @@ def _operation(client: AsyncClient, workload: str, value: str) -> Callable[[str]
     return lambda key: client.get(key, linearizable=linearizable)
 
 
-async def fill(client: AsyncClient, keys: range | Sequence[int], value: str, concurrency: int) -> None:
-    """Write value under key_name(i) for every i, from `concurrency` workers; raises the first error."""
+async def fill(
+    write: Callable[[str], Awaitable[object]], keys: range | Sequence[int], concurrency: int
+) -> None:
+    """write(key_name(i)) for every i, from `concurrency` workers; raises the first error.
+
+    write is whatever client writes the key (an AsyncClient's put, a unary call), so reads of any kind
+    can first find a value under every key.
+    """
     it = iter(keys)
 
     async def worker() -> None:
         for i in it:
-            await client.put(key_name(i), value)
+            await write(key_name(i))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def run_bench(client: AsyncClient, cfg: BenchConfig, *, seed: int | None = None) -> BenchResult:
-    """Run one workload on an open client and summarise it."""
-    value = make_value(cfg.value_size)
-    if cfg.workload != "write" and cfg.prefill:
-        await fill(client, range(cfg.keys), value, min(cfg.concurrency, PREFILL_CONCURRENCY))
-    op = _operation(client, cfg.workload, value)
-    names = [key_name(i) for i in range(cfg.keys)]
+async def closed_loop(
+    workload: str,
+    op: Callable[[str], Awaitable[object]],
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    keys: int,
+    value_size: int,
+    failures: tuple[type[Exception], ...],
+    served: tuple[type[Exception], ...] = (),
+    describe: Callable[[Exception], str] = str,
+    seed: int | None = None,
+) -> BenchResult:
+    """`concurrency` workers each await op(a random key) and issue the next, for warmup + duration seconds.
+
+    The one loop behind `raftctl bench` and the unary load (raftctl/unary_load.py), so that their figures
+    compare. Only operations that start after the warmup and finish before the end count. An exception
+    in `served` still answered the request (a read of a key not written yet); one in `failures` is an
+    error, counted, and the worker carries on; the first error's text is kept, by describe().
+    """
+    names = [key_name(i) for i in range(keys)]
     rng = random.Random(seed)
     latencies: list[float] = []
-    errors: list[str] = []
+    errors = 0
+    first_error: Exception | None = None
 
-    start = time.perf_counter() + cfg.warmup
-    end = start + cfg.duration
+    start = time.perf_counter() + warmup
+    end = start + duration
     cpu_start: float | None = None
 
     async def worker() -> None:
-        nonlocal cpu_start
+        nonlocal cpu_start, errors, first_error
         while True:
             t0 = time.perf_counter()
             if t0 >= end:
@@ -139,33 +161,54 @@ async def run_bench(client: AsyncClient, cfg: BenchConfig, *, seed: int | None =
             if cpu_start is None and t0 >= start:
                 cpu_start = time.process_time()
             try:
-                await op(names[rng.randrange(cfg.keys)])
-            except NotFound:
-                pass  # a read of a key not written yet is still a served read
-            except ClientError as e:
+                await op(names[rng.randrange(keys)])
+            except served:
+                pass
+            except failures as e:
                 if t0 >= start:
-                    errors.append(str(e))
+                    errors += 1
+                    first_error = first_error or e
                 continue
             t1 = time.perf_counter()
             if t0 >= start and t1 <= end:
                 latencies.append(t1 - t0)
 
     cpu0 = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu_used = time.process_time() - (cpu_start if cpu_start is not None else cpu0)
     summary = latency_summary(latencies)
     return BenchResult(
-        workload=cfg.workload,
-        concurrency=cfg.concurrency,
-        duration_s=cfg.duration,
-        value_size=cfg.value_size,
-        keys=cfg.keys,
+        workload=workload,
+        concurrency=concurrency,
+        duration_s=duration,
+        value_size=value_size,
+        keys=keys,
         ops=len(latencies),
-        ops_per_s=len(latencies) / cfg.duration,
-        errors=len(errors),
-        first_error=errors[0] if errors else None,
-        client_cpu_percent=100 * cpu_used / cfg.duration,
+        ops_per_s=len(latencies) / duration,
+        errors=errors,
+        first_error=describe(first_error) if first_error is not None else None,
+        client_cpu_percent=100 * cpu_used / duration,
         **summary,
+    )
+
+
+async def run_bench(client: AsyncClient, cfg: BenchConfig, *, seed: int | None = None) -> BenchResult:
+    """Run one workload on an open client and summarise it."""
+    value = make_value(cfg.value_size)
+    if cfg.workload != "write" and cfg.prefill:
+        concurrency = min(cfg.concurrency, PREFILL_CONCURRENCY)
+        await fill(lambda key: client.put(key, value), range(cfg.keys), concurrency)
+    return await closed_loop(
+        cfg.workload,
+        _operation(client, cfg.workload, value),
+        concurrency=cfg.concurrency,
+        duration=cfg.duration,
+        warmup=cfg.warmup,
+        keys=cfg.keys,
+        value_size=cfg.value_size,
+        failures=(ClientError,),
+        served=(NotFound,),  # a read of a key not written yet is still a served read
+        seed=seed,
     )
 
 

@@ -3,7 +3,15 @@
 Starts three real `python -m raftd` processes with default settings on free 127.0.0.1 ports, data dirs in
 a temporary directory, and measures, in this order:
 
+0. the floors, before any node starts (bench/floor.py, loaded from this checkout): the relay's median
+   (a single write's gRPC and fsync shape with no Raft), and the unary floor, one grpc.aio process serving
+   KV's Put and Get from a dict, loaded at 64 clients by the unary driver below;
 1. writes and linearizable reads at concurrency 1, 16, 64, 256 (`raftctl bench` in-process);
+1b. one unary call per operation, as clients other than raftctl make them (raftctl/unary_load.py: one
+   channel to one node, no retries, no leader following): KV Put to the leader at 1 and 64 clients,
+   linearizable KV Get, RaftService SetVal and GetVal to the leader at 64, KV Put and Get to a follower at
+   64 (it forwards the writes and asks the leader for the read index); each row at 64 with its ratio to
+   the unary floor of its kind (a write's or a read's), the issue's target being at least 0.7x;
 2. failover: under a steady write load, SIGKILL the leader; the window runs from the kill to the first
    acknowledged write *issued after* the kill (a write issued after the kill cannot be answered by the dead
    leader, so the figure never flatters: it is high by at most one write's latency); then restart the
@@ -12,17 +20,21 @@ a temporary directory, and measures, in this order:
 4. memory per node (VmRSS from /proc/PID/status) before and after loading many keys of 16-byte values
    through the async client.
 
-Prints the machine facts and one markdown table on stdout; progress goes to stderr. Every node is
-killed at the end, also on Ctrl-C, SIGTERM or an exception. Environment knobs (defaults in brackets):
-BENCH_SECONDS [5] and BENCH_WARMUP [1] per run, BENCH_CONCURRENCY [1,16,64,256], BENCH_KEYS [1000],
-BENCH_VALUE_SIZE [16], BENCH_FAILOVER_TRIALS [10], BENCH_FAILOVER_WRITERS [4], BENCH_IDLE_SECONDS [10],
-BENCH_LOAD_KEYS [1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_KEEP_DIR [0].
+Prints the machine facts and one markdown table on stdout, each figure with its target where the issues
+set one (the single-client write's is its p50 within 1.4x the relay floor's: reported, it blocks nothing);
+progress goes to stderr. Every node is killed at the end, also on Ctrl-C, SIGTERM or an exception.
+Environment knobs (defaults in brackets): BENCH_SECONDS [5] and BENCH_WARMUP [1] per run (the floors'
+too), BENCH_CONCURRENCY [1,16,64,256], BENCH_KEYS [1000], BENCH_VALUE_SIZE [16], BENCH_UNARY [1; 0 skips
+the unary rows and the unary floor], BENCH_FLOOR [1; 0 skips the floors, and so the ratios to them],
+BENCH_FAILOVER_TRIALS [10], BENCH_FAILOVER_WRITERS [4], BENCH_IDLE_SECONDS [10], BENCH_LOAD_KEYS
+[1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_KEEP_DIR [0].
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -35,6 +47,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 from raftd.grpcenv import POLL_ENGINE
@@ -47,6 +60,7 @@ import grpc
 from raftctl.aio import AsyncClient
 from raftctl.bench import BenchConfig, BenchResult, fill, fmt_ms, make_value, run_bench
 from raftctl.client import Client, ClientError
+from raftctl.unary_load import UnaryConfig, run_unary
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.testing.ports import free_ports
 
@@ -57,6 +71,39 @@ FAILOVER_TIMEOUT_S = 30.0
 STEADY_BEFORE_KILL_S = 1.0
 SETTLE_BEFORE_IDLE_S = 2.0
 POLL_S = 0.005
+FLOOR_PY = Path(__file__).resolve().parent.parent / "bench" / "floor.py"
+
+UNARY_CLIENTS = 64
+# (op, the node it goes to, clients), in the order measured.
+UNARY_PLAN: tuple[tuple[str, str, int], ...] = (
+    ("put", "leader", 1),
+    ("put", "leader", UNARY_CLIENTS),
+    ("get", "leader", UNARY_CLIENTS),
+    ("setval", "leader", UNARY_CLIENTS),
+    ("getval", "leader", UNARY_CLIENTS),
+    ("put", "follower", UNARY_CLIENTS),
+    ("get", "follower", UNARY_CLIENTS),
+)
+UNARY_NAMES = {
+    "put": "KV Put",
+    "get": "linearizable KV Get",
+    "setval": "RaftService SetVal",
+    "getval": "RaftService GetVal",
+}
+# The floor a unary row is held to: a write's (a Put on the dict) or a read's. The floor serves SetVal
+# and GetVal too, but the protobuf cost of either is a Put's or a Get's, and each floor run costs time.
+FLOOR_OF = {"put": "put", "get": "get", "setval": "put", "getval": "get"}
+FLOOR_NAMES = {"put": "KV Put", "get": "KV Get"}
+
+# Targets (README, Performance). The unary and relay ones are ratios to a floor measured in the same run.
+UNARY_FLOOR_TARGET = 0.7  # a unary row at UNARY_CLIENTS clients reaches this fraction of its floor's ops/s
+RELAY_TARGET = 1.4  # the single-client write's p50 over the relay floor's p50, at most
+RUN_TARGETS = {("write", 64): 5_000, ("read", 64): 10_000}  # ops/s, at least
+FAILOVER_MEDIAN_TARGET_MS = 400
+FAILOVER_MAX_TARGET_MS = 1_000
+IDLE_CPU_TARGET_PERCENT = 2.0
+MEMORY_TARGET_MB = 150
+MEMORY_TARGET_KEYS = 1_000_000  # the memory target holds for this many keys; fewer say nothing of it
 
 T = TypeVar("T")
 
@@ -130,6 +177,12 @@ def env_ints(env: Mapping[str, str], name: str, default: Sequence[int]) -> list[
     return [int(x) for x in raw.split(",") if x.strip()] if raw else list(default)
 
 
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Unset or empty: the default; "0": off; anything else: on."""
+    raw = env.get(name, "").strip()
+    return raw != "0" if raw else default
+
+
 @dataclass(frozen=True)
 class Settings:
     seconds: float = 5.0
@@ -137,6 +190,8 @@ class Settings:
     concurrency: tuple[int, ...] = (1, 16, 64, 256)
     keys: int = 1000
     value_size: int = 16
+    unary: bool = True
+    floor: bool = True
     failover_trials: int = 10
     failover_writers: int = 4
     idle_seconds: float = 10.0
@@ -153,13 +208,21 @@ class Settings:
             concurrency=tuple(env_ints(env, "BENCH_CONCURRENCY", d.concurrency)),
             keys=env_int(env, "BENCH_KEYS", d.keys),
             value_size=env_int(env, "BENCH_VALUE_SIZE", d.value_size),
+            unary=env_bool(env, "BENCH_UNARY", d.unary),
+            floor=env_bool(env, "BENCH_FLOOR", d.floor),
             failover_trials=env_int(env, "BENCH_FAILOVER_TRIALS", d.failover_trials),
             failover_writers=env_int(env, "BENCH_FAILOVER_WRITERS", d.failover_writers),
             idle_seconds=env_float(env, "BENCH_IDLE_SECONDS", d.idle_seconds),
             load_keys=env_int(env, "BENCH_LOAD_KEYS", d.load_keys),
             load_concurrency=env_int(env, "BENCH_LOAD_CONCURRENCY", d.load_concurrency),
-            keep_dir=env.get("BENCH_KEEP_DIR", "") not in ("", "0"),
+            keep_dir=env_bool(env, "BENCH_KEEP_DIR", d.keep_dir),
         )
+
+
+@dataclass(frozen=True)
+class UnaryRun:
+    node: str  # "leader" or "follower": where every call of the run went
+    result: BenchResult
 
 
 @dataclass
@@ -168,6 +231,9 @@ class Report:
 
     facts: dict[str, str] = field(default_factory=dict)
     runs: list[BenchResult] = field(default_factory=list)
+    relay_p50_ms: float | None = None  # bench/floor.py's relay: the floor under a single-client write
+    unary_floors: dict[str, BenchResult] = field(default_factory=dict)  # by op, at UNARY_CLIENTS
+    unary: list[UnaryRun] = field(default_factory=list)
     failover_ms: list[float] = field(default_factory=list)
     election_ms: list[float] = field(default_factory=list)  # kill -> a survivor names a new leader
     failover_errors: int = 0
@@ -181,32 +247,86 @@ class Report:
     load_concurrency: int = 0
 
 
-def _run_row(r: BenchResult) -> list[str]:
+def target_cell(target: str, met: bool | None) -> str:
+    """A target and whether the run met it, in the README's words; None: not measured in this run."""
+    if met is None:
+        return f"{target}: not measured"
+    return f"{target}: {'met' if met else '**missed**'}"
+
+
+def times(ratio: float) -> str:
+    """A measured ratio to a floor, as the notes print it."""
+    return f"{ratio:.2f}x"
+
+
+def _clients(n: int) -> str:
+    return f"{n} client{'s' if n != 1 else ''}"
+
+
+def _figures(r: BenchResult) -> list[str]:
+    """The result, p50, p95, p99, max and errors cells of a closed-loop run."""
+    latencies = [fmt_ms(ms) for ms in (r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms)]
+    return [f"{r.ops_per_s:,.0f} ops/s", *latencies, str(r.errors)]
+
+
+def _run_row(r: BenchResult, relay_p50_ms: float | None) -> list[str]:
     name = {"write": "write", "read": "linearizable read", "local-read": "local read"}[r.workload]
-    return [
-        f"{name}, {r.concurrency} client{'s' if r.concurrency != 1 else ''}",
-        f"{r.ops_per_s:,.0f} ops/s",
-        fmt_ms(r.p50_ms),
-        fmt_ms(r.p95_ms),
-        fmt_ms(r.p99_ms),
-        fmt_ms(r.max_ms),
-        str(r.errors),
-        f"client CPU {r.client_cpu_percent:.0f}%",
-    ]
+    notes = f"client CPU {r.client_cpu_percent:.0f}%"
+    target = ""
+    if (r.workload, r.concurrency) in RUN_TARGETS:
+        least = RUN_TARGETS[r.workload, r.concurrency]
+        target = target_cell(f">= {least:,} ops/s", r.ops_per_s >= least)
+    elif (r.workload, r.concurrency) == ("write", 1):
+        ratio = r.p50_ms / relay_p50_ms if relay_p50_ms else None
+        if ratio is not None:
+            notes += f"; p50 {times(ratio)} the relay floor's"
+        target = target_cell(
+            f"p50 <= {RELAY_TARGET:g}x the relay floor's",
+            None if ratio is None else ratio <= RELAY_TARGET,
+        )
+    return [f"{name}, {_clients(r.concurrency)}", *_figures(r), notes, target]
+
+
+def _unary_row(run: UnaryRun, floors: Mapping[str, BenchResult]) -> list[str]:
+    r = run.result
+    notes = f"client CPU {r.client_cpu_percent:.0f}%"
+    target = ""
+    if r.concurrency == UNARY_CLIENTS:
+        floor = floors.get(FLOOR_OF[r.workload])
+        ratio = r.ops_per_s / floor.ops_per_s if floor and floor.ops_per_s else None
+        if ratio is not None:
+            notes += f"; {times(ratio)} the {FLOOR_NAMES[FLOOR_OF[r.workload]]} floor"
+        target = target_cell(
+            f">= {UNARY_FLOOR_TARGET:g}x the floor",
+            None if ratio is None else ratio >= UNARY_FLOOR_TARGET,
+        )
+    if r.first_error:
+        notes += f"; first error: {r.first_error}"
+    name = f"unary {UNARY_NAMES[r.workload]} to the {run.node}, {_clients(r.concurrency)}"
+    return [name, *_figures(r), notes, target]
 
 
 def render_report(report: Report) -> str:
     """Machine facts as a list, then the one table with every figure."""
     lines = [f"- {k}: {v}" for k, v in report.facts.items()]
-    headers = ["measurement", "result", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "notes"]
-    rows = [_run_row(r) for r in report.runs]
+    headers = ["measurement", "result", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "notes", "target"]
+    rows = [_run_row(r, report.relay_p50_ms) for r in report.runs]
+    if report.relay_p50_ms is not None:
+        p50 = report.relay_p50_ms
+        note = "bench/floor.py relay: a write's gRPC streams and fsyncs over 3 processes, no Raft"
+        rows.append(["relay floor, 1 client", f"p50 {p50:.2f} ms", fmt_ms(p50), "-", "-", "-", "-", note, ""])
+    for op, r in report.unary_floors.items():
+        note = f"client CPU {r.client_cpu_percent:.0f}%; bench/floor.py unary: one grpc.aio process, a dict"
+        rows.append([f"unary floor, {FLOOR_NAMES[op]}, {_clients(r.concurrency)}", *_figures(r), note, ""])
+    rows += [_unary_row(run, report.unary_floors) for run in report.unary]
     if report.failover_ms:
         ms = report.failover_ms
+        median = statistics.median(ms)
         rows.append(
             [
                 f"failover window, {len(ms)} trials",
-                f"median {statistics.median(ms):.0f} ms",
-                fmt_ms(statistics.median(ms)),
+                f"median {median:.0f} ms",
+                fmt_ms(median),
                 "-",
                 "-",
                 fmt_ms(max(ms)),
@@ -218,10 +338,15 @@ def render_report(report: Report) -> str:
                     if report.election_ms
                     else ""
                 ),
+                target_cell(
+                    f"median <= {FAILOVER_MEDIAN_TARGET_MS} ms, max <= {FAILOVER_MAX_TARGET_MS:,} ms",
+                    median <= FAILOVER_MEDIAN_TARGET_MS and max(ms) <= FAILOVER_MAX_TARGET_MS,
+                ),
             ]
         )
     for node, pct in sorted(report.idle_cpu.items()):
-        rows.append([f"idle CPU, node {node}", f"{pct:.2f}% of a core", "-", "-", "-", "-", "-", ""])
+        target = target_cell(f"< {IDLE_CPU_TARGET_PERCENT:g}%", pct < IDLE_CPU_TARGET_PERCENT)
+        rows.append([f"idle CPU, node {node}", f"{pct:.2f}% of a core", "-", "-", "-", "-", "-", "", target])
     if report.load_seconds is not None:
         rate = report.load_keys / report.load_seconds if report.load_seconds > 0 else 0.0
         rows.append(
@@ -234,18 +359,22 @@ def render_report(report: Report) -> str:
                 "-",
                 "0",
                 f"{rate:,.0f} writes/s at {report.load_concurrency} clients",
+                "",
             ]
         )
     for node in sorted(report.rss_before_kib):
         after = report.rss_after_kib.get(node)
         before_mb = report.rss_before_kib[node] / 1024
+        target = ""
         if after is not None:
             result = f"{after / 1024:.0f} MB RSS"
             note = f"with {report.load_keys:,} keys; {before_mb:.0f} MB before the load"
+            if report.load_keys >= MEMORY_TARGET_KEYS:
+                target = target_cell(f"< {MEMORY_TARGET_MB} MB", after / 1024 < MEMORY_TARGET_MB)
         else:
             result = f"{before_mb:.0f} MB RSS"
             note = "key load skipped"
-        rows.append([f"memory, node {node}", result, "-", "-", "-", "-", "-", note])
+        rows.append([f"memory, node {node}", result, "-", "-", "-", "-", "-", note, target])
     return "\n".join([*lines, "", markdown_table(headers, rows)])
 
 
@@ -420,6 +549,47 @@ async def _throughput(cluster: LocalCluster, s: Settings, report: Report) -> Non
                 cluster.check_alive()
 
 
+def floor_module() -> ModuleType:
+    """bench/floor.py of this checkout, a program rather than a package module: loaded by its path."""
+    spec = importlib.util.spec_from_file_location("raftd_bench_floor", FLOOR_PY)
+    if not FLOOR_PY.exists() or spec is None or spec.loader is None:
+        raise RuntimeError(f"no {FLOOR_PY} to measure the floors with (BENCH_FLOOR=0 runs without them)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _floors(s: Settings, report: Report) -> None:
+    """The floors, measured before any node starts, so that nothing else shares the cores meanwhile."""
+    floor = floor_module()
+    report.relay_p50_ms = floor.floor_relay_p50(s.seconds)
+    log(f"relay floor: p50 {report.relay_p50_ms:.2f} ms")
+    if not s.unary:
+        return
+    for op in FLOOR_NAMES:
+        r = floor.unary_floor(op, UNARY_CLIENTS, s.seconds, s.warmup, s.keys, s.value_size)
+        report.unary_floors[op] = r
+        log(
+            f"unary floor {op} c={UNARY_CLIENTS}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
+            f"{r.errors} errors"
+        )
+
+
+async def _unary(cluster: LocalCluster, s: Settings, report: Report) -> None:
+    """UNARY_PLAN: each run's calls all go to one node, as from a client that follows no leader."""
+    leader = await asyncio.to_thread(cluster.wait_leader)
+    nodes = {"leader": leader, "follower": (leader + 1) % cluster.n}
+    for op, node, clients in UNARY_PLAN:
+        cfg = UnaryConfig(op, clients, s.seconds, s.warmup, s.keys, s.value_size)
+        r = await run_unary(cluster.address(nodes[node]), cfg)
+        report.unary.append(UnaryRun(node, r))
+        log(
+            f"unary {op} to the {node} c={clients}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
+            f"{r.errors} errors" + (f" (first: {r.first_error})" if r.first_error else "")
+        )
+        cluster.check_alive()
+
+
 def _first_ack_after(acks: list[tuple[float, float]], start: int, issued_after: float) -> float | None:
     """The ack time of the first write at or after position start that was issued at/after issued_after."""
     for issued, acked in acks[start:]:
@@ -522,7 +692,8 @@ async def _load(cluster: LocalCluster, s: Settings, report: Report) -> None:
     t0 = time.monotonic()
     async with AsyncClient(cluster.endpoints, timeout=30.0) as client:
         for start in range(0, s.load_keys, step):
-            await fill(client, range(start, min(start + step, s.load_keys)), value, s.load_concurrency)
+            keys = range(start, min(start + step, s.load_keys))
+            await fill(lambda key: client.put(key, value), keys, s.load_concurrency)
             done = min(start + step, s.load_keys)
             log(f"loaded {done:,} keys in {time.monotonic() - t0:.0f} s")
             cluster.check_alive()
@@ -530,6 +701,8 @@ async def _load(cluster: LocalCluster, s: Settings, report: Report) -> None:
 
 
 def run(s: Settings, root: Path, report: Report) -> None:
+    if s.floor:
+        _floors(s, report)
     cluster = LocalCluster(root)
     try:
         for i in range(cluster.n):
@@ -537,6 +710,8 @@ def run(s: Settings, root: Path, report: Report) -> None:
         leader = cluster.wait_leader()
         log(f"cluster up in {root}: {', '.join(cluster.endpoints)}; leader node {leader}")
         asyncio.run(_throughput(cluster, s, report))
+        if s.unary:
+            asyncio.run(_unary(cluster, s, report))
         if s.failover_trials > 0:
             asyncio.run(_failover(cluster, s, report))
         for i in range(cluster.n):

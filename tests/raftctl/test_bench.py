@@ -1,5 +1,6 @@
 """The benchmark tool: AsyncClient against fake nodes, `raftctl bench` and `make bench` on real processes,
-and the pure helpers. Nothing here asserts on speed; only that the figures exist and make sense.
+the unary driver against bench/floor.py's unary floor, and the pure helpers. Nothing here asserts on
+speed; only that the figures exist and make sense.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from raftctl.aio import AsyncClient
 from raftctl.bench import (
     BenchConfig,
     BenchResult,
+    closed_loop,
     latency_summary,
     make_value,
     percentile,
@@ -28,7 +30,10 @@ from raftctl.bench import (
 from raftctl.benchmark import (
     Report,
     Settings,
+    UnaryRun,
     cpu_percent,
+    env_bool,
+    floor_module,
     markdown_table,
     parse_cpu_model,
     parse_mem_total_kib,
@@ -37,8 +42,11 @@ from raftctl.benchmark import (
     proc_cpu_ticks,
     proc_rss_kib,
     render_report,
+    target_cell,
+    times,
 )
 from raftctl.client import InvalidArgument, NotFound, Unavailable
+from raftctl.unary_load import OPS, Refused, UnaryConfig, describe, run_unary
 from raftd.pb import kv_pb2 as pb
 from tests.daemon.cluster import Cluster
 
@@ -345,6 +353,7 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
         BENCH_SECONDS="0.3",
         BENCH_WARMUP="0",
         BENCH_CONCURRENCY="2",
+        BENCH_KEYS="100",  # the keys the unary reads write first, at a unary write's pace
         BENCH_FAILOVER_TRIALS="1",
         BENCH_IDLE_SECONDS="0.3",
         BENCH_LOAD_KEYS="200",
@@ -360,6 +369,16 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
     assert names == [
         "write, 2 clients",
         "linearizable read, 2 clients",
+        "relay floor, 1 client",
+        "unary floor, KV Put, 64 clients",
+        "unary floor, KV Get, 64 clients",
+        "unary KV Put to the leader, 1 client",
+        "unary KV Put to the leader, 64 clients",
+        "unary linearizable KV Get to the leader, 64 clients",
+        "unary RaftService SetVal to the leader, 64 clients",
+        "unary RaftService GetVal to the leader, 64 clients",
+        "unary KV Put to the follower, 64 clients",
+        "unary linearizable KV Get to the follower, 64 clients",
         "failover window, 1 trials",
         *(f"idle CPU, node {i}" for i in range(3)),
         "load 200 keys",
@@ -367,6 +386,8 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
     ]
     assert "- CPU: " in r.stdout and "- Python: " in r.stdout
     assert "- speed: a 10M-addition Python loop took " in r.stdout
+    follower_get = table[2 + names.index("unary linearizable KV Get to the follower, 64 clients")]
+    assert re.search(r"client CPU \d+%; \d+\.\d\dx the KV Get floor", follower_get), follower_get
     assert "raftd-bench-" in r.stderr
     bench_dir = r.stderr.split("cluster up in ")[1].split(":")[0]
     assert not Path(bench_dir).exists(), "the temporary data dirs are removed after a good run"
@@ -441,11 +462,17 @@ def test_markdown_table_and_report() -> None:
     assert rows["write, 16 clients"][:2] == ["2,000 ops/s", "1.50"]
     assert rows["linearizable read, 1 client"][0] == "2,000 ops/s"
     assert rows["failover window, 3 trials"][:5] == ["median 300 ms", "300", "-", "-", "500"]
-    assert "new leader named after median 250 ms (max 450)" in rows["failover window, 3 trials"][-1]
-    assert rows["idle CPU, node 0"][0] == "1.23% of a core"
-    assert rows["load 1,000,000 keys"][0] == "400.0 s" and "2,500 writes/s" in rows["load 1,000,000 keys"][-1]
-    assert rows["memory, node 0"][0] == "120 MB RSS" and "40 MB before" in rows["memory, node 0"][-1]
-    assert rows["memory, node 1"][0] == "41 MB RSS" and rows["memory, node 1"][-1] == "key load skipped"
+    assert "new leader named after median 250 ms (max 450)" in rows["failover window, 3 trials"][-2]
+    assert rows["failover window, 3 trials"][-1] == "median <= 400 ms, max <= 1,000 ms: met"
+    assert rows["idle CPU, node 0"][0] == "1.23% of a core" and rows["idle CPU, node 0"][-1] == "< 2%: met"
+    assert rows["load 1,000,000 keys"][0] == "400.0 s" and "2,500 writes/s" in rows["load 1,000,000 keys"][-2]
+    assert rows["memory, node 0"][0] == "120 MB RSS" and "40 MB before" in rows["memory, node 0"][-2]
+    assert rows["memory, node 0"][-1] == "< 150 MB: met"
+    assert rows["memory, node 1"][0] == "41 MB RSS" and rows["memory, node 1"][-2:] == [
+        "key load skipped",
+        "",
+    ]
+    assert rows["write, 16 clients"][-1] == "" and "relay floor, 1 client" not in rows, "no floor measured"
 
 
 def test_proc_parsing() -> None:
@@ -466,3 +493,141 @@ def test_settings_from_env() -> None:
     s = Settings.from_env({"BENCH_SECONDS": "2", "BENCH_CONCURRENCY": "1, 8", "BENCH_LOAD_KEYS": "0"})
     assert (s.seconds, s.concurrency, s.load_keys, s.failover_trials) == (2.0, (1, 8), 0, 10)
     assert Settings.from_env({}) == Settings()
+    assert (Settings().unary, Settings().floor, Settings().keep_dir) == (True, True, False)
+    s = Settings.from_env({"BENCH_UNARY": "0", "BENCH_FLOOR": " 0 ", "BENCH_KEEP_DIR": "1"})
+    assert (s.unary, s.floor, s.keep_dir) == (False, False, True)
+
+
+def test_env_bool() -> None:
+    assert env_bool({}, "X", True) is True and env_bool({"X": ""}, "X", False) is False
+    assert env_bool({"X": "0"}, "X", True) is False and env_bool({"X": "1"}, "X", False) is True
+    assert env_bool({"X": "yes"}, "X", False) is True
+
+
+def test_ratios_and_targets() -> None:
+    assert times(0.8187) == "0.82x" and times(1.4) == "1.40x"
+    assert target_cell(">= 0.7x the floor", True) == ">= 0.7x the floor: met"
+    assert target_cell(">= 0.7x the floor", False) == ">= 0.7x the floor: **missed**"
+    assert target_cell(">= 0.7x the floor", None) == ">= 0.7x the floor: not measured"
+
+
+def _unary(op: str, node: str, concurrency: int, ops_per_s: float, **kw: object) -> UnaryRun:
+    return UnaryRun(node, _result(workload=op, concurrency=concurrency, ops_per_s=ops_per_s, **kw))
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| measurement ")) + 2
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[start:]}
+
+
+def test_report_unary_rows_hold_each_to_its_floor() -> None:
+    report = Report(
+        runs=[_result(concurrency=1, p50_ms=1.5), _result(concurrency=64, ops_per_s=4000.0)],
+        relay_p50_ms=1.2,
+        unary_floors={
+            "put": _result(workload="put", concurrency=64, ops_per_s=10000.0),
+            "get": _result(workload="get", concurrency=64, ops_per_s=20000.0),
+        },
+        unary=[
+            _unary("put", "leader", 1, 900.0),
+            _unary("put", "leader", 64, 8200.0),
+            _unary("get", "leader", 64, 1000.0),
+            _unary("setval", "leader", 64, 7000.0),
+            _unary("getval", "leader", 64, 14000.0),
+            _unary(
+                "get", "follower", 64, 500.0, errors=3, first_error="DEADLINE_EXCEEDED: Deadline Exceeded"
+            ),
+        ],
+    )
+    rows = _rows(render_report(report))
+    assert rows["write, 1 client"][-2:] == [
+        "client CPU 20%; p50 1.25x the relay floor's",
+        "p50 <= 1.4x the relay floor's: met",
+    ]
+    assert rows["write, 64 clients"][-1] == ">= 5,000 ops/s: **missed**"
+    assert rows["relay floor, 1 client"][:2] == ["p50 1.20 ms", "1.20"]
+    assert rows["unary floor, KV Put, 64 clients"][0] == "10,000 ops/s"
+    assert rows["unary floor, KV Get, 64 clients"][0] == "20,000 ops/s"
+    assert rows["unary KV Put to the leader, 1 client"][-2:] == ["client CPU 20%", ""], (
+        "no target at 1 client"
+    )
+    put = rows["unary KV Put to the leader, 64 clients"]
+    assert put[0] == "8,200 ops/s" and put[-2:] == [
+        "client CPU 20%; 0.82x the KV Put floor",
+        ">= 0.7x the floor: met",
+    ]
+    get = rows["unary linearizable KV Get to the leader, 64 clients"]
+    assert get[-2:] == ["client CPU 20%; 0.05x the KV Get floor", ">= 0.7x the floor: **missed**"]
+    assert (
+        rows["unary RaftService SetVal to the leader, 64 clients"][-2]
+        == "client CPU 20%; 0.70x the KV Put floor"
+    )
+    assert (
+        rows["unary RaftService GetVal to the leader, 64 clients"][-2]
+        == "client CPU 20%; 0.70x the KV Get floor"
+    )
+    follower = rows["unary linearizable KV Get to the follower, 64 clients"]
+    assert follower[-3] == "3" and follower[-2].endswith(
+        "; first error: DEADLINE_EXCEEDED: Deadline Exceeded"
+    )
+
+    without_floors = _rows(render_report(Report(runs=report.runs, unary=report.unary)))
+    assert without_floors["write, 1 client"][-2:] == [
+        "client CPU 20%",
+        "p50 <= 1.4x the relay floor's: not measured",
+    ]
+    put = without_floors["unary KV Put to the leader, 64 clients"]
+    assert put[-2:] == ["client CPU 20%", ">= 0.7x the floor: not measured"]
+
+
+# -- the unary driver ------------------------------------------------------------------------------------
+
+
+def test_unary_config_validation_and_error_text() -> None:
+    with pytest.raises(ValueError, match="op must be one of"):
+        UnaryConfig(op="delete")
+    with pytest.raises(ValueError):
+        UnaryConfig(concurrency=0)
+    with pytest.raises(ValueError):
+        UnaryConfig(timeout=0)
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone"
+    )
+    assert describe(error) == "UNAVAILABLE: gone" and describe(Refused("no")) == "no"
+
+
+def test_closed_loop_counts_served_answers_and_errors_apart() -> None:
+    """A served exception is an answered request; a failure is an error, its first text kept; the
+    worker goes on after either."""
+    calls: list[str] = []
+
+    async def op(key: str) -> None:
+        calls.append(key)
+        await asyncio.sleep(0.001)
+        if len(calls) % 3 == 1:
+            raise NotFound("absent")
+        if len(calls) % 3 == 2:
+            raise Refused(f"refused {len(calls)}")
+
+    r = asyncio.run(
+        closed_loop(
+            "probe", op, concurrency=2, duration=0.3, warmup=0.05, keys=5, value_size=16,
+            failures=(Refused,), served=(NotFound,), describe=lambda e: f"said {e}",
+        )
+    )  # fmt: skip
+    assert r.workload == "probe" and r.keys == 5 and set(calls) <= {f"bench/{i:08d}" for i in range(5)}
+    assert 0 < r.errors < r.ops, "NotFound answers count as served operations, Refused ones as errors"
+    assert r.first_error is not None and re.fullmatch(r"said refused \d+", r.first_error)
+
+
+def test_unary_driver_against_the_unary_floor() -> None:
+    """Every op of the driver, one channel to bench/floor.py's unary server in its own process: it
+    completes with answers and no errors (its speed is make bench's business)."""
+    floor = floor_module()
+    assert floor.parse_modes("relay, unary") == ["relay", "unary"]
+    with floor.unary_server() as address:
+        for op in OPS:
+            cfg = UnaryConfig(op, concurrency=4, duration=0.25, warmup=0.05, keys=20)
+            r = asyncio.run(run_unary(address, cfg, seed=1))
+            assert (r.workload, r.ops > 0, r.errors, r.first_error) == (op, True, 0, None)
