@@ -1,6 +1,11 @@
 """Jepsen on real raftd processes: concurrent clients, a seeded nemesis of SIGKILL / SIGSTOP / suspend, and
 the linearizability checker over the recorded history.
 
+The clients are of three kinds (raftd/testing/workload.py): raftctl's leader-following Client, the original
+project's RaftService (SetVal / GetVal) and raftd.v1 unary KV calls without a session; the last two make
+one attempt per op at a random node, so a server's "not applied" reaches the history as a definite failure,
+and no read may ever return the value of such a write.
+
 RAFTD_JEPSEN_SECONDS sets the workload's length (default 20; e.g. 300 for a long run) and RAFTD_JEPSEN_SEED
 replays a schedule (the seed is printed; the nemesis schedule is seeded, the timing of real processes is
 not, so a replay is close, not identical). On a violation the history is dumped as JSON lines under the
@@ -18,15 +23,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from raftctl.client import Client, NotFound
-from raftd.testing import History, Op, check
+from raftd.testing import History, Op, check, check_failed_writes_unread
 from raftd.testing.nemesis import ProcessNemesis
-from raftd.testing.workload import run_workload
+from raftd.testing.workload import client_plan, run_workload
 
 from .daemon.cluster import Cluster, cluster_of
 
 SECONDS = float(os.environ.get("RAFTD_JEPSEN_SECONDS", "20"))
 KEYS = ["k0", "k1", "k2"]
-CLIENTS = 5
+CLIENTS = 5  # raftctl Client threads: even ones follow the leader, odd ones are pinned to a node
+RAFT_SERVICE_CLIENTS = 1
+UNARY_CLIENTS = 1
+PLAN = client_plan(CLIENTS, RAFT_SERVICE_CLIENTS, UNARY_CLIENTS)
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
 # A linearizable history checks in well under a second per minute of run; refuting one explores every
 # configuration before the violation, seconds per minute of run.
@@ -74,7 +82,16 @@ def record(
     if nemesis is not None:
         thread.start()
     try:
-        run_workload(endpoints, history, clients=CLIENTS, keys=KEYS, duration_s=seconds, seed=workload_seed)
+        run_workload(
+            endpoints,
+            history,
+            clients=CLIENTS,
+            keys=KEYS,
+            duration_s=seconds,
+            seed=workload_seed,
+            raft_service_clients=RAFT_SERVICE_CLIENTS,
+            unary_clients=UNARY_CLIENTS,
+        )
     finally:
         stop.set()
         if nemesis is not None:
@@ -87,16 +104,32 @@ def record(
     return history, schedule
 
 
+def client_kind(process: int) -> str:
+    """The kind of client that ran a process ("final" for the final reads)."""
+    return "final" if process >= FINAL_READ_PROCESS else PLAN[process % len(PLAN)]
+
+
 def summary(ops: list[Op]) -> str:
     counts = Counter(f"{op.kind}:{op.status}" for op in ops)
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
 
 
-def assert_linearizable(ops: list[Op], history: History, path: Path, context: str) -> None:
+def summary_by_client(ops: list[Op]) -> str:
+    counts = Counter(f"{client_kind(op.process)} {op.kind}:{op.status}" for op in ops)
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+
+
+def assert_correct(ops: list[Op], history: History, path: Path, context: str) -> None:
+    """No definite failure read back, then linearizability (which also catches the former, less plainly)."""
     history.dump(path)
+    failed_read = check_failed_writes_unread(ops)
+    assert failed_read.ok, (
+        f"A FAILED WRITE WAS READ (history in {path}):\n{failed_read.explanation}\n{context}"
+    )
     start = time.monotonic()
     result = check(ops, timeout_s=CHECK_TIMEOUT_S)
     print(f"checked {len(ops)} ops in {time.monotonic() - start:.2f}s: {summary(ops)}; history: {path}")
+    print(f"by client: {summary_by_client(ops)}")
     assert result.ok, f"NOT LINEARIZABLE (history in {path}):\n{result.explanation}\n{context}"
 
 
@@ -110,23 +143,27 @@ def test_jepsen_process_cluster(tmp_path: Path) -> None:
         history, schedule = record(c, SECONDS, seed, nemesis)
         ops = history.ops()
         context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
-        assert_linearizable(ops, history, tmp_path / "history.jsonl", context)
+        assert_correct(ops, history, tmp_path / "history.jsonl", context)
 
     # The run must have tested something: faults, and a fair number of acknowledged writes and reads.
     assert nemesis.injected >= min(3, int(SECONDS / 4)), schedule
     done = Counter(op.kind for op in ops if op.status == "ok")
     assert done["put"] >= 20 and done["get"] >= 20, summary(ops)
+    by_client = Counter((client_kind(op.process), op.kind) for op in ops if op.status == "ok")
+    for kind in ("raft_service", "unary"):
+        assert by_client[kind, "put"] >= 5 and by_client[kind, "get"] >= 5, summary_by_client(ops)
     assert all(op.status != "pending" for op in ops)
 
 
 def test_checker_flags_a_stale_read_injected_into_a_real_history(tmp_path: Path) -> None:
-    """Teeth: a real recorded history passes; the same history with one stale or future read does not."""
+    """Teeth: a real recorded history passes; the same history with one stale or future read, or with a
+    write that was read recorded as a definite failure, does not."""
     seed = random.randrange(2**32)
     print(f"\nteeth: seed {seed}")
     with cluster_of(tmp_path / "cluster", 3) as c:
         history, _ = record(c, 3.0, seed, None)
     ops = history.ops()
-    assert_linearizable(ops, history, tmp_path / "history.jsonl", f"seed {seed}")
+    assert_correct(ops, history, tmp_path / "history.jsonl", f"seed {seed}")
 
     # A stale read: after the final read of a key saw X, a read returning an older acknowledged value Y.
     t_end = max(op.ret or op.call for op in ops)
@@ -162,3 +199,11 @@ def test_checker_flags_a_stale_read_injected_into_a_real_history(tmp_path: Path)
             break
     else:
         raise AssertionError(f"no read with a later write to its key: {summary(ops)}")
+
+    # A definite failure read back: a write whose value some read returned, recorded as failed instead.
+    read = {(op.key, op.output) for op in ops if op.kind == "get" and op.status == "ok"}
+    i = next(i for i, op in enumerate(ops) if op.kind == "put" and (op.key, op.value) in read)
+    bad = list(ops)
+    bad[i] = replace(ops[i], status="fail")
+    result = check_failed_writes_unread(bad)
+    assert not result.ok and repr(ops[i].value) in result.explanation, result.explanation

@@ -4,7 +4,8 @@ They live in the package (not under tests/) so the process-level tests and the c
 recorder, one checker and one workload; nothing in the daemon imports them.
 """
 
+from .checks import check_failed_writes_unread
 from .history import History, Op
 from .linearizability import CheckResult, CheckTimeout, check
 
-__all__ = ["CheckResult", "CheckTimeout", "History", "Op", "check"]
+__all__ = ["CheckResult", "CheckTimeout", "History", "Op", "check", "check_failed_writes_unread"]

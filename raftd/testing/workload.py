@@ -1,18 +1,26 @@
 """The Jepsen-style workload: concurrent clients doing puts, linearizable gets and deletes on a few keys.
 
 Every op is recorded as invoke, then ok / fail / info, and the classification is what the checker's verdict
-rests on, so it follows what raftctl.client can prove:
+rests on, so each kind of client records only what its protocol can prove. Three kinds, one per thread:
 
-- A put or delete is "fail" only on InvalidArgument: the server refused it before proposing it. Every other
-  error is "info". The client retries a write within one timeout across nodes and reports only the last
-  attempt's error, so an Unavailable ("no leader known", "not the leader", a refused connection) may follow
-  an earlier attempt that reached a leader and is still in its log; a deadline, a lost connection or
-  "leadership changed before the write committed" are ambiguous by themselves.
-- A get that fails is "fail": a read has no effect.
+- raftctl.client.Client, the leader-following client with retries and exactly-once writes. A put or delete
+  is "fail" only on InvalidArgument: the server refused it before proposing it. Every other error is
+  "info": the client retries a write within one timeout across nodes and reports only the last attempt's
+  error, so an Unavailable may follow an earlier attempt that reached a leader and is still in its log.
+  Even-numbered clients follow the leader (raftctl's default); odd-numbered ones are pinned to one node
+  each, as Jepsen binds clients to nodes, so follower reads (ReadIndex through the leader) and write
+  forwarding are exercised as much as the leader's own paths.
+- The original project's RaftService (SetVal / GetVal; it has no delete), as its own clients use it.
+- raftd.v1 KV unary Put / Get / Delete with no WriteSession, as a plain gRPC program uses it.
 
-Even-numbered clients follow the leader (raftctl's default); odd-numbered ones are pinned to one node each,
-as Jepsen binds clients to nodes, so follower reads (ReadIndex through the leader) and write forwarding are
-exercised as much as the leader's own paths.
+The last two make one attempt per op, with a timeout, at a node picked at random (followers forward
+writes), and no retries, so the servers' own verdicts reach the history unsoftened: SetVal's
+verdict=False and a unary write failing with trailing metadata raftd-outcome=not-applied are definite
+failures ("fail"), and any other write error is "info". A read that fails is "fail" everywhere: a read has
+no effect.
+
+Written values are unique in the whole run and name the client kind that wrote them: "p" (raftctl
+Client), "s" (RaftService) or "u" (unary KV), then the process id and a counter, e.g. "s5-12".
 
 After an info op the thread goes on as a new process id (Jepsen's rule): the old op may still take effect
 at any time, so its process never completes, and each process has one outstanding op at a time.
@@ -23,14 +31,48 @@ from __future__ import annotations
 import random
 import threading
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
-from raftctl.client import Client, ClientError, InvalidArgument, NotFound
+import grpc
 
-from .history import History
+from raftctl.client import CHANNEL_OPTIONS, Client, ClientError, InvalidArgument, NotFound
+from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
+
+from .history import History, Op
 
 # Op mix: writes dominate slightly so reads keep seeing fresh values; deletes make "absent" interesting.
+# A client kind without deletes draws from the rest with the same relative weights.
 MIX = (("put", 0.45), ("get", 0.45), ("delete", 0.10))
 MAX_PAUSE_S = 0.005  # a little jitter between ops, so interleavings vary
+# Trailing metadata of a failed unary write: "not-applied" means it never applied and never will. Spelled
+# here, not imported from the server's code, so that the test holds the server to the contract as written.
+OUTCOME_KEY = "raftd-outcome"
+NOT_APPLIED = "not-applied"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one op ended, as the history records it."""
+
+    status: str  # "ok" | "fail" | "info"
+    output: str | None = None  # as History.ok takes it
+
+
+FAIL = Outcome("fail")
+INFO = Outcome("info")
+
+
+class Driver(Protocol):
+    """One client thread's protocol: do() turns every error the cluster or network can cause into an
+    Outcome, and raises only on a bug."""
+
+    tag: str  # first letter of the values it writes
+    kinds: tuple[str, ...]  # the op kinds it can do
+
+    def do(self, op: Op) -> Outcome: ...
+
+    def close(self) -> None: ...
 
 
 def run_workload(
@@ -42,19 +84,23 @@ def run_workload(
     duration_s: float,
     seed: int,
     op_timeout_s: float = 1.0,
+    raft_service_clients: int = 0,
+    unary_clients: int = 0,
 ) -> None:
-    """Run `clients` client threads for duration_s; returns when all have stopped (re-raises their errors)."""
+    """Run `clients` raftctl Client threads, plus `raft_service_clients` RaftService and `unary_clients`
+    unary KV threads, for duration_s; returns when all have stopped (re-raises their errors)."""
     rng = random.Random(seed)
-    stop_at = time.monotonic() + duration_s
+    plan = client_plan(clients, raft_service_clients, unary_clients)
+    run = _Run(endpoints, history, keys, time.monotonic() + duration_s, op_timeout_s, len(plan))
     errors: list[BaseException] = []
     threads = [
         threading.Thread(
             target=_guarded,
-            args=(errors, i, clients, endpoints, history, keys, stop_at, rng.getrandbits(64), op_timeout_s),
-            name=f"jepsen-client-{i}",
+            args=(errors, run, kind, i, rng.getrandbits(64)),
+            name=f"jepsen-{kind}-{i}",
             daemon=True,
         )
-        for i in range(clients)
+        for i, kind in enumerate(plan)
     ]
     for t in threads:
         t.start()
@@ -64,63 +110,183 @@ def run_workload(
         raise errors[0]
 
 
-def _guarded(errors: list[BaseException], *args: object) -> None:
+def client_plan(clients: int, raft_service_clients: int, unary_clients: int) -> list[str]:
+    """The kind of each client thread, by index; process id p belongs to thread p % len(plan)."""
+    return ["raftctl"] * clients + ["raft_service"] * raft_service_clients + ["unary"] * unary_clients
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every client thread of one run shares."""
+
+    endpoints: list[str]
+    history: History
+    keys: list[str]
+    stop_at: float  # time.monotonic() at which threads stop starting ops
+    op_timeout_s: float
+    total: int  # client threads in all: a thread's next process id after an info op is this much higher
+
+
+def _guarded(errors: list[BaseException], run: _Run, kind: str, index: int, seed: int) -> None:
     try:
-        _client_loop(*args)  # type: ignore[arg-type]
+        _client_loop(run, kind, index, seed)
     except BaseException as e:
         errors.append(e)
 
 
-def _client_loop(
-    index: int,
-    clients: int,
-    endpoints: list[str],
-    history: History,
-    keys: list[str],
-    stop_at: float,
-    seed: int,
-    op_timeout_s: float,
-) -> None:
+def _driver(kind: str, index: int, endpoints: list[str], rng: random.Random, timeout: float) -> Driver:
+    if kind == "raftctl":
+        return RaftctlDriver(index, endpoints, rng, timeout)
+    if kind == "raft_service":
+        return RaftServiceDriver(endpoints, rng, timeout)
+    return UnaryDriver(endpoints, rng, timeout)
+
+
+def _client_loop(run: _Run, kind: str, index: int, seed: int) -> None:
     rng = random.Random(seed)
-    pinned = index % 2 == 1
-    if pinned:
-        order = [endpoints[(index // 2) % len(endpoints)]]
-    else:
-        order = list(endpoints)
-        rng.shuffle(order)  # clients start at different nodes
+    history = run.history
+    driver = _driver(kind, index, run.endpoints, rng, run.op_timeout_s)
+    kinds, weights = zip(*((k, w) for k, w in MIX if k in driver.kinds), strict=True)
     process = index
     written = 0
-    kinds, weights = zip(*MIX, strict=True)
-    with Client(order, timeout=op_timeout_s, pin=pinned) as client:
-        while time.monotonic() < stop_at:
-            kind = rng.choices(kinds, weights)[0]
-            key = rng.choice(keys)
+    try:
+        while time.monotonic() < run.stop_at:
+            op_kind = rng.choices(kinds, weights)[0]
+            key = rng.choice(run.keys)
             value = None
-            if kind == "put":
+            if op_kind == "put":
                 written += 1
-                value = f"p{process}-{written}"  # unique: process ids are never reused
-            op = history.invoke(process, kind, key, value)
+                value = f"{driver.tag}{process}-{written}"  # unique: process ids are never reused
+            op = history.invoke(process, op_kind, key, value)
             try:
-                if kind == "put":
-                    client.put(key, value)  # type: ignore[arg-type]
-                    history.ok(op)
-                elif kind == "delete":
-                    history.ok(op, "true" if client.delete(key) else "false")
-                else:
-                    try:
-                        found: str | None = client.get(key)
-                    except NotFound:
-                        found = None
-                    history.ok(op, found)
-            except InvalidArgument:
-                history.fail(op)
-            except BaseException as e:
+                outcome = driver.do(op)
+            except BaseException:
                 # Recorded even for an unexpected error, so the history stays well formed; then raised.
-                if kind == "get":
+                if op_kind == "get":
                     history.fail(op)
                 else:
                     history.info(op)
-                    process += clients  # the op may still apply: never complete this process again
-                if not isinstance(e, ClientError):
-                    raise
+                raise
+            if outcome.status == "ok":
+                history.ok(op, outcome.output)
+            elif outcome.status == "fail":
+                history.fail(op)
+            else:
+                history.info(op)
+                process += run.total  # the op may still apply: never complete this process again
             time.sleep(rng.random() * MAX_PAUSE_S)
+    finally:
+        driver.close()
+
+
+def _existed(deleted: bool) -> Outcome:
+    return Outcome("ok", "true" if deleted else "false")
+
+
+class RaftctlDriver:
+    """raftctl.client.Client: leader following (or pinned to one node), retries, exactly-once writes."""
+
+    tag = "p"
+    kinds = ("put", "get", "delete")
+
+    def __init__(self, index: int, endpoints: list[str], rng: random.Random, timeout: float) -> None:
+        pinned = index % 2 == 1
+        if pinned:
+            order = [endpoints[(index // 2) % len(endpoints)]]
+        else:
+            order = list(endpoints)
+            rng.shuffle(order)  # clients start at different nodes
+        self.client = Client(order, timeout=timeout, pin=pinned)
+
+    def do(self, op: Op) -> Outcome:
+        try:
+            if op.kind == "put":
+                assert op.value is not None
+                self.client.put(op.key, op.value)
+                return Outcome("ok")
+            if op.kind == "delete":
+                return _existed(self.client.delete(op.key))
+            try:
+                return Outcome("ok", self.client.get(op.key))
+            except NotFound:
+                return Outcome("ok", None)
+        except InvalidArgument:
+            return FAIL
+        except ClientError:
+            # A write's Unavailable stays "info" until raftctl.client.OutcomeUnknown lands: then only
+            # OutcomeUnknown is ambiguous, and any other Unavailable from a write means refused, not applied.
+            return FAIL if op.kind == "get" else INFO
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _OneShot:
+    """A channel to every node; each op goes to one picked at random, once, with a deadline."""
+
+    def __init__(self, endpoints: list[str], rng: random.Random, timeout: float) -> None:
+        self.channels = [grpc.insecure_channel(e, options=CHANNEL_OPTIONS) for e in endpoints]
+        self.rng = rng
+        self.timeout = timeout
+
+    def pick(self) -> grpc.Channel:
+        return self.rng.choice(self.channels)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+class RaftServiceDriver(_OneShot):
+    """The original project's RaftService: SetVal's verdict says whether the write applied."""
+
+    tag = "s"
+    kinds = ("put", "get")
+
+    def do(self, op: Op) -> Outcome:
+        stub = raft_pb2_grpc.RaftServiceStub(self.pick())
+        if op.kind == "put":
+            try:
+                r = stub.SetVal(raft_pb2.SetValRequest(key=op.key, value=op.value), timeout=self.timeout)
+            except grpc.RpcError:
+                return INFO
+            return Outcome("ok") if r.verdict else FAIL
+        try:
+            g = stub.GetVal(raft_pb2.GetValRequest(key=op.key), timeout=self.timeout)
+        except grpc.RpcError:
+            return FAIL
+        # verdict=False without an error: the key is absent (the workload never sends an invalid key).
+        return Outcome("ok", g.value if g.verdict else None)
+
+
+class UnaryDriver(_OneShot):
+    """raftd.v1 KV unary calls without a WriteSession: a failed write is definite only when the server
+    says so in its trailing metadata."""
+
+    tag = "u"
+    kinds = ("put", "get", "delete")
+
+    def do(self, op: Op) -> Outcome:
+        stub = kv_pb2_grpc.KVStub(self.pick())
+        key = op.key.encode()
+        if op.kind == "get":
+            try:
+                g = stub.Get(kv_pb2.GetRequest(key=key), timeout=self.timeout)
+            except grpc.RpcError:
+                return FAIL
+            return Outcome("ok", g.value.decode() if g.found else None)
+        try:
+            if op.kind == "put":
+                assert op.value is not None
+                stub.Put(kv_pb2.PutRequest(key=key, value=op.value.encode()), timeout=self.timeout)
+                return Outcome("ok")
+            d = stub.Delete(kv_pb2.DeleteRequest(key=key), timeout=self.timeout)
+            return _existed(d.deleted)
+        except grpc.RpcError as e:
+            return FAIL if not_applied(e) else INFO
+
+
+def not_applied(e: grpc.RpcError) -> bool:
+    """Whether a failed unary write carries the server's word that it never applied (raftd-outcome)."""
+    trailers = e.trailing_metadata() if isinstance(e, grpc.Call) else None
+    return any(k == OUTCOME_KEY and v == NOT_APPLIED for k, v in trailers or ())
