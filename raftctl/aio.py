@@ -39,6 +39,7 @@ from raftctl.client import (
     _details,
     _encode,
     _Routing,
+    may_have_applied,
 )
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
@@ -202,14 +203,13 @@ class AsyncClient(_Routing):
             try:
                 return await rpc(self._connection(target), self._attempt_timeout(deadline))
             except grpc.RpcError as e:
-                self._raise_unless_retryable(e)
+                maybe_applied |= write and may_have_applied(e)
+                self._raise_unless_retryable(e, what, maybe_applied)
                 details = _details(e)
                 last_error = f"{target}: {details}"
-                maybe_applied |= write and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 if self._note_failure(target, details, failed):
                     continue
-            note = "; the write may or may not have applied" if maybe_applied else ""
-            backoff = await self._sleep(backoff, deadline, what, last_error + note)
+            backoff = await self._sleep(backoff, deadline, what, last_error, maybe_applied)
 
     async def _find_target(self, deadline: float, failed: set[str]) -> str:
         endpoint = self._endpoint_to_ask(failed)
@@ -222,10 +222,12 @@ class AsyncClient(_Routing):
     async def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
         return await self._connection(endpoint).admin.GetLeader(pb.GetLeaderRequest(), timeout=timeout)
 
-    async def _sleep(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
-        await asyncio.sleep(self._pause(backoff, deadline, what, last_error))
+    async def _sleep(
+        self, backoff: float, deadline: float, what: str, last_error: str, maybe_applied: bool = False
+    ) -> float:
+        await asyncio.sleep(self._pause(backoff, deadline, what, last_error, maybe_applied))
         if time.monotonic() >= deadline:
-            raise self._gave_up(what, last_error)
+            raise self._gave_up(what, last_error, maybe_applied)
         return min(backoff * 2, BACKOFF_MAX_S)
 
 

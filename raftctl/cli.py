@@ -29,6 +29,7 @@ from raftctl.client import (
     ClientError,
     InvalidArgument,
     NotFound,
+    OutcomeUnknown,
     Unavailable,
 )
 from raftctl.render import leader_line, status_json, status_table, unreachable_summary
@@ -41,6 +42,7 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INVALID = 4
 EXIT_ERROR = 5
+EXIT_OUTCOME_UNKNOWN = 6
 EXIT_INTERRUPTED = 130
 
 ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
@@ -59,6 +61,7 @@ Exit codes:
   {EXIT_UNAVAILABLE}    cluster unavailable: no leader, nodes unreachable, or --timeout passed
   {EXIT_INVALID}    request refused as invalid by the server (INVALID_ARGUMENT)
   {EXIT_ERROR}    any other server or internal error
+  {EXIT_OUTCOME_UNKNOWN}    a write's outcome stayed unknown: it may have applied (read to find out)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 """
 
@@ -68,6 +71,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def exit_code(error: ClientError) -> int:
     if isinstance(error, NotFound):
         return EXIT_NOT_FOUND
+    if isinstance(error, OutcomeUnknown):
+        return EXIT_OUTCOME_UNKNOWN
     if isinstance(error, Unavailable):
         return EXIT_UNAVAILABLE
     if isinstance(error, InvalidArgument):

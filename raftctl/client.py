@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, RequestError, never_connected
 
 T = TypeVar("T")
 
@@ -60,6 +61,11 @@ class NotFound(ClientError):
 
 class Unavailable(ClientError):
     """No node could serve the request within the timeout (no leader, all unreachable, suspended)."""
+
+
+class OutcomeUnknown(ClientError):
+    """A write whose outcome stayed unknown after its retries: it may have applied, or may still apply.
+    Not a failure: read the key to find out (a retry with the same session would apply at most once)."""
 
 
 class InvalidArgument(ClientError):
@@ -187,7 +193,9 @@ class _Routing:
         remaining = deadline - time.monotonic()
         return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
 
-    def _pause(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
+    def _pause(
+        self, backoff: float, deadline: float, what: str, last_error: str, maybe_applied: bool = False
+    ) -> float:
         """How long to sleep before the next attempt; Unavailable when no time is left.
 
         Between half and all of backoff, at random: requests that failed together (a batch on a broken
@@ -195,19 +203,28 @@ class _Routing:
         """
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise self._gave_up(what, last_error)
+            raise self._gave_up(what, last_error, maybe_applied)
         return min(backoff * random.uniform(0.5, 1.0), remaining)
 
-    def _gave_up(self, what: str, last_error: str) -> Unavailable:
+    def _gave_up(self, what: str, last_error: str, maybe_applied: bool = False) -> ClientError:
+        if maybe_applied:
+            return OutcomeUnknown(
+                f"{what}: no definite answer within {self.timeout:g}s, the write may have applied; "
+                f"last error: {last_error}"
+            )
         return Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
 
     @staticmethod
-    def _raise_unless_retryable(e: grpc.RpcError) -> None:
+    def _raise_unless_retryable(e: grpc.RpcError, what: str = "", maybe_applied: bool = False) -> None:
+        """Raise the error a failure that no retry can mend ends in; a write that may have applied by now
+        (maybe_applied: this or an earlier attempt) ends in OutcomeUnknown, never in a failure."""
         code = e.code()
         if code in RETRYABLE:
             return
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             raise InvalidArgument(_details(e)) from None
+        if maybe_applied:
+            raise OutcomeUnknown(f"{what}: {code.name}: {_details(e)}; the write may have applied") from None
         raise ServerError(f"{code.name}: {_details(e)}") from None
 
 
@@ -397,15 +414,13 @@ class Client(_Routing):
             try:
                 return rpc(self._channel(target), self._attempt_timeout(deadline))
             except grpc.RpcError as e:
-                self._raise_unless_retryable(e)
+                maybe_applied |= write and may_have_applied(e)
+                self._raise_unless_retryable(e, what, maybe_applied)
                 details = _details(e)
                 last_error = f"{target}: {details}"
-                # Past a client-side deadline the write may have reached the leader; say so at the end.
-                maybe_applied |= write and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 if self._note_failure(target, details, failed):
                     continue  # a fresh lead: follow it at once
-            note = "; the write may or may not have applied" if maybe_applied else ""
-            backoff = self._sleep(backoff, deadline, what, last_error + note)
+            backoff = self._sleep(backoff, deadline, what, last_error, maybe_applied)
 
     def _target(self, deadline: float, failed: set[str]) -> str:
         """Where the next attempt goes: pinned node, else the known leader, else a node's leader hint."""
@@ -424,11 +439,14 @@ class Client(_Routing):
             pb.GetLeaderRequest(), timeout=timeout
         )
 
-    def _sleep(self, backoff: float, deadline: float, what: str, last_error: str) -> float:
-        """Sleep before the next attempt; Unavailable when no time is left. Returns the next backoff."""
-        time.sleep(self._pause(backoff, deadline, what, last_error))
+    def _sleep(
+        self, backoff: float, deadline: float, what: str, last_error: str, maybe_applied: bool = False
+    ) -> float:
+        """Sleep before the next attempt; Unavailable (OutcomeUnknown for a write that may have applied)
+        when no time is left. Returns the next backoff."""
+        time.sleep(self._pause(backoff, deadline, what, last_error, maybe_applied))
         if time.monotonic() >= deadline:
-            raise self._gave_up(what, last_error)
+            raise self._gave_up(what, last_error, maybe_applied)
         return min(backoff * 2, BACKOFF_MAX_S)
 
 
@@ -436,6 +454,32 @@ def _details(e: grpc.RpcError) -> str:
     details = e.details() if hasattr(e, "details") else None
     code = e.code() if hasattr(e, "code") else None
     return _one_line(details or (code.name if code is not None else str(e)))
+
+
+def outcome_of(e: grpc.RpcError) -> str | None:
+    """What a node said of a failed write ("not-applied" / "unknown"), None when it said nothing."""
+    if isinstance(e, RequestError):
+        return e.outcome
+    trailing = getattr(e, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == OUTCOME_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+def may_have_applied(e: grpc.RpcError) -> bool:
+    """Whether a failed write attempt may have applied. A node says so (outcome_of); without its word (an
+    older node, a call that broke), only a call that never left (no connection) or a refusal that names
+    the leader or says there is none is taken as not applied."""
+    outcome = outcome_of(e)
+    if outcome is not None:
+        return outcome != NOT_APPLIED
+    if e.code() != grpc.StatusCode.UNAVAILABLE:
+        return True
+    details = _details(e)
+    refused = _hint(details) is not None or details.startswith("no leader known")
+    return not (refused or never_connected(details))
 
 
 def _hint(details: str) -> str | None:

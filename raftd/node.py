@@ -64,6 +64,14 @@ STOP_WAIT_S = 10.0
 # so that concurrent reads cost one round, not one each. A round older than this no longer holds them
 # back: one whose request was lost must not stall every read behind it until READ_CONFIRM_S.
 READ_ROUND_HOLD_S = 0.1
+# Gathering (RaftNode._gathered): while several unary calls are in progress, writes and reads wait for more
+# calls to share their proposal or ReadIndex round, until none has come for GATHER_QUIET_S, or for at most
+# GATHER_MAX_S. grpc.aio accepts one new call per turn of the event loop, so concurrent unary callers come
+# one by one, and a round (a message in and out on the leader and on each follower, a save on each)
+# costs more than accepting a call: a round for every call or two starved the acceptance of the calls
+# that could have shared it. A lone caller and streamed requests (they come in batches) never wait.
+GATHER_QUIET_S = 0.001
+GATHER_MAX_S = 0.005
 
 
 def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
@@ -147,8 +155,12 @@ class RaftNode:
         self.inbox: list[Message] = []
         self.proposals: list[_Proposal] = []
         self.reads: list[asyncio.Future[int]] = []
-        # Unary client calls in progress here (RaftNode._busy).
+        # Unary client calls in progress here, counted by the services: with more than one, Readies are
+        # saved off the loop (_busy) and requests gather (GATHER_*).
         self.unary_calls = 0
+        self.last_call_at = 0.0  # when the newest of them came
+        self._reads_since = 0.0  # when the oldest read in self.reads came
+        self._proposals_since = 0.0  # when the oldest write in self.proposals came
         self.transfers: list[int] = []
         self.suspend_request: float | None = None
         self.suspended = False
@@ -223,6 +235,10 @@ class RaftNode:
                 wake_at = min(wake_at, self.read_deadlines[0][0])
             if self.reads and self._round in self.read_wait:
                 wake_at = min(wake_at, self._round_started + READ_ROUND_HOLD_S)
+            elif self.reads:
+                wake_at = min(wake_at, loop.time() + self.gather_delay(self._reads_since))
+            if self.proposals:
+                wake_at = min(wake_at, loop.time() + self.gather_delay(self._proposals_since))
             self._set_alarm(wake_at)
             waited_from = loop.time()
             await self.wake.wait()
@@ -310,7 +326,7 @@ class RaftNode:
             inbox, self.inbox = self.inbox, []
             for m in inbox:
                 self.raw.step(m)
-        if self.proposals:
+        if self.proposals and not self.gather_delay(self._proposals_since):
             batch, self.proposals = self.proposals, []
             try:
                 first = self.raw.propose_batch([p.data for p in batch])
@@ -329,7 +345,7 @@ class RaftNode:
                 term = self.raw.raft.term
                 for k, p in enumerate(batch):
                     self.waiting[first + k] = (term, p.future)
-        if self.reads and not self._round_in_flight():
+        if self._reads_due():
             # One ReadIndex round confirms every read that arrived since the last one.
             batch_reads, self.reads = self.reads, []
             ctx = f"{self.id}:{next(self._read_ids)}".encode()
@@ -350,6 +366,19 @@ class RaftNode:
         for target in self.aborted_transfers:
             self.raw.abort_transfer(target)
         self.aborted_transfers.clear()
+
+    def _reads_due(self) -> bool:
+        """Whether the reads asked for start their ReadIndex round now: not while the round before is in
+        flight (they share the next one, as in etcd's read loop), nor while they gather (GATHER_*)."""
+        return bool(self.reads) and not self._round_in_flight() and not self.gather_delay(self._reads_since)
+
+    def gather_delay(self, since: float) -> float:
+        """How much longer requests waiting since `since` wait for more callers to share their batch (0:
+        none; GATHER_*). run() wakes for it, and a follower's forwarding stream waits it (raftd.pipe)."""
+        if self.unary_calls <= 1:
+            return 0.0
+        until = min(self.last_call_at + GATHER_QUIET_S, since + GATHER_MAX_S)
+        return max(0.0, until - asyncio.get_running_loop().time())
 
     def _round_in_flight(self) -> bool:
         """Whether the newest ReadIndex round is still unanswered and young enough to wait for."""
@@ -388,7 +417,7 @@ class RaftNode:
             if rd.hard_state is not None:
                 self._on_hard_state(rd.hard_state)
             self.raw.advance()
-        if self.reads and not self._round_in_flight():
+        if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
         entries = self.kv.applied - self.snapshot_index
         if (
@@ -717,6 +746,8 @@ class RaftNode:
         if not self.is_leader():
             raise NotLeader(self.leader())
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if not self.proposals:
+            self._proposals_since = asyncio.get_running_loop().time()
         self.proposals.append(_Proposal(cmd.encode(), fut))
         self.wake.set()
         return fut
@@ -730,7 +761,10 @@ class RaftNode:
         self._check_serving()
         if self.leader() is None:
             raise Unavailable("no leader known")
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        if not self.reads:
+            self._reads_since = loop.time()
         self.reads.append(fut)
         self.wake.set()
         return fut

@@ -61,8 +61,11 @@ class Pipe:
     opens a new one.
     """
 
-    def __init__(self, stub: kv_pb2_grpc.KVStub) -> None:
+    def __init__(self, stub: kv_pb2_grpc.KVStub, hold: Callable[[float], float] | None = None) -> None:
         self.stub = stub
+        # hold(when the oldest queued request came) -> seconds to let more requests join the batch first
+        self.hold = hold
+        self.queued_since = 0.0
         self.call: grpc.aio.StreamStreamCall | None = None
         self.queue: list[pb.Request] = []
         self.waiting: dict[int, asyncio.Future[pb.Response]] = {}
@@ -81,6 +84,8 @@ class Pipe:
         rid = request.id = next(self.ids)
         future: asyncio.Future[pb.Response] = loop.create_future()
         self.waiting[rid] = future
+        if not self.queue:
+            self.queued_since = loop.time()
         self.queue.append(request)
         self.wake.set()
         timer = loop.call_later(timeout, self._expire, rid, future, timeout)
@@ -112,6 +117,8 @@ class Pipe:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
+                while self.hold is not None and (delay := self.hold(self.queued_since)) > 0:
+                    await asyncio.sleep(delay)
                 while batch := self._take():
                     # Counted as carried before the write: one that fails half way may have reached the node.
                     self.sent.update(r.id for r in batch)
@@ -169,7 +176,8 @@ class Pipe:
         details = details_of(e) if isinstance(e, grpc.RpcError) else str(e)
         if code != grpc.StatusCode.UNAVAILABLE:
             details = f"the stream failed: {code.name}: {details}"
-        sent = self.sent
+        # A stream that never connected carried nothing, whatever was handed to it.
+        sent = set() if code == grpc.StatusCode.UNAVAILABLE and never_connected(details) else self.sent
 
         def error(rid: int) -> Exception:
             outcome = UNKNOWN if rid in sent else NOT_APPLIED
@@ -197,6 +205,11 @@ class Pipe:
                 grpc.StatusCode.CANCELLED, "the client was closed", UNKNOWN if rid in sent else NOT_APPLIED
             )
         )
+
+
+def never_connected(details: str) -> bool:
+    """Whether gRPC failed a call for want of a connection, so that it never reached a node."""
+    return "failed to connect" in details.lower() or "DNS resolution failed" in details
 
 
 def details_of(e: grpc.RpcError) -> str:

@@ -10,6 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from raftctl.client import Client, may_have_applied
+from raftctl.client import OutcomeUnknown as ClientOutcomeUnknown
+from raftctl.client import Unavailable as ClientUnavailable
 from raftd.api.common import Calls, Forwarder
 from raftd.api.kv import KVService
 from raftd.api.seed import SeedService
@@ -17,7 +20,7 @@ from raftd.core import Entry, Message, MsgType
 from raftd.kv import Command, Op, Result
 from raftd.node import OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, RequestError
 from raftd.testing.ports import free_ports
 from tests.nodes import leader, release_node
 
@@ -128,8 +131,9 @@ class Served:
         kv_pb2_grpc.add_KVServicer_to_server(KVService(node, calls, forwarder), self.server)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), self.server)
         (port,) = free_ports(1)
-        self.server.add_insecure_port(f"127.0.0.1:{port}")
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.address = f"127.0.0.1:{port}"
+        self.server.add_insecure_port(self.address)
+        self.channel = grpc.aio.insecure_channel(self.address)
         self.kv = kv_pb2_grpc.KVStub(self.channel)
         self.seed = raft_pb2_grpc.RaftServiceStub(self.channel)
 
@@ -223,3 +227,72 @@ def test_a_write_past_its_deadline_says_unknown(tmp_path: Path) -> None:
         release_node(node)
 
     asyncio.run(main())
+
+
+def test_the_client_reports_a_write_it_lost_track_of_as_unknown_not_unavailable(tmp_path: Path) -> None:
+    """Its first attempt is in the leader's log when the leader is suspended; every retry is then refused
+    ("suspended"). Before, the client reported the last refusal: Unavailable, as if nothing had applied."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        async with Served(node) as s:
+            with Client([s.address], timeout=1.5) as client:
+                put = asyncio.ensure_future(asyncio.to_thread(client.put, "k", "v"))
+                await s.proposed(1)
+                await node._suspend(0.01)
+                node.suspend(60)  # and stays suspended: the retries are refused
+                with pytest.raises(ClientOutcomeUnknown, match="may have applied"):
+                    await put
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_the_client_reports_refusals_alone_as_unavailable(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        async with Served(node) as s:
+            node.suspend(60)
+            with Client([s.address], timeout=1.0) as client, pytest.raises(ClientUnavailable):
+                await asyncio.to_thread(client.put, "k", "v")
+        release_node(node)
+
+    asyncio.run(main())
+
+
+class _Failed(grpc.RpcError):
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._code, self._details, self._trailers = code, details, trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+
+U = grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("error", "maybe"),
+    [
+        (_Failed(U, "the node is suspended", ((OUTCOME_KEY, NOT_APPLIED),)), False),
+        (_Failed(U, "leadership was lost", ((OUTCOME_KEY, UNKNOWN),)), True),
+        (_Failed(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), True),
+        (_Failed(U, "Socket closed"), True),  # a call that broke: it may have been served
+        (_Failed(U, "failed to connect to all addresses; last error: Connection refused"), False),
+        (_Failed(U, "not the leader; try 127.0.0.1:1"), False),  # an older node's refusal
+        (_Failed(U, "no leader known; retry shortly"), False),
+        (RequestError(U, "Stream removed", UNKNOWN), True),
+        (RequestError(U, "Stream removed", NOT_APPLIED), False),
+        (_Failed(grpc.StatusCode.INTERNAL, "boom"), True),
+    ],
+)
+def test_which_failed_attempts_may_have_applied(error: grpc.RpcError, maybe: bool) -> None:
+    assert may_have_applied(error) is maybe

@@ -97,10 +97,11 @@ class _BreakingCall(_FakeCall):
     def __init__(self) -> None:
         super().__init__()
         self.broken = asyncio.Event()
+        self.error = RequestError(grpc.StatusCode.UNAVAILABLE, "Stream removed")
 
     async def read(self) -> pb.ResponseBatch:
         await self.broken.wait()
-        raise RequestError(grpc.StatusCode.UNAVAILABLE, "Stream removed")
+        raise self.error
 
 
 def test_a_broken_stream_fails_what_it_carried_as_unknown_and_the_rest_as_not_applied() -> None:
@@ -155,6 +156,22 @@ def test_an_error_answer_carries_the_node_s_outcome(outcome: int, expected: str 
             "no leader",
             expected,
         )
+        await pipe.close()
+
+    asyncio.run(main())
+
+
+def test_a_stream_that_never_connected_carried_nothing() -> None:
+    async def main() -> None:
+        call = _BreakingCall()
+        pipe = Pipe(_FakeStub(call))  # type: ignore[arg-type]
+        handed = asyncio.create_task(pipe.request(pb.Request(), timeout=5))
+        await asyncio.sleep(0.05)  # handed to the stream's write
+        call.error = RequestError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+        call.broken.set()
+        with pytest.raises(RequestError) as failed:
+            await handed
+        assert failed.value.outcome == NOT_APPLIED
         await pipe.close()
 
     asyncio.run(main())

@@ -193,7 +193,7 @@ class Forwarder:
         pipe = self.pipes.get(leader.id)
         if pipe is None:
             channel = self.node.peers[to_core(leader.id)].channel
-            pipe = self.pipes[leader.id] = Pipe(kv_pb2_grpc.KVStub(channel))
+            pipe = self.pipes[leader.id] = Pipe(kv_pb2_grpc.KVStub(channel), self.node.gather_delay)
         try:
             return await pipe.request(request, timeout)
         except RequestError as e:
@@ -217,6 +217,7 @@ class Calls:
     @contextlib.asynccontextmanager
     async def deadline(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         self.node.unary_calls += 1
+        self.node.last_call_at = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(time_left(context)):
                 yield

@@ -4,12 +4,11 @@ Every op is recorded as invoke, then ok / fail / info, and the classification is
 rests on, so each kind of client records only what its protocol can prove. Three kinds, one per thread:
 
 - raftctl.client.Client, the leader-following client with retries and exactly-once writes. A put or delete
-  is "fail" only on InvalidArgument: the server refused it before proposing it. Every other error is
-  "info": the client retries a write within one timeout across nodes and reports only the last attempt's
-  error, so an Unavailable may follow an earlier attempt that reached a leader and is still in its log.
-  Even-numbered clients follow the leader (raftctl's default); odd-numbered ones are pinned to one node
-  each, as Jepsen binds clients to nodes, so follower reads (ReadIndex through the leader) and write
-  forwarding are exercised as much as the leader's own paths.
+  is "info" on OutcomeUnknown (some attempt may have applied) and "fail" on any other error: the client
+  promises that Unavailable, InvalidArgument and ServerError from a write mean it never applies, so the
+  checks hold it to that. Even-numbered clients follow the leader (raftctl's default); odd-numbered ones
+  are pinned to one node each, as Jepsen binds clients to nodes, so follower reads (ReadIndex through the
+  leader) and write forwarding are exercised as much as the leader's own paths.
 - The original project's RaftService (SetVal / GetVal; it has no delete), as its own clients use it.
 - raftd.v1 KV unary Put / Get / Delete with no WriteSession, as a plain gRPC program uses it.
 
@@ -36,7 +35,7 @@ from typing import Protocol
 
 import grpc
 
-from raftctl.client import CHANNEL_OPTIONS, Client, ClientError, InvalidArgument, NotFound
+from raftctl.client import CHANNEL_OPTIONS, Client, ClientError, NotFound, OutcomeUnknown
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 from .history import History, Op
@@ -210,12 +209,10 @@ class RaftctlDriver:
                 return Outcome("ok", self.client.get(op.key))
             except NotFound:
                 return Outcome("ok", None)
-        except InvalidArgument:
-            return FAIL
+        except OutcomeUnknown:
+            return INFO
         except ClientError:
-            # A write's Unavailable stays "info" until raftctl.client.OutcomeUnknown lands: then only
-            # OutcomeUnknown is ambiguous, and any other Unavailable from a write means refused, not applied.
-            return FAIL if op.kind == "get" else INFO
+            return FAIL
 
     def close(self) -> None:
         self.client.close()

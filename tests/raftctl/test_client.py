@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from raftctl.client import Client, InvalidArgument, NotFound, ServerError, Unavailable
+from raftctl.client import Client, InvalidArgument, NotFound, OutcomeUnknown, ServerError, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.testing.ports import free_ports
 
-Failure = tuple[grpc.StatusCode, str]
+# (code, details) or (code, details, the raftd-outcome trailer the node sends)
+Failure = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, str]
 
 
 class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
@@ -41,7 +42,9 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
         with self.lock:
             failure = self.always or (self.failures.pop(0) if self.failures else None)
         if failure is not None:
-            context.abort(*failure)
+            if len(failure) == 3:
+                context.set_trailing_metadata((("raftd-outcome", failure[2]),))
+            context.abort(failure[0], failure[1])
 
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
         self.writes.append((request.session.client_id, request.session.seq))
@@ -142,12 +145,19 @@ def test_errors_are_typed_and_not_retried(nodes: list[FakeNode]) -> None:
         a.failures = [(grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")]
         with pytest.raises(InvalidArgument, match="the key is empty"):
             c.put("", "v")
-        a.failures = [(grpc.StatusCode.INTERNAL, "boom")]
+        a.failures = [(grpc.StatusCode.INTERNAL, "boom", "not-applied")]
         with pytest.raises(ServerError, match="INTERNAL: boom"):
             c.put("k", "v")
+        # A write's failure the node did not call a refusal may have applied: never reported as failed.
+        a.failures = [(grpc.StatusCode.INTERNAL, "boom")]
+        with pytest.raises(OutcomeUnknown, match="INTERNAL: boom; the write may have applied"):
+            c.put("k", "v")
+        a.failures = [(grpc.StatusCode.INTERNAL, "boom")]
+        with pytest.raises(ServerError, match="INTERNAL: boom"):
+            c.get("k")
         with pytest.raises(InvalidArgument, match="UTF-8"):
             c.put("\udcff", "v")
-    assert len(a.writes) == 2
+    assert len(a.writes) == 3
 
 
 def test_unreachable_everywhere_is_unavailable() -> None:

@@ -1,0 +1,168 @@
+"""Concurrent unary callers share proposals, ReadIndex rounds and saves (RaftNode's GATHER_* and _busy);
+a lone caller never waits for company."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from raftd import node as node_module
+from raftd.kv import Command, Op
+from raftd.node import RaftNode
+from raftd.pb import kv_pb2 as pb
+from raftd.pipe import Pipe
+from tests.nodes import follower, leader, release_node
+
+
+def calls(node: RaftNode, n: int, last_at: float) -> None:
+    node.unary_calls = n
+    node.last_call_at = last_at
+
+
+def test_a_lone_caller_s_write_is_proposed_at_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        calls(node, 1, asyncio.get_running_loop().time())
+        node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        node._take_input()
+        assert not node.proposals and node.waiting
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_writes_wait_while_calls_keep_coming_then_go_together(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        loop = asyncio.get_running_loop()
+        calls(node, 3, loop.time())
+        first = node.propose_nowait(Command(Op.PUT, b"a", b"1"))
+        node._take_input()
+        assert node.proposals, "held: another call came just now"
+        await asyncio.sleep(node_module.GATHER_QUIET_S / 2)
+        calls(node, 3, loop.time())
+        second = node.propose_nowait(Command(Op.PUT, b"b", b"2"))
+        node._take_input()
+        assert len(node.proposals) == 2, "still held: calls keep coming"
+        await asyncio.sleep(node_module.GATHER_QUIET_S * 1.5)
+        node._take_input()
+        assert not node.proposals and len(node.waiting) == 2, "no call for GATHER_QUIET_S: both proposed"
+        assert not first.done() and not second.done()
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_gathering_ends_after_gather_max_however_busy(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        loop = asyncio.get_running_loop()
+        node.propose_nowait(Command(Op.PUT, b"a", b"1"))
+        start = node._proposals_since
+        calls(node, 64, start + node_module.GATHER_MAX_S)  # calls keep coming
+        assert node.gather_delay(start) > 0
+        while loop.time() < start + node_module.GATHER_MAX_S:
+            await asyncio.sleep(0.001)
+            node.last_call_at = loop.time()
+        assert node.gather_delay(start) == 0
+        node._take_input()
+        assert not node.proposals
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_the_loop_wakes_by_itself_when_gathered_reads_are_due(tmp_path: Path) -> None:
+    """Held reads must not wait for a heartbeat to wake the loop (this follower hears none for 100 s)."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        runner = asyncio.create_task(node.run())
+        try:
+            await asyncio.sleep(0.05)
+            calls(node, 2, asyncio.get_running_loop().time())
+            node.read_barrier_nowait()
+            await asyncio.sleep(node_module.GATHER_QUIET_S / 4)
+            assert node.reads and not node.read_wait, "held while calls come"
+            await asyncio.sleep(node_module.GATHER_MAX_S + 0.05)
+            assert not node.reads and node.read_wait, "its round started without any other wake-up"
+        finally:
+            await node.stop()
+            await runner
+            node.storage.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("callers", "on_loop"), [(1, True), (2, False)])
+def test_readies_are_saved_off_the_loop_while_several_callers_wait(
+    tmp_path: Path, callers: int, on_loop: bool
+) -> None:
+    """grpc.aio accepts one call per turn of the loop: a save that blocks the loop caps new calls at one
+    per fsync. A lone caller keeps the cheaper save on the loop."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        threads: list[bool] = []
+        save = node.storage.save
+
+        def recording_save(*args: object) -> None:
+            threads.append(threading.current_thread() is threading.main_thread())
+            save(*args)  # type: ignore[arg-type]
+
+        node.storage.save = recording_save  # type: ignore[method-assign]
+        calls(node, callers, 0.0)
+        node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        node._take_input()
+        await node._drain_ready()
+        assert threads == [on_loop]
+        release_node(node)
+
+    asyncio.run(main())
+
+
+class _Call:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def write(self, batch: pb.RequestBatch) -> None:
+        self.sent.append(len(batch.requests))
+
+    async def read(self) -> pb.ResponseBatch:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def cancel(self) -> None:
+        pass
+
+
+class _Stub:
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+
+    def Stream(self) -> _Call:
+        return self.call
+
+
+def test_a_forwarding_pipe_holds_its_batch_while_the_node_says_to_gather() -> None:
+    async def main() -> None:
+        call = _Call()
+        release = asyncio.Event()
+        pipe = Pipe(_Stub(call), lambda since: 0.0 if release.is_set() else 0.01)  # type: ignore[arg-type]
+        tasks = [asyncio.ensure_future(pipe.request(pb.Request(), timeout=5)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        tasks.append(asyncio.ensure_future(pipe.request(pb.Request(), timeout=5)))
+        await asyncio.sleep(0.02)
+        assert call.sent == [], "held"
+        release.set()
+        await asyncio.sleep(0.05)
+        assert call.sent == [3], "the three requests left as one batch"
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pipe.close()
+
+    asyncio.run(main())
