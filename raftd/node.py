@@ -64,7 +64,7 @@ STOP_WAIT_S = 10.0
 # so that concurrent reads cost one round, not one each. A round older than this no longer holds them
 # back: one whose request was lost must not stall every read behind it until READ_CONFIRM_S.
 READ_ROUND_HOLD_S = 0.1
-# Gathering (RaftNode._gathered): while several unary calls are in progress, writes and reads wait for more
+# Gathering (RaftNode.gather_delay): while several unary calls are in progress, writes and reads wait for more
 # calls to share their proposal or ReadIndex round, until none has come for GATHER_QUIET_S, or for at most
 # GATHER_MAX_S. grpc.aio accepts one new call per turn of the event loop, so concurrent unary callers come
 # one by one, and a round (a message in and out on the leader and on each follower, a save on each)
