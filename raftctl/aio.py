@@ -36,14 +36,13 @@ from raftctl.client import (
     DEFAULT_TIMEOUT_S,
     Leader,
     NotFound,
-    _details,
     _encode,
     _Routing,
     may_have_applied,
 )
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe
+from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe, details_of
 
 T = TypeVar("T")
 
@@ -180,7 +179,7 @@ class AsyncClient(_Routing):
                 response = await self._ask_leader(target, self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 self._raise_unless_retryable(e)
-                last_error = f"{target}: {_details(e)}"
+                last_error = f"{target}: {details_of(e)}"
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
@@ -205,7 +204,7 @@ class AsyncClient(_Routing):
             except grpc.RpcError as e:
                 maybe_applied |= write and may_have_applied(e)
                 self._raise_unless_retryable(e, what, maybe_applied)
-                details = _details(e)
+                details = details_of(e)
                 last_error = f"{target}: {details}"
                 if self._note_failure(target, details, failed):
                     continue

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, RequestError, never_connected
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, RequestError, details_of, never_connected
 
 T = TypeVar("T")
 
@@ -103,10 +103,6 @@ class NodeStatus:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _encode(what: str, text: str) -> bytes:
@@ -222,10 +218,12 @@ class _Routing:
         if code in RETRYABLE:
             return
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise InvalidArgument(_details(e)) from None
+            raise InvalidArgument(details_of(e)) from None
         if maybe_applied:
-            raise OutcomeUnknown(f"{what}: {code.name}: {_details(e)}; the write may have applied") from None
-        raise ServerError(f"{code.name}: {_details(e)}") from None
+            raise OutcomeUnknown(
+                f"{what}: {code.name}: {details_of(e)}; the write may have applied"
+            ) from None
+        raise ServerError(f"{code.name}: {details_of(e)}") from None
 
 
 class Client(_Routing):
@@ -308,7 +306,7 @@ class Client(_Routing):
                 response = self._ask_leader(target, self._attempt_timeout(deadline))
             except grpc.RpcError as e:
                 self._raise_unless_retryable(e)
-                last_error = f"{target}: {_details(e)}"
+                last_error = f"{target}: {details_of(e)}"
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
@@ -345,7 +343,7 @@ class Client(_Routing):
             kv_pb2_grpc.AdminStub(self._channel(target)).Suspend(request, timeout=self.timeout)
         except grpc.RpcError as e:
             self._raise_unless_retryable(e)
-            raise Unavailable(f"cannot suspend {target}: {_details(e)}") from None
+            raise Unavailable(f"cannot suspend {target}: {details_of(e)}") from None
 
     def status(self, endpoint: str) -> NodeStatus:
         """One node's view and health; an unreachable node gives a row with reachable=False."""
@@ -373,7 +371,7 @@ class Client(_Routing):
             try:
                 st: pb.StatusResponse = status_call.result()
             except grpc.RpcError as e:
-                rows.append(NodeStatus(endpoint=ep, reachable=False, error=_details(e)))
+                rows.append(NodeStatus(endpoint=ep, reachable=False, error=details_of(e)))
                 continue
             try:
                 health = health_pb2.HealthCheckResponse.ServingStatus.Name(health_call.result().status)
@@ -416,7 +414,7 @@ class Client(_Routing):
             except grpc.RpcError as e:
                 maybe_applied |= write and may_have_applied(e)
                 self._raise_unless_retryable(e, what, maybe_applied)
-                details = _details(e)
+                details = details_of(e)
                 last_error = f"{target}: {details}"
                 if self._note_failure(target, details, failed):
                     continue  # a fresh lead: follow it at once
@@ -450,12 +448,6 @@ class Client(_Routing):
         return min(backoff * 2, BACKOFF_MAX_S)
 
 
-def _details(e: grpc.RpcError) -> str:
-    details = e.details() if hasattr(e, "details") else None
-    code = e.code() if hasattr(e, "code") else None
-    return _one_line(details or (code.name if code is not None else str(e)))
-
-
 def outcome_of(e: grpc.RpcError) -> str | None:
     """What a node said of a failed write ("not-applied" / "unknown"), None when it said nothing."""
     if isinstance(e, RequestError):
@@ -477,7 +469,7 @@ def may_have_applied(e: grpc.RpcError) -> bool:
         return outcome != NOT_APPLIED
     if e.code() != grpc.StatusCode.UNAVAILABLE:
         return True
-    details = _details(e)
+    details = details_of(e)
     refused = _hint(details) is not None or details.startswith("no leader known")
     return not (refused or never_connected(details))
 

@@ -69,7 +69,8 @@ READ_ROUND_HOLD_S = 0.1
 # GATHER_MAX_S. grpc.aio accepts one new call per turn of the event loop, so concurrent unary callers come
 # one by one, and a round (a message in and out on the leader and on each follower, a save on each)
 # costs more than accepting a call: a round for every call or two starved the acceptance of the calls
-# that could have shared it. A lone caller and streamed requests (they come in batches) never wait.
+# that could have shared it. A lone caller never waits, nor do streamed requests (they come in batches)
+# unless unary calls are in progress too.
 GATHER_QUIET_S = 0.001
 GATHER_MAX_S = 0.005
 
@@ -91,7 +92,7 @@ class Unavailable(Exception):
 
 class OutcomeUnknown(Unavailable):
     """The write was proposed, but this node can no longer tell whether it commits: it may have applied,
-    or may still apply (suspended, stopped or deposed with it in the log, its entry compacted away)."""
+    or may still apply (suspended, stopped or deposed with it in the log)."""
 
 
 class NotLeader(Exception):
@@ -233,10 +234,11 @@ class RaftNode:
             wake_at = ticked_at + due * TICK_S
             if self.read_deadlines:
                 wake_at = min(wake_at, self.read_deadlines[0][0])
-            if self.reads and self._round in self.read_wait:
-                wake_at = min(wake_at, self._round_started + READ_ROUND_HOLD_S)
-            elif self.reads:
-                wake_at = min(wake_at, loop.time() + self.gather_delay(self._reads_since))
+            if self.reads:
+                start = loop.time() + self.gather_delay(self._reads_since)
+                if self._round_in_flight():
+                    start = max(start, self._round_started + READ_ROUND_HOLD_S)
+                wake_at = min(wake_at, start)
             if self.proposals:
                 wake_at = min(wake_at, loop.time() + self.gather_delay(self._proposals_since))
             self._set_alarm(wake_at)
@@ -268,15 +270,16 @@ class RaftNode:
             await self._drain_ready()
 
     def _set_alarm(self, when: float) -> None:
-        """Wake the loop at `when`, keeping the armed timer when it is already set for then.
+        """Wake the loop by `when`, keeping the armed timer when it rings no later than that.
 
-        Under load the loop wakes for input hundreds of times per tick. A fresh timer per wake, cancelled
-        at once, left thousands of dead entries in the event loop's timer heap, and every push into it
-        paid for them (about 3 % of a leader's CPU per write, measured).
+        Under load the loop wakes for input hundreds of times per tick, and a gathering's end moves with
+        every call. A fresh timer per wake, cancelled at once, left thousands of dead entries in the event
+        loop's timer heap, and every push into it paid for them (about 3 % of a leader's CPU per write,
+        measured). Ringing early costs one turn of the loop, which then arms for the new time.
         """
         if self._alarm is not None:
-            # The same time, but for float rounding (ticked_at moves by a tick at a time): within 0.1 ms.
-            if abs(self._alarm.when() - when) < TICK_S / 100:
+            # No later than asked, but for float rounding (ticked_at moves by a tick at a time): 0.1 ms.
+            if self._alarm.when() - when < TICK_S / 100:
                 return
             self._alarm.cancel()
         self._alarm = asyncio.get_running_loop().call_at(when, self._ring)
@@ -505,12 +508,6 @@ class RaftNode:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
         self.image_bytes = len(snapshot.data)
         self.log_bytes = 0
-        # Writes proposed here whose entries the image now covers are never applied one by one here: they
-        # may be in it, or may have been overwritten first.
-        covered = [i for i in self.waiting if i <= snapshot.meta.index]
-        self._fail_writes(
-            [self.waiting.pop(i)[1] for i in covered], "a snapshot from the leader replaced the write's entry"
-        )
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
 
     async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
@@ -733,14 +730,11 @@ class RaftNode:
         if self.stopping:
             raise Unavailable("the node is shutting down")
 
-    async def propose(self, cmd: Command) -> Result:
-        """Replicate a write; returns once it is committed and applied here. NotLeader off the leader."""
-        return await self.propose_nowait(cmd)
-
     def propose_nowait(self, cmd: Command) -> asyncio.Future[Result]:
-        """propose() without a task to await it: a stream serving many writes attaches callbacks instead.
+        """Replicate a write, as a future: a stream serving many writes attaches callbacks to it.
 
-        NotLeader and Unavailable are raised at once; the future resolves once committed and applied here.
+        NotLeader and Unavailable are raised at once; the future resolves once committed and applied here,
+        or fails with OutcomeUnknown once this node can no longer tell.
         """
         self._check_serving()
         if not self.is_leader():

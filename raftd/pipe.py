@@ -91,6 +91,10 @@ class Pipe:
         timer = loop.call_later(timeout, self._expire, rid, future, timeout)
         try:
             response = await future
+        except RequestError as e:
+            if request.WhichOneof("op") == "get":
+                e.outcome = None  # a read has no effect: no outcome to report
+            raise
         finally:
             timer.cancel()
             self.waiting.pop(rid, None)
@@ -122,7 +126,12 @@ class Pipe:
                 while batch := self._take():
                     # Counted as carried before the write: one that fails half way may have reached the node.
                     self.sent.update(r.id for r in batch)
-                    await call.write(pb.RequestBatch(requests=batch))
+                    try:
+                        await call.write(pb.RequestBatch(requests=batch))
+                    except asyncio.InvalidStateError:
+                        # The call was over before this write: it carried nothing.
+                        self.sent.difference_update(r.id for r in batch)
+                        raise
                     self.batches_sent += 1
         except (grpc.RpcError, asyncio.InvalidStateError) as e:
             self._broken(call, e)
@@ -209,7 +218,8 @@ class Pipe:
 
 def never_connected(details: str) -> bool:
     """Whether gRPC failed a call for want of a connection, so that it never reached a node."""
-    return "failed to connect" in details.lower() or "DNS resolution failed" in details
+    lowered = details.lower()
+    return "failed to connect" in lowered or "dns resolution failed" in lowered
 
 
 def details_of(e: grpc.RpcError) -> str:

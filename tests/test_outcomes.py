@@ -13,16 +13,23 @@ import pytest
 from raftctl.client import Client, may_have_applied
 from raftctl.client import OutcomeUnknown as ClientOutcomeUnknown
 from raftctl.client import Unavailable as ClientUnavailable
+from raftd.api import common
 from raftd.api.common import Calls, Forwarder
 from raftd.api.kv import KVService
 from raftd.api.seed import SeedService
+from raftd.config import NodeAddr
 from raftd.core import Entry, Message, MsgType
 from raftd.kv import Command, Op, Result
 from raftd.node import OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, RequestError
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from raftd.testing.ports import free_ports
 from tests.nodes import leader, release_node
+from tests.test_pipe import _AnsweringCall, _FakeCall, _FakeStub
+
+
+def pb_error(code: grpc.StatusCode, outcome: int) -> kv_pb2.Error:
+    return kv_pb2.Error(code=code.value[0], message="from the leader", outcome=outcome)  # type: ignore[arg-type]
 
 
 async def pending_write(node: RaftNode, key: bytes = b"k") -> asyncio.Future[Result]:
@@ -146,10 +153,13 @@ class Served:
         await self.server.stop(None)
 
     async def proposed(self, n: int) -> None:
-        """Wait until n calls' writes are queued, then take them into the (uncommitting) log."""
+        """Wait until n calls' writes are queued, then take them into the (uncommitting) log (once they
+        have gathered: concurrent calls wait for each other, RaftNode.gather_delay)."""
         while len(self.node.proposals) < n:
             await asyncio.sleep(0.005)
-        self.node._take_input()
+        while self.node.proposals:
+            await asyncio.sleep(0.001)
+            self.node._take_input()
         await self.node._drain_ready()
 
 
@@ -213,17 +223,25 @@ def test_writes_refused_before_proposing_say_not_applied(tmp_path: Path) -> None
     asyncio.run(main())
 
 
-def test_a_write_past_its_deadline_says_unknown(tmp_path: Path) -> None:
+def test_a_write_past_the_node_s_deadline_says_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's deadline (capped at MAX_DEADLINE_S) passes long before the client's."""
+    monkeypatch.setattr(common, "MAX_DEADLINE_S", 0.3)
+
     async def main() -> None:
         node = await leader(tmp_path)
         async with Served(node) as s:
-            put = asyncio.ensure_future(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=0.5))
+            put = asyncio.ensure_future(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=10))
             await s.proposed(1)
-            code, outcome = await failed(put)
-            # The client's own deadline may fire first: then gRPC reports it, with no trailer of ours.
-            assert code == grpc.StatusCode.DEADLINE_EXCEEDED and outcome in (UNKNOWN, None)
-            setval = s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=0.5)
-            assert (await failed(setval))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert await failed(put) == (grpc.StatusCode.DEADLINE_EXCEEDED, UNKNOWN)
+            setval = asyncio.ensure_future(
+                s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=10)
+            )
+            await s.proposed(1)
+            assert await failed(setval) == (grpc.StatusCode.DEADLINE_EXCEEDED, UNKNOWN)
+            get = s.kv.Get(kv_pb2.GetRequest(key=b"b"), timeout=10)  # its round is never confirmed
+            assert await failed(get) == (grpc.StatusCode.DEADLINE_EXCEEDED, None)
         release_node(node)
 
     asyncio.run(main())
@@ -296,3 +314,59 @@ U = grpc.StatusCode.UNAVAILABLE
 )
 def test_which_failed_attempts_may_have_applied(error: grpc.RpcError, maybe: bool) -> None:
     assert may_have_applied(error) is maybe
+
+
+class _NodeOf:
+    """Just what Forwarder reads of a node."""
+
+    def gather_delay(self, since: float) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "outcome"),
+    [
+        # the leader's own verdicts pass through
+        (
+            pb_error(grpc.StatusCode.UNAVAILABLE, kv_pb2.OUTCOME_NOT_APPLIED),
+            grpc.StatusCode.UNAVAILABLE,
+            NOT_APPLIED,
+        ),
+        (pb_error(grpc.StatusCode.UNAVAILABLE, kv_pb2.OUTCOME_UNKNOWN), grpc.StatusCode.UNAVAILABLE, UNKNOWN),
+        # a leader that says nothing of it (an older one): the write may have applied
+        (pb_error(grpc.StatusCode.INTERNAL, kv_pb2.OUTCOME_UNSPECIFIED), grpc.StatusCode.INTERNAL, UNKNOWN),
+    ],
+)
+def test_a_forward_keeps_the_leader_s_outcome_or_says_unknown(
+    answer: kv_pb2.Error, code: grpc.StatusCode, outcome: str
+) -> None:
+    async def main() -> None:
+        forwarder = Forwarder(_NodeOf())  # type: ignore[arg-type]
+        forwarder.pipes[1] = Pipe(_FakeStub(_AnsweringCall(answer)))  # type: ignore[arg-type]
+        with pytest.raises(common.RequestFailed) as failed:
+            await forwarder.request(NodeAddr(1, "127.0.0.1", 1), kv_pb2.Request(put=kv_pb2.PutRequest()), 5)
+        assert (failed.value.code, failed.value.outcome) == (code, outcome)
+        await forwarder.close()
+
+    asyncio.run(main())
+
+
+class _OldLeaderCall(_FakeCall):
+    """A leader without KV.Stream."""
+
+    async def read(self) -> kv_pb2.ResponseBatch:
+        raise RequestError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+
+def test_a_forward_to_a_leader_without_streams_is_refused_with_its_address() -> None:
+    async def main() -> None:
+        forwarder = Forwarder(_NodeOf())  # type: ignore[arg-type]
+        forwarder.pipes[1] = Pipe(_FakeStub(_OldLeaderCall()))  # type: ignore[arg-type]
+        with pytest.raises(common.RequestFailed) as failed:
+            await forwarder.request(NodeAddr(1, "127.0.0.1", 7), kv_pb2.Request(put=kv_pb2.PutRequest()), 5)
+        assert (
+            failed.value.outcome == NOT_APPLIED and failed.value.message == "not the leader; try 127.0.0.1:7"
+        )
+        await forwarder.close()
+
+    asyncio.run(main())

@@ -134,6 +134,7 @@ class _AnsweringCall(_FakeCall):
         self.answers: asyncio.Queue[pb.ResponseBatch] = asyncio.Queue()
 
     async def write(self, batch: pb.RequestBatch) -> None:
+        self.sent.append([r.id for r in batch.requests])
         responses = [pb.Response(id=r.id, error=self.error) for r in batch.requests]
         self.answers.put_nowait(pb.ResponseBatch(responses=responses))
 

@@ -1,6 +1,6 @@
 """What every client-facing service shares: deadlines, validation, error mapping, leader forwarding.
 
-A failed write always says whether it may have applied (the outcome rule, README "Failures"): a refusal
+A failed write always says whether it may have applied (README "Failed writes: refused or unknown"): a refusal
 before the write was proposed is NOT_APPLIED, and everything after (a deadline, a node that lost track of
 its entry, a forward that broke once sent) is UNKNOWN. Unary calls carry it as trailing metadata
 (raftd.pipe.OUTCOME_KEY), streamed answers in Error.outcome.
@@ -153,34 +153,35 @@ def not_leader(leader: NodeAddr | None) -> RequestFailed:
 
 def failure(e: BaseException, *, write: bool) -> RequestFailed:
     """The status a request ends with when the node failed it. A write's says whether it may have applied:
-    OutcomeUnknown, a deadline and anything unexpected may have; NotLeader and Unavailable were refused
-    before proposing. A read has no effect, so its failure carries no outcome."""
+    OutcomeUnknown, a deadline and anything unexpected may have; NotLeader, Unavailable and a refusal with
+    no outcome of its own (invalid input) were refused before proposing. A read has no effect, so its
+    failure carries no outcome."""
     if isinstance(e, RequestFailed):
-        failed = e
+        code, message, outcome = e.code, e.message, e.outcome or NOT_APPLIED
     elif isinstance(e, NotLeader):
-        failed = not_leader(e.leader)
+        hinted = not_leader(e.leader)
+        code, message, outcome = hinted.code, hinted.message, NOT_APPLIED
     elif isinstance(e, OutcomeUnknown):
-        failed = RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e), UNKNOWN)
+        code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(e), UNKNOWN
     elif isinstance(e, Unavailable):
-        failed = RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e), NOT_APPLIED)
-    elif isinstance(e, TimeoutError | asyncio.CancelledError):
-        code = (
-            grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
-        )
-        what = "no outcome before the deadline" if isinstance(e, TimeoutError) else "abandoned"
-        failed = RequestFailed(code, f"{what}; the write may have applied" if write else what, UNKNOWN)
+        code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(e), NOT_APPLIED
+    elif isinstance(e, TimeoutError):
+        code, message, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, "no outcome before the deadline", UNKNOWN
+    elif isinstance(e, asyncio.CancelledError):
+        code, message, outcome = grpc.StatusCode.UNAVAILABLE, "abandoned", UNKNOWN
     else:
-        failed = RequestFailed(grpc.StatusCode.INTERNAL, str(e) or type(e).__name__, UNKNOWN)
+        code, message, outcome = grpc.StatusCode.INTERNAL, str(e) or type(e).__name__, UNKNOWN
     if not write:
-        failed.outcome = None
-    elif failed.outcome is None:
-        failed.outcome = NOT_APPLIED  # refused before it was proposed (invalid, say)
-    return failed
+        return RequestFailed(code, message)
+    if outcome == UNKNOWN and "may have applied" not in message:
+        message += "; the write may have applied"
+    return RequestFailed(code, message, outcome)
 
 
 class Forwarder:
     """A follower's unary writes, passed to the leader on one KV.Stream per leader (raftd.pipe.Pipe), so
-    that concurrent callers share the leader's proposals and fsyncs as a streaming client's requests do.
+    that concurrent callers share the leader's proposals and fsyncs as a streaming client's requests do;
+    the stream's batches wait while more calls are coming (RaftNode.gather_delay).
 
     The leader never passes them on again: a stream refuses writes off the leader ("not the leader").
     """
@@ -190,8 +191,10 @@ class Forwarder:
         self.pipes: dict[int, Pipe] = {}
 
     async def request(self, leader: NodeAddr, request: pb.Request, timeout: float) -> pb.Response:
+        """The leader's answer; RequestFailed with the write's outcome (the pipe knows what it sent)."""
         pipe = self.pipes.get(leader.id)
         if pipe is None:
+            await self._close_idle()  # streams to former leaders
             channel = self.node.peers[to_core(leader.id)].channel
             pipe = self.pipes[leader.id] = Pipe(kv_pb2_grpc.KVStub(channel), self.node.gather_delay)
         try:
@@ -199,8 +202,14 @@ class Forwarder:
         except RequestError as e:
             raise RequestFailed(e.code(), e.details(), e.outcome or UNKNOWN) from None
         except NoStream:
-            # A leader that predates Stream: never sent, so the caller may take the hint and go there.
+            # A leader older than KV.Stream: nothing was sent, so the caller may take the hint and go there.
             raise not_leader(leader) from None
+
+    async def _close_idle(self) -> None:
+        for node_id, pipe in list(self.pipes.items()):
+            if not pipe.waiting:
+                del self.pipes[node_id]
+                await pipe.close()
 
     async def close(self) -> None:
         pipes, self.pipes = list(self.pipes.values()), {}
@@ -209,54 +218,67 @@ class Forwarder:
 
 
 class Calls:
-    """Counts a node's unary calls in progress (RaftNode.unary_calls) and keeps their deadlines."""
+    """Counts a node's unary calls in progress (RaftNode.unary_calls): while more than one waits, requests
+    gather and Readies are saved off the event loop."""
 
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
-    @contextlib.asynccontextmanager
-    async def deadline(self, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    def start(self) -> None:
         self.node.unary_calls += 1
         self.node.last_call_at = asyncio.get_running_loop().time()
-        try:
-            async with asyncio.timeout(time_left(context)):
-                yield
-        finally:
-            self.node.unary_calls -= 1
+
+    def end(self) -> None:
+        self.node.unary_calls -= 1
 
 
 async def write(
-    calls: Calls, forwarder: Forwarder, context: grpc.aio.ServicerContext, cmd: Command, request: pb.Request
+    calls: Calls,
+    forwarder: Forwarder,
+    context: grpc.aio.ServicerContext,
+    cmd: Command,
+    request: pb.PutRequest | pb.DeleteRequest,
 ) -> tuple[int, bool]:
     """(index, whether the key existed) of a write committed and applied: proposed here when leading, else
-    forwarded to the leader. Every failure is a RequestFailed with its outcome."""
+    forwarded to the leader, whose stream keeps the deadline (it knows whether it sent the write). Every
+    failure is a RequestFailed with its outcome."""
+    calls.start()
     try:
-        async with calls.deadline(context):
-            try:
-                result = await calls.node.propose_nowait(cmd)
-                return result.index, result.existed
-            except NotLeader as e:
-                if e.leader is None or was_forwarded(context):
-                    raise
-                response = await forwarder.request(e.leader, request, time_left(context))
+        try:
+            future = calls.node.propose_nowait(cmd)
+        except NotLeader as e:
+            if e.leader is None or was_forwarded(context):
+                raise
+            wrapped = (
+                pb.Request(put=request) if isinstance(request, pb.PutRequest) else pb.Request(delete=request)
+            )
+            response = await forwarder.request(e.leader, wrapped, time_left(context))
+            if response.WhichOneof("result") == "put":
+                return response.put.index, False
+            return response.delete.index, response.delete.deleted
+        async with asyncio.timeout(time_left(context)):
+            result = await future
+        return result.index, result.existed
     except Exception as e:
         raise failure(e, write=True) from None
-    if response.WhichOneof("result") == "put":
-        return response.put.index, False
-    return response.delete.index, response.delete.deleted
+    finally:
+        calls.end()
 
 
 async def read(
     calls: Calls, context: grpc.aio.ServicerContext, key: bytes, local: bool
 ) -> tuple[bytes | None, int]:
     """A linearizable read by default (ReadIndex, confirmed by the leader even on a follower)."""
+    calls.start()
     try:
-        async with calls.deadline(context):
-            if not local:
+        if not local:
+            async with asyncio.timeout(time_left(context)):
                 await calls.node.read_barrier_nowait()
-            return calls.node.local_read(key)
+        return calls.node.local_read(key)
     except Exception as e:
         raise failure(e, write=False) from None
+    finally:
+        calls.end()
 
 
 async def on_leader(
@@ -265,30 +287,24 @@ async def on_leader(
     local: Callable[[], Awaitable[T]],
     forward: Callable[[grpc.aio.Channel, float], Awaitable[T]],
 ) -> T:
-    """Run local() here when leading, else forward() to the leader (an admin call: no outcome rule)."""
-    timeout = time_left(context)
+    """Run local() here when leading, else forward() to the leader (admin calls, which change no key)."""
     try:
-        return await asyncio.wait_for(local(), timeout)
-    except NotLeader as e:
-        if e.leader is None or was_forwarded(context):
-            raise not_leader(e.leader) from None
-        channel = node.peers[to_core(e.leader.id)].channel
         try:
+            return await asyncio.wait_for(local(), time_left(context))
+        except NotLeader as e:
+            if e.leader is None or was_forwarded(context):
+                raise
+            channel = node.peers[to_core(e.leader.id)].channel
             return await forward(channel, time_left(context))
-        except grpc.aio.AioRpcError as err:
-            raise RequestFailed(err.code(), err.details() or err.code().name) from None
-    except Unavailable as e:
-        raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-    except TimeoutError:
-        raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"no outcome within {timeout:.1f}s") from None
+    except grpc.aio.AioRpcError as err:
+        raise RequestFailed(err.code(), err.details() or err.code().name) from None
+    except Exception as e:
+        raise failure(e, write=False) from None
 
 
 async def on_node(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
-    """Requests served by this node itself (reads, admin)."""
-    timeout = time_left(context)
+    """Admin work served by this node itself (a backup)."""
     try:
-        return await asyncio.wait_for(work, timeout)
-    except Unavailable as e:
-        raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-    except TimeoutError:
-        raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout:.1f}s") from None
+        return await asyncio.wait_for(work, time_left(context))
+    except Exception as e:
+        raise failure(e, write=False) from None

@@ -53,7 +53,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             cmd = put_command(request)
         except RequestFailed as e:
             raise failure(e, write=True) from None
-        index, _ = await write(self.calls, self.forwarder, context, cmd, pb.Request(put=request))
+        index, _ = await write(self.calls, self.forwarder, context, cmd, request)
         return pb.PutResponse(index=index)
 
     @grpc_errors
@@ -62,7 +62,7 @@ class KVService(kv_pb2_grpc.KVServicer):
             cmd = delete_command(request)
         except RequestFailed as e:
             raise failure(e, write=True) from None
-        index, existed = await write(self.calls, self.forwarder, context, cmd, pb.Request(delete=request))
+        index, existed = await write(self.calls, self.forwarder, context, cmd, request)
         return pb.DeleteResponse(deleted=existed, index=index)
 
     @grpc_errors

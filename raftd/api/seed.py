@@ -51,7 +51,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         key, value = request.key.encode(), request.value.encode()
         if not key or len(key) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
             return pb.SetValResponse(verdict=False)
-        put = kv_pb2.Request(put=kv_pb2.PutRequest(key=key, value=value))
+        put = kv_pb2.PutRequest(key=key, value=value)
         try:
             await write(self.calls, self.forwarder, context, Command(Op.PUT, key, value), put)
         except RequestFailed as e:

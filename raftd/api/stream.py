@@ -50,6 +50,7 @@ class StreamSession:
         # Requests received and not answered yet: id -> when it expires. In arrival order, so in deadline
         # order too, which lets one timer per stream, armed for the oldest, serve them all.
         self.open: dict[int, float] = {}
+        self.open_writes: set[int] = set()  # the ids in open that are writes: an expiry says "unknown"
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False  # the call is over: late callbacks drop their answers
         self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
@@ -119,6 +120,7 @@ class StreamSession:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REQUEST_DEADLINE_S
         self.open.update(dict.fromkeys(fresh, deadline))
+        self.open_writes.update(rid for rid, r in fresh.items() if r.WhichOneof("op") in ("put", "delete"))
         self.unanswered += len(fresh)
         if fresh and self._expiry is None:
             self._expiry = loop.call_at(deadline + EXPIRY_GRAIN_S, self._expire)
@@ -198,14 +200,14 @@ class StreamSession:
         now = loop.time()
         due = [rid for rid, _ in itertools.takewhile(lambda item: item[1] <= now, self.open.items())]
         for rid in due:
-            self._fail(
-                rid,
-                RequestFailed(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"no outcome within {REQUEST_DEADLINE_S:g}s; a write may have applied",
-                    UNKNOWN,  # a read's answer carries it too; a read has no effect
-                ),
-            )
+            message = f"no outcome within {REQUEST_DEADLINE_S:g}s"
+            if rid in self.open_writes:
+                failed = RequestFailed(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"{message}; the write may have applied", UNKNOWN
+                )
+            else:
+                failed = RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+            self._fail(rid, failed)
         self._expiry = None
         if self.open and not self.closed:
             oldest = next(iter(self.open.values()))
@@ -218,6 +220,7 @@ class StreamSession:
         """Queue the one answer to a request; a later one (its outcome after it expired) is dropped."""
         if self.closed or self.open.pop(response.id, None) is None:
             return
+        self.open_writes.discard(response.id)
         self.out.append(response)
         self.out_bytes += weight
         self.wake.set()
