@@ -383,6 +383,13 @@ class RaftNode:
         until = min(self.last_call_at + GATHER_QUIET_S, since + GATHER_MAX_S)
         return max(0.0, until - asyncio.get_running_loop().time())
 
+    def _wake_for(self, first: bool, since: float) -> None:
+        """Wake the loop for a new request, unless it joins a batch that is gathering: the loop's alarm is
+        already set for that batch's end (a gathering ends no sooner as calls come). A turn of the loop per
+        call, only to find that the batch waits on, cost 64 unary writers about a tenth of their rate."""
+        if first or not self.gather_delay(since):
+            self.wake.set()
+
     def _round_in_flight(self) -> bool:
         """Whether the newest ReadIndex round is still unanswered and young enough to wait for."""
         return (
@@ -740,10 +747,11 @@ class RaftNode:
         if not self.is_leader():
             raise NotLeader(self.leader())
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        if not self.proposals:
+        first = not self.proposals
+        if first:
             self._proposals_since = asyncio.get_running_loop().time()
         self.proposals.append(_Proposal(cmd.encode(), fut))
-        self.wake.set()
+        self._wake_for(first, self._proposals_since)
         return fut
 
     async def read_barrier(self) -> int:
@@ -757,10 +765,11 @@ class RaftNode:
             raise Unavailable("no leader known")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
-        if not self.reads:
+        first = not self.reads
+        if first:
             self._reads_since = loop.time()
         self.reads.append(fut)
-        self.wake.set()
+        self._wake_for(first, self._reads_since)
         return fut
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
