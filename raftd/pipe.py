@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Literal
 
 import grpc
 
@@ -21,10 +22,11 @@ from raftd.pb import kv_pb2_grpc
 
 # Trailing metadata of a failed unary write, and what a streamed Error's outcome field says, in text.
 OUTCOME_KEY = "raftd-outcome"
-NOT_APPLIED = "not-applied"
-UNKNOWN = "unknown"
-OUTCOME_NAMES = {pb.OUTCOME_NOT_APPLIED: NOT_APPLIED, pb.OUTCOME_UNKNOWN: UNKNOWN}
-OUTCOME_VALUES = {name: value for value, name in OUTCOME_NAMES.items()}
+Outcome = Literal["not-applied", "unknown"]
+NOT_APPLIED: Outcome = "not-applied"
+UNKNOWN: Outcome = "unknown"
+OUTCOME_NAMES: dict[int, Outcome] = {pb.OUTCOME_NOT_APPLIED: NOT_APPLIED, pb.OUTCOME_UNKNOWN: UNKNOWN}
+OUTCOME_VALUES: dict[Outcome, int] = {name: value for value, name in OUTCOME_NAMES.items()}
 # A RequestBatch carries at most about this many bytes (nodes take messages of 64 MiB).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -34,7 +36,7 @@ class RequestError(grpc.RpcError):
     """One request's failure on the stream, shaped like a failed unary call (code(), details()), so that
     retry loops treat both alike; outcome is NOT_APPLIED, UNKNOWN or None (a read, or an older node)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, outcome: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, outcome: Outcome | None = None) -> None:
         super().__init__(details)
         self._code = code
         self._details = details

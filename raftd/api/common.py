@@ -21,7 +21,16 @@ from raftd.kv import Command, Op
 from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable, to_core
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, OUTCOME_VALUES, UNKNOWN, NoStream, Pipe, RequestError
+from raftd.pipe import (
+    NOT_APPLIED,
+    OUTCOME_KEY,
+    OUTCOME_VALUES,
+    UNKNOWN,
+    NoStream,
+    Outcome,
+    Pipe,
+    RequestError,
+)
 
 T = TypeVar("T")
 
@@ -38,14 +47,14 @@ class RequestFailed(Exception):
     """A request that ends in a gRPC status; raised anywhere below a handler, turned into abort() once.
     outcome (NOT_APPLIED or UNKNOWN) is set on a write's failure."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.outcome = outcome
 
     def to_pb(self) -> pb.Error:
-        outcome = OUTCOME_VALUES.get(self.outcome or "")
+        outcome = OUTCOME_VALUES[self.outcome] if self.outcome else pb.OUTCOME_UNSPECIFIED
         return pb.Error(code=self.code.value[0], message=self.message, outcome=outcome)
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
