@@ -201,6 +201,10 @@ class RaftNode:
         snap = state.snapshot.meta if state.snapshot is not None else None
         self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
         self.kv = kv
+        # The state machine holds only the image until the log after it is applied again: no read is
+        # served before it reaches the commit index this node had stored ("possibly stale" must never
+        # mean "empty").
+        self._replay_to = state.hard_state.commit
         self.snapshot_index = snap.index if snap is not None else 0
         self.image_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
         # Log bytes applied since the snapshot (those replayed at boot count too: they are in the log).
@@ -224,6 +228,7 @@ class RaftNode:
                 client.start()
                 self.peers[peer_id] = client
         log.info("I am a follower. Term: %d", self.raw.raft.term)
+        self.wake.set()  # apply the stored log at once, not at the first tick or message
         loop = asyncio.get_running_loop()
         # Time is counted from ticked_at in whole ticks, but the loop only wakes for a tick when the core
         # says one is due (a heartbeat, an election timeout): waking every 10 ms would cost an idle node
@@ -690,6 +695,7 @@ class RaftNode:
             return
         self._boot(*loaded)
         self.suspended = False
+        self.wake.set()  # apply the stored log at once, not at the first tick or message
         log.info("I am a follower. Term: %d", self.raw.raft.term)
         for callback in self.on_role_change:
             callback()
@@ -774,6 +780,8 @@ class RaftNode:
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
         self._check_serving()
+        if self.kv.applied < self._replay_to:
+            raise Unavailable("the node is applying its stored log after a restart; retry shortly")
         return self.kv.get(key), self.kv.applied
 
     def suspend(self, seconds: float) -> None:

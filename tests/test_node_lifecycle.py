@@ -13,7 +13,7 @@ import pytest
 
 from raftd.core import NONE, Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
-from raftd.node import Unavailable
+from raftd.node import RaftNode, Unavailable
 from raftd.storage import PersistedState
 from tests.nodes import follower, release_node
 
@@ -258,5 +258,67 @@ def test_the_loop_keeps_one_timer_while_input_wakes_it(
         await node.stop()
         await asyncio.wait_for(runner, 5)
         node.storage.close()
+
+    asyncio.run(main())
+
+
+async def committed_write(node: RaftNode, key: bytes, value: bytes) -> None:
+    """The leader (core id 2) appends one write and commits it; the follower stores and applies it."""
+    index = node.raw.raft.log.last_index() + 1
+    prev_term = node.raw.raft.log.term(index - 1) or 0
+    entry = Entry(index, node.raw.raft.term, Command(Op.PUT, key, value).encode())
+    node.deliver(
+        [
+            Message(
+                MsgType.APP,
+                to=1,
+                frm=2,
+                term=node.raw.raft.term,
+                index=index - 1,
+                log_term=prev_term,
+                entries=(entry,),
+                commit=index,
+            )
+        ]
+    )
+    node._take_input()
+    await node._drain_ready()
+    assert node.local_read(key) == (value, index)
+
+
+def test_a_resumed_node_serves_no_read_before_its_stored_log_is_applied(tmp_path: Path) -> None:
+    """After a suspension the state machine is rebuilt from the image alone; the log after it comes back
+    only as the loop applies it. A local read in between returned None for a key written long before."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        await committed_write(node, b"k", b"v")
+        await node._suspend(0.01)  # the loop that would apply the log does not run here
+        with pytest.raises(Unavailable, match="applying its stored log"):
+            node.local_read(b"k")
+        await node._drain_ready()
+        assert node.local_read(b"k")[0] == b"v"
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_the_loop_applies_the_stored_log_as_soon_as_a_suspension_ends(tmp_path: Path) -> None:
+    """Not at its next tick or message: this follower hears nothing for 100 s."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        await committed_write(node, b"k", b"v")
+        runner = asyncio.create_task(node.run())
+        try:
+            await asyncio.sleep(0.05)
+            node.suspend(0.05)
+            await asyncio.sleep(0.3)
+            assert not node.suspended
+            assert node.local_read(b"k")[0] == b"v"
+        finally:
+            await node.stop()
+            await runner
+            node.storage.close()
 
     asyncio.run(main())
