@@ -297,9 +297,13 @@ def suspend(s: Settings, period: int) -> None:
     s.emit(None, {"endpoint": target, "period": period})
 
 
-@main.group(epilog=EPILOG)
-def snapshot() -> None:
+@main.group(epilog=EPILOG, invoke_without_command=True)
+@click.pass_context
+def snapshot(ctx: click.Context) -> None:
     """Backups of the whole store."""
+    if ctx.invoked_subcommand is None:
+        # As docker, kubectl and etcdctl do for a group given no command: its help, on stdout.
+        click.echo(ctx.get_help())
 
 
 @snapshot.command("save", epilog=EPILOG)

@@ -280,3 +280,12 @@ def test_ctrl_c_exits_130_quietly(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", "")
+
+
+def test_a_group_without_a_command_prints_its_help(tmp_path: Path) -> None:
+    """It squashed the whole help into one error line (issue 17); docker, kubectl and etcdctl print it."""
+    r = run_ctl("snapshot", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
+    usage = r.stdout.splitlines()[0]
+    assert usage.startswith("Usage: ") and " snapshot [OPTIONS]" in usage, r.stdout
+    assert "\n  save " in r.stdout, r.stdout
