@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint sim proto image bench clean
+.PHONY: test run stop clean-data lint sim proto image bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,17 @@ image: $(STAMP)
 sim: $(STAMP)
 	$(BIN)/python -m raftd.sim --seeds 2000
 
-# The 3-node cluster of config.conf in the foreground; Ctrl-C stops it; data stays in ./data.
+# The 3-node cluster of config.conf in the foreground; Ctrl-C or SIGTERM stops it; data stays in ./data.
 run: $(STAMP)
 	$(BIN)/python -m raftd.devcluster config.conf
+
+# Stop the cluster `make run` started from this directory (from another terminal).
+stop: $(STAMP)
+	$(BIN)/python -m raftd.devcluster --stop
+
+# Stop it, then delete its data (./data): the next `make run` starts a new cluster.
+clean-data: stop
+	rm -rf data
 
 # The performance figures on a fresh local 3-node cluster (raftctl/benchmark.py; BENCH_* env knobs).
 bench: $(STAMP)
