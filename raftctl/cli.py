@@ -27,23 +27,22 @@ from raftctl.client import (
     DEFAULT_TIMEOUT_S,
     Client,
     ClientError,
-    InvalidArgument,
     NotFound,
-    OutcomeUnknown,
-    Unavailable,
+)
+from raftctl.exits import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_OUTCOME_UNKNOWN,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    exit_code,
 )
 from raftctl.render import leader_line, status_json, status_table, unreachable_summary
 from raftd.backup import BackupError, unpack
 from raftd.config import ConfigError, load_cluster, parse_endpoints
-
-EXIT_OK = 0
-EXIT_NOT_FOUND = 1
-EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
-EXIT_INVALID = 4
-EXIT_ERROR = 5
-EXIT_OUTCOME_UNKNOWN = 6
-EXIT_INTERRUPTED = 130
 
 ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
 DEFAULT_CONFIG = "config.conf"
@@ -66,18 +65,6 @@ Exit codes:
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def exit_code(error: ClientError) -> int:
-    if isinstance(error, NotFound):
-        return EXIT_NOT_FOUND
-    if isinstance(error, OutcomeUnknown):
-        return EXIT_OUTCOME_UNKNOWN
-    if isinstance(error, Unavailable):
-        return EXIT_UNAVAILABLE
-    if isinstance(error, InvalidArgument):
-        return EXIT_INVALID
-    return EXIT_ERROR
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -226,9 +213,22 @@ class _Group(click.Group):
     show_default=True,
     help="Output format.",
 )
+@click.option(
+    "--stop-on-error",
+    is_flag=True,
+    help="The shell reading a script: stop at the first line that fails (else it runs every line); "
+    "either way it exits with that line's code.",
+)
 @click.version_option(package_name="raftd")
 @click.pass_context
-def main(ctx: click.Context, endpoints: str | None, cluster: str | None, timeout: float, output: str) -> None:
+def main(
+    ctx: click.Context,
+    endpoints: str | None,
+    cluster: str | None,
+    timeout: float,
+    output: str,
+    stop_on_error: bool,
+) -> None:
     """Client of a raftd cluster. Without a command, runs the original client's interactive shell."""
     settings = Settings(endpoints, cluster, timeout, output)
     ctx.obj = settings
@@ -236,7 +236,8 @@ def main(ctx: click.Context, endpoints: str | None, cluster: str | None, timeout
         from raftctl.shell import Shell
 
         resolved = settings.endpoints
-        sys.exit(Shell(resolved.addresses, timeout, resolved.ids).run())
+        shell = Shell(resolved.addresses, timeout, resolved.ids, stop_on_error=stop_on_error)
+        sys.exit(shell.run())
 
 
 @main.command(epilog=EPILOG)

@@ -2,6 +2,9 @@
 
 It reads a terminal with line editing and history, or a pipe without any prompt noise, and it never
 crashes: every bad line, unreachable node or server error becomes one line on stderr and the next prompt.
+Reading a pipe it runs every line and then exits with the code of the first line that failed (as the
+one-shot command would have), or stops at that line with stop_on_error (psql's ON_ERROR_STOP), so that
+`raftctl < script.txt` can tell a script that a line failed. None for an absent key is not a failure.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from raftctl.client import Client, ClientError, NotFound
+from raftctl.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code
 from raftctl.render import leader_line, status_table, unreachable_summary
 from raftd.config import ConfigError, parse_endpoints
 
@@ -46,6 +50,7 @@ class Shell:
         stdin: TextIO | None = None,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
+        stop_on_error: bool = False,
     ) -> None:
         self.endpoints = list(endpoints)
         self.timeout = timeout
@@ -54,6 +59,8 @@ class Shell:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self.interactive = self.stdin.isatty()
+        self.stop_on_error = stop_on_error
+        self.failed: int | None = None  # the exit code of the first line that failed
         self.client = Client(self.endpoints, timeout)
         self._history: str | None = None
         self.commands: dict[str, _Command] = {
@@ -101,12 +108,15 @@ class Shell:
                     if not self.execute(line):
                         break
                 except KeyboardInterrupt:
-                    self._error("interrupted")
+                    self._error("interrupted", EXIT_INTERRUPTED)
+                if self.stop_on_error and self.failed is not None:
+                    break
         finally:
             self._save_history()
             self.client.close()
         self._say("The client ends")
-        return 0
+        # At a terminal the person saw each error as it came; a script learns of them from the exit code.
+        return EXIT_OK if self.interactive or self.failed is None else self.failed
 
     def _read_line(self) -> str | None:
         """The next line without its newline; None at the end of input."""
@@ -123,27 +133,27 @@ class Shell:
         try:
             words = shlex.split(line)
         except ValueError as e:
-            self._error(f"cannot parse the line: {e}")
+            self._error(f"cannot parse the line: {e}", EXIT_USAGE)
             return True
         if not words:
             return True
         name, args = words[0], words[1:]
         command = self.commands.get(name)
         if command is None:
-            self._error(f"unknown command {name!r}; type help for the list")
+            self._error(f"unknown command {name!r}; type help for the list", EXIT_USAGE)
             return True
         if not command.min_args <= len(args) <= command.max_args:
             want = "no arguments" if command.max_args == 0 else f"usage: {command.usage}"
-            self._error(f"{name}: wrong number of arguments ({len(args)}); {want}")
+            self._error(f"{name}: wrong number of arguments ({len(args)}); {want}", EXIT_USAGE)
             return True
         try:
             return command.run(args)
         except ShellError as e:
-            self._error(f"{name}: {e}")
+            self._error(f"{name}: {e}", EXIT_USAGE)
         except ClientError as e:
-            self._error(str(e))
+            self._error(str(e), exit_code(e))
         except Exception as e:  # the shell outlives any bug in one command
-            self._error(f"{name}: internal error: {type(e).__name__}: {e}")
+            self._error(f"{name}: internal error: {type(e).__name__}: {e}", EXIT_ERROR)
         return True
 
     # -- commands -----------------------------------------------------------------------------------
@@ -195,7 +205,7 @@ class Shell:
         self._say(status_table(rows, self.ids))
         problem = unreachable_summary(rows)
         if problem is not None:
-            self._error(problem)
+            self._error(problem, EXIT_UNAVAILABLE)  # as the one-shot `status` exits
         return True
 
     def _help(self, args: list[str]) -> bool:
@@ -208,7 +218,10 @@ class Shell:
     def _say(self, text: str) -> None:
         print(text, file=self.stdout, flush=True)
 
-    def _error(self, text: str) -> None:
+    def _error(self, text: str, code: int) -> None:
+        """Report a failed line, and remember the first failure's exit code."""
+        if self.failed is None:
+            self.failed = code
         self.stdout.flush()
         print(f"error: {' '.join(text.split())}", file=self.stderr, flush=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raftctl.exits import EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_USAGE
 from raftd.testing.ports import free_ports
 from tests.daemon.cluster import Cluster, wait_until
 
@@ -65,7 +66,7 @@ def test_bad_lines_get_one_message_each_and_the_shell_goes_on(tmp_path: Path, cl
     ]
     script = "\n".join([*bad, "setval pipe-after ok", "getval pipe-after", "quit", "getval never"]) + "\n"
     r = run_ctl("--endpoints", cluster.address(0), cwd=tmp_path, input=script)
-    assert r.returncode == 0
+    assert r.returncode == EXIT_USAGE, "every line ran; the exit code is the first failed line's"
     assert r.stdout == "The client starts\nok\nThe client ends\n"
     errors = r.stderr.splitlines()
     assert len(errors) == len(bad), r.stderr
@@ -82,7 +83,7 @@ def test_an_unreachable_server_is_one_message(tmp_path: Path, cluster: Cluster) 
         f"connect {cluster.address(1)}\ngetval pipe-unset\n"
     )
     r = run_ctl("--endpoints", cluster.address(0), "--timeout", "0.5", cwd=tmp_path, input=script)
-    assert r.returncode == 0
+    assert r.returncode == EXIT_UNAVAILABLE
     lines = r.stdout.splitlines()
     assert lines[0] == "The client starts" and lines[-2:] == ["None", "The client ends"]
     # status lists the shell's endpoint and the connected one, which did not answer
@@ -104,3 +105,20 @@ def test_suspend_the_connected_follower(tmp_path: Path, cluster: Cluster) -> Non
     assert (r.returncode, r.stderr) == (0, "")
     assert r.stdout == f"The client starts\n{lead} {cluster.address(lead)}\nThe client ends\n"
     wait_until(f"node {follower} to be back", lambda: not cluster.status(follower).suspended, 20)
+
+
+def test_a_script_learns_of_its_first_failed_line_and_can_stop_there(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """It exited 0 after failing lines (issue 17). None for an absent key is not a failure."""
+    script = "getval pipe-absent\nsetval '' v\nsetval pipe-later x\ngetval pipe-later\n"
+    e = ["--endpoints", cluster.address(0)]
+    r = run_ctl(*e, cwd=tmp_path, input=script)
+    assert (r.returncode, r.stdout) == (EXIT_INVALID, "The client starts\nNone\nx\nThe client ends\n"), r
+    r = run_ctl(*e, "--stop-on-error", cwd=tmp_path, input=script.replace("pipe-later", "pipe-never"))
+    assert (r.returncode, r.stdout) == (EXIT_INVALID, "The client starts\nNone\nThe client ends\n"), r
+    assert r.stderr == "error: the key is empty\n"
+    r = run_ctl(*e, "getval", "pipe-never", cwd=tmp_path)
+    assert r.stdout == "None\n", "--stop-on-error stopped before the write"
+    r = run_ctl(*e, cwd=tmp_path, input="getval pipe-absent\ndelete pipe-absent\n")
+    assert (r.returncode, r.stderr) == (0, "")
