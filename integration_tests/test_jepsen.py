@@ -3,7 +3,7 @@ freezes them (docker pause) and cuts them off the peer network; then heal, read 
 whole history for linearizability. A ledger writer beside the workload writes fresh keys, so a lost
 acknowledged write is also caught directly, not only through the checker.
 
-RAFTD_JEPSEN_SECONDS sets the workload's length (default 60; e.g. 600 for a long run); RAFTD_JEPSEN_SEED
+RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 60; e.g. 600 for a long run); RAFTD_TEST_JEPSEN_SEED
 replays a nemesis schedule (the seed is printed; container timing is not seeded, so a replay is close,
 not identical). On a violation the history is dumped as JSON lines under the test's tmp_path and the
 offending operations and every node's log are printed.
@@ -29,7 +29,7 @@ from raftd.testing import workload as workload_module
 from raftd.testing.nemesis import Fault, ScheduledNemesis
 from raftd.testing.workload import run_workload
 
-SECONDS = float(os.environ.get("RAFTD_JEPSEN_SECONDS", "60"))
+SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "60"))
 KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
@@ -129,8 +129,8 @@ def cluster(image: str) -> Iterator[ContainerCluster]:
 def test_jepsen_container_cluster(
     cluster: ContainerCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seed = int(os.environ.get("RAFTD_JEPSEN_SEED", random.randrange(2**32)))
-    print(f"\njepsen (containers): seed {seed} (RAFTD_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
+    seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
+    print(f"\njepsen (containers): seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
     c = cluster
     # The workload's clients dial the published 127.0.0.1 ports but follow leader hints by the nodes'
     # own addresses, as production clients would.

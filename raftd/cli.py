@@ -32,11 +32,32 @@ from raftd.storage import StorageError
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+# The environment variable of every option, in --help's order; RAFTD_TEST_* are test hooks (testhooks.py).
+ENV = {
+    "ID": "RAFTD_NODE_ID",
+    "--config": "RAFTD_CONFIG",
+    "--data-dir": "RAFTD_DATA_DIR",
+    "--listen": "RAFTD_LISTEN",
+    "--log-format": "RAFTD_LOG_FORMAT",
+    "--log-level": "RAFTD_LOG_LEVEL",
+    "--election-timeout": "RAFTD_ELECTION_TIMEOUT",
+    "--heartbeat-interval": "RAFTD_HEARTBEAT_INTERVAL",
+    "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
+    "--restore": "RAFTD_RESTORE",
+}
 
 
 def _fail(message: str, code: int) -> None:
     click.echo(f"raftd: error: {message}", err=True)
     sys.exit(code)
+
+
+def _warn_unknown_env(environ: dict[str, str]) -> None:
+    """A misspelt setting must not pass silently; the node starts anyway, as with any unset option."""
+    known = set(ENV.values())
+    for name in sorted(environ):
+        if name.startswith("RAFTD_") and not name.startswith("RAFTD_TEST_") and name not in known:
+            click.echo(f"raftd: warning: unknown environment variable {name} is ignored", err=True)
 
 
 def main() -> None:
@@ -51,29 +72,29 @@ def main() -> None:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Every option can also come from the environment: RAFTD_NODE_ID for ID, RAFTD_CONFIG, "
-    "RAFTD_DATA_DIR, RAFTD_LISTEN, RAFTD_LOG_FORMAT, RAFTD_LOG_LEVEL, RAFTD_SNAPSHOT_ENTRIES. "
-    "`raftd compose --help` turns a cluster map into a docker-compose file.",
+    epilog="Every option can also come from the environment: "
+    + ", ".join(f"{env} for {name}" for name, env in ENV.items())
+    + "; a flag wins over its variable. `raftd compose --help` turns a cluster map into a compose file.",
 )
-@click.argument("node_id", metavar="ID", type=int, envvar="RAFTD_NODE_ID")
+@click.argument("node_id", metavar="ID", type=int, envvar=ENV["ID"])
 @click.option(
     "--config",
     "config_path",
     default="config.conf",
     show_default=True,
-    envvar="RAFTD_CONFIG",
+    envvar=ENV["--config"],
     help="Cluster map: the original 'ID HOST PORT' format, or YAML when it ends in .yaml/.yml.",
 )
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    envvar="RAFTD_DATA_DIR",
+    envvar=ENV["--data-dir"],
     help="Default: ./data/node-ID.",
 )
 @click.option(
     "--listen",
     metavar="HOST:PORT",
-    envvar="RAFTD_LISTEN",
+    envvar=ENV["--listen"],
     help="Address to bind (default: this node's address in the map), e.g. 0.0.0.0:50000 in a container.",
 )
 @click.option(
@@ -81,24 +102,26 @@ def main() -> None:
     type=click.Choice(["text", "json"]),
     default="text",
     show_default=True,
-    envvar="RAFTD_LOG_FORMAT",
+    envvar=ENV["--log-format"],
 )
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
-    envvar="RAFTD_LOG_LEVEL",
+    envvar=ENV["--log-level"],
 )
 @click.option(
     "--election-timeout",
     metavar="MIN-MAX",
+    envvar=ENV["--election-timeout"],
     help="Election timeout range in ms (default {}-{}).".format(*DEFAULT_ELECTION_TIMEOUT_MS),
 )
 @click.option(
     "--heartbeat-interval",
     type=int,
     metavar="MS",
+    envvar=ENV["--heartbeat-interval"],
     help=f"Heartbeat interval in ms (default {DEFAULT_HEARTBEAT_INTERVAL_MS}).",
 )
 @click.option(
@@ -106,13 +129,14 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=DEFAULT_SNAPSHOT_ENTRIES,
     show_default=True,
-    envvar="RAFTD_SNAPSHOT_ENTRIES",
+    envvar=ENV["--snapshot-entries"],
     help="Take a snapshot and compact the log after this many applied entries.",
 )
 @click.option(
     "--restore",
     "restore_path",
     metavar="FILE",
+    envvar=ENV["--restore"],
     type=click.Path(dir_okay=False, path_type=Path),
     help="Seed an empty data directory from a backup (raftctl snapshot save), then run. Give every node "
     "of the new cluster the same file.",
@@ -131,6 +155,7 @@ def node(
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
+    _warn_unknown_env(dict(os.environ))
     malloc.tune()  # before any thread starts: the settings shape every arena
     try:
         cluster = load_cluster(config_path)

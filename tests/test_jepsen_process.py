@@ -6,7 +6,7 @@ project's RaftService (SetVal / GetVal) and raftd.v1 unary KV calls without a se
 one attempt per op at a random node, so a server's "not applied" reaches the history as a definite failure,
 and no read may ever return the value of such a write.
 
-RAFTD_JEPSEN_SECONDS sets the workload's length (default 20; e.g. 300 for a long run) and RAFTD_JEPSEN_SEED
+RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 20; e.g. 300 for a long run) and RAFTD_TEST_JEPSEN_SEED
 replays a schedule (the seed is printed; the nemesis schedule is seeded, the timing of real processes is
 not, so a replay is close, not identical). On a violation the history is dumped as JSON lines under the
 test's tmp_path and the offending operations are printed.
@@ -29,7 +29,7 @@ from raftd.testing.workload import client_plan, run_workload
 
 from .daemon.cluster import Cluster, cluster_of
 
-SECONDS = float(os.environ.get("RAFTD_JEPSEN_SECONDS", "20"))
+SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "20"))
 KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5  # raftctl Client threads: even ones follow the leader, odd ones are pinned to a node
 RAFT_SERVICE_CLIENTS = 1
@@ -134,8 +134,8 @@ def assert_correct(ops: list[Op], history: History, path: Path, context: str) ->
 
 
 def test_jepsen_process_cluster(tmp_path: Path) -> None:
-    seed = int(os.environ.get("RAFTD_JEPSEN_SEED", random.randrange(2**32)))
-    print(f"\njepsen: seed {seed} (RAFTD_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
+    seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
+    print(f"\njepsen: seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
     with cluster_of(tmp_path / "cluster", 3) as c:
         # Up to two of three nodes faulty: with a majority down nothing commits, and the entries left
         # uncommitted in a dead leader's log are the interesting ones when it comes back.

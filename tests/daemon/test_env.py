@@ -1,0 +1,79 @@
+"""raftd's settings from the environment: every option has its variable, as `raftd --help` says, and a
+RAFTD_* variable raftd does not know gets a warning (issue 17: RAFTD_HEARTBEAT_INTERVAL=900 was silently
+ignored, and nothing read the election timeout or --restore from the environment)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raftd.cli import ENV
+
+from .cluster import HOST, free_ports, raftd_env, wait_until
+
+
+def raftd(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "raftd", *args],
+        cwd=cwd,
+        env={**raftd_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    ports = free_ports(3)
+    path = tmp_path / "config.conf"
+    path.write_text("".join(f"{i} {HOST} {p}\n" for i, p in enumerate(ports)))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "error"),
+    [
+        ("RAFTD_HEARTBEAT_INTERVAL", "900", "need heartbeat < election minimum"),
+        ("RAFTD_ELECTION_TIMEOUT", "abc", "--election-timeout wants MIN-MAX in ms"),
+        ("RAFTD_RESTORE", "no-such-backup.bak", "no-such-backup.bak"),
+    ],
+)
+def test_each_option_s_variable_is_read(
+    tmp_path: Path, conf: Path, variable: str, value: str, error: str
+) -> None:
+    """Each value is bad, so the node refuses to start: proof that the variable was read."""
+    r = raftd(tmp_path, {variable: value}, "0", "--config", str(conf))
+    assert r.returncode != 0 and error in r.stderr, r
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_help_names_every_variable() -> None:
+    r = raftd(Path.cwd(), {}, "--help")
+    text = " ".join(r.stdout.split())
+    for option, variable in ENV.items():
+        assert f"{variable} for {option}" in text.replace("- ", "-"), (variable, r.stdout)
+
+
+def test_an_unknown_variable_is_a_warning_and_the_node_starts(tmp_path: Path, conf: Path) -> None:
+    env = {**raftd_env(), "RAFTD_HEARTBEAT_INTERVALL": "900", "RAFTD_TEST_ANYTHING": "1"}
+    with (tmp_path / "err").open("w") as err, (tmp_path / "out").open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "raftd", "0", "--config", str(conf)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+    try:
+        wait_until("the node to start", lambda: "The server starts" in (tmp_path / "out").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (tmp_path / "err").read_text() == (
+        "raftd: warning: unknown environment variable RAFTD_HEARTBEAT_INTERVALL is ignored\n"
+    )
