@@ -3,11 +3,10 @@ freezes them (docker pause) and cuts them off the peer network; then heal, read 
 whole history for linearizability. A ledger writer beside the workload writes fresh keys, so a lost
 acknowledged write is also caught directly, not only through the checker.
 
-RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 60; e.g. 600 for a long run); RAFTD_TEST_JEPSEN_SEED
-replays a nemesis schedule (the seed is printed; container timing is not seeded, so a replay is close,
-not identical). On a violation the history is dumped as JSON lines under the test's tmp_path and the
-offending operations and every node's log are printed.
-"""
+RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 60; e.g. 600 for a long run);
+RAFTD_TEST_JEPSEN_SEED replays a nemesis schedule (the seed is printed; container timing is not seeded, so a
+replay is close, not identical). On a violation the history is dumped as JSON lines under the test's
+tmp_path and the offending operations and every node's log are printed."""
 
 from __future__ import annotations
 
@@ -130,7 +129,8 @@ def test_jepsen_container_cluster(
     cluster: ContainerCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
-    print(f"\njepsen (containers): seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
+    replay = f"RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule"
+    print(f"\njepsen (containers): seed {seed} ({replay}), {SECONDS:g}s")
     c = cluster
     # The workload's clients dial the published 127.0.0.1 ports but follow leader hints by the nodes'
     # own addresses, as production clients would.

@@ -6,11 +6,10 @@ project's RaftService (SetVal / GetVal) and raftd.v1 unary KV calls without a se
 one attempt per op at a random node, so a server's "not applied" reaches the history as a definite failure,
 and no read may ever return the value of such a write.
 
-RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 20; e.g. 300 for a long run) and RAFTD_TEST_JEPSEN_SEED
-replays a schedule (the seed is printed; the nemesis schedule is seeded, the timing of real processes is
-not, so a replay is close, not identical). On a violation the history is dumped as JSON lines under the
-test's tmp_path and the offending operations are printed.
-"""
+RAFTD_TEST_JEPSEN_SECONDS sets the workload's length (default 20; e.g. 300 for a long run) and
+RAFTD_TEST_JEPSEN_SEED replays a schedule (the seed is printed; the nemesis schedule is seeded, the timing
+of real processes is not, so a replay is close, not identical). On a violation the history is dumped as JSON
+lines under the test's tmp_path and the offending operations are printed."""
 
 from __future__ import annotations
 
