@@ -288,10 +288,12 @@ def getleader(s: Settings) -> None:
 
 
 @main.command(epilog=EPILOG)
-@click.argument("period", type=click.IntRange(min=1))
+@click.argument("period", type=int)
 @pass_settings
 def suspend(s: Settings, period: int) -> None:
-    """Suspend the first endpoint's node for PERIOD seconds (pick it with --endpoints)."""
+    """Suspend the first endpoint's node for PERIOD seconds (pick it with --endpoints).
+
+    The node checks the bounds (1..3600; exit 4 outside them), so that every client hears the same."""
     target = s.endpoints.addresses[0]
     with s.client() as c:
         c.suspend(period, target)

@@ -95,6 +95,14 @@ class OutcomeUnknown(Unavailable):
     or may still apply (suspended, stopped or deposed with it in the log)."""
 
 
+class TargetUnreachable(Unavailable):
+    """A leadership transfer given up because its target is unreachable (stopped, partitioned)."""
+
+    def __init__(self, target: int) -> None:
+        super().__init__(f"node {target} is unreachable")
+        self.target = target
+
+
 class NotLeader(Exception):
     """This node does not lead; leader is where to send the request (None when unknown)."""
 
@@ -812,7 +820,7 @@ class RaftNode:
                     # The core then takes writes again at once, not after an election timeout.
                     self.aborted_transfers.append(to_core(target))
                     self.wake.set()
-                    raise Unavailable(f"node {target} is unreachable")
+                    raise TargetUnreachable(target)
             return fut.result()
         finally:
             fut.cancel()

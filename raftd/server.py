@@ -19,7 +19,7 @@ from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
 from raftd.core import MsgType, Snapshot
 from raftd.kv import ImageError, verify
-from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
+from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode, TargetUnreachable
 from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
@@ -193,5 +193,8 @@ async def _hand_over(node: RaftNode) -> None:
         await asyncio.wait_for(node.transfer_leader(target), SHUTDOWN_TRANSFER_S)
     except TimeoutError:
         log.info("Leadership hand-over did not finish within %.1fs", SHUTDOWN_TRANSFER_S)
+    except TargetUnreachable as e:
+        # Routine when the whole cluster stops at once: not a failure worth alarming anyone about.
+        log.info("Hand-over skipped: node %d unreachable (the cluster may be stopping)", e.target)
     except Exception as e:
         log.info("Leadership hand-over failed: %s", e)

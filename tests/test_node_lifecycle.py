@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 
 from raftd.core import NONE, Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
-from raftd.node import RaftNode, Unavailable
+from raftd.node import RaftNode, TargetUnreachable, Unavailable
+from raftd.server import _hand_over
 from raftd.storage import PersistedState
 from tests.nodes import follower, release_node
 
@@ -322,3 +324,26 @@ def test_the_loop_applies_the_stored_log_as_soon_as_a_suspension_ends(tmp_path: 
             node.storage.close()
 
     asyncio.run(main())
+
+
+def test_a_hand_over_skipped_for_an_unreachable_target_does_not_read_as_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stopping a whole cluster logged "Leadership hand-over failed: node 2 is unreachable" (issue 17)."""
+
+    class Stopping:
+        def is_leader(self) -> bool:
+            return True
+
+        def best_transfer_target(self) -> int:
+            return 2
+
+        async def transfer_leader(self, target: int) -> int:
+            raise TargetUnreachable(target)
+
+    caplog.set_level(logging.INFO, logger="raftd")
+    asyncio.run(_hand_over(Stopping()))  # type: ignore[arg-type]
+    assert caplog.messages == [
+        "Handing leadership to node 2 before stopping",
+        "Hand-over skipped: node 2 unreachable (the cluster may be stopping)",
+    ]

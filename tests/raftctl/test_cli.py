@@ -115,6 +115,9 @@ def test_invalid_requests_exit_4(tmp_path: Path, endpoints: str) -> None:
         (["getval", "k" * 5000], "the key is 5000 bytes; the limit is 4096"),
         (["transfer-leader", "99"], "no node 99 in the cluster"),
         (["suspend", "100000"], "period must be 1..3600 seconds, not 100000"),
+        # Checked by the node alone, so every client hears the same (issue 17: 0 was exit 2 here).
+        (["suspend", "0"], "period must be 1..3600 seconds, not 0"),
+        (["suspend", "--", "-5"], "period must be 1..3600 seconds, not -5"),
     ]:
         r = run_ctl("--endpoints", endpoints, *args, cwd=tmp_path)
         assert r.returncode == EXIT_INVALID, (args, r.stderr)
@@ -172,7 +175,7 @@ def test_every_endpoint_unreachable_exits_3_with_one_line(tmp_path: Path) -> Non
         ["--cluster", "missing.conf", "getval", "k"],
         ["--cluster", "c.conf", "--endpoints", "127.0.0.1:1", "getval", "k"],
         ["suspend", "soon"],
-        ["suspend", "0"],
+        ["suspend", "1.5"],
         ["transfer-leader", "x"],
     ],
 )
