@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 from raftd.grpcenv import POLL_ENGINE
 
@@ -27,6 +27,8 @@ from raftctl.client import (
     DEFAULT_TIMEOUT_S,
     Client,
     ClientError,
+    InvalidArgument,
+    Leader,
     NotFound,
 )
 from raftctl.exits import (
@@ -147,8 +149,16 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings)
 
 
+# The names etcdctl users type, for the original's commands.
+ALIASES = {"get": "getval", "put": "setval", "del": "delete"}
+
+
 class _Group(click.Group):
-    """Turns every failure into one stderr line and an exit code: no tracebacks, no "Aborted!"."""
+    """Turns every failure into one stderr line and an exit code: no tracebacks, no "Aborted!"; knows
+    the ALIASES."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -242,13 +252,35 @@ def main(
 
 @main.command(epilog=EPILOG)
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
+@click.option(
+    "--file",
+    "value_file",
+    type=click.File("rb"),
+    help="Take the value from FILE, exactly (too long for a command line, or not text you can type).",
+)
 @pass_settings
-def setval(s: Settings, key: str, value: str) -> None:
-    """Store VALUE under KEY. Prints nothing, like the original client."""
+def setval(s: Settings, key: str, value: str | None, value_file: BinaryIO | None) -> None:
+    """Store VALUE under KEY (alias: put); VALUE - reads it from stdin, exactly. Prints nothing, like the
+    original client."""
+    if (value is None) == (value_file is None):
+        raise click.UsageError("give VALUE or --file FILE (VALUE - reads stdin)")
+    if value_file is not None:
+        value = _text(value_file.read(), value_file.name)
+    elif value == "-":
+        value = _text(sys.stdin.buffer.read(), "stdin")
+    assert value is not None
     with s.client() as c:
         index = c.put(key, value)
     s.emit(None, {"key": key, "value": value, "index": index})
+
+
+def _text(raw: bytes, source: str) -> str:
+    """A value read as bytes: kept exactly (no newline stripped), and UTF-8 text as every value must be."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"the value from {source} is not valid UTF-8") from None
 
 
 @main.command(epilog=EPILOG)
@@ -256,7 +288,7 @@ def setval(s: Settings, key: str, value: str) -> None:
 @click.option("--local", is_flag=True, help="Read the node's own state: faster, possibly stale.")
 @pass_settings
 def getval(s: Settings, key: str, local: bool) -> None:
-    """Print the value under KEY; prints None and exits 1 when it is absent."""
+    """Print the value under KEY (alias: get); prints None and exits 1 when it is absent."""
     with s.client() as c:
         try:
             value = c.get(key, linearizable=not local)
@@ -270,7 +302,7 @@ def getval(s: Settings, key: str, local: bool) -> None:
 @click.argument("key")
 @pass_settings
 def delete(s: Settings, key: str) -> None:
-    """Remove KEY. Prints nothing; prints None and exits 1 when it was absent."""
+    """Remove KEY (alias: del). Prints nothing; prints None and exits 1 when it was absent."""
     with s.client() as c:
         deleted = c.delete(key)
     s.emit(None if deleted else "None", {"key": key, "deleted": deleted})
@@ -284,7 +316,7 @@ def getleader(s: Settings) -> None:
     """Print the leader as "ID HOST:PORT"."""
     with s.client() as c:
         leader = c.get_leader()
-    s.emit(leader_line(leader), {"id": leader.id, "address": leader.address, "term": leader.term})
+    s.emit(leader_line(leader), leader_doc(leader))
 
 
 @main.command(epilog=EPILOG)
@@ -348,11 +380,35 @@ def transfer_leader(s: Settings, node_id: int) -> None:
     with s.client() as c:
         leader_id = c.transfer_leader(node_id)
         try:
-            leader = c.get_leader()
-            text = leader_line(leader) if leader.id == leader_id else str(leader_id)
+            leader: Leader | None = c.get_leader()
         except ClientError:
-            text = str(leader_id)
-    s.emit(text, {"leader_id": leader_id})
+            leader = None
+    if leader is not None and leader.id == leader_id:
+        s.emit(leader_line(leader), leader_doc(leader))
+    else:  # the cluster moved on meanwhile: what the transfer itself reported
+        s.emit(str(leader_id), {"id": leader_id, "address": None, "term": None})
+
+
+@main.command("help")
+@click.argument("command", required=False)
+@click.pass_context
+def help_(ctx: click.Context, command: str | None) -> None:
+    """Print the help of COMMAND, or of raftctl."""
+    parent = ctx.parent
+    assert parent is not None
+    if command is None:
+        click.echo(parent.get_help())
+        return
+    found = main.get_command(parent, command)
+    if found is None:
+        raise click.UsageError(f"no such command {command!r}")
+    with click.Context(found, info_name=command, parent=parent) as sub:
+        click.echo(found.get_help(sub))
+
+
+def leader_doc(leader: Leader) -> dict[str, object]:
+    """One JSON shape for a leader wherever one is printed."""
+    return {"id": leader.id, "address": leader.address, "term": leader.term}
 
 
 @main.command(epilog=EPILOG)

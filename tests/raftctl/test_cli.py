@@ -292,3 +292,58 @@ def test_a_group_without_a_command_prints_its_help(tmp_path: Path) -> None:
     usage = r.stdout.splitlines()[0]
     assert usage.startswith("Usage: ") and " snapshot [OPTIONS]" in usage, r.stdout
     assert "\n  save " in r.stdout, r.stdout
+
+
+def test_the_names_etcdctl_users_type(tmp_path: Path, endpoints: str) -> None:
+    e = ["--endpoints", endpoints]
+    assert run_ctl(*e, "put", "alias-k", "v1", cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "get", "alias-k", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "v1\n")
+    assert run_ctl(*e, "del", "alias-k", cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "get", "alias-k", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (EXIT_NOT_FOUND, "None\n")
+
+
+def test_values_from_stdin_or_a_file_exactly(tmp_path: Path, endpoints: str) -> None:
+    """A 200 KB value failed with "Argument list too long" (issue 17): the limit is 1 MiB."""
+    e = ["--endpoints", endpoints]
+    exact = "two lines\n\nand a trailing newline\n"
+    assert run_ctl(*e, "setval", "stdin-k", "-", cwd=tmp_path, input=exact).returncode == 0
+    r = run_ctl(*e, "getval", "stdin-k", cwd=tmp_path)
+    assert r.stdout == exact + "\n", "stored exactly; getval adds its one newline"
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 200_000)
+    assert run_ctl(*e, "setval", "file-k", "--file", str(big), cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "-o", "json", "getval", "file-k", cwd=tmp_path)
+    assert json.loads(r.stdout)["value"] == "x" * 200_000
+    for args in (["setval", "k"], ["setval", "k", "v", "--file", str(big)]):
+        r = run_ctl(*e, *args, cwd=tmp_path)
+        assert r.returncode == EXIT_USAGE and "give VALUE or --file FILE" in one_line_error(r.stderr), r
+    (tmp_path / "latin1").write_bytes(b"caf\xe9")
+    r = run_ctl(*e, "setval", "k", "--file", str(tmp_path / "latin1"), cwd=tmp_path)
+    assert r.returncode == EXIT_INVALID and "is not valid UTF-8" in one_line_error(r.stderr)
+
+
+def test_help_command_and_shell_completion(tmp_path: Path) -> None:
+    r = run_ctl("help", cwd=tmp_path)
+    assert r.returncode == 0 and "Commands:" in r.stdout and "getval" in r.stdout
+    r = run_ctl("help", "get", cwd=tmp_path)
+    assert r.returncode == 0 and " get [OPTIONS] KEY" in r.stdout.splitlines()[0], r.stdout
+    r = run_ctl("help", "nope", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE and "no such command 'nope'" in one_line_error(r.stderr)
+    env = ctl_env(tmp_path, _RAFTCTL_COMPLETE="bash_source")
+    r = run_ctl(cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "_raftctl_completion()" in r.stdout
+    env = ctl_env(tmp_path, _RAFTCTL_COMPLETE="bash_complete", COMP_WORDS="raftctl getl", COMP_CWORD="1")
+    r = run_ctl(cwd=tmp_path, env=env)
+    assert (r.returncode, r.stdout) == (0, "plain,getleader\n")
+
+
+def test_a_leader_has_one_json_shape(tmp_path: Path, cluster: Cluster, endpoints: str) -> None:
+    lead = cluster.wait_leader()
+    r = run_ctl("--endpoints", endpoints, "-o", "json", "transfer-leader", str(lead), cwd=tmp_path)
+    moved = json.loads(r.stdout)
+    r = run_ctl("--endpoints", endpoints, "-o", "json", "getleader", cwd=tmp_path)
+    asked = json.loads(r.stdout)
+    assert set(moved) == set(asked) == {"id", "address", "term"}
+    assert moved["id"] == asked["id"] == lead
