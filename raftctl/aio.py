@@ -173,6 +173,7 @@ class AsyncClient(_Routing):
         deadline = time.monotonic() + self.timeout
         backoff = BACKOFF_MIN_S
         last_error = "no node named a leader"
+        dead: dict[str, str] = {}
         while True:
             target = self.endpoints[self._next]
             try:
@@ -180,6 +181,7 @@ class AsyncClient(_Routing):
             except grpc.RpcError as e:
                 self._raise_unless_retryable(e)
                 last_error = f"{target}: {details_of(e)}"
+                self._give_up_if_nothing_listens("getleader", target, details_of(e), dead)
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
@@ -196,6 +198,7 @@ class AsyncClient(_Routing):
         backoff = BACKOFF_MIN_S
         last_error = ""
         failed: set[str] = set()
+        dead: dict[str, str] = {}
         maybe_applied = False
         while True:
             target = self._known_target(failed) or await self._find_target(deadline, failed)
@@ -206,6 +209,7 @@ class AsyncClient(_Routing):
                 self._raise_unless_retryable(e, what, maybe_applied)
                 details = details_of(e)
                 last_error = f"{target}: {details}"
+                self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
                 if self._note_failure(target, details, failed):
                     continue
             backoff = await self._sleep(backoff, deadline, what, last_error, maybe_applied)

@@ -149,6 +149,21 @@ class Settings:
 pass_settings = click.make_pass_decorator(Settings)
 
 
+class Seconds(click.ParamType):
+    """A positive number of seconds, refused in words a user reads ("not a number", not "float range")."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not seconds > 0:
+            self.fail(f"must be more than 0 seconds, not {value}", param, ctx)
+        return seconds
+
+
 # The names etcdctl users type, for the original's commands.
 ALIASES = {"get": "getval", "put": "setval", "del": "delete"}
 
@@ -209,7 +224,7 @@ class _Group(click.Group):
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(),
     default=DEFAULT_TIMEOUT_S,
     show_default=True,
     metavar="SECONDS",

@@ -185,6 +185,21 @@ class _Routing:
             return True
         return False
 
+    def _give_up_if_nothing_listens(
+        self, what: str, target: str, details: str, dead: dict[str, str], maybe_applied: bool = False
+    ) -> None:
+        """Remember an endpoint that refused the connection or whose name does not resolve; once every
+        endpoint has, fail at once rather than at the timeout, as docker and etcdctl do. A node that is
+        merely slow or down in some other way keeps the client waiting: it may yet answer."""
+        reason = _dead_end(target, details)
+        if reason is None:
+            dead.pop(target, None)
+            return
+        dead[target] = reason
+        if all(endpoint in dead for endpoint in self.endpoints):
+            reasons = "; ".join(f"{endpoint}: {dead[endpoint]}" for endpoint in self.endpoints)
+            raise self._gave_up(what, f"no node answers ({reasons})", maybe_applied, waited=False)
+
     def _attempt_timeout(self, deadline: float) -> float:
         remaining = deadline - time.monotonic()
         return max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
@@ -202,13 +217,17 @@ class _Routing:
             raise self._gave_up(what, last_error, maybe_applied)
         return min(backoff * random.uniform(0.5, 1.0), remaining)
 
-    def _gave_up(self, what: str, last_error: str, maybe_applied: bool = False) -> ClientError:
+    def _gave_up(
+        self, what: str, last_error: str, maybe_applied: bool = False, *, waited: bool = True
+    ) -> ClientError:
+        within = f" within {self.timeout:g}s" if waited else ""
         if maybe_applied:
             return OutcomeUnknown(
-                f"{what}: no definite answer within {self.timeout:g}s, the write may have applied; "
-                f"last error: {last_error}"
+                f"{what}: no definite answer{within}, the write may have applied; last error: {last_error}"
             )
-        return Unavailable(f"{what}: no answer within {self.timeout:g}s; last error: {last_error}")
+        if not waited:
+            return Unavailable(f"{what}: {last_error}")
+        return Unavailable(f"{what}: no answer{within}; last error: {last_error}")
 
     @staticmethod
     def _raise_unless_retryable(e: grpc.RpcError, what: str = "", maybe_applied: bool = False) -> None:
@@ -300,6 +319,7 @@ class Client(_Routing):
         deadline = time.monotonic() + self.timeout
         backoff = BACKOFF_MIN_S
         last_error = "no node named a leader"
+        dead: dict[str, str] = {}
         while True:
             target = self.endpoints[0] if self.pin else self.endpoints[self._next]
             try:
@@ -307,6 +327,7 @@ class Client(_Routing):
             except grpc.RpcError as e:
                 self._raise_unless_retryable(e)
                 last_error = f"{target}: {details_of(e)}"
+                self._give_up_if_nothing_listens("getleader", target, details_of(e), dead)
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
@@ -406,6 +427,7 @@ class Client(_Routing):
         backoff = BACKOFF_MIN_S
         last_error = ""
         failed: set[str] = set()
+        dead: dict[str, str] = {}
         maybe_applied = False
         while True:
             target = self._target(deadline, failed)
@@ -416,6 +438,7 @@ class Client(_Routing):
                 self._raise_unless_retryable(e, what, maybe_applied)
                 details = details_of(e)
                 last_error = f"{target}: {details}"
+                self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
                 if self._note_failure(target, details, failed):
                     continue  # a fresh lead: follow it at once
             backoff = self._sleep(backoff, deadline, what, last_error, maybe_applied)
@@ -472,6 +495,16 @@ def may_have_applied(e: grpc.RpcError) -> bool:
     details = details_of(e)
     refused = _hint(details) is not None or details.startswith("no leader known")
     return not (refused or never_connected(details))
+
+
+def _dead_end(target: str, details: str) -> str | None:
+    """Why gRPC could not even connect to target, when no waiting will help: refused, or no such host."""
+    lowered = details.lower()
+    if "connection refused" in lowered:
+        return "connection refused"
+    if "dns resolution failed" in lowered or "errors resolving" in lowered:
+        return f"cannot resolve {target.rsplit(':', 1)[0]}"
+    return None
 
 
 def _hint(details: str) -> str | None:

@@ -66,8 +66,22 @@ def main() -> None:
         from raftd.deploy.compose import main as compose
 
         compose(args=sys.argv[2:], prog_name="raftd compose")
-    else:
-        node(prog_name="raftd")
+        return
+    try:
+        code = node.main(prog_name="raftd", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        _fail(_one_line(e), e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(e: click.ClickException) -> str:
+    """A usage error as raftctl prints them: "ID: 'abc' is not a valid integer", not click's three lines."""
+    if isinstance(e, click.BadParameter) and not isinstance(e, click.MissingParameter) and e.param:
+        name = e.param.human_readable_name if isinstance(e.param, click.Argument) else e.param.opts[0]
+        return f"{name}: {e.message.rstrip('.')}"
+    return e.format_message().rstrip(".")
 
 
 @click.command(

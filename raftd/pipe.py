@@ -218,10 +218,13 @@ class Pipe:
         )
 
 
+_NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed", "errors resolving")
+
+
 def never_connected(details: str) -> bool:
     """Whether gRPC failed a call for want of a connection, so that it never reached a node."""
     lowered = details.lower()
-    return "failed to connect" in lowered or "dns resolution failed" in lowered
+    return any(phrase in lowered for phrase in _NO_CONNECTION)
 
 
 def details_of(e: grpc.RpcError) -> str:

@@ -25,7 +25,7 @@ from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from raftd.testing.ports import free_ports
 from tests.nodes import leader, release_node
-from tests.test_pipe import _AnsweringCall, _FakeCall, _FakeStub
+from tests.test_pipe import _AnsweringCall, _BreakingCall, _FakeCall, _FakeStub
 
 
 def pb_error(code: grpc.StatusCode, outcome: int) -> kv_pb2.Error:
@@ -366,6 +366,29 @@ def test_a_forward_to_a_leader_without_streams_is_refused_with_its_address() -> 
             await forwarder.request(NodeAddr(1, "127.0.0.1", 7), kv_pb2.Request(put=kv_pb2.PutRequest()), 5)
         assert (
             failed.value.outcome == NOT_APPLIED and failed.value.message == "not the leader; try 127.0.0.1:7"
+        )
+        await forwarder.close()
+
+    asyncio.run(main())
+
+
+def test_a_forward_that_cannot_connect_says_so_in_its_own_words() -> None:
+    """gRPC's 'failed to connect ... Connection refused' relayed as is made clients take this node for
+    an unreachable one, and give up on it (a flaky failover test showed it)."""
+
+    async def main() -> None:
+        call = _BreakingCall()
+        call.error = RequestError(
+            grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; Connection refused"
+        )
+        call.broken.set()
+        forwarder = Forwarder(_NodeOf())  # type: ignore[arg-type]
+        forwarder.pipes[1] = Pipe(_FakeStub(call))  # type: ignore[arg-type]
+        with pytest.raises(common.RequestFailed) as failed:
+            await forwarder.request(NodeAddr(1, "127.0.0.1", 7), kv_pb2.Request(put=kv_pb2.PutRequest()), 5)
+        assert (failed.value.message, failed.value.outcome) == (
+            "the leader at 127.0.0.1:7 is unreachable",
+            NOT_APPLIED,
         )
         await forwarder.close()
 

@@ -30,6 +30,7 @@ from raftd.pipe import (
     Outcome,
     Pipe,
     RequestError,
+    never_connected,
 )
 
 T = TypeVar("T")
@@ -209,6 +210,12 @@ class Forwarder:
         try:
             return await pipe.request(request, timeout)
         except RequestError as e:
+            if never_connected(e.details()):
+                # Not gRPC's words for our own connection: a client would take them for its own and
+                # think this node unreachable.
+                raise RequestFailed(
+                    e.code(), f"the leader at {leader.address} is unreachable", NOT_APPLIED
+                ) from None
             raise RequestFailed(e.code(), e.details(), e.outcome or UNKNOWN) from None
         except NoStream:
             # A leader older than KV.Stream: nothing was sent, so the caller may take the hint and go there.
@@ -306,6 +313,8 @@ async def on_leader(
             channel = node.peers[to_core(e.leader.id)].channel
             return await forward(channel, time_left(context))
     except grpc.aio.AioRpcError as err:
+        if never_connected(err.details() or ""):
+            raise RequestFailed(err.code(), "the leader is unreachable") from None
         raise RequestFailed(err.code(), err.details() or err.code().name) from None
     except Exception as e:
         raise failure(e, write=False) from None

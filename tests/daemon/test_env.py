@@ -77,3 +77,21 @@ def test_an_unknown_variable_is_a_warning_and_the_node_starts(tmp_path: Path, co
     assert (tmp_path / "err").read_text() == (
         "raftd: warning: unknown environment variable RAFTD_HEARTBEAT_INTERVALL is ignored\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["abc"], "raftd: error: ID: 'abc' is not a valid integer"),
+        (
+            ["0", "--heartbeat-interval", "x"],
+            "raftd: error: --heartbeat-interval: 'x' is not a valid integer",
+        ),
+        (["0", "--bogus"], "raftd: error: No such option '--bogus'"),
+        ([], "raftd: error: Missing argument 'ID'"),
+    ],
+)
+def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], error: str) -> None:
+    """As raftctl's are; click's own form took three lines (issue 17)."""
+    r = raftd(tmp_path, {}, *args)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", error + "\n")

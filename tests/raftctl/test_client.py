@@ -5,6 +5,8 @@ Fakes rather than raftd, because only a fake can fail a write on demand after re
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -160,11 +162,28 @@ def test_errors_are_typed_and_not_retried(nodes: list[FakeNode]) -> None:
     assert len(a.writes) == 3
 
 
-def test_unreachable_everywhere_is_unavailable() -> None:
-    with Client([unused_endpoint(), unused_endpoint()], timeout=0.5) as c:
+def test_every_endpoint_refusing_fails_at_once_and_a_slow_one_is_waited_for() -> None:
+    """A refused connection is not a timeout (issue 17): when every endpoint refuses, or has no address,
+    nothing will answer, so the client says so at once; while one only fails to answer, it may yet."""
+    refused = unused_endpoint()
+    with Client([refused, "nowhere.invalid:1"], timeout=30) as c:
         for call in (lambda: c.get("k"), lambda: c.put("k", "v"), c.get_leader):
-            with pytest.raises(Unavailable, match=r"no answer within 0\.5s; last error: 127\.0\.0\.1:\d+: "):
+            with pytest.raises(Unavailable) as e:
                 call()
+            assert re.search(
+                rf"no node answers \({re.escape(refused)}: connection refused; nowhere.invalid:1: cannot "
+                r"resolve nowhere.invalid\)$",
+                str(e.value),
+            ), e.value
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        slow = f"127.0.0.1:{silent.getsockname()[1]}"
+        with (
+            Client([refused, slow], timeout=0.5) as c,
+            pytest.raises(Unavailable, match=r"no answer within 0\.5s"),
+        ):
+            c.get("k")
 
 
 def test_status_lists_unreachable_endpoints(nodes: list[FakeNode]) -> None:
