@@ -148,6 +148,46 @@ class Settings:
 
 pass_settings = click.make_pass_decorator(Settings)
 
+# Every command's help ends with this; the whole list of sources and exit codes is in `raftctl --help`.
+COMMAND_EPILOG = (
+    "--endpoints, --cluster, --timeout and -o may come before or after the command. "
+    "`raftctl --help` tells where the endpoints come from, and the exit codes."
+)
+
+
+def _late(field: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        settings = ctx.find_object(Settings)
+        if value is not None and settings is not None:
+            setattr(settings, field, value)
+            settings._resolved = None
+
+    return store
+
+
+def global_options(command: F) -> F:
+    """The global options once more after the command, where etcdctl's -w, kubectl's -o and docker's
+    --format go: `raftctl status -o json`. Given in both places, the later one wins."""
+    options = [
+        click.option(
+            "--endpoints", metavar="HOST:PORT[,...]", expose_value=False, callback=_late("endpoints_opt")
+        ),
+        click.option("--cluster", metavar="FILE", expose_value=False, callback=_late("cluster_opt")),
+        click.option(
+            "--timeout", type=Seconds(), metavar="SECONDS", expose_value=False, callback=_late("timeout")
+        ),
+        click.option(
+            "-o",
+            "--output",
+            type=click.Choice(["text", "json"]),
+            expose_value=False,
+            callback=_late("output"),
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
 
 class Seconds(click.ParamType):
     """A positive number of seconds, refused in words a user reads ("not a number", not "float range")."""
@@ -265,7 +305,8 @@ def main(
         sys.exit(shell.run())
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("key")
 @click.argument("value", required=False)
 @click.option(
@@ -298,7 +339,8 @@ def _text(raw: bytes, source: str) -> str:
         raise InvalidArgument(f"the value from {source} is not valid UTF-8") from None
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("key")
 @click.option("--local", is_flag=True, help="Read the node's own state: faster, possibly stale.")
 @pass_settings
@@ -313,7 +355,8 @@ def getval(s: Settings, key: str, local: bool) -> None:
     s.emit(value, {"key": key, "found": True, "value": value})
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("key")
 @pass_settings
 def delete(s: Settings, key: str) -> None:
@@ -325,7 +368,8 @@ def delete(s: Settings, key: str) -> None:
         sys.exit(EXIT_NOT_FOUND)
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @pass_settings
 def getleader(s: Settings) -> None:
     """Print the leader as "ID HOST:PORT"."""
@@ -334,7 +378,8 @@ def getleader(s: Settings) -> None:
     s.emit(leader_line(leader), leader_doc(leader))
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("period", type=int)
 @pass_settings
 def suspend(s: Settings, period: int) -> None:
@@ -347,7 +392,7 @@ def suspend(s: Settings, period: int) -> None:
     s.emit(None, {"endpoint": target, "period": period})
 
 
-@main.group(epilog=EPILOG, invoke_without_command=True)
+@main.group(epilog=COMMAND_EPILOG, invoke_without_command=True)
 @click.pass_context
 def snapshot(ctx: click.Context) -> None:
     """Backups of the whole store."""
@@ -356,7 +401,8 @@ def snapshot(ctx: click.Context) -> None:
         click.echo(ctx.get_help())
 
 
-@snapshot.command("save", epilog=EPILOG)
+@snapshot.command("save", epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, writable=True, path_type=Path))
 @pass_settings
 def snapshot_save(s: Settings, path: Path) -> None:
@@ -387,7 +433,8 @@ def snapshot_save(s: Settings, path: Path) -> None:
     )
 
 
-@main.command("transfer-leader", epilog=EPILOG)
+@main.command("transfer-leader", epilog=COMMAND_EPILOG)
+@global_options
 @click.argument("node_id", metavar="ID", type=int)
 @pass_settings
 def transfer_leader(s: Settings, node_id: int) -> None:
@@ -426,7 +473,8 @@ def leader_doc(leader: Leader) -> dict[str, object]:
     return {"id": leader.id, "address": leader.address, "term": leader.term}
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @pass_settings
 def status(s: Settings) -> None:
     """A table of every endpoint's node: its own view, health, and whether it answered.
@@ -442,7 +490,8 @@ def status(s: Settings) -> None:
         fail(problem, EXIT_UNAVAILABLE)
 
 
-@main.command(epilog=EPILOG)
+@main.command(epilog=COMMAND_EPILOG)
+@global_options
 @click.option(
     "--workload",
     type=click.Choice(["write", "read", "local-read"]),
@@ -469,10 +518,6 @@ def status(s: Settings) -> None:
     metavar="SECONDS",
     help="Load before measuring (not counted).",
 )
-@click.option("--endpoints", "endpoints_opt", metavar="HOST:PORT[,...]", help="Same as the global option.")
-@click.option(
-    "-o", "--output", "output_opt", type=click.Choice(["text", "json"]), help="Same as the global option."
-)
 @pass_settings
 def bench(
     s: Settings,
@@ -482,8 +527,6 @@ def bench(
     value_size: int,
     keys: int,
     warmup: float,
-    endpoints_opt: str | None,
-    output_opt: str | None,
 ) -> None:
     """Load the cluster from CONCURRENCY asyncio workers sharing one client; report throughput and latency.
 
@@ -496,10 +539,6 @@ def bench(
     from raftctl.bench import BenchConfig, result_table
     from raftctl.bench import bench as run
 
-    if endpoints_opt is not None:
-        s = Settings(endpoints_opt, s.cluster_opt, s.timeout, s.output)
-    if output_opt is not None:
-        s.output = output_opt
     cfg = BenchConfig(workload, concurrency, duration, value_size, keys, warmup)
     result = asyncio.run(run(s.endpoints.addresses, s.timeout, cfg))
     s.emit(result_table(result), result.to_dict())

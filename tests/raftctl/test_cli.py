@@ -198,12 +198,13 @@ def test_a_bad_cluster_map_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_help_documents_exit_codes(tmp_path: Path) -> None:
-    for args in (["--help"], ["getval", "--help"]):
-        r = run_ctl(*args, cwd=tmp_path)
-        assert r.returncode == 0
-        for line in ("0    success", "1    key not found", "2    usage error", "3    cluster unavailable"):
-            assert line in r.stdout
-        assert "4    request refused as invalid" in r.stdout and "RAFTCTL_ENDPOINTS" in r.stdout
+    """In raftctl's help, once (a command's help points there: issue 17)."""
+    r = run_ctl("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for line in ("0    success", "1    key not found", "2    usage error", "3    cluster unavailable"):
+        assert line in r.stdout
+    assert "4    request refused as invalid" in r.stdout and "RAFTCTL_ENDPOINTS" in r.stdout
+    assert "6    a write's outcome stayed unknown" in r.stdout
 
 
 def endpoints_used(cwd: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -357,3 +358,22 @@ def test_a_leader_has_one_json_shape(tmp_path: Path, cluster: Cluster, endpoints
 def test_a_bad_timeout_is_not_a_number_not_a_float_range(tmp_path: Path) -> None:
     r = run_ctl("--timeout", "abc", "getval", "k", cwd=tmp_path)
     assert "'abc' is not a number" in one_line_error(r.stderr) and "range" not in r.stderr
+
+
+def test_global_options_may_follow_the_command(tmp_path: Path, cluster: Cluster, endpoints: str) -> None:
+    """`raftctl status -o json` failed with "No such option '-o'" (issue 17): etcdctl's -w, kubectl's -o
+    and docker's --format all go after the command."""
+    r = run_ctl("status", "-o", "json", "--endpoints", endpoints, "--timeout", "5", cwd=tmp_path)
+    assert r.returncode == 0 and [row["reachable"] for row in json.loads(r.stdout)] == [True, True, True]
+    r = run_ctl(
+        "--endpoints", "127.0.0.1:1", "getleader", "--endpoints", endpoints, "-o", "json", cwd=tmp_path
+    )
+    assert set(json.loads(r.stdout)) == {"id", "address", "term"}, "the later --endpoints wins"
+    r = run_ctl("--endpoints", endpoints, "getval", "k", "--cluster", "c.conf", cwd=tmp_path)
+    assert r.returncode == EXIT_USAGE and "give --endpoints or --cluster, not both" in r.stderr
+
+
+def test_a_command_s_help_does_not_repeat_the_exit_codes(tmp_path: Path) -> None:
+    r = run_ctl("getval", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "Exit codes" not in r.stdout and "raftctl --help" in r.stdout
+    assert "--endpoints" in r.stdout and "-o, --output" in r.stdout
