@@ -40,6 +40,7 @@ ENV = {
     "--listen": "RAFTD_LISTEN",
     "--log-format": "RAFTD_LOG_FORMAT",
     "--log-level": "RAFTD_LOG_LEVEL",
+    "--log-timestamps": "RAFTD_LOG_TIMESTAMPS",
     "--election-timeout": "RAFTD_ELECTION_TIMEOUT",
     "--heartbeat-interval": "RAFTD_HEARTBEAT_INTERVAL",
     "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
@@ -126,6 +127,12 @@ def _one_line(e: click.ClickException) -> str:
     envvar=ENV["--log-level"],
 )
 @click.option(
+    "--log-timestamps",
+    is_flag=True,
+    envvar=ENV["--log-timestamps"],
+    help="Start each text line with its UTC time (the original's lines have none).",
+)
+@click.option(
     "--election-timeout",
     metavar="MIN-MAX",
     envvar=ENV["--election-timeout"],
@@ -163,6 +170,7 @@ def node(
     listen: str | None,
     log_format: str,
     log_level: str,
+    log_timestamps: bool,
     election_timeout: str | None,
     heartbeat_interval: int | None,
     snapshot_entries: int,
@@ -177,7 +185,7 @@ def node(
         cluster = _override_timeouts(cluster, election_timeout, heartbeat_interval)
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG)
-    logs.setup(node_id, log_format, log_level)
+    logs.setup(node_id, log_format, log_level, log_timestamps)
     data = data_dir or Path("data") / f"node-{node_id}"
     try:
         if restore_path is not None:

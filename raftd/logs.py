@@ -10,6 +10,17 @@ import time
 LOGGER = "raftd"
 
 
+def _utc(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class _StampedFormatter(logging.Formatter):
+    """The original's lines, each after its UTC time (--log-timestamps)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_utc(record)} {super().format(record)}"
+
+
 class _JsonFormatter(logging.Formatter):
     def __init__(self, node: int) -> None:
         super().__init__()
@@ -17,8 +28,7 @@ class _JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _utc(record),
             "level": record.levelname.lower(),
             "node": self.node,
             "logger": record.name,
@@ -29,10 +39,17 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup(node: int, fmt: str, level: str) -> logging.Logger:
-    """Configure the root raftd logger; the text format prints bare messages, like the original server."""
+def setup(node: int, fmt: str, level: str, timestamps: bool = False) -> logging.Logger:
+    """Configure the root raftd logger; the text format prints bare messages, like the original server,
+    or each after its time with timestamps (JSON lines always carry theirs)."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter(node) if fmt == "json" else logging.Formatter("%(message)s"))
+    if fmt == "json":
+        formatter: logging.Formatter = _JsonFormatter(node)
+    elif timestamps:
+        formatter = _StampedFormatter("%(message)s")
+    else:
+        formatter = logging.Formatter("%(message)s")
+    handler.setFormatter(formatter)
     root = logging.getLogger(LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

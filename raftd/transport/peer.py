@@ -18,6 +18,7 @@ import grpc
 from raftd.core import Message, MsgType, Snapshot
 from raftd.pb import peer_pb2 as pb
 from raftd.pb import peer_pb2_grpc
+from raftd.pipe import details_of
 
 from .codec import message_to_pb
 
@@ -107,7 +108,9 @@ class PeerClient:
                 self._writing_since = None
                 stream.cancel()
                 if self.reachable:
-                    log.debug("peer %s at %s unreachable: %r", self.peer, self.address, e)
+                    # The config's address, and one line: a gRPC error's repr spans a dozen.
+                    why = details_of(e) if isinstance(e, grpc.RpcError) else type(e).__name__
+                    log.debug("Peer at %s unreachable: %s", self.address, why)
                 self.reachable = False
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)

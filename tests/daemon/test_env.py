@@ -4,6 +4,7 @@ ignored, and nothing read the election timeout or --restore from the environment
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,3 +96,35 @@ def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], error: str) 
     """As raftctl's are; click's own form took three lines (issue 17)."""
     r = raftd(tmp_path, {}, *args)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", error + "\n")
+
+
+def test_log_timestamps_on_request_and_the_original_lines_without(tmp_path: Path, conf: Path) -> None:
+    for flag, pattern in (
+        (["--log-timestamps"], r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z The server starts at "),
+        ([], r"The server starts at "),
+    ):
+        out = tmp_path / f"out{len(flag)}"
+        with out.open("w") as sink:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "raftd",
+                    "0",
+                    "--config",
+                    str(conf),
+                    "--data-dir",
+                    str(tmp_path / f"d{len(flag)}"),
+                    *flag,
+                ],
+                cwd=tmp_path,
+                env=raftd_env(),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until("the first line", lambda out=out: "The server starts" in out.read_text())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        assert re.fullmatch(pattern + r"127\.0\.0\.1:\d+", out.read_text().splitlines()[0]), out.read_text()
