@@ -59,3 +59,16 @@ def test_conf_format_map_and_bad_hosts(tmp_path: Path) -> None:
     r = _compose("--cluster", "config.conf")
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "service name" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_host_is_told_every_published_endpoint(tmp_path: Path) -> None:
+    """The map's host names resolve only inside the compose network (issue 17: `raftctl --cluster
+    deploy/cluster-5.yaml status` failed from the host); all of them, so that raftctl fails over."""
+    out = tmp_path / "c.yml"
+    r = _compose("--cluster", "deploy/cluster-5.yaml", "-o", str(out))
+    ports = [n.port for n in load_cluster(ROOT / "deploy/cluster-5.yaml").nodes]
+    line = "export RAFTCTL_ENDPOINTS=" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    assert r.returncode == 0 and r.stdout == f"Wrote {out}. From the host: {line}\n"
+    assert f"# Ports are published on 127.0.0.1. From the host: {line}\n" in out.read_text()
+    r = _compose("--cluster", "deploy/cluster-5.yaml")
+    assert yaml.safe_load(r.stdout)["services"] and r.stderr == f"From the host: {line}\n"
