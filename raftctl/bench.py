@@ -36,10 +36,15 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
             raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, not {self.workload!r}")
-        if self.concurrency < 1 or self.keys < 1 or self.value_size < 0:
-            raise ValueError("concurrency and keys must be at least 1, value size at least 0")
-        if self.duration <= 0 or self.warmup < 0:
-            raise ValueError("duration must be positive and warmup not negative")
+        check_load(self.concurrency, self.keys, self.value_size, self.duration, self.warmup)
+
+
+def check_load(concurrency: int, keys: int, value_size: int, duration: float, warmup: float) -> None:
+    """The shape of any closed-loop load (this module's and raftctl/unary_load.py's)."""
+    if concurrency < 1 or keys < 1 or value_size < 0:
+        raise ValueError("concurrency and keys must be at least 1, value size at least 0")
+    if duration <= 0 or warmup < 0:
+        raise ValueError("duration must be positive and warmup not negative")
 
 
 @dataclass(frozen=True)

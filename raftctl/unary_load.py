@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from raftctl.bench import PREFILL_CONCURRENCY, BenchResult, closed_loop, fill, make_value
+from raftctl.bench import PREFILL_CONCURRENCY, BenchResult, check_load, closed_loop, fill, make_value
 from raftctl.client import CHANNEL_OPTIONS
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 
@@ -51,10 +51,9 @@ class UnaryConfig:
     def __post_init__(self) -> None:
         if self.op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, not {self.op!r}")
-        if self.concurrency < 1 or self.keys < 1 or self.value_size < 0:
-            raise ValueError("concurrency and keys must be at least 1, value size at least 0")
-        if self.duration <= 0 or self.warmup < 0 or self.timeout <= 0:
-            raise ValueError("duration and timeout must be positive and warmup not negative")
+        check_load(self.concurrency, self.keys, self.value_size, self.duration, self.warmup)
+        if self.timeout <= 0:
+            raise ValueError("timeout must be positive")
 
 
 def describe(error: Exception) -> str:

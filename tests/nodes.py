@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from raftd.config import load_cluster
@@ -51,3 +54,15 @@ async def leader(tmp_path: Path) -> RaftNode:
     await node._drain_ready()
     assert node.is_leader()
     return node
+
+
+@contextlib.asynccontextmanager
+async def running(node: RaftNode) -> AsyncIterator[RaftNode]:
+    """The node's loop running for the block; stopped, and its database closed, however the block ends."""
+    runner = asyncio.create_task(node.run())
+    try:
+        yield node
+    finally:
+        await node.stop()
+        await runner
+        node.storage.close()

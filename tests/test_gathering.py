@@ -14,7 +14,7 @@ from raftd.kv import Command, Op
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import Pipe
-from tests.nodes import follower, leader, release_node
+from tests.nodes import follower, leader, release_node, running
 from tests.test_pipe import _AnsweringCall, _FakeStub
 
 
@@ -88,8 +88,7 @@ def test_the_loop_wakes_by_itself_when_gathered_reads_are_due(tmp_path: Path) ->
 
     async def main() -> None:
         node = follower(tmp_path)
-        runner = asyncio.create_task(node.run())
-        try:
+        async with running(node):
             await asyncio.sleep(0.05)
             calls(node, 2, asyncio.get_running_loop().time())
             node.read_barrier_nowait()
@@ -97,10 +96,6 @@ def test_the_loop_wakes_by_itself_when_gathered_reads_are_due(tmp_path: Path) ->
             assert node.reads and not node.read_wait, "held while calls come"
             await asyncio.sleep(node_module.GATHER_QUIET_S * 2)
             assert not node.reads and node.read_wait, "its round started without any other wake-up"
-        finally:
-            await node.stop()
-            await runner
-            node.storage.close()
 
     asyncio.run(main())
 
@@ -159,7 +154,6 @@ def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(
 
     async def main() -> None:
         node = follower(tmp_path)
-        runner = asyncio.create_task(node.run())
         turns = 0
         take = node._take_input
 
@@ -169,7 +163,7 @@ def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(
             take()
 
         node._take_input = counting_take  # type: ignore[method-assign]
-        try:
+        async with running(node):
             await asyncio.sleep(0.05)
             node.read_barrier_nowait()  # its round is lost: nobody answers
             await asyncio.sleep(0.03)  # ... and is now older than READ_ROUND_HOLD_S
@@ -178,9 +172,5 @@ def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(
             turns = 0
             await asyncio.sleep(0.03)
             assert turns < 10, f"the loop turned {turns} times in 30 ms while the read gathered"
-        finally:
-            await node.stop()
-            await runner
-            node.storage.close()
 
     asyncio.run(main())

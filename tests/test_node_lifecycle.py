@@ -17,7 +17,7 @@ from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import RaftNode, TargetUnreachable, Unavailable
 from raftd.server import _hand_over
 from raftd.storage import PersistedState
-from tests.nodes import follower, release_node
+from tests.nodes import follower, release_node, running
 
 
 def test_resuming_reloads_the_state_off_the_event_loop(
@@ -311,17 +311,12 @@ def test_the_loop_applies_the_stored_log_as_soon_as_a_suspension_ends(tmp_path: 
     async def main() -> None:
         node = follower(tmp_path)
         await committed_write(node, b"k", b"v")
-        runner = asyncio.create_task(node.run())
-        try:
+        async with running(node):
             await asyncio.sleep(0.05)
             node.suspend(0.05)
             await asyncio.sleep(0.3)
             assert not node.suspended
             assert node.local_read(b"k")[0] == b"v"
-        finally:
-            await node.stop()
-            await runner
-            node.storage.close()
 
     asyncio.run(main())
 

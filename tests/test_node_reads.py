@@ -10,7 +10,7 @@ import pytest
 from raftd import node as node_module
 from raftd.core import ReadState
 from raftd.node import Unavailable
-from tests.nodes import follower, release_node
+from tests.nodes import follower, release_node, running
 
 
 def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path) -> None:
@@ -64,18 +64,13 @@ def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(
 
     async def main() -> None:
         node = follower(tmp_path)
-        runner = asyncio.create_task(node.run())
-        try:
+        async with running(node):
             await asyncio.sleep(0.2)  # lets the loop take in the leader it learned (a wait before acting)
             read = node.read_barrier_nowait()
             done, _ = await asyncio.wait({read}, timeout=5)
             assert read in done, "the read was never failed"
             with pytest.raises(Unavailable, match="not confirmed"):
                 read.result()
-        finally:
-            await node.stop()
-            await runner
-            node.storage.close()
 
     asyncio.run(main())
 
@@ -113,8 +108,7 @@ def test_a_round_that_is_not_answered_in_time_stops_holding_reads_back(
 
     async def main() -> None:
         node = follower(tmp_path)
-        runner = asyncio.create_task(node.run())
-        try:
+        async with running(node):
             await asyncio.sleep(0.1)
             node.read_barrier_nowait()  # its round is lost: nobody answers
             while not node.read_wait:
@@ -124,9 +118,5 @@ def test_a_round_that_is_not_answered_in_time_stops_holding_reads_back(
             assert len(node.read_wait) == 1 and node.reads, "held while the first round is young"
             await asyncio.sleep(0.4)
             assert len(node.read_wait) == 2 and not node.reads, "a round of its own once the first is old"
-        finally:
-            await node.stop()
-            await runner
-            node.storage.close()
 
     asyncio.run(main())

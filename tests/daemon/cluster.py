@@ -78,13 +78,14 @@ def raftd_env() -> dict[str, str]:
 
 
 def run_raftd(
-    args: list[str], cwd: Path, timeout: float = START_TIMEOUT_S
+    args: list[str], cwd: Path, timeout: float = START_TIMEOUT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run raftd to completion (for inputs it must refuse); it is killed if it outlives timeout."""
+    """Run raftd to completion (for inputs it must refuse), with env added to its environment; it is
+    killed if it outlives timeout."""
     return subprocess.run(
         [sys.executable, "-m", "raftd", *args],
         cwd=cwd,
-        env=raftd_env(),
+        env={**raftd_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

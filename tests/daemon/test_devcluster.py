@@ -34,6 +34,19 @@ def launch(cwd: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
     return proc, ports
 
 
+def make_stop(cwd: Path) -> subprocess.CompletedProcess[str]:
+    """What `make stop` runs."""
+    return subprocess.run(
+        [sys.executable, "-m", "raftd.devcluster", "--stop"],
+        cwd=cwd,
+        env=raftd_env(),
+        capture_output=True,
+        text=True,
+        timeout=STOP_S,
+        check=False,
+    )
+
+
 def node_pids(cwd: Path) -> list[int]:
     """Live raftd node processes whose working directory is cwd."""
     pids = []
@@ -68,15 +81,7 @@ def test_stopping_the_launcher_stops_every_node(tmp_path: Path, how: str) -> Non
         if how == "sigterm-to-group":
             os.killpg(proc.pid, signal.SIGTERM)
         else:
-            stopped = subprocess.run(
-                [sys.executable, "-m", "raftd.devcluster", "--stop"],
-                cwd=cwd,
-                env=raftd_env(),
-                capture_output=True,
-                text=True,
-                timeout=STOP_S,
-                check=False,
-            )
+            stopped = make_stop(cwd)
             assert (stopped.returncode, stopped.stdout) == (0, "The cluster stopped\n"), stopped
         proc.wait(timeout=STOP_S)
         deadline = time.monotonic() + STOP_S
@@ -93,13 +98,5 @@ def test_stopping_the_launcher_stops_every_node(tmp_path: Path, how: str) -> Non
 
 
 def test_make_stop_with_nothing_running_says_so(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "raftd.devcluster", "--stop"],
-        cwd=tmp_path,
-        env=raftd_env(),
-        capture_output=True,
-        text=True,
-        timeout=STOP_S,
-        check=False,
-    )
+    r = make_stop(tmp_path)
     assert (r.returncode, r.stdout, r.stderr) == (0, "no cluster is running from this directory\n", "")

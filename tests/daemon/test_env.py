@@ -13,19 +13,7 @@ import pytest
 
 from raftd.cli import ENV
 
-from .cluster import HOST, free_ports, raftd_env, wait_until
-
-
-def raftd(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raftd", *args],
-        cwd=cwd,
-        env={**raftd_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+from .cluster import HOST, free_ports, raftd_env, run_raftd, wait_until
 
 
 @pytest.fixture
@@ -48,13 +36,13 @@ def test_each_option_s_variable_is_read(
     tmp_path: Path, conf: Path, variable: str, value: str, error: str
 ) -> None:
     """Each value is bad, so the node refuses to start: proof that the variable was read."""
-    r = raftd(tmp_path, {variable: value}, "0", "--config", str(conf))
+    r = run_raftd(["0", "--config", str(conf)], tmp_path, env={variable: value})
     assert r.returncode != 0 and error in r.stderr, r
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_help_names_every_variable() -> None:
-    r = raftd(Path.cwd(), {}, "--help")
+    r = run_raftd(["--help"], Path.cwd())
     text = " ".join(r.stdout.split())
     for option, variable in ENV.items():
         assert f"{variable} for {option}" in text.replace("- ", "-"), (variable, r.stdout)
@@ -94,7 +82,7 @@ def test_an_unknown_variable_is_a_warning_and_the_node_starts(tmp_path: Path, co
 )
 def test_usage_errors_are_one_line(tmp_path: Path, args: list[str], error: str) -> None:
     """As raftctl's are; click's own form took three lines (issue 17)."""
-    r = raftd(tmp_path, {}, *args)
+    r = run_raftd(args, tmp_path)
     assert (r.returncode, r.stdout, r.stderr) == (2, "", error + "\n")
 
 
