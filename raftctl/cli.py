@@ -440,15 +440,11 @@ def snapshot_save(s: Settings, path: Path) -> None:
 def transfer_leader(s: Settings, node_id: int) -> None:
     """Hand leadership to node ID; prints the leader afterwards as "ID HOST:PORT"."""
     with s.client() as c:
-        leader_id = c.transfer_leader(node_id)
-        try:
-            leader: Leader | None = c.get_leader()
-        except ClientError:
-            leader = None
-    if leader is not None and leader.id == leader_id:
+        leader = c.transfer_leader(node_id)
+    if leader.address:
         s.emit(leader_line(leader), leader_doc(leader))
-    else:  # the cluster moved on meanwhile: what the transfer itself reported
-        s.emit(str(leader_id), {"id": leader_id, "address": None, "term": None})
+    else:  # a node older than the response's address field
+        s.emit(str(leader.id), {"id": leader.id, "address": None, "term": None})
 
 
 @main.command("help")

@@ -336,13 +336,14 @@ class Client(_Routing):
             self._skip_endpoint()
             backoff = self._sleep(backoff, deadline, "getleader", last_error)
 
-    def transfer_leader(self, node_id: int) -> int:
-        """Make node_id the leader; returns the leader once the transfer completed."""
+    def transfer_leader(self, node_id: int) -> Leader:
+        """Make node_id the leader; returns the leader once the transfer completed, as the node that did
+        the transfer knew it then (the address is empty from a node older than that field)."""
         request = pb.TransferLeaderRequest(target_id=node_id)
         response = self._call(
             "transfer-leader", lambda ch, t: kv_pb2_grpc.AdminStub(ch).TransferLeader(request, timeout=t)
         )
-        return response.leader_id
+        return Leader(response.leader_id, response.address, response.term)
 
     def backup(self) -> bytes:
         """A backup file's bytes: the whole store as of a linearizable read point, taken on the leader."""

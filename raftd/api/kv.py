@@ -156,7 +156,12 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"no node {target} in the cluster")
 
         async def local() -> pb.TransferLeaderResponse:
-            return pb.TransferLeaderResponse(leader_id=await self.node.transfer_leader(target))
+            leader_id = await self.node.transfer_leader(target)
+            return pb.TransferLeaderResponse(
+                leader_id=leader_id,
+                address=self.node.addresses[to_core(leader_id)].address,
+                term=self.node.raw.raft.term,
+            )
 
         async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.TransferLeaderResponse:
             stub = kv_pb2_grpc.AdminStub(channel)

@@ -143,10 +143,14 @@ class TransferLeaderRequest(_message.Message):
     def __init__(self, target_id: _Optional[int] = ...) -> None: ...
 
 class TransferLeaderResponse(_message.Message):
-    __slots__ = ("leader_id",)
+    __slots__ = ("leader_id", "address", "term")
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
     leader_id: int
-    def __init__(self, leader_id: _Optional[int] = ...) -> None: ...
+    address: str
+    term: int
+    def __init__(self, leader_id: _Optional[int] = ..., address: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
 
 class BackupRequest(_message.Message):
     __slots__ = ()
