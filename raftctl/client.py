@@ -100,6 +100,8 @@ class NodeStatus:
     suspended: bool = False
     health: str = ""  # SERVING / NOT_SERVING / UNKNOWN / "" when not asked or not answered
     error: str = ""
+    cluster: str = ""
+    cluster_id: str = ""  # "" until the node has applied it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -413,6 +415,8 @@ class Client(_Routing):
                     last_log_index=st.last_log_index,
                     suspended=st.suspended,
                     health=health,
+                    cluster=st.cluster,
+                    cluster_id=st.cluster_id,
                 )
             )
         return rows

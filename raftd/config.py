@@ -54,6 +54,7 @@ class ClusterConfig:
     election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS
     heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
     source: str = ""  # the file this came from, for messages
+    named: bool = False  # the map gives the name; otherwise it is derived_name(nodes)
 
     def node(self, node_id: int) -> NodeAddr:
         """The node with this id; a ConfigError naming the file when the map does not list it."""
@@ -174,7 +175,8 @@ def _parse_yaml(text: str, source: str) -> ClusterConfig:
         )
         nodes.append(seen.add(addr, _line(item)))
 
-    if "name" in top:
+    named = "name" in top
+    if named:
         name = y.string(top["name"], "name")
         if not _NAME_RE.fullmatch(name):
             raise y.error(top["name"], f"name {name!r} must be letters, digits, '.', '_' or '-'")
@@ -206,7 +208,7 @@ def _parse_yaml(text: str, source: str) -> ClusterConfig:
         raise y.error(
             where, f"election_timeout_ms MIN {election[0]} must exceed heartbeat_interval_ms {heartbeat}"
         )
-    return ClusterConfig(tuple(nodes), name, election, heartbeat, source)
+    return ClusterConfig(tuple(nodes), name, election, heartbeat, source, named)
 
 
 class _YamlReader:

@@ -41,8 +41,9 @@ from raftd.core import (
     SnapshotMeta,
     SoftState,
 )
-from raftd.kv import Command, CommandError, ImageError, KVStore, Result, encode, encode_to
-from raftd.storage import PersistedState, SqliteStorage
+from raftd.identity import Identity, new_cluster_id
+from raftd.kv import Command, CommandError, ImageError, KVStore, Op, Result, encode, encode_to
+from raftd.storage import PersistedState, SqliteStorage, StorageError
 from raftd.transport.peer import PeerClient
 
 log = logging.getLogger("raftd.node")
@@ -148,6 +149,7 @@ class RaftNode:
         self.me = cluster.node(node_id)
         self.id = to_core(node_id)
         self.storage = storage
+        self.identity = Identity(storage.cluster_name, storage.cluster_id)
         self.addresses = {to_core(n.id): n for n in cluster.nodes}
         lo, hi = cluster.election_timeout_ms
         self.config = Config(
@@ -189,6 +191,7 @@ class RaftNode:
         self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
+        self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ class RaftNode:
         self._runner = asyncio.current_task()
         for peer_id, addr in self.addresses.items():
             if peer_id != self.id:
-                client = PeerClient(peer_id, addr.address, self.cluster.name, self._report_unreachable)
+                client = PeerClient(peer_id, addr.address, self.identity, self._report_unreachable)
                 client.start()
                 self.peers[peer_id] = client
         log.info("I am a follower. Term: %d", self.raw.raft.term)
@@ -327,6 +330,13 @@ class RaftNode:
             return
         self.inbox.extend(messages)
         self.wake.set()
+
+    def deliver_snapshot(self, m: Message, cluster_id: str) -> None:
+        """A SNAP message with its image, and its sender's cluster id, which this node takes if it installs
+        the image and has none yet (the entry that named the cluster may be inside the image)."""
+        assert m.snapshot is not None
+        self._snapshot_sender = (m.snapshot.meta, cluster_id)
+        self.deliver([m])
 
     def _report_unreachable(self, peer: int) -> None:
         self.unreachable.add(peer)
@@ -529,6 +539,9 @@ class RaftNode:
         self.image_bytes = len(snapshot.data)
         self.log_bytes = 0
         log.info("Installed a snapshot at index %d", snapshot.meta.index)
+        sender, self._snapshot_sender = self._snapshot_sender, None
+        if sender is not None and sender[0] == snapshot.meta:
+            self.adopt_cluster_id(sender[1])
 
     async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
         """Run work that holds the storage's lock for long on the disk thread, counted: while any is there,
@@ -577,9 +590,12 @@ class RaftNode:
         for e in entries:
             self.log_bytes += len(e.data)
             try:
-                result = self.kv.apply(e.index, Command.decode(e.data)) if e.data else None
+                cmd = Command.decode(e.data) if e.data else None
             except CommandError as err:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
+            result = self.kv.apply(e.index, cmd) if cmd is not None else None
+            if cmd is not None and cmd.op is Op.CLUSTER_ID:
+                self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             if result is None:
                 self.kv.skip(e.index)
             waiter = self.waiting.pop(e.index, None)
@@ -656,6 +672,8 @@ class RaftNode:
             else:
                 log.info("Votes received")
                 log.info("I am a leader. Term: %d", term)
+                if not self.identity.id:
+                    self._propose_cluster_id()
         if soft.lead != prev.lead:
             # Reads in flight were tied to the old leader's confirmation round: fail them so clients retry.
             pending = [f for fs in self.read_wait.values() for f in fs]
@@ -670,6 +688,26 @@ class RaftNode:
                 self._leader_waiters.clear()
         for callback in self.on_role_change:
             callback()
+
+    def _propose_cluster_id(self) -> None:
+        """A new cluster's first leader names it (raftd.identity). Should it lose leadership before the
+        entry commits, the next leader proposes again: the first such entry applied wins everywhere."""
+        try:
+            fut = self.propose_nowait(Command(Op.CLUSTER_ID, b"", new_cluster_id().encode()))
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def adopt_cluster_id(self, cluster_id: str) -> None:
+        """Take the cluster's id, from the log or from a snapshot's sender; the first one is kept for good."""
+        if self.identity.id or not cluster_id:
+            return
+        try:
+            self.storage.record_cluster_id(cluster_id)
+        except StorageError as e:
+            raise FatalError(str(e)) from e
+        self.identity.id = cluster_id
+        log.info("Cluster id %s", cluster_id)
 
     # -- suspension ---------------------------------------------------------------------------------
     async def _suspend(self, seconds: float) -> None:

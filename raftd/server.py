@@ -28,6 +28,7 @@ from raftd.transport.peer import CHANNEL_OPTIONS
 log = logging.getLogger("raftd.server")
 
 SHUTDOWN_TRANSFER_S = 1.0
+MAX_REFUSALS_LOGGED = 64  # foreign (name, id) pairs remembered so each is logged once
 SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
 
@@ -39,20 +40,25 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
         self.streams = LongCalls()
+        self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
 
-    async def _check_cluster(self, name: str, context: grpc.aio.ServicerContext) -> None:
-        if name != self.node.cluster.name:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"traffic for cluster {name!r} reached cluster {self.node.cluster.name!r}",
-            )
+    async def _check_cluster(self, name: str, cluster_id: str, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.node.identity.refuses(name, cluster_id)
+        if refusal is None:
+            return
+        if (name, cluster_id) not in self.refused:
+            # Once per foreign cluster: its nodes retry every second.
+            if len(self.refused) < MAX_REFUSALS_LOGGED:
+                self.refused.add((name, cluster_id))
+            log.warning("Refused peer traffic from %s: %s", context.peer(), refusal)
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
 
     async def Stream(
         self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
     ) -> peer_pb2.StepResponse:
         async with self.streams.track():
             async for batch in requests:
-                await self._check_cluster(batch.cluster, context)
+                await self._check_cluster(batch.cluster, batch.cluster_id, context)
                 try:
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
@@ -67,13 +73,14 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         async with self.streams.track():
             header: peer_pb2.Message | None = None
             total = 0
+            sender_id = ""
             # BytesIO rather than a bytearray: getvalue() hands over its buffer, where bytes(bytearray)
             # would hold the whole image twice (measured: 43 MB peak for a 40 MB image, not 83).
             data = io.BytesIO()
             async for chunk in chunks:
                 if header is None:
-                    await self._check_cluster(chunk.cluster, context)
-                    header, total = chunk.header, chunk.total_size
+                    await self._check_cluster(chunk.cluster, chunk.cluster_id, context)
+                    header, total, sender_id = chunk.header, chunk.total_size, chunk.cluster_id
                 data.write(chunk.data)
                 if data.tell() > total:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "snapshot larger than announced")
@@ -94,7 +101,9 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                 verify(image)
             except ImageError as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {e}")
-            self.node.deliver([dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, image))])
+            self.node.deliver_snapshot(
+                dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, image)), sender_id
+            )
         return peer_pb2.StepResponse()
 
 
@@ -129,8 +138,14 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
     me = cluster.node(node_id)
-    storage = SqliteStorage.open(data_dir, cluster.name, node_id)
+    storage = SqliteStorage.open(data_dir, cluster.name, node_id, name_given=cluster.named)
     try:
+        if storage.cluster_name != cluster.name:
+            log.info(
+                "%s was created for cluster %r, when the map's addresses were others; it keeps that name",
+                storage.path,
+                storage.cluster_name,
+            )
         node = RaftNode(cluster, node_id, storage, snapshot_entries)
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])

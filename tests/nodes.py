@@ -13,19 +13,26 @@ from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
 from raftd.storage import SqliteStorage
 from raftd.testing.ports import free_ports
 
+TEST_CLUSTER_ID = "0123456789abcdef"
 
-def follower(tmp_path: Path) -> RaftNode:
+
+def follower(tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID) -> RaftNode:
     """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere (the
-    peers' ports are closed), and it waits 100 s before suspecting the leader."""
+    peers' ports are closed), and it waits 100 s before suspecting the leader.
+
+    cluster_id: the one its directory has recorded (raftd.identity). By default one is, as in a cluster
+    past its first election, so a leader has none to propose and the proposals a test counts are its
+    own; "" for a new cluster's node."""
     conf = tmp_path / "c.yaml"
     conf.write_text(
         "election_timeout_ms: [100000, 200000]\nnodes:\n"
         + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {port}}}\n" for i, port in enumerate(free_ports(3)))
     )
     cluster = load_cluster(conf)
-    node = RaftNode(
-        cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0), DEFAULT_SNAPSHOT_ENTRIES
-    )
+    storage = SqliteStorage.open(tmp_path / "data", cluster.name, 0)
+    if cluster_id:
+        storage.record_cluster_id(cluster_id)
+    node = RaftNode(cluster, 0, storage, DEFAULT_SNAPSHOT_ENTRIES)
     node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=2, term=1)])
     node._take_input()
     assert node.leader() is not None and node.leader().id == 1
@@ -39,10 +46,10 @@ def release_node(node: RaftNode) -> None:
     node.storage.close()
 
 
-async def leader(tmp_path: Path) -> RaftNode:
+async def leader(tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID) -> RaftNode:
     """Node 0 of three, elected leader in term 1 by node 1's (core id 2) votes; its messages go nowhere, so
     nothing it proposes commits until a test delivers acknowledgements. Run inside an event loop."""
-    node = follower(tmp_path)
+    node = follower(tmp_path, cluster_id)
     node.raw.campaign()
     await node._drain_ready()
     term = node.raw.raft.term

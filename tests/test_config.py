@@ -147,6 +147,7 @@ def test_yaml_full(tmp_path: Path) -> None:
         (1000, 2000),
         100,
         str(path),
+        named=True,
     )
 
 
@@ -157,6 +158,7 @@ def test_yaml_defaults_and_derived_name(tmp_path: Path) -> None:
     conf = load_cluster(write(tmp_path, "c.conf", "0 h 1\n1 h 2\n"))
     assert (c.election_timeout_ms, c.heartbeat_interval_ms) == ((200, 400), 100)
     assert c.name == conf.name == derived_name(c.nodes)
+    assert not c.named and not conf.named  # so a data directory may outlive an address change
 
 
 NODES = "nodes:\n  - {id: 0, host: h, port: 1}\n"

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from raftd.core import Entry, Message, MsgType
+from raftd.identity import Identity
 from raftd.pb import peer_pb2, peer_pb2_grpc
 from raftd.transport import peer as peer_module
 from raftd.transport.peer import PeerClient
@@ -36,7 +37,7 @@ async def _stuck_client(reports: list[int]) -> tuple[grpc.aio.Server, PeerClient
     peer_pb2_grpc.add_RaftPeerServicer_to_server(Deaf(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = PeerClient(2, f"127.0.0.1:{port}", "c", reports.append)
+    client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append)
     client.start()
     for index in range(1, 65):
         client.send(_append(index))
@@ -82,7 +83,7 @@ def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch:
         listener = await asyncio.start_server(mute, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         reports: list[int] = []
-        client = PeerClient(2, f"127.0.0.1:{port}", "c", reports.append)
+        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append)
         client.start()
         client.send(_append(1))
         loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from raftd.core import Message, MsgType, Snapshot, SnapshotMeta
+from raftd.identity import Identity
 from raftd.pb import peer_pb2, peer_pb2_grpc
 from raftd.transport import peer as peer_module
 from raftd.transport.peer import PeerClient
@@ -38,7 +39,7 @@ async def _transfer(cut_after: int | None, data: bytes) -> tuple[bool, Receiver]
     peer_pb2_grpc.add_RaftPeerServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = PeerClient(2, f"127.0.0.1:{port}", "c", lambda _peer: None)
+    client = PeerClient(2, f"127.0.0.1:{port}", Identity("c", "0123456789abcdef"), lambda _peer: None)
     try:
         snap = Snapshot(SnapshotMeta(100, 3), data)
         ok = await client.send_snapshot(Message(MsgType.SNAP, to=2, frm=1, term=3, snapshot=snap))
@@ -65,7 +66,7 @@ def test_a_complete_transfer_arrives_intact(small_chunks: int) -> None:
     ok, receiver = asyncio.run(_transfer(cut_after=None, data=data))
     assert ok is True
     first, rest = receiver.chunks[0], receiver.chunks[1:]
-    assert first.cluster == "c" and first.total_size == len(data)
+    assert (first.cluster, first.cluster_id, first.total_size) == ("c", "0123456789abcdef", len(data))
     assert (first.header.snapshot.meta.index, first.header.snapshot.meta.term) == (100, 3)
     assert first.header.snapshot.data == b""  # the image travels in the chunks, not in the header
     assert b"".join(c.data for c in rest) == data

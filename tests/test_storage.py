@@ -519,3 +519,24 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data").write_text("not a directory")
     with pytest.raises(StorageError, match="cannot create the data directory"):
         open_store(tmp_path / "data")
+
+
+def test_a_derived_name_gives_way_to_the_stored_one_but_the_node_id_never_does(tmp_path: Path) -> None:
+    """name_given=False (a map without a name, whose derived name changes with its addresses): the
+    directory keeps the name it was created with. Another node's directory is refused all the same."""
+    make_store(tmp_path)
+    with SqliteStorage.open(tmp_path, "c-other", NODE, name_given=False) as s:
+        assert s.cluster_name == CLUSTER and s.load().hard_state == HardState(1, 1, 1)
+    with pytest.raises(StorageError, match="not cluster 'c-test' node 2"):
+        SqliteStorage.open(tmp_path, "c-other", 2, name_given=False)
+
+
+def test_the_cluster_id_is_recorded_durably(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    with open_store(tmp_path) as s:
+        assert s.cluster_id == ""
+        s.record_cluster_id("0123456789abcdef")
+        assert s.cluster_id == "0123456789abcdef"
+    with open_store(tmp_path) as s:
+        assert s.cluster_id == "0123456789abcdef"
+        assert s.load().hard_state == HardState(1, 1, 1)

@@ -110,6 +110,8 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             applied_index=node.kv.applied,
             last_log_index=st.last_index,
             peers=peers,
+            cluster=node.identity.name,
+            cluster_id=node.identity.id,
             suspended=node.suspended,
         )
 

@@ -12,6 +12,7 @@ _HEAD = struct.Struct(">BQHII")  # op, seq, len(client_id), len(key), len(value)
 class Op(enum.IntEnum):
     PUT = 1
     DELETE = 2
+    CLUSTER_ID = 3  # value: the cluster's random id (raftd.identity); the store itself ignores it
 
 
 class CommandError(ValueError):

@@ -30,6 +30,8 @@ class KVStore:
 
     def apply(self, index: int, cmd: Command) -> Result:
         self.applied = index
+        if cmd.op is Op.CLUSTER_ID:
+            return Result(index, existed=False)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
             if seen is not None and cmd.seq <= seen[0]:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11raftd/pb/kv.proto\x12\x08raftd.v1\".\n\x0cWriteSession\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"Q\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\'\n\x07session\x18\x03 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"\x1c\n\x0bPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05local\x18\x02 \x01(\x08\":\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\"E\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"0\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\"\x12\n\x10GetLeaderRequest\"E\n\x11GetLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\">\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\"\xd9\x01\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x08 \x01(\x04\x12#\n\x05peers\x18\t \x03(\x0b\x32\x14.raftd.v1.PeerStatus\x12\x11\n\tsuspended\x18\n \x01(\x08\" \n\x0eSuspendRequest\x12\x0e\n\x06period\x18\x01 \x01(\x05\"\x11\n\x0fSuspendResponse\"*\n\x15TransferLeaderRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\x05\"J\n\x16TransferLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rBackupRequest\"\x1b\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x90\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x03put\x18\x02 \x01(\x0b\x32\x14.raftd.v1.PutRequestH\x00\x12#\n\x03get\x18\x03 \x01(\x0b\x32\x14.raftd.v1.GetRequestH\x00\x12)\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x17.raftd.v1.DeleteRequestH\x00\x42\x04\n\x02op\"J\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.raftd.v1.Outcome\"\xba\x01\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x03put\x18\x02 \x01(\x0b\x32\x15.raftd.v1.PutResponseH\x00\x12$\n\x03get\x18\x03 \x01(\x0b\x32\x15.raftd.v1.GetResponseH\x00\x12*\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x18.raftd.v1.DeleteResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.raftd.v1.ErrorH\x00\x42\x08\n\x06result\"3\n\x0cRequestBatch\x12#\n\x08requests\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Request\"6\n\rResponseBatch\x12%\n\tresponses\x18\x01 \x03(\x0b\x32\x12.raftd.v1.Response*P\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13OUTCOME_NOT_APPLIED\x10\x01\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x02\x32\xe8\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.raftd.v1.PutRequest\x1a\x15.raftd.v1.PutResponse\x12\x32\n\x03Get\x12\x14.raftd.v1.GetRequest\x1a\x15.raftd.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.raftd.v1.DeleteRequest\x1a\x18.raftd.v1.DeleteResponse\x12=\n\x06Stream\x12\x16.raftd.v1.RequestBatch\x1a\x17.raftd.v1.ResponseBatch(\x01\x30\x01\x32\xdb\x02\n\x05\x41\x64min\x12\x44\n\tGetLeader\x12\x1a.raftd.v1.GetLeaderRequest\x1a\x1b.raftd.v1.GetLeaderResponse\x12;\n\x06Status\x12\x17.raftd.v1.StatusRequest\x1a\x18.raftd.v1.StatusResponse\x12>\n\x07Suspend\x12\x18.raftd.v1.SuspendRequest\x1a\x19.raftd.v1.SuspendResponse\x12S\n\x0eTransferLeader\x12\x1f.raftd.v1.TransferLeaderRequest\x1a .raftd.v1.TransferLeaderResponse\x12:\n\x06\x42\x61\x63kup\x12\x17.raftd.v1.BackupRequest\x1a\x15.raftd.v1.BackupChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11raftd/pb/kv.proto\x12\x08raftd.v1\".\n\x0cWriteSession\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\"Q\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\'\n\x07session\x18\x03 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"\x1c\n\x0bPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05local\x18\x02 \x01(\x08\":\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\"E\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"0\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\"\x12\n\x10GetLeaderRequest\"E\n\x11GetLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\">\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\"\xfe\x01\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x08 \x01(\x04\x12#\n\x05peers\x18\t \x03(\x0b\x32\x14.raftd.v1.PeerStatus\x12\x11\n\tsuspended\x18\n \x01(\x08\x12\x0f\n\x07\x63luster\x18\x0b \x01(\t\x12\x12\n\ncluster_id\x18\x0c \x01(\t\" \n\x0eSuspendRequest\x12\x0e\n\x06period\x18\x01 \x01(\x05\"\x11\n\x0fSuspendResponse\"*\n\x15TransferLeaderRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\x05\"J\n\x16TransferLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rBackupRequest\"\x1b\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x90\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x03put\x18\x02 \x01(\x0b\x32\x14.raftd.v1.PutRequestH\x00\x12#\n\x03get\x18\x03 \x01(\x0b\x32\x14.raftd.v1.GetRequestH\x00\x12)\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x17.raftd.v1.DeleteRequestH\x00\x42\x04\n\x02op\"J\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.raftd.v1.Outcome\"\xba\x01\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x03put\x18\x02 \x01(\x0b\x32\x15.raftd.v1.PutResponseH\x00\x12$\n\x03get\x18\x03 \x01(\x0b\x32\x15.raftd.v1.GetResponseH\x00\x12*\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x18.raftd.v1.DeleteResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.raftd.v1.ErrorH\x00\x42\x08\n\x06result\"3\n\x0cRequestBatch\x12#\n\x08requests\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Request\"6\n\rResponseBatch\x12%\n\tresponses\x18\x01 \x03(\x0b\x32\x12.raftd.v1.Response*P\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13OUTCOME_NOT_APPLIED\x10\x01\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x02\x32\xe8\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.raftd.v1.PutRequest\x1a\x15.raftd.v1.PutResponse\x12\x32\n\x03Get\x12\x14.raftd.v1.GetRequest\x1a\x15.raftd.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.raftd.v1.DeleteRequest\x1a\x18.raftd.v1.DeleteResponse\x12=\n\x06Stream\x12\x16.raftd.v1.RequestBatch\x1a\x17.raftd.v1.ResponseBatch(\x01\x30\x01\x32\xdb\x02\n\x05\x41\x64min\x12\x44\n\tGetLeader\x12\x1a.raftd.v1.GetLeaderRequest\x1a\x1b.raftd.v1.GetLeaderResponse\x12;\n\x06Status\x12\x17.raftd.v1.StatusRequest\x1a\x18.raftd.v1.StatusResponse\x12>\n\x07Suspend\x12\x18.raftd.v1.SuspendRequest\x1a\x19.raftd.v1.SuspendResponse\x12S\n\x0eTransferLeader\x12\x1f.raftd.v1.TransferLeaderRequest\x1a .raftd.v1.TransferLeaderResponse\x12:\n\x06\x42\x61\x63kup\x12\x17.raftd.v1.BackupRequest\x1a\x15.raftd.v1.BackupChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftd.pb.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1547
-  _globals['_OUTCOME']._serialized_end=1627
+  _globals['_OUTCOME']._serialized_start=1584
+  _globals['_OUTCOME']._serialized_end=1664
   _globals['_WRITESESSION']._serialized_start=31
   _globals['_WRITESESSION']._serialized_end=77
   _globals['_PUTREQUEST']._serialized_start=79
@@ -56,31 +56,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PEERSTATUS']._serialized_start=523
   _globals['_PEERSTATUS']._serialized_end=585
   _globals['_STATUSRESPONSE']._serialized_start=588
-  _globals['_STATUSRESPONSE']._serialized_end=805
-  _globals['_SUSPENDREQUEST']._serialized_start=807
-  _globals['_SUSPENDREQUEST']._serialized_end=839
-  _globals['_SUSPENDRESPONSE']._serialized_start=841
-  _globals['_SUSPENDRESPONSE']._serialized_end=858
-  _globals['_TRANSFERLEADERREQUEST']._serialized_start=860
-  _globals['_TRANSFERLEADERREQUEST']._serialized_end=902
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=904
-  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=978
-  _globals['_BACKUPREQUEST']._serialized_start=980
-  _globals['_BACKUPREQUEST']._serialized_end=995
-  _globals['_BACKUPCHUNK']._serialized_start=997
-  _globals['_BACKUPCHUNK']._serialized_end=1024
-  _globals['_REQUEST']._serialized_start=1027
-  _globals['_REQUEST']._serialized_end=1171
-  _globals['_ERROR']._serialized_start=1173
-  _globals['_ERROR']._serialized_end=1247
-  _globals['_RESPONSE']._serialized_start=1250
-  _globals['_RESPONSE']._serialized_end=1436
-  _globals['_REQUESTBATCH']._serialized_start=1438
-  _globals['_REQUESTBATCH']._serialized_end=1489
-  _globals['_RESPONSEBATCH']._serialized_start=1491
-  _globals['_RESPONSEBATCH']._serialized_end=1545
-  _globals['_KV']._serialized_start=1630
-  _globals['_KV']._serialized_end=1862
-  _globals['_ADMIN']._serialized_start=1865
-  _globals['_ADMIN']._serialized_end=2212
+  _globals['_STATUSRESPONSE']._serialized_end=842
+  _globals['_SUSPENDREQUEST']._serialized_start=844
+  _globals['_SUSPENDREQUEST']._serialized_end=876
+  _globals['_SUSPENDRESPONSE']._serialized_start=878
+  _globals['_SUSPENDRESPONSE']._serialized_end=895
+  _globals['_TRANSFERLEADERREQUEST']._serialized_start=897
+  _globals['_TRANSFERLEADERREQUEST']._serialized_end=939
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_start=941
+  _globals['_TRANSFERLEADERRESPONSE']._serialized_end=1015
+  _globals['_BACKUPREQUEST']._serialized_start=1017
+  _globals['_BACKUPREQUEST']._serialized_end=1032
+  _globals['_BACKUPCHUNK']._serialized_start=1034
+  _globals['_BACKUPCHUNK']._serialized_end=1061
+  _globals['_REQUEST']._serialized_start=1064
+  _globals['_REQUEST']._serialized_end=1208
+  _globals['_ERROR']._serialized_start=1210
+  _globals['_ERROR']._serialized_end=1284
+  _globals['_RESPONSE']._serialized_start=1287
+  _globals['_RESPONSE']._serialized_end=1473
+  _globals['_REQUESTBATCH']._serialized_start=1475
+  _globals['_REQUESTBATCH']._serialized_end=1526
+  _globals['_RESPONSEBATCH']._serialized_start=1528
+  _globals['_RESPONSEBATCH']._serialized_end=1582
+  _globals['_KV']._serialized_start=1667
+  _globals['_KV']._serialized_end=1899
+  _globals['_ADMIN']._serialized_start=1902
+  _globals['_ADMIN']._serialized_end=2249
 # @@protoc_insertion_point(module_scope)

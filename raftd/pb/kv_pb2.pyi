@@ -103,7 +103,7 @@ class PeerStatus(_message.Message):
     def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., match_index: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("id", "address", "role", "term", "leader_id", "commit_index", "applied_index", "last_log_index", "peers", "suspended")
+    __slots__ = ("id", "address", "role", "term", "leader_id", "commit_index", "applied_index", "last_log_index", "peers", "suspended", "cluster", "cluster_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,8 @@ class StatusResponse(_message.Message):
     LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     address: str
     role: str
@@ -124,7 +126,9 @@ class StatusResponse(_message.Message):
     last_log_index: int
     peers: _containers.RepeatedCompositeFieldContainer[PeerStatus]
     suspended: bool
-    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., suspended: _Optional[bool] = ...) -> None: ...
+    cluster: str
+    cluster_id: str
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[PeerStatus, _Mapping]]] = ..., suspended: _Optional[bool] = ..., cluster: _Optional[str] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class SuspendRequest(_message.Message):
     __slots__ = ("period",)

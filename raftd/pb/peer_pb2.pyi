@@ -92,25 +92,29 @@ class Message(_message.Message):
     def __init__(self, type: _Optional[_Union[MsgType, str]] = ..., to: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., **kwargs) -> None: ...
 
 class MessageBatch(_message.Message):
-    __slots__ = ("cluster", "messages")
+    __slots__ = ("cluster", "messages", "cluster_id")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
-    def __init__(self, cluster: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, cluster: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("cluster", "header", "total_size", "data")
+    __slots__ = ("cluster", "header", "total_size", "data", "cluster_id")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     header: Message
     total_size: int
     data: bytes
-    def __init__(self, cluster: _Optional[str] = ..., header: _Optional[_Union[Message, _Mapping]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, cluster: _Optional[str] = ..., header: _Optional[_Union[Message, _Mapping]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ..., cluster_id: _Optional[str] = ...) -> None: ...

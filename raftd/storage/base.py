@@ -27,7 +27,12 @@ class PersistedState:
 
 
 class Storage(Protocol):
+    cluster_name: str  # the name the store was created with
+    cluster_id: str  # raftd.identity's id, "" until recorded
+
     def load(self) -> PersistedState: ...
+
+    def record_cluster_id(self, cluster_id: str) -> None: ...
 
     def save(
         self,

@@ -22,6 +22,12 @@ class MemoryStorage:
         self._entries: list[Entry] = []
         self._shape = LogShape()
         self._closed = False
+        self.cluster_name = "memory"
+        self.cluster_id = ""
+
+    def record_cluster_id(self, cluster_id: str) -> None:
+        self._check_open()
+        self.cluster_id = cluster_id
 
     def load(self) -> PersistedState:
         self._check_open()

@@ -50,10 +50,17 @@ class SqliteStorage:
         # Readies are saved on the event loop, snapshots on a disk thread: calls must not interleave.
         self._mutex = threading.Lock()
         self._shape = self._read_shape(conn)
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.cluster_name: str = meta["cluster"]  # as created: may differ from the map's derived name now
+        self.cluster_id: str = meta.get("cluster_id", "")  # raftd.identity; "" until applied
 
     @classmethod
-    def open(cls, data_dir: Path, cluster: str, node_id: int) -> SqliteStorage:
-        """Open (or create) the store in data_dir for this cluster and node, or refuse with StorageError."""
+    def open(cls, data_dir: Path, cluster: str, node_id: int, *, name_given: bool = True) -> SqliteStorage:
+        """Open (or create) the store in data_dir for this cluster and node, or refuse with StorageError.
+
+        name_given=False: the name was derived from the map's addresses, so a directory created under
+        another derived name (an address changed since) is this cluster's still, and keeps its name.
+        """
         data_dir = Path(data_dir)
         db = data_dir / DB_NAME
         try:
@@ -62,7 +69,7 @@ class SqliteStorage:
             raise StorageError(f"{db}: cannot create the data directory: {e.strerror or e}") from e
         lock_fd = _take_lock(data_dir, db)
         try:
-            is_new = not db.exists() or _inspect(db, cluster, node_id)
+            is_new = not db.exists() or _inspect(db, cluster if name_given else None, node_id)
             conn = _connect(db)
             try:
                 if is_new:
@@ -200,6 +207,23 @@ class SqliteStorage:
             if path != keep:
                 path.unlink(missing_ok=True)
 
+    def record_cluster_id(self, cluster_id: str) -> None:
+        """Keep the cluster's id (raftd.identity) for good; durable when this returns."""
+        with self._mutex:
+            conn = self._open_conn()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('cluster_id', ?)", (cluster_id,)
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise StorageError(f"{self.path}: cannot save the cluster id: {e}") from e
+            self.cluster_id = cluster_id
+
     def load_snapshot(self) -> Snapshot | None:
         """The stored snapshot alone: what a leader streams to a follower that is too far behind."""
         with self._mutex:
@@ -298,7 +322,7 @@ def _take_lock(data_dir: Path, db: Path) -> int:
     return fd
 
 
-def _inspect(db: Path, cluster: str, node_id: int) -> bool:
+def _inspect(db: Path, cluster: str | None, node_id: int) -> bool:
     """Validate an existing file through a read-only connection, so refusing it cannot change it.
 
     Returns True when the file holds no tables at all (a crash during creation): it is created afresh.
@@ -323,7 +347,8 @@ def _inspect(db: Path, cluster: str, node_id: int) -> bool:
     return is_new
 
 
-def _check(conn: sqlite3.Connection, db: Path, cluster: str, node_id: int) -> tuple[str | None, bool]:
+def _check(conn: sqlite3.Connection, db: Path, cluster: str | None, node_id: int) -> tuple[str | None, bool]:
+    """cluster=None: any cluster name will do (see SqliteStorage.open); the node id must match."""
     result = conn.execute("PRAGMA quick_check").fetchall()
     if result != [("ok",)]:
         return f"{db}: the database is corrupt: {result[0][0]}", False
@@ -340,10 +365,13 @@ def _check(conn: sqlite3.Connection, db: Path, cluster: str, node_id: int) -> tu
         return f"{db}: written by a newer raftd (schema {version}; this one reads {SCHEMA_VERSION})", False
     if version != SCHEMA_VERSION:
         return f"{db}: unknown schema version {version} (this raftd reads {SCHEMA_VERSION})", False
-    if (meta.get("cluster"), meta.get("node_id")) != (cluster, node_id):
+    stored = meta.get("cluster")
+    if not isinstance(stored, str):
+        return f"{db}: not a raftd database (no cluster name)", False
+    if (stored, meta.get("node_id")) != (cluster or stored, node_id):
         return (
-            f"{db}: belongs to cluster {meta.get('cluster')!r} node {meta.get('node_id')}, "
-            f"not cluster {cluster!r} node {node_id}"
+            f"{db}: belongs to cluster {stored!r} node {meta.get('node_id')}, "
+            f"not cluster {cluster or stored!r} node {node_id}"
         ), False
     return None, False
 

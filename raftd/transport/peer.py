@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from raftd.core import Message, MsgType, Snapshot
+from raftd.identity import Identity
 from raftd.pb import peer_pb2 as pb
 from raftd.pb import peer_pb2_grpc
 from raftd.pipe import details_of
@@ -47,10 +48,12 @@ CHANNEL_OPTIONS = [
 
 
 class PeerClient:
-    def __init__(self, peer: int, address: str, cluster: str, on_unreachable: Callable[[int], None]) -> None:
+    def __init__(
+        self, peer: int, address: str, identity: Identity, on_unreachable: Callable[[int], None]
+    ) -> None:
         self.peer = peer
         self.address = address
-        self.cluster = cluster
+        self.identity = identity  # read at each write: the cluster id is learnt while running
         self.on_unreachable = on_unreachable
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
@@ -87,7 +90,9 @@ class PeerClient:
             try:
                 while True:
                     request = pb.MessageBatch(
-                        cluster=self.cluster, messages=[message_to_pb(m) for m in batch]
+                        cluster=self.identity.name,
+                        cluster_id=self.identity.id,
+                        messages=[message_to_pb(m) for m in batch],
                     )
                     self._writing_since = loop.time()
                     if self._watchdog is None:
@@ -110,7 +115,10 @@ class PeerClient:
                 if self.reachable:
                     # The config's address, and one line: a gRPC error's repr spans a dozen.
                     why = details_of(e) if isinstance(e, grpc.RpcError) else type(e).__name__
-                    log.debug("Peer at %s unreachable: %s", self.address, why)
+                    if isinstance(e, grpc.RpcError) and e.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                        log.warning("Peer at %s refuses our traffic: %s", self.address, why)
+                    else:
+                        log.debug("Peer at %s unreachable: %s", self.address, why)
                 self.reachable = False
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)
@@ -147,7 +155,9 @@ class PeerClient:
         header = message_to_pb(Message(m.type, m.to, m.frm, m.term, snapshot=Snapshot(m.snapshot.meta)))
 
         async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
-            yield pb.SnapshotChunk(cluster=self.cluster, header=header, total_size=len(data))
+            yield pb.SnapshotChunk(
+                cluster=self.identity.name, cluster_id=self.identity.id, header=header, total_size=len(data)
+            )
             view = memoryview(data)
             for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
                 yield pb.SnapshotChunk(data=bytes(view[start : start + SNAPSHOT_CHUNK_BYTES]))

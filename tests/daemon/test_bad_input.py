@@ -76,8 +76,9 @@ def test_malformed_cluster_map_exits_2_naming_file_and_line(
 # -- data directories ---------------------------------------------------------------------------------
 
 
-def test_data_dir_of_another_cluster_or_node_is_refused_untouched(tmp_path: Path) -> None:
-    """A data directory carries its cluster and node; using it elsewhere would mix two histories."""
+def test_data_dir_of_another_named_cluster_or_node_is_refused_untouched(tmp_path: Path) -> None:
+    """A data directory carries its cluster and node; using it elsewhere would mix two histories. (A map
+    without a name may change its addresses: tests/daemon/test_identity.py.)"""
     a = Cluster(tmp_path / "a", 1)
     try:
         a.start_all()
@@ -88,14 +89,6 @@ def test_data_dir_of_another_cluster_or_node_is_refused_untouched(tmp_path: Path
     data = a.data_dir(0)
     before = snapshot_dir(data)
     assert "raft.db" in before
-
-    b_map = tmp_path / "b.conf"
-    b_map.write_text(f"0 {HOST} {free_ports(1)[0]}\n")  # another address, so another cluster name
-    proc = run_raftd(["0", "--config", str(b_map), "--data-dir", str(data)], tmp_path)
-    assert proc.returncode not in (0, None)
-    msg = one_line_error(proc)
-    assert "raft.db" in msg and "belongs to cluster" in msg, msg
-    assert snapshot_dir(data) == before
 
     # The same cluster (its name spelled out), but another node's id on this directory; and the same node
     # id and address under another cluster name.
