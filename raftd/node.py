@@ -192,6 +192,8 @@ class RaftNode:
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
         self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
+        self._id_capable: set[int] = set()  # peers (core ids) that can apply a cluster id entry
+        self._id_proposed = 0  # the term in which this node last proposed a cluster id
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -672,8 +674,7 @@ class RaftNode:
             else:
                 log.info("Votes received")
                 log.info("I am a leader. Term: %d", term)
-                if not self.identity.id:
-                    self._propose_cluster_id()
+                self._maybe_propose_cluster_id()
         if soft.lead != prev.lead:
             # Reads in flight were tied to the old leader's confirmation round: fail them so clients retry.
             pending = [f for fs in self.read_wait.values() for f in fs]
@@ -689,9 +690,23 @@ class RaftNode:
         for callback in self.on_role_change:
             callback()
 
-    def _propose_cluster_id(self) -> None:
-        """A new cluster's first leader names it (raftd.identity). Should it lose leadership before the
-        entry commits, the next leader proposes again: the first such entry applied wins everywhere."""
+    def peer_knows_cluster_ids(self, core_id: int) -> None:
+        """A peer's traffic says it can apply a cluster id entry (MessageBatch.version >= 1)."""
+        if core_id in self._id_capable or core_id not in self.addresses:
+            return
+        self._id_capable.add(core_id)
+        self._maybe_propose_cluster_id()
+
+    def _maybe_propose_cluster_id(self) -> None:
+        """A new (or upgraded) cluster's leader names it (raftd.identity), once every peer has shown that
+        it can apply the entry: a node of the previous release would stop on it, so a rolling upgrade
+        commits the id only when its last node is upgraded. Should the leader lose leadership before the
+        entry commits, the next one proposes again: the first such entry applied wins everywhere."""
+        if self.identity.id or not self.is_leader() or self._id_proposed == self.raw.raft.term:
+            return
+        if any(p not in self._id_capable for p in self.addresses if p != self.id):
+            return
+        self._id_proposed = self.raw.raft.term
         try:
             fut = self.propose_nowait(Command(Op.CLUSTER_ID, b"", new_cluster_id().encode()))
         except (NotLeader, Unavailable):

@@ -63,6 +63,8 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                if batch.version >= 1 and messages:
+                    self.node.peer_knows_cluster_ids(messages[0].frm)
                 self.node.deliver(messages)
         return peer_pb2.StepResponse()
 

@@ -92,14 +92,16 @@ class Message(_message.Message):
     def __init__(self, type: _Optional[_Union[MsgType, str]] = ..., to: _Optional[int] = ..., term: _Optional[int] = ..., log_term: _Optional[int] = ..., index: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., **kwargs) -> None: ...
 
 class MessageBatch(_message.Message):
-    __slots__ = ("cluster", "messages", "cluster_id")
+    __slots__ = ("cluster", "messages", "cluster_id", "version")
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     cluster: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     cluster_id: str
-    def __init__(self, cluster: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, cluster: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ()

@@ -35,6 +35,7 @@ CLOSE_WAIT_S = 1.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+PROTOCOL_VERSION = 1  # MessageBatch.version
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -92,6 +93,7 @@ class PeerClient:
                     request = pb.MessageBatch(
                         cluster=self.identity.name,
                         cluster_id=self.identity.id,
+                        version=PROTOCOL_VERSION,
                         messages=[message_to_pb(m) for m in batch],
                     )
                     self._writing_since = loop.time()

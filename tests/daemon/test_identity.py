@@ -10,10 +10,12 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from raftd.pb import kv_pb2
 from raftd.testing.ports import free_ports
 
 from .cluster import Cluster, wait_until
@@ -100,29 +102,48 @@ def test_a_data_directory_of_another_cluster_with_the_same_map_is_refused(tmp_pa
         assert b.status(2).leader_id == -1
 
 
-def test_a_previous_release_data_directory_is_taken_over(tmp_path: Path) -> None:
-    """Directories written before cluster ids start, keep their data, and get the id from the log."""
+def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
+    """Directories written before cluster ids start, keep their data, and get an id from the log, but
+    only once no node of the previous release is left to stop on that entry: nodes are upgraded one at a
+    time while the cluster serves."""
     old_code = tmp_path / "previous-release"
     if not _export(PREVIOUS_RELEASE, old_code):
         if os.environ.get("CI"):
             pytest.fail(f"commit {PREVIOUS_RELEASE} is not in this clone (a shallow clone?)")
         pytest.skip(f"commit {PREVIOUS_RELEASE} (the previous release) is not in this clone's history")
-    with Cluster(tmp_path / "c", env={"PYTHONPATH": str(old_code)}) as old:
-        old.start_all()
-        old.put_retrying(0, "k", "before")
+    old_env = {"PYTHONPATH": str(old_code)}
+    with Cluster(tmp_path / "c", env=old_env) as c:
+        c.start_all()
+        c.put_retrying(0, "k", "before")
         for i in range(3):
-            assert old.terminate(i) == 0
-    for i in range(3):  # the old code's directories: a derived name, no id
-        meta = _meta(old.data_dir(i) / "raft.db")
-        assert meta["cluster"].startswith("c-") and "cluster_id" not in meta, meta
-    with Cluster(tmp_path / "c", ports=old.ports) as new:
-        new.start_all()
-        for i in range(3):
-            new.wait_value(i, "k", "before", local=True)
-        (cid,) = cluster_ids(new, [0, 1, 2])
+            assert c.terminate(i) == 0
+        for i in range(3):  # the old code's directories: a derived name, no id
+            meta = _meta(c.data_dir(i) / "raft.db")
+            assert meta["cluster"].startswith("c-") and "cluster_id" not in meta, meta
+
+        c.env = old_env
+        c.start(2)
+        c.env = {}
+        c.start(0)
+        c.start(1)
+        if c.wait_leader() == 2:  # an upgraded node must lead, or nobody would propose an id anyway
+            c.admin(2).TransferLeader(kv_pb2.TransferLeaderRequest(target_id=0), timeout=5)
+        assert c.wait_leader(exclude=2) in (0, 1)
+        c.put_retrying(0, "k", "during")
+        c.wait_value(2, "k", "during", local=True)
+        time.sleep(1.0)  # ten heartbeats: time enough for a leader to propose an id it should not
+        assert sorted(c.running()) == [0, 1, 2], c.dump_logs()
+        assert {c.status(i).cluster_id for i in (0, 1)} == {""}
+        assert "cluster_id" not in _meta(c.data_dir(2) / "raft.db")
+
+        assert c.terminate(2) == 0
+        c.start(2)
+        (cid,) = cluster_ids(c, [0, 1, 2])
         assert ID_RE.fullmatch(cid)
-        new.put_retrying(1, "k", "after")
-        new.wait_value(2, "k", "after", local=False)
+        for i in range(3):
+            c.wait_value(i, "k", "during", local=True)
+        c.put_retrying(1, "k", "after")
+        c.wait_value(2, "k", "after", local=False)
 
 
 def _meta(db: Path) -> dict[str, object]:
