@@ -116,7 +116,12 @@ class PeerClient:
                 stream.cancel()
                 if self.reachable:
                     # The config's address, and one line: a gRPC error's repr spans a dozen.
-                    why = details_of(e) if isinstance(e, grpc.RpcError) else type(e).__name__
+                    if isinstance(e, grpc.RpcError):
+                        why = details_of(e)
+                    elif isinstance(e, asyncio.CancelledError):
+                        why = f"a write took over {WRITE_DEADLINE_S:g}s"
+                    else:  # InvalidStateError: grpc.aio's write on a call that has ended
+                        why = "the stream to it ended"
                     if isinstance(e, grpc.RpcError) and e.code() is grpc.StatusCode.FAILED_PRECONDITION:
                         log.warning("Peer at %s refuses our traffic: %s", self.address, why)
                     else:

@@ -13,7 +13,7 @@ import pytest
 
 from raftd.cli import ENV
 
-from .cluster import HOST, free_ports, raftd_env, run_raftd, wait_until
+from .cluster import HOST, Cluster, free_ports, raftd_env, run_raftd, wait_until
 
 
 @pytest.fixture
@@ -116,3 +116,27 @@ def test_log_timestamps_on_request_and_the_original_lines_without(tmp_path: Path
             proc.terminate()
             proc.wait(timeout=30)
         assert re.fullmatch(pattern + r"127\.0\.0\.1:\d+", out.read_text().splitlines()[0]), out.read_text()
+
+
+def test_a_peer_that_goes_away_is_one_debug_line_naming_its_address(tmp_path: Path) -> None:
+    """Debug logs named core ids ("peer 3" for node 2) and dumped a gRPC error's dozen-line repr, or an
+    exception's bare type name (issue 17)."""
+    c = Cluster(tmp_path)
+    try:
+        for i in range(3):
+            c.start(i, "--log-level", "debug")
+        leader = c.wait_leader()
+        gone = c.followers(leader)[0]
+        since = c.log_size(leader)
+        c.kill(gone)
+        c.put_retrying(leader, "k", "v")
+        wanted = f"Peer at {c.address(gone)} unreachable: "
+
+        def line() -> str | None:
+            return next((x for x in c.log(leader, since).splitlines() if wanted in x), None)
+
+        text = wait_until("the leader's line", line)
+        assert not re.search(r"RpcError|InvalidStateError|\bpeer \d", text), text
+        assert "debug_error_string" not in c.log(leader, since)
+    finally:
+        c.close()
