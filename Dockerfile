@@ -4,6 +4,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+# deploy/build-image.sh removes this stage's image after the build (the classic builder keeps it, untagged).
+LABEL org.raftd.stage=build
 COPY . /src
 RUN python3 -m venv /opt/raftd \
     && if ls /src/deploy/wheelhouse/raftd-*.whl >/dev/null 2>&1; then \

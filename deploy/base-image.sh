@@ -13,7 +13,7 @@ if docker image inspect "$tag" >/dev/null 2>&1; then
 fi
 
 if ! command -v mmdebstrap >/dev/null 2>&1; then
-    echo "installing mmdebstrap from the host's package sources"
+    echo "installing mmdebstrap on this host (apt-get install mmdebstrap): it builds $tag from this host's package sources"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
 fi

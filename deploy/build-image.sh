@@ -35,8 +35,16 @@ mkdir -p deploy/wheelhouse
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     --dest deploy/wheelhouse deploy/wheelhouse/raftd-*.whl
 
-args=(--tag "$image")
+args=(--tag "$image" --rm --force-rm)
 [ -n "$base" ] && args+=(--build-arg "BASE_IMAGE=$base")
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 # The classic builder never pulls a FROM image that exists locally; BuildKit needs a plugin we may lack.
 DOCKER_BUILDKIT=0 docker build --quiet "${args[@]}" . >/dev/null
+# Leave nothing untagged behind: the build stage's image (with its layers), and the image the tag
+# named before, unless a container still uses it.
+docker image prune --force --filter label=org.raftd.stage=build >/dev/null
+current=$(docker image inspect --format '{{.Id}}' "$image")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || echo "the previous $image (${previous#sha256:}) is still in use; left in place"
+fi
 echo "built $image on ${base:-the default base}"

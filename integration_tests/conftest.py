@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,47 @@ def docker_engine() -> None:
     pytest.skip(f"container tests skipped: {problem}")
 
 
+def image_id(ref: str) -> str | None:
+    r = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def dangling() -> set[str]:
+    r = subprocess.run(
+        ["docker", "images", "--quiet", "--no-trunc", "--filter", "dangling=true"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(r.stdout.split())
+
+
+@dataclass(frozen=True)
+class Build:
+    previous: str | None  # what raftd:latest named before the build
+    current: str
+    output: str
+    left: set[str]  # untagged images that appeared during the build
+
+
 @pytest.fixture(scope="session")
-def image(docker_engine: None) -> str:
+def image_build(docker_engine: None) -> Build:
     """Build raftd:latest the way `make image` does (reusing any base image already there)."""
+    previous, before = image_id(IMAGE), dangling()
     r = subprocess.run(["deploy/build-image.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert r.returncode == 0, f"image build failed:\n{r.stdout}\n{r.stderr}"
+    current = image_id(IMAGE)
+    assert current is not None
+    return Build(previous, current, r.stdout, dangling() - before)
+
+
+@pytest.fixture(scope="session")
+def image(image_build: Build) -> str:
     return IMAGE
 
 
