@@ -92,7 +92,7 @@ class Bench:
 def seed_backup(path: Path, keys: int) -> None:
     data = {b"key%07d" % i: VALUE for i in range(keys)}
     image = encode(Image.of(data))
-    path.write_bytes(pack("bench", SnapshotMeta(keys, 1), image))
+    path.write_bytes(pack("bench", keys, 1, image))
 
 
 def restart_and_catch_up(root: Path, keys: int) -> dict[str, float]:

@@ -420,13 +420,12 @@ def snapshot_save(s: Settings, path: Path) -> None:
     except OSError as e:
         partial.unlink(missing_ok=True)
         fail(f"{path}: cannot write: {e.strerror or e}", EXIT_ERROR)
-    meta = backup.snapshot.meta
     s.emit(
-        f"Snapshot saved to {path} (index {meta.index}, term {meta.term}, {len(raw)} bytes)",
+        f"Snapshot saved to {path} (index {backup.index}, term {backup.term}, {len(raw)} bytes)",
         {
             "path": str(path),
-            "index": meta.index,
-            "term": meta.term,
+            "index": backup.index,
+            "term": backup.term,
             "bytes": len(raw),
             "cluster": backup.cluster,
         },

@@ -2,6 +2,8 @@
 
 Layout: b"RAFTDBAK", u32 little-endian header length, a JSON header {"format": 1, "cluster", "index",
 "term"}, then the state image (raftd.kv.image, itself checksummed).
+
+The format alone: raftctl reads it without the node's core or storage (raftd.restore seeds a node).
 """
 
 from __future__ import annotations
@@ -9,11 +11,8 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
-from raftd.core import HardState, Snapshot, SnapshotMeta
-from raftd.kv import ImageError, verify
-from raftd.storage import SqliteStorage
+from raftd.kv.image import ImageError, verify
 
 MAGIC = b"RAFTDBAK"
 FORMAT = 1
@@ -27,13 +26,13 @@ class BackupError(Exception):
 @dataclass(frozen=True)
 class Backup:
     cluster: str  # the cluster it was taken from (informational: restoring seeds a new cluster)
-    snapshot: Snapshot
+    index: int  # the last log entry the image holds, and its term
+    term: int
+    image: bytes
 
 
-def pack(cluster: str, meta: SnapshotMeta, image: bytes) -> bytes:
-    header = json.dumps(
-        {"format": FORMAT, "cluster": cluster, "index": meta.index, "term": meta.term}
-    ).encode()
+def pack(cluster: str, index: int, term: int, image: bytes) -> bytes:
+    header = json.dumps({"format": FORMAT, "cluster": cluster, "index": index, "term": term}).encode()
     return MAGIC + _LEN.pack(len(header)) + header + image
 
 
@@ -56,25 +55,4 @@ def unpack(raw: bytes, source: str = "backup") -> Backup:
         verify(image)
     except ImageError as e:
         raise BackupError(f"{source}: {e}") from None
-    return Backup(str(cluster), Snapshot(SnapshotMeta(index, term), image))
-
-
-def restore(path: Path, data_dir: Path, cluster: str, node_id: int) -> Backup:
-    """Seed an empty data directory from a backup file; refuses a directory that already holds state."""
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise BackupError(f"{path}: cannot read: {e.strerror or e}") from None
-    backup = unpack(raw, str(path))
-    storage = SqliteStorage.open(data_dir, cluster, node_id)
-    try:
-        state = storage.load()
-        if state.hard_state != HardState() or state.entries or state.snapshot is not None:
-            raise BackupError(
-                f"{data_dir}: already holds Raft state; --restore needs an empty data directory"
-            )
-        meta = backup.snapshot.meta
-        storage.save(HardState(meta.term, 0, meta.index), [], backup.snapshot)
-    finally:
-        storage.close()
-    return backup
+    return Backup(str(cluster), index, term, image)

@@ -18,7 +18,7 @@ os.environ.setdefault("GRPC_EXPERIMENTS", POLL_ENGINE)  # raftd/grpcenv.py
 import click
 
 from raftd import logs, malloc
-from raftd.backup import BackupError, restore
+from raftd.backup import BackupError
 from raftd.config import (
     DEFAULT_ELECTION_TIMEOUT_MS,
     DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -27,6 +27,7 @@ from raftd.config import (
     load_cluster,
 )
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
+from raftd.restore import restore
 from raftd.server import StartupError, serve
 from raftd.storage import StorageError
 
@@ -190,8 +191,7 @@ def node(
     try:
         if restore_path is not None:
             backup = restore(restore_path, data, cluster.name, node_id)
-            meta = backup.snapshot.meta
-            click.echo(f"Restored {restore_path} (index {meta.index}, term {meta.term}) into {data}")
+            click.echo(f"Restored {restore_path} (index {backup.index}, term {backup.term}) into {data}")
         asyncio.run(serve(cluster, node_id, data, listen, snapshot_entries))
     except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)

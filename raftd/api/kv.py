@@ -145,7 +145,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             meta, image = await on_node(context, node.backup())
         except RequestFailed as e:
             await context.abort(e.code, e.message)
-        raw = pack(node.cluster.name, meta, image)
+        raw = pack(node.identity.name, meta.index, meta.term, image)
         for start in range(0, len(raw), BACKUP_CHUNK_BYTES):
             yield pb.BackupChunk(data=raw[start : start + BACKUP_CHUNK_BYTES])
 
