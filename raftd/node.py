@@ -2,10 +2,11 @@
 
 Only this loop touches the Raft core and the state machine; gRPC handlers hand it work through lists and
 futures and wake it with an event. A Ready is saved on the loop's own thread: handing each save to a
-worker thread and back cost more CPU and latency than the fsync it waits for (measured). Whatever arrives
-during one save waits in gRPC and is taken into the next Ready together (group commit). Snapshots, the
-compaction after them and loading are large, so they run on the disk thread; while it is busy, Readies
-are saved there too, queued behind it, so the loop never stalls on the storage's lock.
+worker thread and back cost more CPU and latency than the fsync it waits for
+(docs/performance-history.md). Whatever arrives during one save waits in gRPC and is taken into the next
+Ready together (group commit). Snapshots, the compaction after them and loading are large, so they run
+on the disk thread; while it is busy, Readies are saved there too, queued behind it, so the loop never
+stalls on the storage's lock.
 """
 
 from __future__ import annotations
@@ -292,8 +293,8 @@ class RaftNode:
 
         Under load the loop wakes for input hundreds of times per tick, and a gathering's end moves with
         every call. A fresh timer per wake, cancelled at once, left thousands of dead entries in the event
-        loop's timer heap, and every push into it paid for them (about 3 % of a leader's CPU per write,
-        measured). Ringing early costs one turn of the loop, which then arms for the new time.
+        loop's timer heap, and every push into it paid for them (docs/performance-history.md). Ringing
+        early costs one turn of the loop, which then arms for the new time.
         """
         if self._alarm is not None:
             # No later than asked, but for float rounding (ticked_at moves by a tick at a time): 0.1 ms.
@@ -583,8 +584,8 @@ class RaftNode:
         thread, and the loop goes on taking requests meanwhile, to share the next save.
 
         grpc.aio accepts one new call, and reads one message of a stream, per turn of the event loop, so a
-        save that blocks the loop caps those at one per fsync: 64 concurrent unary writers made about 1,000
-        writes/s, each save carrying one. A lone client's write is saved on the loop, which is cheaper.
+        save that blocks the loop caps those at one per fsync, each save carrying one write
+        (docs/performance-history.md, issue 16). A lone client's write is saved on the loop, which is cheaper.
         """
         return self.unary_calls > 1 or len(self.waiting) > len(rd.entries)
 
