@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
+
 from raftd import malloc, testhooks
 from raftd.config import ClusterConfig, NodeAddr
 from raftd.core import (
@@ -129,6 +131,24 @@ def from_core(core_id: int) -> int:
 def _settle(future: asyncio.Future[Result], result: Result) -> None:
     if not future.done():
         future.set_result(result)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the services may know of the node: its own view, in config ids."""
+
+    id: int
+    address: str
+    role: str  # follower, pre-candidate, candidate, leader, or suspended
+    term: int
+    leader_id: int  # -1: none known
+    commit_index: int
+    applied_index: int
+    last_log_index: int
+    suspended: bool
+    peers: tuple[tuple[int, str, int], ...]  # (id, address, match index; 0 unless this node leads)
+    cluster: str
+    cluster_id: str
 
 
 @dataclass
@@ -241,7 +261,7 @@ class RaftNode:
                 client = PeerClient(peer_id, addr.address, self.identity, self._report_unreachable)
                 client.start()
                 self.peers[peer_id] = client
-        log.info("I am a follower. Term: %d", self.raw.raft.term)
+        log.info("I am a follower. Term: %d", self.raw.term)
         self.wake.set()  # apply the stored log at once, not at the first tick or message
         loop = asyncio.get_running_loop()
         # Time is counted from ticked_at in whole ticks, but the loop only wakes for a tick when the core
@@ -371,7 +391,7 @@ class RaftNode:
                     if not p.future.done():
                         p.future.set_exception(error)
             else:
-                term = self.raw.raft.term
+                term = self.raw.term
                 for k, p in enumerate(batch):
                     self.waiting[first + k] = (term, p.future)
         if self._reads_due():
@@ -498,14 +518,14 @@ class RaftNode:
         try:
             index = self.kv.applied
             covered = self.log_bytes
-            term = self.raw.raft.log.term(index)
+            term = self.raw.log_term(index)
             assert term is not None
             meta = SnapshotMeta(index, term)
             # Encoded straight into its file beside the database, so the image is never held whole in
             # memory (about 40 MB at a million keys) and Readies keep being saved meanwhile.
             write = functools.partial(encode_to, self.kv.image())
             size = await loop.run_in_executor(self._cpu, self.storage.stage_image, meta, write)
-            stale = index <= self.snapshot_index or self.raw.raft.log.applied < index
+            stale = index <= self.snapshot_index or self.raw.applied < index
             if self.suspended or self.stopping or stale:
                 return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
             await self._on_disk(self.storage.save, None, [], meta)
@@ -656,7 +676,7 @@ class RaftNode:
 
     def _on_soft_state(self, soft: SoftState) -> None:
         prev, self._soft = self._soft, soft
-        term = self.raw.raft.term
+        term = self.raw.term
         if prev.role is Role.LEADER and soft.role is not Role.LEADER and self.waiting:
             # A write in our log may yet be committed by the next leader, or overwritten: say so now rather
             # than at the caller's deadline, so that it can retry (with its session) or read.
@@ -703,11 +723,11 @@ class RaftNode:
         it can apply the entry: a node of the previous release would stop on it, so a rolling upgrade
         commits the id only when its last node is upgraded. Should the leader lose leadership before the
         entry commits, the next one proposes again: the first such entry applied wins everywhere."""
-        if self.identity.id or not self.is_leader() or self._id_proposed == self.raw.raft.term:
+        if self.identity.id or not self.is_leader() or self._id_proposed == self.raw.term:
             return
         if any(p not in self._id_capable for p in self.addresses if p != self.id):
             return
-        self._id_proposed = self.raw.raft.term
+        self._id_proposed = self.raw.term
         try:
             fut = self.propose_nowait(Command(Op.CLUSTER_ID, b"", new_cluster_id().encode()))
         except (NotLeader, Unavailable):
@@ -758,7 +778,7 @@ class RaftNode:
         self._boot(*loaded)
         self.suspended = False
         self.wake.set()  # apply the stored log at once, not at the first tick or message
-        log.info("I am a follower. Term: %d", self.raw.raft.term)
+        log.info("I am a follower. Term: %d", self.raw.term)
         for callback in self.on_role_change:
             callback()
 
@@ -790,14 +810,47 @@ class RaftNode:
                 f.set_exception(error)
 
     # -- the API used by the gRPC services ----------------------------------------------------------
+    # They see config ids only (the core's +1 mapping stays here) and never reach into the core.
+    def status(self) -> NodeStatus:
+        st = self.raw.status()
+        return NodeStatus(
+            id=self.me.id,
+            address=self.me.address,
+            role="suspended" if self.suspended else st.role.value,
+            term=st.term,
+            leader_id=from_core(st.lead) if st.lead != NONE and not self.suspended else -1,
+            commit_index=st.commit,
+            applied_index=self.kv.applied,
+            last_log_index=st.last_index,
+            suspended=self.suspended,
+            peers=tuple(
+                (addr.id, addr.address, st.match.get(core_id, 0))
+                for core_id, addr in sorted(self.addresses.items())
+            ),
+            cluster=self.identity.name,
+            cluster_id=self.identity.id,
+        )
+
+    @property
+    def term(self) -> int:
+        return self.raw.term
+
+    def member(self, node_id: int) -> NodeAddr | None:
+        """The cluster map's entry for node_id; None when the cluster has no such node."""
+        return self.addresses.get(to_core(node_id))
+
+    def channel_to(self, node_id: int) -> grpc.aio.Channel:
+        """The long-lived channel to another node, which client calls forwarded to it share."""
+        return self.peers[to_core(node_id)].channel
+
     def leader(self) -> NodeAddr | None:
         if self.suspended or self.stopping:
             return None
-        lead = self.raw.raft.lead
+        lead = self.raw.lead
         return self.addresses[lead] if lead != NONE else None
 
     def is_leader(self) -> bool:
-        return not self.suspended and self.raw.raft.role is Role.LEADER
+        return not self.suspended and self.raw.role is Role.LEADER
 
     def _check_serving(self) -> None:
         if self.suspended or self.suspend_request is not None:
@@ -884,7 +937,7 @@ class RaftNode:
         is in it. Encoded off the loop, like a snapshot."""
         await self.read_barrier()
         index = self.kv.applied
-        term = self.raw.raft.log.term(index)
+        term = self.raw.log_term(index)
         if term is None:
             raise Unavailable("the log moved on while the backup was taken; retry")
         image = self.kv.image()

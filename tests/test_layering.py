@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 DAEMON_INSIDES = ("raftd.core", "raftd.storage", "raftd.node", "raftd.server", "raftd.api")
 
@@ -15,3 +17,35 @@ def test_raftctl_imports_none_of_the_daemons_insides() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_services_use_the_nodes_public_surface_only() -> None:
+    """Issue 18: the services reached into the driver (node.raw.raft.term, node.raw.status(),
+    node.kv.applied, node.peers[to_core(id)].channel), so the +1 id mapping leaked into api/."""
+    insides = re.compile(
+        r"\bnode\.(raw|kv|peers|addresses|inbox|proposals|waiting)\b|\b(to_core|from_core)\b"
+    )
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in [*sorted((ROOT / "raftd" / "api").glob("*.py")), ROOT / "raftd" / "server.py"]
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if insides.search(line)
+    ]
+    assert found == []
+
+
+def test_only_the_core_and_the_simulator_read_the_raft_state_machine() -> None:
+    """raw.raft is the core's own; the driver reads the core through RawNode. (The simulator's checkers
+    inspect a node's log and progress, which no public surface should offer.)"""
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "raftd").rglob("*.py"))
+        if not path.is_relative_to(ROOT / "raftd" / "core")
+        and not path.is_relative_to(ROOT / "raftd" / "sim")
+        for n, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r"\braw\.raft\b", line)
+    ]
+    assert found == []

@@ -18,7 +18,7 @@ import grpc
 
 from raftd.config import NodeAddr
 from raftd.kv import Command, Op
-from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable, to_core
+from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import (
@@ -205,7 +205,7 @@ class Forwarder:
         pipe = self.pipes.get(leader.id)
         if pipe is None:
             await self._close_idle()  # streams to former leaders
-            channel = self.node.peers[to_core(leader.id)].channel
+            channel = self.node.channel_to(leader.id)
             pipe = self.pipes[leader.id] = Pipe(kv_pb2_grpc.KVStub(channel), self.node.gather_delay)
         try:
             return await pipe.request(request, timeout)
@@ -310,7 +310,7 @@ async def on_leader(
         except NotLeader as e:
             if e.leader is None or was_forwarded(context):
                 raise
-            channel = node.peers[to_core(e.leader.id)].channel
+            channel = node.channel_to(e.leader.id)
             return await forward(channel, time_left(context))
     except grpc.aio.AioRpcError as err:
         if never_connected(err.details() or ""):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from raftd.backup import pack
-from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable, from_core, to_core
+from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 
@@ -90,29 +90,24 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         leader = self.node.leader()
         if leader is None:
             return pb.GetLeaderResponse(leader_id=-1)
-        return pb.GetLeaderResponse(leader_id=leader.id, address=leader.address, term=self.node.raw.raft.term)
+        return pb.GetLeaderResponse(leader_id=leader.id, address=leader.address, term=self.node.term)
 
     @grpc_errors
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
-        node = self.node
-        st = node.raw.status()
-        peers = [
-            pb.PeerStatus(id=addr.id, address=addr.address, match_index=st.match.get(core_id, 0))
-            for core_id, addr in sorted(node.addresses.items())
-        ]
+        st = self.node.status()
         return pb.StatusResponse(
-            id=node.me.id,
-            address=node.me.address,
-            role="suspended" if node.suspended else st.role.value,
+            id=st.id,
+            address=st.address,
+            role=st.role,
             term=st.term,
-            leader_id=from_core(st.lead) if st.lead and not node.suspended else -1,
-            commit_index=st.commit,
-            applied_index=node.kv.applied,
-            last_log_index=st.last_index,
-            peers=peers,
-            cluster=node.identity.name,
-            cluster_id=node.identity.id,
-            suspended=node.suspended,
+            leader_id=st.leader_id,
+            commit_index=st.commit_index,
+            applied_index=st.applied_index,
+            last_log_index=st.last_log_index,
+            peers=[pb.PeerStatus(id=i, address=a, match_index=m) for i, a, m in st.peers],
+            cluster=st.cluster,
+            cluster_id=st.cluster_id,
+            suspended=st.suspended,
         )
 
     @grpc_errors
@@ -134,7 +129,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         if not node.is_leader():
             if was_forwarded(context):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
-            stub = kv_pb2_grpc.AdminStub(node.peers[to_core(leader.id)].channel)
+            stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
             try:
                 async for chunk in stub.Backup(request, timeout=time_left(context), metadata=FORWARDED):
                     yield chunk
@@ -154,16 +149,14 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
     ) -> pb.TransferLeaderResponse:
         target = request.target_id
-        if all(n.id != target for n in self.node.cluster.nodes):
+        if self.node.member(target) is None:
             raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"no node {target} in the cluster")
 
         async def local() -> pb.TransferLeaderResponse:
             leader_id = await self.node.transfer_leader(target)
-            return pb.TransferLeaderResponse(
-                leader_id=leader_id,
-                address=self.node.addresses[to_core(leader_id)].address,
-                term=self.node.raw.raft.term,
-            )
+            leader = self.node.member(leader_id)
+            address = leader.address if leader is not None else ""
+            return pb.TransferLeaderResponse(leader_id=leader_id, address=address, term=self.node.term)
 
         async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.TransferLeaderResponse:
             stub = kv_pb2_grpc.AdminStub(channel)

@@ -169,3 +169,24 @@ class RawNode:
     @property
     def soft_state(self) -> SoftState:
         return self.raft.soft_state()
+
+    # Cheap reads for the driver's hot paths, where status() would copy the leader's match map.
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def lead(self) -> int:
+        return self.raft.lead
+
+    @property
+    def role(self) -> Role:
+        return self.raft.role
+
+    @property
+    def applied(self) -> int:
+        return self.raft.log.applied
+
+    def log_term(self, index: int) -> int | None:
+        """The term of the entry at index, or None when the log no longer (or does not yet) hold it."""
+        return self.raft.log.term(index)
