@@ -210,7 +210,7 @@ class AsyncClient(_Routing):
                 details = details_of(e)
                 last_error = f"{target}: {details}"
                 self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
-                if self._note_failure(target, details, failed):
+                if self._note_failure(target, e, failed):
                     continue
             backoff = await self._sleep(backoff, deadline, what, last_error, maybe_applied)
 

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, RequestError, details_of, never_connected
+from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, RequestError, details_of, never_connected
 
 T = TypeVar("T")
 
@@ -174,10 +174,10 @@ class _Routing:
         if not self.pin:
             self._next = (self._next + 1) % len(self.endpoints)
 
-    def _note_failure(self, target: str, details: str, failed: set[str]) -> bool:
+    def _note_failure(self, target: str, e: grpc.RpcError, failed: set[str]) -> bool:
         """Record a retryable failure at target; True when an error named a fresh leader to try at once."""
         failed.add(target)  # addresses that failed during this call: their hints are not followed
-        hint = None if self.pin else _hint(details)
+        hint = None if self.pin else leader_hint(e)
         if target == self._leader:
             self._leader = None
         elif not self.pin and target == self.endpoints[self._next]:
@@ -444,7 +444,7 @@ class Client(_Routing):
                 details = details_of(e)
                 last_error = f"{target}: {details}"
                 self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
-                if self._note_failure(target, details, failed):
+                if self._note_failure(target, e, failed):
                     continue  # a fresh lead: follow it at once
             backoff = self._sleep(backoff, deadline, what, last_error, maybe_applied)
 
@@ -476,16 +476,27 @@ class Client(_Routing):
         return min(backoff * 2, BACKOFF_MAX_S)
 
 
+def _trailer(e: grpc.RpcError, name: str) -> str | None:
+    trailing = getattr(e, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
 def outcome_of(e: grpc.RpcError) -> str | None:
     """What a node said of a failed write ("not-applied" / "unknown"), None when it said nothing."""
     if isinstance(e, RequestError):
         return e.outcome
-    trailing = getattr(e, "trailing_metadata", None)
-    metadata = trailing() if callable(trailing) else None
-    for key, value in metadata or ():
-        if key == OUTCOME_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return None
+    return _trailer(e, OUTCOME_KEY)
+
+
+def leader_hint(e: grpc.RpcError) -> str | None:
+    """The leader's HOST:PORT a node named when it refused for not leading: from the trailer (or a stream
+    answer's Error.leader), else, from a node older than those, from its message."""
+    named = e.leader if isinstance(e, RequestError) else _trailer(e, LEADER_KEY)
+    return named or _hint(details_of(e))
 
 
 def may_have_applied(e: grpc.RpcError) -> bool:
@@ -498,7 +509,7 @@ def may_have_applied(e: grpc.RpcError) -> bool:
     if e.code() != grpc.StatusCode.UNAVAILABLE:
         return True
     details = details_of(e)
-    refused = _hint(details) is not None or details.startswith("no leader known")
+    refused = leader_hint(e) is not None or details.startswith("no leader known")
     return not (refused or never_connected(details))
 
 

@@ -22,6 +22,9 @@ from raftd.pb import kv_pb2_grpc
 
 # Trailing metadata of a failed unary write, and what a streamed Error's outcome field says, in text.
 OUTCOME_KEY = "raftd-outcome"
+# A unary call refused by a node that does not lead names the leader's HOST:PORT in this trailer (a stream
+# answer in Error.leader); the message says it for humans.
+LEADER_KEY = "raftd-leader"
 Outcome = Literal["not-applied", "unknown"]
 NOT_APPLIED: Outcome = "not-applied"
 UNKNOWN: Outcome = "unknown"
@@ -36,11 +39,14 @@ class RequestError(grpc.RpcError):
     """One request's failure on the stream, shaped like a failed unary call (code(), details()), so that
     retry loops treat both alike; outcome is NOT_APPLIED, UNKNOWN or None (a read, or an older node)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, outcome: Outcome | None = None) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, outcome: Outcome | None = None, leader: str = ""
+    ) -> None:
         super().__init__(details)
         self._code = code
         self._details = details
         self.outcome = outcome
+        self.leader = leader  # Error.leader: "" unless the node refused for not leading
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -107,6 +113,7 @@ class Pipe:
                 _STATUS_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN),
                 error.message,
                 OUTCOME_NAMES.get(error.outcome),
+                error.leader,
             )
         return response
 

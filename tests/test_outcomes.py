@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftctl.client import Client, may_have_applied
+from raftctl.client import Client, leader_hint, may_have_applied
 from raftctl.client import OutcomeUnknown as ClientOutcomeUnknown
 from raftctl.client import Unavailable as ClientUnavailable
 from raftd.api import common
@@ -22,7 +22,7 @@ from raftd.core import Entry, Message, MsgType
 from raftd.kv import Command, Op, Result
 from raftd.node import OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
-from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
+from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from raftd.testing.ports import free_ports
 from tests.nodes import leader, release_node
 from tests.test_pipe import _AnsweringCall, _BreakingCall, _FakeCall, _FakeStub
@@ -316,6 +316,24 @@ def test_which_failed_attempts_may_have_applied(error: grpc.RpcError, maybe: boo
     assert may_have_applied(error) is maybe
 
 
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (_Failed(U, "refused", ((OUTCOME_KEY, NOT_APPLIED), (LEADER_KEY, "10.0.0.1:5"))), "10.0.0.1:5"),
+        (_Failed(U, "not the leader; try 127.0.0.1:1"), "127.0.0.1:1"),  # an older node: its message
+        (RequestError(U, "refused", NOT_APPLIED, "10.0.0.2:6"), "10.0.0.2:6"),
+        (RequestError(U, "not the leader; try 127.0.0.1:2", NOT_APPLIED), "127.0.0.1:2"),
+        (_Failed(U, "no leader known; retry shortly"), None),
+    ],
+)
+def test_the_leader_hint_is_read_from_the_trailer_or_the_error_before_the_message(
+    error: grpc.RpcError, hint: str | None
+) -> None:
+    """Issue 18: the hint was a string that a regex parsed back; a message may now change wording."""
+    assert leader_hint(error) == hint
+    assert may_have_applied(error) is False
+
+
 class _NodeOf:
     """Just what Forwarder reads of a node."""
 
@@ -367,6 +385,8 @@ def test_a_forward_to_a_leader_without_streams_is_refused_with_its_address() -> 
         assert (
             failed.value.outcome == NOT_APPLIED and failed.value.message == "not the leader; try 127.0.0.1:7"
         )
+        assert failed.value.leader == "127.0.0.1:7"
+        assert failed.value.trailers() == ((OUTCOME_KEY, NOT_APPLIED), (LEADER_KEY, "127.0.0.1:7"))
         await forwarder.close()
 
     asyncio.run(main())

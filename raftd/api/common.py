@@ -22,6 +22,7 @@ from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import (
+    LEADER_KEY,
     NOT_APPLIED,
     OUTCOME_KEY,
     OUTCOME_VALUES,
@@ -48,18 +49,22 @@ class RequestFailed(Exception):
     """A request that ends in a gRPC status; raised anywhere below a handler, turned into abort() once.
     outcome (NOT_APPLIED or UNKNOWN) is set on a write's failure."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None, leader: str = ""
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.outcome = outcome
+        self.leader = leader  # the leader's HOST:PORT, for a refusal for not leading
 
     def to_pb(self) -> pb.Error:
         outcome = OUTCOME_VALUES[self.outcome] if self.outcome else pb.OUTCOME_UNSPECIFIED
-        return pb.Error(code=self.code.value[0], message=self.message, outcome=outcome)
+        return pb.Error(code=self.code.value[0], message=self.message, outcome=outcome, leader=self.leader)
 
     def trailers(self) -> tuple[tuple[str, str], ...]:
-        return ((OUTCOME_KEY, self.outcome),) if self.outcome is not None else ()
+        outcome = ((OUTCOME_KEY, self.outcome),) if self.outcome is not None else ()
+        return outcome + (((LEADER_KEY, self.leader),) if self.leader else ())
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -155,10 +160,13 @@ def delete_command(request: pb.DeleteRequest) -> Command:
 
 
 def not_leader(leader: NodeAddr | None) -> RequestFailed:
-    """A write refused here: the client follows the hint (raftctl.client parses this exact form)."""
+    """A write refused here: the client follows the leader named in the trailer or Error.leader (clients
+    before those parse the message's exact form)."""
     if leader is None:
         return RequestFailed(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly", NOT_APPLIED)
-    return RequestFailed(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}", NOT_APPLIED)
+    return RequestFailed(
+        grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}", NOT_APPLIED, leader.address
+    )
 
 
 def failure(e: BaseException, *, write: bool) -> RequestFailed:
@@ -166,11 +174,12 @@ def failure(e: BaseException, *, write: bool) -> RequestFailed:
     OutcomeUnknown, a deadline and anything unexpected may have; NotLeader, Unavailable and a refusal with
     no outcome of its own (invalid input) were refused before proposing. A read has no effect, so its
     failure carries no outcome."""
+    leader = ""
     if isinstance(e, RequestFailed):
-        code, message, outcome = e.code, e.message, e.outcome or NOT_APPLIED
+        code, message, outcome, leader = e.code, e.message, e.outcome or NOT_APPLIED, e.leader
     elif isinstance(e, NotLeader):
         hinted = not_leader(e.leader)
-        code, message, outcome = hinted.code, hinted.message, NOT_APPLIED
+        code, message, outcome, leader = hinted.code, hinted.message, NOT_APPLIED, hinted.leader
     elif isinstance(e, OutcomeUnknown):
         code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(e), UNKNOWN
     elif isinstance(e, Unavailable):
@@ -182,10 +191,10 @@ def failure(e: BaseException, *, write: bool) -> RequestFailed:
     else:
         code, message, outcome = grpc.StatusCode.INTERNAL, str(e) or type(e).__name__, UNKNOWN
     if not write:
-        return RequestFailed(code, message)
+        return RequestFailed(code, message, leader=leader)
     if outcome == UNKNOWN and "may have applied" not in message:
         message += "; the write may have applied"
-    return RequestFailed(code, message, outcome)
+    return RequestFailed(code, message, outcome, leader)
 
 
 class Forwarder:
@@ -216,7 +225,7 @@ class Forwarder:
                 raise RequestFailed(
                     e.code(), f"the leader at {leader.address} is unreachable", NOT_APPLIED
                 ) from None
-            raise RequestFailed(e.code(), e.details(), e.outcome or UNKNOWN) from None
+            raise RequestFailed(e.code(), e.details(), e.outcome or UNKNOWN, e.leader) from None
         except NoStream:
             # A leader older than KV.Stream: nothing was sent, so the caller may take the hint and go there.
             raise not_leader(leader) from None

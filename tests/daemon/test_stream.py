@@ -136,8 +136,8 @@ def test_a_follower_refuses_writes_with_the_leader_hint_and_serves_reads(cluster
         for rid in (1, 2):
             error = got[rid].error
             hint = f"not the leader; try {cluster.address(leader)}"
-            assert (error.code, error.message) == (UNAVAILABLE, hint)
-            assert _hint(error.message) == cluster.address(leader), "the form the client follows"
+            assert (error.code, error.message, error.leader) == (UNAVAILABLE, hint, cluster.address(leader))
+            assert _hint(error.message) == cluster.address(leader), "the form older clients follow"
         assert got[3].get.found and got[3].get.value == b"v", "a linearizable read is served by a follower"
         await s.end()
 

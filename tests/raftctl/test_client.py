@@ -33,6 +33,7 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
         self.writes: list[tuple[str, int]] = []  # (client_id, seq) of every Put/Delete that arrived
         self.data: dict[bytes, bytes] = {}
         self.leader: tuple[int, str] | None = None
+        self.leader_trailer = ""  # sent as raftd-leader with every failure when set
         self.lock = threading.Lock()
         self.server = grpc.server(ThreadPoolExecutor(4))
         kv_pb2_grpc.add_KVServicer_to_server(self, self.server)
@@ -44,8 +45,10 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
         with self.lock:
             failure = self.always or (self.failures.pop(0) if self.failures else None)
         if failure is not None:
-            if len(failure) == 3:
-                context.set_trailing_metadata((("raftd-outcome", failure[2]),))
+            trailers = [("raftd-outcome", failure[2])] if len(failure) == 3 else []
+            if self.leader_trailer:
+                trailers.append(("raftd-leader", self.leader_trailer))
+            context.set_trailing_metadata(tuple(trailers))
             context.abort(failure[0], failure[1])
 
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
@@ -112,6 +115,17 @@ def test_follows_the_leader_named_in_an_error(nodes: list[FakeNode]) -> None:
         c.put("k", "v")
         assert c.get("k") == "v"
     assert follower.writes[0] == leader.writes[0]
+
+
+def test_follows_the_leader_named_in_the_trailer_whatever_the_message_says(nodes: list[FakeNode]) -> None:
+    """The hint travels as structured metadata (issue 18); the message is for humans and may change."""
+    follower, leader = nodes
+    follower.always = (grpc.StatusCode.UNAVAILABLE, "this node does not lead", "not-applied")
+    follower.leader_trailer = leader.address
+    with Client([follower.address], timeout=10) as c:
+        c.put("k", "v")
+        assert c.get("k") == "v"
+    assert len(follower.writes) == 1 and follower.writes == leader.writes
 
 
 def test_follows_the_leader_named_by_getleader(nodes: list[FakeNode]) -> None:
