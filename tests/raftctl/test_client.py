@@ -48,7 +48,8 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
             trailers = [("raftd-outcome", failure[2])] if len(failure) == 3 else []
             if self.leader_trailer:
                 trailers.append(("raftd-leader", self.leader_trailer))
-            context.set_trailing_metadata(tuple(trailers))
+            if trailers:
+                context.set_trailing_metadata(tuple(trailers))
             context.abort(failure[0], failure[1])
 
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
