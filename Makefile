@@ -15,14 +15,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	$(BIN)/ruff check raftd raftctl tests integration_tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check raftd raftctl tests integration_tests
+	$(BIN)/mypy
 
 # Regenerate raftd/pb from proto/ (tests fail when the committed output is stale).
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/raftd/pb/*.proto
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. proto/raftd/pb/*.proto
 
 # The raftd:latest image; with no registry, first a base image from this host's Debian package sources.
 image: $(STAMP)

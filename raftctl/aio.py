@@ -66,7 +66,7 @@ class _Connection:
     async def close(self) -> None:
         if self.pipe is not None:
             await self.pipe.close()
-        await self.channel.close()
+        await self.channel.close(grace=None)
 
     async def put(self, request: pb.PutRequest, timeout: float) -> pb.PutResponse:
         if len(request.key) + len(request.value) <= MAX_BATCH_BYTES:

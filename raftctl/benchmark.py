@@ -615,7 +615,7 @@ async def _new_leader_named(cluster: LocalCluster, killed: int) -> float:
         raise RuntimeError(f"no new leader named within {FAILOVER_TIMEOUT_S:.0f}s of a kill")
     finally:
         for ch in channels:
-            await ch.close()
+            await ch.close(grace=None)
 
 
 async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:

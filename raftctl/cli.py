@@ -189,7 +189,7 @@ def global_options(command: F) -> F:
     return command
 
 
-class Seconds(click.ParamType):
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in newer click; 8.1 is supported
     """A positive number of seconds, refused in words a user reads ("not a number", not "float range")."""
 
     name = "seconds"
@@ -232,7 +232,7 @@ class _Group(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         standalone = kwargs.pop("standalone_mode", True)
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            rv = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[call-overload]  # via *args
         except click.exceptions.ClickException as e:
             hint = ""
             ctx = getattr(e, "ctx", None)

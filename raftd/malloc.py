@@ -47,7 +47,7 @@ def tune() -> bool:
         return False
     arenas = _glibc.mallopt(M_ARENA_MAX, ARENA_MAX)
     threshold = _glibc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    return arenas == 1 and threshold == 1
+    return bool(arenas == 1 and threshold == 1)
 
 
 def trim() -> bool:

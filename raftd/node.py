@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -785,7 +785,7 @@ class RaftNode:
     def _fail_all(self, reason: str) -> None:
         """Fail every pending request: those not proposed yet as refused, writes in the log as unknown."""
         self._fail_writes([f for _, f in self.waiting.values()], reason)
-        futures: list[asyncio.Future] = [p.future for p in self.proposals]
+        futures: list[asyncio.Future[Any]] = [p.future for p in self.proposals]
         futures += self.reads
         futures += [f for fs in self.read_wait.values() for f in fs]
         futures += [f for _, fs in self.confirmed for f in fs]

@@ -28,8 +28,11 @@ LEADER_KEY = "raftd-leader"
 Outcome = Literal["not-applied", "unknown"]
 NOT_APPLIED: Outcome = "not-applied"
 UNKNOWN: Outcome = "unknown"
-OUTCOME_NAMES: dict[int, Outcome] = {pb.OUTCOME_NOT_APPLIED: NOT_APPLIED, pb.OUTCOME_UNKNOWN: UNKNOWN}
-OUTCOME_VALUES: dict[Outcome, int] = {name: value for value, name in OUTCOME_NAMES.items()}
+OUTCOME_NAMES: dict[pb.Outcome.ValueType, Outcome] = {
+    pb.OUTCOME_NOT_APPLIED: NOT_APPLIED,
+    pb.OUTCOME_UNKNOWN: UNKNOWN,
+}
+OUTCOME_VALUES: dict[Outcome, pb.Outcome.ValueType] = {name: value for value, name in OUTCOME_NAMES.items()}
 # A RequestBatch carries at most about this many bytes (nodes take messages of 64 MiB).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -69,12 +72,12 @@ class Pipe:
     opens a new one.
     """
 
-    def __init__(self, stub: kv_pb2_grpc.KVStub, hold: Callable[[float], float] | None = None) -> None:
+    def __init__(self, stub: kv_pb2_grpc.KVAsyncStub, hold: Callable[[float], float] | None = None) -> None:
         self.stub = stub
         # hold(when the oldest queued request came) -> seconds to let more requests join the batch first
         self.hold = hold
         self.queued_since = 0.0
-        self.call: grpc.aio.StreamStreamCall | None = None
+        self.call: grpc.aio.StreamStreamCall[pb.RequestBatch, pb.ResponseBatch] | None = None
         self.queue: list[pb.Request] = []
         self.waiting: dict[int, asyncio.Future[pb.Response]] = {}
         self.sent: set[int] = set()  # ids of waiting requests handed to the stream
@@ -118,14 +121,16 @@ class Pipe:
         return response
 
     def _open(self) -> None:
-        call = self.call = self.stub.Stream()
+        # Called without a request iterator, grpc.aio hands back a call to write() to (grpc-stubs knows
+        # only the iterator form).
+        call = self.call = self.stub.Stream()  # type: ignore[call-arg]
         self.opened += 1
         for work in (self._send(call), self._receive(call)):
             task = asyncio.get_running_loop().create_task(work)
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _send(self, call: grpc.aio.StreamStreamCall[pb.RequestBatch, pb.ResponseBatch]) -> None:
         try:
             while True:
                 await self.wake.wait()
@@ -159,9 +164,9 @@ class Pipe:
         taken, self.queue = self.queue[:n], self.queue[n:]
         return taken
 
-    async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _receive(self, call: grpc.aio.StreamStreamCall[pb.RequestBatch, pb.ResponseBatch]) -> None:
         try:
-            while (batch := await call.read()) is not grpc.aio.EOF:
+            while isinstance(batch := await call.read(), pb.ResponseBatch):  # else grpc.aio.EOF: the end
                 for response in batch.responses:
                     future = self.waiting.pop(response.id, None)
                     if future is not None and not future.done():
@@ -178,7 +183,9 @@ class Pipe:
             message = f"no answer within {timeout:.1f}s"
             future.set_exception(RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, message, outcome))
 
-    def _broken(self, call: grpc.aio.StreamStreamCall, e: Exception) -> None:
+    def _broken(
+        self, call: grpc.aio.StreamStreamCall[pb.RequestBatch, pb.ResponseBatch], e: Exception
+    ) -> None:
         """Fail what is in flight on call; the next request opens a new one (unless the node has none)."""
         if call is not self.call:
             return

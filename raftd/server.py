@@ -9,6 +9,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,7 +43,9 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self.streams = LongCalls()
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
 
-    async def _check_cluster(self, name: str, cluster_id: str, context: grpc.aio.ServicerContext) -> None:
+    async def _check_cluster(
+        self, name: str, cluster_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         refusal = self.node.identity.refuses(name, cluster_id)
         if refusal is None:
             return
@@ -54,7 +57,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
 
     async def Stream(
-        self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
+        self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> peer_pb2.StepResponse:
         async with self.streams.track():
             async for batch in requests:
@@ -69,7 +72,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         return peer_pb2.StepResponse()
 
     async def InstallSnapshot(
-        self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
+        self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> peer_pb2.StepResponse:
         """Gather the image, then hand the whole SNAP message to the node; a partial one is dropped."""
         async with self.streams.track():
@@ -109,7 +112,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         return peer_pb2.StepResponse()
 
 
-def _health_updater(node: RaftNode, servicer: health.aio.HealthServicer) -> None:
+def _health_updater(node: RaftNode, servicer: Any) -> None:
     """SERVING while the node is in the cluster and knows a leader; NOT_SERVING otherwise."""
     last: list[int] = []
     pending: set[asyncio.Task[None]] = set()
@@ -158,7 +161,8 @@ async def serve(
         kv_pb2_grpc.add_KVServicer_to_server(kv, server)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), server)
-        health_servicer = health.aio.HealthServicer()
+        # grpc-stubs types grpc_health's threaded servicer only, not its asyncio one (health.aio).
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         bind = listen or me.address
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,15 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
             "grpc_tools.protoc",
             "-Iproto",
             f"--python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
+            f"--mypy_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
+            f"--mypy_grpc_out={tmp_path}",
             *protos,
         ],
         cwd=ROOT,
         check=True,
+        # protoc finds the typed-stub plugin (mypy-protobuf's protoc-gen-mypy_grpc) on PATH.
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     committed = {

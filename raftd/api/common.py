@@ -67,7 +67,7 @@ class RequestFailed(Exception):
         return outcome + (((LEADER_KEY, self.leader),) if self.leader else ())
 
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class LongCalls:
@@ -107,7 +107,7 @@ class LongCalls:
 
 def grpc_errors(method: Handler) -> Handler:
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
         except RequestFailed as e:
@@ -116,7 +116,7 @@ def grpc_errors(method: Handler) -> Handler:
     return wrapper
 
 
-def time_left(context: grpc.aio.ServicerContext) -> float:
+def time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float:
     """The caller's deadline, or a default so that nothing waits forever."""
     remaining = context.time_remaining()
     if remaining is None:
@@ -124,7 +124,7 @@ def time_left(context: grpc.aio.ServicerContext) -> float:
     return max(0.0, min(remaining, MAX_DEADLINE_S))
 
 
-def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
+def was_forwarded(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     return any(k == "x-raftd-forwarded" for k, _ in context.invocation_metadata() or ())
 
 
@@ -260,7 +260,7 @@ class Calls:
 async def write(
     calls: Calls,
     forwarder: Forwarder,
-    context: grpc.aio.ServicerContext,
+    context: grpc.aio.ServicerContext[Any, Any],
     cmd: Command,
     request: pb.PutRequest | pb.DeleteRequest,
 ) -> tuple[int, bool]:
@@ -291,7 +291,7 @@ async def write(
 
 
 async def read(
-    calls: Calls, context: grpc.aio.ServicerContext, key: bytes, local: bool
+    calls: Calls, context: grpc.aio.ServicerContext[Any, Any], key: bytes, local: bool
 ) -> tuple[bytes | None, int]:
     """A linearizable read by default (ReadIndex, confirmed by the leader even on a follower)."""
     calls.start()
@@ -308,7 +308,7 @@ async def read(
 
 async def on_leader(
     node: RaftNode,
-    context: grpc.aio.ServicerContext,
+    context: grpc.aio.ServicerContext[Any, Any],
     local: Callable[[], Awaitable[T]],
     forward: Callable[[grpc.aio.Channel, float], Awaitable[T]],
 ) -> T:
@@ -329,7 +329,7 @@ async def on_leader(
         raise failure(e, write=False) from None
 
 
-async def on_node(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+async def on_node(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
     """Admin work served by this node itself (a backup)."""
     try:
         return await asyncio.wait_for(work, time_left(context))

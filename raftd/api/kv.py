@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -48,7 +49,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.streams = LongCalls()
 
     @grpc_errors
-    async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+    async def Put(
+        self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PutResponse:
         try:
             cmd = put_command(request)
         except RequestFailed as e:
@@ -57,7 +60,9 @@ class KVService(kv_pb2_grpc.KVServicer):
         return pb.PutResponse(index=index)
 
     @grpc_errors
-    async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+    async def Delete(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteResponse:
         try:
             cmd = delete_command(request)
         except RequestFailed as e:
@@ -66,13 +71,15 @@ class KVService(kv_pb2_grpc.KVServicer):
         return pb.DeleteResponse(deleted=existed, index=index)
 
     @grpc_errors
-    async def Get(self, request: pb.GetRequest, context: grpc.aio.ServicerContext) -> pb.GetResponse:
+    async def Get(
+        self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetResponse:
         key = check_key(request.key)
         value, index = await read(self.calls, context, key, request.local)
         return pb.GetResponse(found=value is not None, value=value or b"", index=index)
 
-    async def Stream(
-        self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext
+    async def Stream(  # type: ignore[override]  # answers with context.write(), not an iterator
+        self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Pipelined requests, answered in batches (raftd/api/stream.py); server stop ends it quietly."""
         async with self.streams.track():
@@ -85,7 +92,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
 
     @grpc_errors
     async def GetLeader(
-        self, request: pb.GetLeaderRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetLeaderResponse:
         leader = self.node.leader()
         if leader is None:
@@ -93,7 +100,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         return pb.GetLeaderResponse(leader_id=leader.id, address=leader.address, term=self.node.term)
 
     @grpc_errors
-    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusResponse:
         st = self.node.status()
         return pb.StatusResponse(
             id=st.id,
@@ -112,13 +121,13 @@ class AdminService(kv_pb2_grpc.AdminServicer):
 
     @grpc_errors
     async def Suspend(
-        self, request: pb.SuspendRequest, context: grpc.aio.ServicerContext
+        self, request: pb.SuspendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SuspendResponse:
         suspend(self.node, request.period)
         return pb.SuspendResponse()
 
     async def Backup(
-        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext
+        self, request: pb.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BackupChunk]:
         """Stream a backup file; taken on the leader (a follower relays the leader's stream)."""
         node = self.node
@@ -146,7 +155,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
 
     @grpc_errors
     async def TransferLeader(
-        self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
+        self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.TransferLeaderResponse:
         target = request.target_id
         if self.node.member(target) is None:

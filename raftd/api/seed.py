@@ -8,6 +8,7 @@ false would be a lie if it applied after all.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 
@@ -29,7 +30,9 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         self.calls = calls
         self.forwarder = forwarder
 
-    async def GetLeader(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.GetLeaderResponse:
+    async def GetLeader(
+        self, request: pb.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetLeaderResponse:
         log.info("Command from client: getleader")
         leader = self.node.leader()
         if leader is None:
@@ -39,12 +42,16 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         return pb.GetLeaderResponse(nodeId=leader.id, nodeAddress=leader.address)
 
     @grpc_errors
-    async def Suspend(self, request: pb.SuspendRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+    async def Suspend(
+        self, request: pb.SuspendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Empty:
         suspend(self.node, request.period)
         return pb.Empty()
 
     @grpc_errors
-    async def SetVal(self, request: pb.SetValRequest, context: grpc.aio.ServicerContext) -> pb.SetValResponse:
+    async def SetVal(
+        self, request: pb.SetValRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SetValResponse:
         """verdict is true once the write is committed and applied, false when it was refused before it was
         proposed; an unknown outcome is a gRPC error."""
         log.info("Command from client: setval %s %s", request.key, request.value)
@@ -62,7 +69,9 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         return pb.SetValResponse(verdict=True)
 
     @grpc_errors
-    async def GetVal(self, request: pb.GetValRequest, context: grpc.aio.ServicerContext) -> pb.GetValResponse:
+    async def GetVal(
+        self, request: pb.GetValRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetValResponse:
         log.info("Command from client: getval %s", request.key)
         key = request.key.encode()
         if not key or len(key) > MAX_KEY_BYTES:

@@ -17,6 +17,7 @@ import asyncio
 import functools
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -57,7 +58,9 @@ class StreamSession:
         self.room = asyncio.Event()  # for the reader: unanswered fell below MAX_UNANSWERED
         self.room.set()
 
-    async def run(self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext) -> None:
+    async def run(
+        self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         """Serve until the client has sent its last request and every one of them is answered."""
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
@@ -78,7 +81,7 @@ class StreamSession:
         finally:
             self.wake.set()
 
-    async def _write(self, context: grpc.aio.ServicerContext, reader: asyncio.Task[None]) -> None:
+    async def _write(self, context: grpc.aio.ServicerContext[Any, Any], reader: asyncio.Task[None]) -> None:
         while True:
             self.wake.clear()
             if self.out:

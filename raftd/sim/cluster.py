@@ -165,7 +165,10 @@ class Simulation:
     def _send(self, src: SimNode, m: Message) -> None:
         p, rng = self.params, self.rng
         if m.type is MsgType.SNAP:
-            assert src.disk.snapshot.meta == m.snapshot.meta, "leader sent a snapshot it does not hold"
+            held = src.disk.snapshot
+            assert held is not None and m.snapshot is not None and held.meta == m.snapshot.meta, (
+                "leader sent a snapshot it does not hold"
+            )
             m = Message(m.type, m.to, m.frm, m.term, snapshot=src.disk.snapshot)
             self.stats["snapshots_sent"] += 1
         if rng.random() < p.drop:
@@ -197,8 +200,9 @@ class Simulation:
                 self._lost(m)
                 continue
             dst.raw.step(m)
-            if m.type is MsgType.SNAP and self.nodes[m.frm].raw is not None:
-                self.nodes[m.frm].raw.report_snapshot(m.to, ok=True)
+            sender = self.nodes[m.frm].raw
+            if m.type is MsgType.SNAP and sender is not None:
+                sender.report_snapshot(m.to, ok=True)
 
     # -- one node's Ready ---------------------------------------------------------------------------
     def _process_ready(self, n: SimNode) -> None:

@@ -279,7 +279,8 @@ class SqliteStorage:
         row = conn.execute("SELECT term, vote, commit_idx FROM hard_state").fetchone()
         if row is None:
             raise StorageError(f"{self.path}: the stored state is damaged: the hard state row is missing")
-        return row
+        term, vote, commit = row
+        return int(term), int(vote), int(commit)
 
     def _read_shape(self, conn: sqlite3.Connection) -> LogShape:
         """The shape save() validates against, from a few indexed lookups rather than the whole log."""

@@ -122,7 +122,9 @@ class _KeySearch:
         self.ops = done + unknown  # bit i of a frame's mask is ops[i]
         self.n_ok = len(done)
         self.call = [op.call for op in self.ops]
-        self.ret = [op.ret if op.status == "ok" else INF for op in self.ops]
+        self.ret: list[float] = [
+            op.ret if op.status == "ok" and op.ret is not None else INF for op in self.ops
+        ]
         seen = {op.output for op in done if op.kind == "get" and op.output is not None}
 
         def collapse(v: str | None) -> object:

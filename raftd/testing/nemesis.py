@@ -100,10 +100,10 @@ class ScheduledNemesis(Nemesis):
         kind = rng.choice(self.kinds)
         lead = self.leader() if rng.random() < 0.5 else None
         node = lead if lead in healthy else rng.choice(healthy)
-        fault = self.inject(kind, node, rng)
-        if fault is None:
+        injected = self.inject(kind, node, rng)
+        if injected is None:
             return f"{kind} of node {node} did not take"
-        self.active[node] = fault
+        self.active[node] = injected
         self.injected += 1
         return f"{kind} node {node}" + (" (the leader)" if node == lead else "")
 

@@ -66,8 +66,13 @@ class Driver(Protocol):
     """One client thread's protocol: do() turns every error the cluster or network can cause into an
     Outcome, and raises only on a bug."""
 
-    tag: str  # first letter of the values it writes
-    kinds: tuple[str, ...]  # the op kinds it can do
+    @property
+    def tag(self) -> str:
+        """The first letter of the values it writes."""
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The op kinds it can do."""
 
     def do(self, op: Op) -> Outcome: ...
 
@@ -244,7 +249,9 @@ class RaftServiceDriver(_OneShot):
         stub = raft_pb2_grpc.RaftServiceStub(self.pick())
         if op.kind == "put":
             try:
-                r = stub.SetVal(raft_pb2.SetValRequest(key=op.key, value=op.value), timeout=self.timeout)
+                r = stub.SetVal(
+                    raft_pb2.SetValRequest(key=op.key, value=op.value or ""), timeout=self.timeout
+                )
             except grpc.RpcError:
                 return INFO
             return Outcome("ok") if r.verdict else FAIL
@@ -285,5 +292,7 @@ class UnaryDriver(_OneShot):
 
 def not_applied(e: grpc.RpcError) -> bool:
     """Whether a failed unary write carries the server's word that it never applied (raftd-outcome)."""
-    trailers = e.trailing_metadata() if isinstance(e, grpc.Call) else None
-    return any(k == OUTCOME_KEY and v == NOT_APPLIED for k, v in trailers or ())
+    trailers: tuple[tuple[str, str | bytes], ...] = (
+        tuple(e.trailing_metadata() or ()) if isinstance(e, grpc.Call) else ()
+    )
+    return any(k == OUTCOME_KEY and v == NOT_APPLIED for k, v in trailers)

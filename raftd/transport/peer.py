@@ -87,7 +87,7 @@ class PeerClient:
         assert task is not None
         while True:
             batch = await self._next_batch()
-            stream = self._stub.Stream()
+            stream = self._stub.Stream()  # type: ignore[call-arg]  # a call to write() to, as in raftd.pipe
             try:
                 while True:
                     request = pb.MessageBatch(
