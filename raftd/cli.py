@@ -25,6 +25,7 @@ from raftd.config import (
     ClusterConfig,
     ConfigError,
     load_cluster,
+    timing_problem,
 )
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
 from raftd.restore import restore
@@ -210,8 +211,7 @@ def _override_timeouts(cluster: ClusterConfig, election: str | None, heartbeat: 
                 )
             ) from None
     hb = heartbeat if heartbeat is not None else cluster.heartbeat_interval_ms
-    if hb <= 0:
-        raise ConfigError(f"--heartbeat-interval must be positive, not {hb}")
-    if not hb < lo < hi:
-        raise ConfigError(f"need heartbeat < election minimum < election maximum, got {hb} and {lo}-{hi}")
+    problem = timing_problem(hb, (lo, hi), "--heartbeat-interval", "--election-timeout")
+    if problem is not None:
+        raise ConfigError(f"need heartbeat < election minimum < election maximum: {problem[1]}")
     return dataclasses.replace(cluster, election_timeout_ms=(lo, hi), heartbeat_interval_ms=hb)

@@ -65,6 +65,21 @@ class ClusterConfig:
         raise ConfigError(f"node {node_id} is not in the cluster (known ids: {known})", self.source)
 
 
+def timing_problem(
+    heartbeat: int, election: tuple[int, int], heartbeat_name: str, election_name: str
+) -> tuple[str, str] | None:
+    """Raft's timing rule, the one check for maps and flags alike: a positive heartbeat, below the election
+    timeout's MIN, itself below its MAX. Returns the setting to blame and the message, or None."""
+    lo, hi = election
+    if heartbeat <= 0:
+        return heartbeat_name, f"{heartbeat_name} must be > 0, got {heartbeat}"
+    if lo >= hi:
+        return election_name, f"{election_name} MIN {lo} must be below MAX {hi}"
+    if lo <= heartbeat:
+        return election_name, f"{election_name} MIN {lo} must exceed {heartbeat_name} {heartbeat}"
+    return None
+
+
 def derived_name(nodes: tuple[NodeAddr, ...]) -> str:
     """A stable name for a map that gives none, so data directories can still be tied to their cluster.
 
@@ -186,8 +201,6 @@ def _parse_yaml(text: str, source: str) -> ClusterConfig:
     heartbeat = DEFAULT_HEARTBEAT_INTERVAL_MS
     if "heartbeat_interval_ms" in top:
         heartbeat = y.integer(top["heartbeat_interval_ms"], "heartbeat_interval_ms")
-        if heartbeat <= 0:
-            raise y.error(top["heartbeat_interval_ms"], f"heartbeat_interval_ms must be > 0, got {heartbeat}")
     election = DEFAULT_ELECTION_TIMEOUT_MS
     if "election_timeout_ms" in top:
         et = top["election_timeout_ms"]
@@ -197,16 +210,12 @@ def _parse_yaml(text: str, source: str) -> ClusterConfig:
             y.integer(et.value[0], "election_timeout_ms MIN"),
             y.integer(et.value[1], "election_timeout_ms MAX"),
         )
-    if election[0] >= election[1]:
+    problem = timing_problem(heartbeat, election, "heartbeat_interval_ms", "election_timeout_ms")
+    if problem is not None:
+        setting, message = problem
+        # Point at the setting to blame, or at the other one when the file leaves that to its default.
         raise y.error(
-            top["election_timeout_ms"],
-            f"election_timeout_ms MIN {election[0]} must be below MAX {election[1]}",
-        )
-    if election[0] <= heartbeat:
-        # Point at whichever of the two the file actually spells out.
-        where = top.get("election_timeout_ms") or top["heartbeat_interval_ms"]
-        raise y.error(
-            where, f"election_timeout_ms MIN {election[0]} must exceed heartbeat_interval_ms {heartbeat}"
+            top.get(setting) or top.get("election_timeout_ms") or top["heartbeat_interval_ms"], message
         )
     return ClusterConfig(tuple(nodes), name, election, heartbeat, source, named)
 
