@@ -47,8 +47,8 @@ import grpc
 
 from raftctl.bench import BenchResult
 from raftctl.unary_load import UnaryConfig, run_unary
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
-from raftd.testing.ports import free_ports
 
 PEER = "/floor.Floor/Peer"
 CLIENT = "/floor.Floor/Client"

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,38 +26,20 @@ import grpc
 from raftd.backup import pack
 from raftd.core import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
+from raftd.launcher import LocalCluster
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, snapshot_due
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.storage import SqliteStorage
-from raftd.testing.ports import free_ports
 
 VALUE = b"v" * 16
 
 
-class Bench:
+class Bench(LocalCluster):
+    """Three nodes (raftd.launcher) that snapshot every 2,000 entries."""
+
     def __init__(self, root: Path, keys: int) -> None:
-        self.root = root
+        super().__init__(root, 3, args=["--snapshot-entries", "2000"])
         self.keys = keys
-        self.ports = free_ports(3)
-        self.conf = root / "config.conf"
-        self.conf.write_text("".join(f"{i} 127.0.0.1 {p}\n" for i, p in enumerate(self.ports)))
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    def start(self, i: int, *extra: str) -> None:
-        args = [sys.executable, "-m", "raftd", str(i), "--config", str(self.conf)]
-        args += ["--data-dir", str(self.root / f"n{i}"), "--snapshot-entries", "2000", *extra]
-        log = (self.root / f"n{i}.log").open("ab")
-        self.procs[i] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
-
-    def kill(self, i: int) -> None:
-        self.procs[i].send_signal(signal.SIGKILL)
-        self.procs[i].wait()
-
-    def close(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
     def stub(self, i: int) -> tuple[kv_pb2_grpc.KVStub, kv_pb2_grpc.AdminStub]:
         ch = grpc.insecure_channel(f"127.0.0.1:{self.ports[i]}")
@@ -130,7 +110,7 @@ def restart_and_catch_up(root: Path, keys: int) -> dict[str, float]:
         # 2. A wiped follower catches up by InstallSnapshot.
         wiped = (leader + 2) % 3
         b.kill(wiped)
-        shutil.rmtree(root / f"n{wiped}")
+        shutil.rmtree(b.data_dir(wiped))
         lkv.Put(kv_pb2.PutRequest(key=b"after-wipe", value=b"x"), timeout=10)
         started = time.monotonic()
         b.start(wiped)

@@ -41,9 +41,9 @@ from testcontainers.core.container import DockerContainer
 
 from raftctl.client import Client, NodeStatus
 from raftd.config import DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_INTERVAL_MS
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.testing.ports import free_ports
 
 T = TypeVar("T")
 

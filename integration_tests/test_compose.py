@@ -16,9 +16,9 @@ import pytest
 
 from raftd.config import load_cluster
 from raftd.deploy.compose import render
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.testing.ports import free_ports
 
 WAIT_S = 90
 

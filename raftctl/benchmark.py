@@ -61,10 +61,9 @@ from raftctl.aio import AsyncClient
 from raftctl.bench import BenchConfig, BenchResult, fill, fmt_ms, make_value, run_bench
 from raftctl.client import Client, ClientError
 from raftctl.unary_load import UnaryConfig, run_unary
+from raftd.launcher import LocalCluster
 from raftd.pb import kv_pb2, kv_pb2_grpc
-from raftd.testing.ports import free_ports
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0
 CATCH_UP_TIMEOUT_S = 60.0
 FAILOVER_TIMEOUT_S = 30.0
@@ -450,49 +449,17 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, poll: flo
         time.sleep(poll)
 
 
-class LocalCluster:
-    """n `python -m raftd` processes with default settings, each in its own session (Ctrl-C reaches only
-    us; we kill them), output in per-node log files under root."""
+class BenchCluster(LocalCluster):
+    """n `python -m raftd` processes with default settings (raftd.launcher), output in per-node files under
+    root, and an admin client to watch them with."""
 
     def __init__(self, root: Path, n: int = 3) -> None:
-        self.root = root
-        self.n = n
-        self.ports = free_ports(n)
-        self.config = root / "config.conf"
-        self.config.write_text("".join(f"{i} {HOST} {p}\n" for i, p in enumerate(self.ports)))
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        super().__init__(root, n)
         self.admin = Client(self.endpoints, timeout=2.0)
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [self.address(i) for i in range(self.n)]
-
-    def address(self, i: int) -> str:
-        return f"{HOST}:{self.ports[i]}"
-
-    def start(self, i: int) -> None:
-        args = [sys.executable, "-m", "raftd", str(i), "--config", str(self.config)]
-        args += ["--data-dir", str(self.root / f"data-{i}")]
-        with (self.root / f"node-{i}.log").open("ab") as out:
-            self.procs[i] = subprocess.Popen(
-                args, cwd=self.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
     def close(self) -> None:
         """Kill every node; safe to call more than once."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        super().close()
         self.admin.close()
 
     def pid(self, i: int) -> int:
@@ -501,7 +468,7 @@ class LocalCluster:
     def check_alive(self) -> None:
         for i, proc in self.procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(f"node {i} exited with {proc.returncode}; see {self.root}/node-{i}.log")
+                raise RuntimeError(f"node {i} exited with {proc.returncode}; see {self.err_path(i)}")
 
     def agreed_leader(self) -> int | None:
         """The leader's node id when every node answers and names the same one, else None."""
@@ -535,7 +502,7 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-async def _throughput(cluster: LocalCluster, s: Settings, report: Report) -> None:
+async def _throughput(cluster: BenchCluster, s: Settings, report: Report) -> None:
     async with AsyncClient(cluster.endpoints) as client:
         for workload in ("write", "read"):
             for c in s.concurrency:
@@ -575,7 +542,7 @@ def _floors(s: Settings, report: Report) -> None:
         )
 
 
-async def _unary(cluster: LocalCluster, s: Settings, report: Report) -> None:
+async def _unary(cluster: BenchCluster, s: Settings, report: Report) -> None:
     """UNARY_PLAN: each run's calls all go to one node, as from a client that follows no leader."""
     leader = await asyncio.to_thread(cluster.wait_leader)
     nodes = {"leader": leader, "follower": (leader + 1) % cluster.n}
@@ -598,7 +565,7 @@ def _first_ack_after(acks: list[tuple[float, float]], start: int, issued_after: 
     return None
 
 
-async def _new_leader_named(cluster: LocalCluster, killed: int) -> float:
+async def _new_leader_named(cluster: BenchCluster, killed: int) -> float:
     """When a surviving node first names a leader other than the killed one: the server's part of the
     window, apart from the client's retry backoff."""
     channels = [grpc.aio.insecure_channel(cluster.address(i)) for i in range(cluster.n) if i != killed]
@@ -618,7 +585,7 @@ async def _new_leader_named(cluster: LocalCluster, killed: int) -> float:
             await ch.close(grace=None)
 
 
-async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
+async def _failover(cluster: BenchCluster, s: Settings, report: Report) -> None:
     """Steady writers plus a loop of kill leader / wait for a new write's ack / restart / catch up."""
     value = make_value(s.value_size)
     acks: list[tuple[float, float]] = []  # (issued, acknowledged), monotonic
@@ -672,7 +639,7 @@ async def _failover(cluster: LocalCluster, s: Settings, report: Report) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _idle_cpu(cluster: LocalCluster, s: Settings, report: Report) -> None:
+def _idle_cpu(cluster: BenchCluster, s: Settings, report: Report) -> None:
     time.sleep(min(SETTLE_BEFORE_IDLE_S, s.idle_seconds))
     hz = os.sysconf("SC_CLK_TCK")
     before = {i: proc_cpu_ticks(cluster.pid(i)) for i in range(cluster.n)}
@@ -684,7 +651,7 @@ def _idle_cpu(cluster: LocalCluster, s: Settings, report: Report) -> None:
     log("idle CPU: " + ", ".join(f"node {i} {p:.2f}%" for i, p in report.idle_cpu.items()))
 
 
-async def _load(cluster: LocalCluster, s: Settings, report: Report) -> None:
+async def _load(cluster: BenchCluster, s: Settings, report: Report) -> None:
     """Write s.load_keys distinct keys from s.load_concurrency workers, reporting progress every 10%."""
     value = make_value(16)
     report.load_keys, report.load_concurrency = s.load_keys, s.load_concurrency
@@ -703,7 +670,7 @@ async def _load(cluster: LocalCluster, s: Settings, report: Report) -> None:
 def run(s: Settings, root: Path, report: Report) -> None:
     if s.floor:
         _floors(s, report)
-    cluster = LocalCluster(root)
+    cluster = BenchCluster(root)
     try:
         for i in range(cluster.n):
             cluster.start(i)

@@ -16,17 +16,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from raftd.config import ConfigError, load_cluster
+from raftd.launcher import LocalCluster
 
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 5.0  # per cluster: the nodes stop together
 STOP_WAIT_S = 15.0  # --stop: how long to wait for the launcher (it waits STOP_GRACE_S per node at most)
 PID_FILE = Path("data") / "devcluster.pid"
 
 
-def _pump(node_id: int, stream: object) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        sys.stdout.write(f"[{node_id}] {line}")
+def _pump(node_id: int, stream: IO[bytes]) -> None:
+    for line in stream:
+        sys.stdout.write(f"[{node_id}] {line.decode(errors='replace')}")
         sys.stdout.flush()
 
 
@@ -80,40 +82,29 @@ def main(argv: list[str]) -> int:
     PID_FILE.write_text(f"{os.getpid()}\n")
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    procs: dict[int, subprocess.Popen[str]] = {}
+    # The nodes' own default data directories (./data/node-ID), as when each is started by hand.
+    nodes = LocalCluster(Path.cwd(), config=Path(path), ids=[n.id for n in cluster.nodes], data_dirs=False)
+    nodes.args = argv[1:]
     pumps = []
     try:
-        for n in cluster.nodes:
-            p = subprocess.Popen(
-                [sys.executable, "-u", "-m", "raftd", str(n.id), "--config", path, *argv[1:]],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # signals to our process group reach us only; we stop the nodes
-            )
-            procs[n.id] = p
-            t = threading.Thread(target=_pump, args=(n.id, p.stdout), daemon=True)
+        for i in nodes.ids:
+            p = nodes.start(i, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            t = threading.Thread(target=_pump, args=(i, p.stdout), daemon=True)
             t.start()
             pumps.append(t)
         with contextlib.suppress(KeyboardInterrupt):
-            while not stopping.is_set() and any(p.poll() is None for p in procs.values()):
+            while not stopping.is_set() and nodes.alive():
                 stopping.wait(0.2)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        code = nodes.stop_all(STOP_GRACE_S)
+        nodes.close()
         for t in pumps:
             t.join(timeout=1)
         with contextlib.suppress(OSError):
             PID_FILE.unlink()
-    return max((p.returncode or 0) for p in procs.values()) if procs else 0
+    return code
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from raftd.config import load_cluster
 from raftd.core import Message, MsgType
+from raftd.launcher import free_ports
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode
 from raftd.storage import SqliteStorage
-from raftd.testing.ports import free_ports
 
 TEST_CLUSTER_ID = "0123456789abcdef"
 

@@ -20,10 +20,10 @@ from raftd.api.seed import SeedService
 from raftd.config import NodeAddr
 from raftd.core import Entry, Message, MsgType
 from raftd.kv import Command, Op, Result
+from raftd.launcher import free_ports
 from raftd.node import OutcomeUnknown, RaftNode, Unavailable
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
-from raftd.testing.ports import free_ports
 from tests.nodes import leader, release_node
 from tests.test_pipe import _AnsweringCall, _BreakingCall, _FakeCall, _FakeStub
 

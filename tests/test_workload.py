@@ -11,10 +11,10 @@ from concurrent import futures
 import grpc
 import pytest
 
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2_grpc
 from raftd.pb.raft_pb2 import GetValRequest, GetValResponse, SetValRequest, SetValResponse
 from raftd.testing import Op
-from raftd.testing.ports import free_ports
 from raftd.testing.workload import FAIL, INFO, Outcome, RaftServiceDriver, UnaryDriver
 
 TIMEOUT_S = 0.5

@@ -1,13 +1,13 @@
-"""Real raftd processes on 127.0.0.1 for process-level tests.
+"""Real raftd processes on 127.0.0.1 for process-level tests: raftd.launcher's LocalCluster, plus what
+tests need (SIGSTOP, log reading, gRPC stubs, waiting with every node's output in the failure).
 
-Each node is `python -m raftd ID --config MAP --data-dir DIR` with stdout and stderr appended to per-node
-log files, so a failing test can show what every node printed. Every process is killed at close(), which
-fixtures call in a finally block; an atexit hook is the last line of defence when pytest itself dies.
+Each node's stdout and stderr are appended to per-node files (node-ID.out, .err), so a failing test can
+show what every node printed. Every process is killed at close(), which fixtures call in a finally block;
+the launcher's atexit hook is the last line of defence when pytest itself dies.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import re
@@ -15,17 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+from raftd.launcher import HOST as HOST
+from raftd.launcher import LocalCluster, write_map
+from raftd.launcher import free_ports as free_ports
 from raftd.pb import kv_pb2, kv_pb2_grpc
-from raftd.testing.ports import free_ports
 
-HOST = "127.0.0.1"
 START_TIMEOUT_S = 20.0
 LEADER_TIMEOUT_S = 20.0
 RPC_TIMEOUT_S = 2.0
@@ -40,15 +40,6 @@ CLIENT_CHANNEL_OPTIONS = [
 ]
 
 T = TypeVar("T")
-
-_live: weakref.WeakSet[Cluster] = weakref.WeakSet()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Should pytest die before a fixture's teardown, still leave no raftd process behind."""
-    for cluster in list(_live):
-        cluster.close()
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float = LEADER_TIMEOUT_S) -> T:
@@ -93,7 +84,7 @@ def run_raftd(
     )
 
 
-class Cluster:
+class Cluster(LocalCluster):
     """N raftd nodes with ids 0..N-1 on free loopback ports; a conf (default) or YAML cluster map."""
 
     def __init__(
@@ -107,44 +98,20 @@ class Cluster:
         ports: list[int] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.env = env or {}  # added to every node's environment (test hooks: raftd/testhooks.py)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.n = n
-        self.ports = list(ports) if ports is not None else free_ports(n)
-        self.election_timeout_ms = election_timeout_ms
-        self.heartbeat_ms = heartbeat_ms
-        self.config_path = self.root / ("cluster.yaml" if fmt == "yaml" else "config.conf")
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        args: list[str] = []
+        if election_timeout_ms is not None:
+            args += ["--election-timeout", "{}-{}".format(*election_timeout_ms)]
+        if heartbeat_ms is not None:
+            args += ["--heartbeat-interval", str(heartbeat_ms)]
+        super().__init__(root, n, ports=ports, fmt=fmt, args=args, env=env)
         self.paused: set[int] = set()
         self._channels: dict[int, grpc.Channel] = {}
-        self.write_map(fmt)
-        _live.add(self)
 
-    # -- layout --------------------------------------------------------------------------------------
     def write_map(self, fmt: str) -> None:
-        if fmt == "yaml":
-            lines = ["nodes:"] + [
-                f"  - {{id: {i}, host: {HOST}, port: {p}}}" for i, p in enumerate(self.ports)
-            ]
-        else:
-            lines = ["# written by tests/daemon/cluster.py"] + [
-                f"{i} {HOST} {p}" for i, p in enumerate(self.ports)
-            ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        """Write the map again (after a test changed self.ports)."""
+        write_map(self.config_path, self.ports, fmt)
 
-    def address(self, i: int) -> str:
-        return f"{HOST}:{self.ports[i]}"
-
-    def data_dir(self, i: int) -> Path:
-        return self.root / f"data-{i}"
-
-    def out_path(self, i: int) -> Path:
-        return self.root / f"node-{i}.out"
-
-    def err_path(self, i: int) -> Path:
-        return self.root / f"node-{i}.err"
-
+    # -- logs ----------------------------------------------------------------------------------------
     def log(self, i: int, since: int = 0) -> str:
         """Node i's stdout over all its runs (from byte offset since)."""
         path = self.out_path(i)
@@ -184,36 +151,19 @@ class Cluster:
     def start(self, i: int, *extra: str) -> subprocess.Popen[bytes]:
         """Start node i (appending to its log files); does not wait for it to listen."""
         assert self.procs.get(i) is None or self.procs[i].poll() is not None, f"node {i} is running"
-        args = [sys.executable, "-m", "raftd", str(i), "--config", str(self.config_path)]
-        args += ["--data-dir", str(self.data_dir(i))]
-        if self.election_timeout_ms is not None:
-            args += ["--election-timeout", "{}-{}".format(*self.election_timeout_ms)]
-        if self.heartbeat_ms is not None:
-            args += ["--heartbeat-interval", str(self.heartbeat_ms)]
-        args += list(extra)
-        with self.out_path(i).open("ab") as out, self.err_path(i).open("ab") as err:
-            proc = subprocess.Popen(
-                args,
-                cwd=self.root,
-                env={**raftd_env(), **self.env},
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        self.procs[i] = proc
+        proc = super().start(i, *extra)
         self.paused.discard(i)
         self._drop_channel(i)
         return proc
 
     def start_all(self, *, wait: bool = True) -> int | None:
         """Start every node; with wait, return the leader once all of them agree on one."""
-        for i in range(self.n):
-            self.start(i)
+        super().start_all()
         return self.wait_leader() if wait else None
 
     def running(self) -> list[int]:
         """Nodes whose process is alive and not SIGSTOPped."""
-        return [i for i, p in self.procs.items() if p.poll() is None and i not in self.paused]
+        return [i for i in self.alive() if i not in self.paused]
 
     def kill(self, i: int) -> int:
         """SIGKILL node i and reap it; returns its exit status."""
@@ -239,38 +189,22 @@ class Cluster:
         self.start(i)
 
     def _signal_and_wait(self, i: int, sig: signal.Signals, timeout: float = START_TIMEOUT_S) -> int:
-        proc = self.procs[i]
-        if proc.poll() is None:
-            if i in self.paused and sig != signal.SIGKILL:
-                self.cont(i)
-            proc.send_signal(sig)
+        if i in self.paused and sig != signal.SIGKILL and self.procs[i].poll() is None:
+            self.cont(i)
         try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"node {i} did not exit within {timeout:.0f}s of {sig.name} (killed now)\n{self.dump_logs()}"
-            ) from None
+            return self.wait_exit(i, sig, timeout)
+        except TimeoutError as e:
+            raise AssertionError(f"{e} (killed now)\n{self.dump_logs()}") from None
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
             self.paused.discard(i)
             self._drop_channel(i)
-        return code
 
     def close(self) -> None:
         """Kill every process and close every channel; safe to call more than once."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        super().close()
         self.paused.clear()
         for i in list(self._channels):
             self._drop_channel(i)
-        _live.discard(self)
 
     def __enter__(self) -> Cluster:
         return self

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.ports import free_ports
+from raftd.launcher import free_ports
 
 from .cluster import raftd_env, wait_until
 

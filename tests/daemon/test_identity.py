@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2
-from raftd.testing.ports import free_ports
 
 from .cluster import Cluster, wait_until
 

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from raftctl.cli import EXIT_OUTCOME_UNKNOWN, EXIT_UNAVAILABLE
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2, raft_pb2, raft_pb2_grpc
 from raftd.pipe import OUTCOME_KEY, UNKNOWN
-from raftd.testing.ports import free_ports
 from tests.raftctl.conftest import run_ctl
 
 from .cluster import cluster_of, wait_until

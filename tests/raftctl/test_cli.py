@@ -21,7 +21,7 @@ from raftctl.cli import (
     EXIT_USAGE,
     resolve_endpoints,
 )
-from raftd.testing.ports import free_ports
+from raftd.launcher import free_ports
 from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import RUN_LIMIT_S, ctl_env, run_ctl

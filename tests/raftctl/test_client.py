@@ -16,9 +16,9 @@ import grpc
 import pytest
 
 from raftctl.client import Client, InvalidArgument, NotFound, OutcomeUnknown, ServerError, Unavailable
+from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.testing.ports import free_ports
 
 # (code, details) or (code, details, the raftd-outcome trailer the node sends)
 Failure = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, str]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raftctl.exits import EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_USAGE
-from raftd.testing.ports import free_ports
+from raftd.launcher import free_ports
 from tests.daemon.cluster import Cluster, wait_until
 
 from .conftest import run_ctl

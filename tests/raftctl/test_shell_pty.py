@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raftd.testing.ports import free_ports
+from raftd.launcher import free_ports
 from tests.daemon.cluster import Cluster
 
 from .conftest import ctl_env
