@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,20 +28,17 @@ from typing import TypeVar
 import grpc
 
 from raftctl.client import (
-    ATTEMPT_MIN_S,
-    BACKOFF_MAX_S,
-    BACKOFF_MIN_S,
     CHANNEL_OPTIONS,
     DEFAULT_TIMEOUT_S,
     Leader,
     NotFound,
+    _Attempts,
     _encode,
     _Routing,
-    may_have_applied,
 )
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe, details_of
+from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe
 
 T = TypeVar("T")
 
@@ -170,68 +166,47 @@ class AsyncClient(_Routing):
     # -- admin --------------------------------------------------------------------------------------
     async def get_leader(self) -> Leader:
         """The leader as a node names it; retried (also at other nodes) until one is known."""
-        deadline = time.monotonic() + self.timeout
-        backoff = BACKOFF_MIN_S
-        last_error = "no node named a leader"
-        dead: dict[str, str] = {}
+        attempts = _Attempts(self, "getleader", last_error="no node named a leader")
         while True:
-            target = self.endpoints[self._next]
+            target = attempts.query_target()
             try:
-                response = await self._ask_leader(target, self._attempt_timeout(deadline))
+                response = await self._ask_leader(target, attempts.timeout())
             except grpc.RpcError as e:
-                self._raise_unless_retryable(e)
-                last_error = f"{target}: {details_of(e)}"
-                self._give_up_if_nothing_listens("getleader", target, details_of(e), dead)
+                pause = attempts.query_failed(target, e)
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
                     return leader
-                last_error = f"{target}: no leader known"
-            self._skip_endpoint()
-            backoff = await self._sleep(backoff, deadline, "getleader", last_error)
+                pause = attempts.no_leader_named(target)
+            await asyncio.sleep(pause)
+            attempts.waited()
 
-    # -- the retry loop (the sync client's, awaiting instead of blocking) ---------------------------
+    # -- the retry loop: raftctl.client._Attempts decides, this shell awaits ----------------------------
     async def _call(
         self, what: str, rpc: Callable[[_Connection, float], Awaitable[T]], *, write: bool = False
     ) -> T:
-        deadline = time.monotonic() + self.timeout
-        backoff = BACKOFF_MIN_S
-        last_error = ""
-        failed: set[str] = set()
-        dead: dict[str, str] = {}
-        maybe_applied = False
+        attempts = _Attempts(self, what, write=write)
         while True:
-            target = self._known_target(failed) or await self._find_target(deadline, failed)
+            target = attempts.target()
+            if target is None:
+                endpoint = attempts.ask_endpoint()
+                try:
+                    response: pb.GetLeaderResponse | None = await self._ask_leader(
+                        endpoint, attempts.ask_timeout()
+                    )
+                except grpc.RpcError:
+                    response = None
+                target = attempts.asked(endpoint, response)
             try:
-                return await rpc(self._connection(target), self._attempt_timeout(deadline))
+                return await rpc(self._connection(target), attempts.timeout())
             except grpc.RpcError as e:
-                maybe_applied |= write and may_have_applied(e)
-                self._raise_unless_retryable(e, what, maybe_applied)
-                details = details_of(e)
-                last_error = f"{target}: {details}"
-                self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
-                if self._note_failure(target, e, failed):
-                    continue
-            backoff = await self._sleep(backoff, deadline, what, last_error, maybe_applied)
-
-    async def _find_target(self, deadline: float, failed: set[str]) -> str:
-        endpoint = self._endpoint_to_ask(failed)
-        try:
-            response = await self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
-        except grpc.RpcError:
-            response = None
-        return self._adopt_leader(endpoint, response, failed)
+                pause = attempts.failed(target, e)
+            if pause:  # else a fresh lead: follow it at once
+                await asyncio.sleep(pause)
+                attempts.waited()
 
     async def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
         return await self._connection(endpoint).admin.GetLeader(pb.GetLeaderRequest(), timeout=timeout)
-
-    async def _sleep(
-        self, backoff: float, deadline: float, what: str, last_error: str, maybe_applied: bool = False
-    ) -> float:
-        await asyncio.sleep(self._pause(backoff, deadline, what, last_error, maybe_applied))
-        if time.monotonic() >= deadline:
-            raise self._gave_up(what, last_error, maybe_applied)
-        return min(backoff * 2, BACKOFF_MAX_S)
 
 
 class _SessionLease:

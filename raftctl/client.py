@@ -118,8 +118,8 @@ def _encode(what: str, text: str) -> bytes:
 class _Routing:
     """Leader following as bookkeeping only, no I/O: shared by Client and raftctl.aio.AsyncClient.
 
-    Both clients run the same loop (known leader, else ask an endpoint, else try it; follow hints; back
-    off) and differ only in how they wait, so the decisions live here once.
+    The state that outlives a call (the leader last heard, the next endpoint to ask); one call's attempts
+    are _Attempts.
     """
 
     def __init__(self, endpoints: list[str], timeout: float, pin: bool) -> None:
@@ -247,6 +247,85 @@ class _Routing:
         raise ServerError(f"{code.name}: {details_of(e)}") from None
 
 
+class _Attempts:
+    """One call's attempts, decided without I/O (h11's style): Client and raftctl.aio.AsyncClient each drive
+    it with their own calls and sleeps, so the rules of retrying exist once.
+
+    A call's loop: target() (None: ask ask_endpoint() who leads, within ask_timeout(), and go where
+    asked() says); the call, within timeout(); on a failure, failed() gives the seconds to wait (0: a fresh
+    leader was named, go at once) or raises the error the call ends in; after a wait, waited(). A leader
+    query's loop (get_leader) asks query_target() and reports query_failed() or no_leader_named().
+    """
+
+    def __init__(self, routing: _Routing, what: str, *, write: bool = False, last_error: str = "") -> None:
+        self.routing = routing
+        self.what = what
+        self.write = write
+        self.deadline = time.monotonic() + routing.timeout
+        self.backoff = BACKOFF_MIN_S
+        self.last_error = last_error
+        self.failed_at: set[str] = (
+            set()
+        )  # addresses that failed during this call: their hints are not followed
+        self.dead: dict[str, str] = {}  # endpoints that refused the connection or do not resolve
+        self.maybe_applied = False  # a write attempt that may have applied: the call never ends in a refusal
+
+    def target(self) -> str | None:
+        return self.routing._known_target(self.failed_at)
+
+    def ask_endpoint(self) -> str:
+        return self.routing._endpoint_to_ask(self.failed_at)
+
+    def ask_timeout(self) -> float:
+        return min(self.timeout(), ATTEMPT_MIN_S)
+
+    def asked(self, endpoint: str, response: pb.GetLeaderResponse | None) -> str:
+        """Where the attempt goes after asking endpoint (None: it did not answer)."""
+        return self.routing._adopt_leader(endpoint, response, self.failed_at)
+
+    def timeout(self) -> float:
+        return self.routing._attempt_timeout(self.deadline)
+
+    def failed(self, target: str, e: grpc.RpcError) -> float:
+        r = self.routing
+        self.maybe_applied |= self.write and may_have_applied(e)
+        r._raise_unless_retryable(e, self.what, self.maybe_applied)
+        details = details_of(e)
+        self.last_error = f"{target}: {details}"
+        r._give_up_if_nothing_listens(self.what, target, details, self.dead, self.maybe_applied)
+        if r._note_failure(target, e, self.failed_at):
+            return 0.0
+        return self.pause()
+
+    def query_target(self) -> str:
+        r = self.routing
+        return r.endpoints[0] if r.pin else r.endpoints[r._next]
+
+    def query_failed(self, target: str, e: grpc.RpcError) -> float:
+        r = self.routing
+        r._raise_unless_retryable(e)
+        self.last_error = f"{target}: {details_of(e)}"
+        r._give_up_if_nothing_listens(self.what, target, details_of(e), self.dead)
+        r._skip_endpoint()
+        return self.pause()
+
+    def no_leader_named(self, target: str) -> float:
+        self.last_error = f"{target}: no leader known"
+        self.routing._skip_endpoint()
+        return self.pause()
+
+    def pause(self) -> float:
+        return self.routing._pause(
+            self.backoff, self.deadline, self.what, self.last_error, self.maybe_applied
+        )
+
+    def waited(self) -> None:
+        """After a pause: the call ends when its time is up, else the next pause is longer."""
+        if time.monotonic() >= self.deadline:
+            raise self.routing._gave_up(self.what, self.last_error, self.maybe_applied)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+
+
 class Client(_Routing):
     """Talks to a raftd cluster through the given endpoints ("host:port").
 
@@ -318,25 +397,20 @@ class Client(_Routing):
     # -- admin --------------------------------------------------------------------------------------
     def get_leader(self) -> Leader:
         """The leader as a node names it; retried (also at other nodes) until one is known."""
-        deadline = time.monotonic() + self.timeout
-        backoff = BACKOFF_MIN_S
-        last_error = "no node named a leader"
-        dead: dict[str, str] = {}
+        attempts = _Attempts(self, "getleader", last_error="no node named a leader")
         while True:
-            target = self.endpoints[0] if self.pin else self.endpoints[self._next]
+            target = attempts.query_target()
             try:
-                response = self._ask_leader(target, self._attempt_timeout(deadline))
+                response = self._ask_leader(target, attempts.timeout())
             except grpc.RpcError as e:
-                self._raise_unless_retryable(e)
-                last_error = f"{target}: {details_of(e)}"
-                self._give_up_if_nothing_listens("getleader", target, details_of(e), dead)
+                pause = attempts.query_failed(target, e)
             else:
                 leader = self._heard_leader(response)
                 if leader is not None:
                     return leader
-                last_error = f"{target}: no leader known"
-            self._skip_endpoint()
-            backoff = self._sleep(backoff, deadline, "getleader", last_error)
+                pause = attempts.no_leader_named(target)
+            time.sleep(pause)
+            attempts.waited()
 
     def transfer_leader(self, node_id: int) -> Leader:
         """Make node_id the leader; returns the leader once the transfer completed, as the node that did
@@ -428,52 +502,28 @@ class Client(_Routing):
         `rpc` must be safe to repeat: reads and admin calls are, writes are because their request carries
         one (client_id, seq) for all attempts.
         """
-        deadline = time.monotonic() + self.timeout
-        backoff = BACKOFF_MIN_S
-        last_error = ""
-        failed: set[str] = set()
-        dead: dict[str, str] = {}
-        maybe_applied = False
+        attempts = _Attempts(self, what, write=write)
         while True:
-            target = self._target(deadline, failed)
+            target = attempts.target()
+            if target is None:
+                endpoint = attempts.ask_endpoint()
+                try:
+                    response: pb.GetLeaderResponse | None = self._ask_leader(endpoint, attempts.ask_timeout())
+                except grpc.RpcError:
+                    response = None
+                target = attempts.asked(endpoint, response)
             try:
-                return rpc(self._channel(target), self._attempt_timeout(deadline))
+                return rpc(self._channel(target), attempts.timeout())
             except grpc.RpcError as e:
-                maybe_applied |= write and may_have_applied(e)
-                self._raise_unless_retryable(e, what, maybe_applied)
-                details = details_of(e)
-                last_error = f"{target}: {details}"
-                self._give_up_if_nothing_listens(what, target, details, dead, maybe_applied)
-                if self._note_failure(target, e, failed):
-                    continue  # a fresh lead: follow it at once
-            backoff = self._sleep(backoff, deadline, what, last_error, maybe_applied)
-
-    def _target(self, deadline: float, failed: set[str]) -> str:
-        """Where the next attempt goes: pinned node, else the known leader, else a node's leader hint."""
-        known = self._known_target(failed)
-        if known is not None:
-            return known
-        endpoint = self._endpoint_to_ask(failed)
-        try:
-            response = self._ask_leader(endpoint, min(self._attempt_timeout(deadline), ATTEMPT_MIN_S))
-        except grpc.RpcError:
-            response = None
-        return self._adopt_leader(endpoint, response, failed)
+                pause = attempts.failed(target, e)
+            if pause:  # else a fresh lead: follow it at once
+                time.sleep(pause)
+                attempts.waited()
 
     def _ask_leader(self, endpoint: str, timeout: float) -> pb.GetLeaderResponse:
         return kv_pb2_grpc.AdminStub(self._channel(endpoint)).GetLeader(
             pb.GetLeaderRequest(), timeout=timeout
         )
-
-    def _sleep(
-        self, backoff: float, deadline: float, what: str, last_error: str, maybe_applied: bool = False
-    ) -> float:
-        """Sleep before the next attempt; Unavailable (OutcomeUnknown for a write that may have applied)
-        when no time is left. Returns the next backoff."""
-        time.sleep(self._pause(backoff, deadline, what, last_error, maybe_applied))
-        if time.monotonic() >= deadline:
-            raise self._gave_up(what, last_error, maybe_applied)
-        return min(backoff * 2, BACKOFF_MAX_S)
 
 
 def _trailer(e: grpc.RpcError, name: str) -> str | None:

@@ -15,10 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from raftctl.client import Client, InvalidArgument, NotFound, OutcomeUnknown, ServerError, Unavailable
+from raftctl.client import (
+    BACKOFF_MIN_S,
+    Client,
+    InvalidArgument,
+    NotFound,
+    OutcomeUnknown,
+    ServerError,
+    Unavailable,
+    _Attempts,
+)
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from raftd.pipe import RequestError
 
 # (code, details) or (code, details, the raftd-outcome trailer the node sends)
 Failure = tuple[grpc.StatusCode, str] | tuple[grpc.StatusCode, str, str]
@@ -215,9 +225,10 @@ def test_after_the_leader_fails_the_next_node_asked_is_a_live_one() -> None:
     try:
         c._leader = "127.0.0.1:1"
         failed: set[str] = set()
-        c._note_failure("127.0.0.1:1", "connection refused", failed)
+        refused = RequestError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        c._note_failure("127.0.0.1:1", refused, failed)
         assert c._endpoint_to_ask(failed) == "127.0.0.1:2"
-        c._note_failure("127.0.0.1:2", "connection refused", failed)
+        c._note_failure("127.0.0.1:2", refused, failed)
         assert c._endpoint_to_ask(failed) == "127.0.0.1:3"
         failed.add("127.0.0.1:3")
         assert c._endpoint_to_ask(failed) in c.endpoints  # all failed: go round again
@@ -235,3 +246,26 @@ def test_backoff_is_jittered_so_requests_that_failed_together_do_not_retry_toget
     finally:
         c.close()
     assert all(0.05 <= p <= 0.1 for p in pauses) and len(set(pauses)) > 100
+
+
+def test_a_calls_attempts_are_decided_without_io() -> None:
+    """The retry rules live once, in raftctl.client._Attempts (issue 18); both clients do what it says."""
+    c = Client(["127.0.0.1:1", "127.0.0.1:2"], timeout=0.3)
+    try:
+        a = _Attempts(c, "setval", write=True)
+        assert a.target() is None and a.ask_endpoint() == "127.0.0.1:1"
+        named = pb.GetLeaderResponse(leader_id=1, address="127.0.0.1:2")
+        assert a.asked("127.0.0.1:1", named) == "127.0.0.1:2" and a.target() == "127.0.0.1:2"
+        # A refusal that names another leader: go there at once, no wait.
+        hint = RequestError(grpc.StatusCode.UNAVAILABLE, "refused", "not-applied", "127.0.0.1:1")
+        assert a.failed("127.0.0.1:2", hint) == 0.0 and a.target() == "127.0.0.1:1"
+        # A broken call may have applied: wait, and once the time is up, end as unknown, not refused.
+        pause = a.failed(
+            "127.0.0.1:1", RequestError(grpc.StatusCode.UNAVAILABLE, "Stream removed", "unknown")
+        )
+        assert 0 < pause <= BACKOFF_MIN_S
+        time.sleep(0.35)
+        with pytest.raises(OutcomeUnknown, match="may have applied"):
+            a.waited()
+    finally:
+        c.close()
