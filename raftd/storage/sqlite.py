@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -132,8 +132,7 @@ class SqliteStorage:
                 if not isinstance(snapshot, Snapshot):
                     raise ValueError(f"no image was staged for the snapshot at {meta.index}")
                 self.stage_image(meta, _writer(snapshot.data))
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction(conn, "cannot save"):
                 if meta is not None:
                     # The image itself is in its own file (stage_image); the row makes it the current one.
                     conn.execute(
@@ -156,12 +155,6 @@ class SqliteStorage:
                         "UPDATE hard_state SET term = ?, vote = ?, commit_idx = ? WHERE id = 0",
                         (hard_state.term, hard_state.vote, hard_state.commit),
                     )
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise StorageError(f"{self.path}: cannot save: {e}") from e
             self._shape = shape
             if meta is not None:
                 self._drop_other_snapshots(meta)
@@ -211,18 +204,25 @@ class SqliteStorage:
         """Keep the cluster's id (raftd.identity) for good; durable when this returns."""
         with self._mutex:
             conn = self._open_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with self._transaction(conn, "cannot save the cluster id"):
                 conn.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('cluster_id', ?)", (cluster_id,)
                 )
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise StorageError(f"{self.path}: cannot save the cluster id: {e}") from e
             self.cluster_id = cluster_id
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection, what: str) -> Iterator[None]:
+        """One write transaction, committed (and so fsynced) at the end of the block; rolled back and
+        raised as a StorageError saying `what` failed when sqlite fails."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise StorageError(f"{self.path}: {what}: {e}") from e
 
     def load_snapshot(self) -> Snapshot | None:
         """The stored snapshot alone: what a leader streams to a follower that is too far behind."""
