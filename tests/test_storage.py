@@ -18,6 +18,7 @@ import pytest
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.storage import MemoryStorage, PersistedState, SqliteStorage, Storage, StorageError
+from raftd.storage.checksum import VOTE_FILE, entry_crc, hard_state_crc
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = "c-test"
@@ -305,12 +306,17 @@ def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
         assert (data / "LOCK").read_text() == f"{os.getpid()}\n"
     conn = sqlite3.connect(data / "raft.db")
     assert dict(conn.execute("SELECT key, value FROM meta")) == {
-        "schema_version": 1,
+        "schema_version": 2,
         "cluster": "prod",
         "node_id": 2,
     }
     columns = [(r[1], r[2], r[3], r[5]) for r in conn.execute("PRAGMA table_info(entries)")]
-    assert columns == [("idx", "INTEGER", 0, 1), ("term", "INTEGER", 1, 0), ("data", "BLOB", 1, 0)]
+    assert columns == [
+        ("idx", "INTEGER", 0, 1),
+        ("term", "INTEGER", 1, 0),
+        ("data", "BLOB", 1, 0),
+        ("crc", "INTEGER", 1, 0),
+    ]
     conn.close()
 
 
@@ -456,10 +462,10 @@ def test_another_node_is_refused(tmp_path: Path) -> None:
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     make_store(tmp_path)
     conn = sqlite3.connect(tmp_path / "raft.db")
-    conn.execute("UPDATE meta SET value = 2 WHERE key = 'schema_version'")
+    conn.execute("UPDATE meta SET value = 3 WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    assert_refused(tmp_path, "written by a newer raftd (schema 2; this one reads 1)")
+    assert_refused(tmp_path, "written by a newer raftd (schema 3; this one reads 2)")
 
 
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
@@ -497,14 +503,23 @@ def test_empty_file_from_a_crash_during_creation_is_initialised(tmp_path: Path) 
     [
         ("DELETE FROM entries WHERE idx = 3", "entries are not contiguous: expected index 3, found 4"),
         ("DELETE FROM entries WHERE idx = 1", "entries are not contiguous: expected index 1, found 2"),
-        ("UPDATE hard_state SET commit_idx = 9", "commit index 9 is beyond the last log index 5"),
-        ("UPDATE entries SET term = 0 WHERE idx = 4", "entry 4 has term 0, below the term 1 before it"),
+        # Rows rewritten with their checksums: what a bug in raftd (not the disk) could leave behind.
+        (
+            "UPDATE hard_state SET commit_idx = 9, crc = hard_state_crc(term, vote, 9)",
+            "commit index 9 is beyond the last log index 5",
+        ),
+        (
+            "UPDATE entries SET term = 0, crc = entry_crc(idx, 0, data) WHERE idx = 4",
+            "entry 4 has term 0, below the term 1 before it",
+        ),
         ("DELETE FROM hard_state", "the hard state row is missing"),
     ],
 )
 def test_damaged_log_is_refused_on_load(tmp_path: Path, sql: str, problem: str) -> None:
     make_store(tmp_path)
     conn = sqlite3.connect(tmp_path / "raft.db")
+    conn.create_function("entry_crc", 3, entry_crc)
+    conn.create_function("hard_state_crc", 3, hard_state_crc)
     conn.execute(sql)
     conn.commit()
     conn.close()
@@ -540,3 +555,117 @@ def test_the_cluster_id_is_recorded_durably(tmp_path: Path) -> None:
     with open_store(tmp_path) as s:
         assert s.cluster_id == "0123456789abcdef"
         assert s.load().hard_state == HardState(1, 1, 1)
+
+
+# -- checksums and the vote record (issue 19) -----------------------------------------------------------
+
+
+def _flip(db: Path, needle: bytes) -> None:
+    """Flip one bit of the one place needle stands in the file, as a failing disk would."""
+    raw = bytearray(db.read_bytes())
+    at = raw.find(needle)
+    assert at >= 0 and raw.find(needle, at + 1) < 0, "the needle must stand once in the file"
+    raw[at + len(needle) // 2] ^= 0x01
+    db.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_a_value_stops_the_load_naming_the_entry(tmp_path: Path) -> None:
+    """The follower of the issue started and served the damaged value, even to linearizable reads."""
+    with open_store(tmp_path) as s:
+        s.save(
+            HardState(1, 1, 3),
+            [Entry(1, 1, b"a" * 50), Entry(2, 1, b"the-value-to-damage"), Entry(3, 1, b"c")],
+        )
+    _flip(tmp_path / "raft.db", b"the-value-to-damage")
+    with open_store(tmp_path) as s, pytest.raises(StorageError) as info:
+        s.load()
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'raft.db'}: log entry 2 is damaged"), message
+    assert "restore this node from a backup" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        ("UPDATE hard_state SET vote = 2", "the term, vote and commit index is damaged"),
+        ("UPDATE entries SET idx = 7 WHERE idx = 5", "log entry 7 is damaged"),
+        ("UPDATE snapshot SET term = 9", "the snapshot's record is damaged"),
+    ],
+)
+def test_every_stored_row_is_checked(tmp_path: Path, sql: str, what: str) -> None:
+    with open_store(tmp_path) as s:
+        s.save(HardState(1, 1, 5), ents(1, 5, 1))
+        s.save(None, [], Snapshot(SnapshotMeta(2, 1), b"image"))
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match=what), open_store(tmp_path) as s:
+        s.load()
+
+
+def test_a_database_that_went_back_in_time_is_refused(tmp_path: Path) -> None:
+    """A deleted -wal file, or an old copy put back: the node would be free to vote again in a term it
+    already voted in. raft.vote remembers the newest term and vote the database had made durable."""
+    with open_store(tmp_path) as s:
+        s.save(HardState(1, 1, 0), [])
+    old = (tmp_path / "raft.db").read_bytes()
+    with open_store(tmp_path) as s:
+        s.save(HardState(2, 3, 0), [])  # a vote in term 2
+    assert (tmp_path / VOTE_FILE).read_text().split()[:2] == ["2", "3"]
+    (tmp_path / "raft.db").write_bytes(old)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"raft.db{suffix}").unlink(missing_ok=True)
+    with (
+        pytest.raises(StorageError, match=r"went back in time: it holds term 1 .* recorded term 2"),
+        open_store(tmp_path) as s,
+    ):
+        s.load()
+
+
+def test_the_vote_record_lags_the_database_but_never_leads_it(tmp_path: Path) -> None:
+    """Written after the database's commit: a crash in between leaves it older, which passes."""
+    with open_store(tmp_path) as s:
+        s.save(HardState(3, 2, 0), [])
+    (tmp_path / VOTE_FILE).write_text(f"2 1 {hard_state_crc(2, 1, 0)}\n")
+    with open_store(tmp_path) as s:
+        assert s.load().hard_state == HardState(3, 2, 0)
+    # Same term, no vote recorded yet: the database's later vote in that term is fine too.
+    (tmp_path / VOTE_FILE).write_text(f"3 0 {hard_state_crc(3, 0, 0)}\n")
+    with open_store(tmp_path) as s:
+        assert s.load().hard_state == HardState(3, 2, 0)
+    (tmp_path / VOTE_FILE).write_text("3 9 12345\n")
+    with pytest.raises(StorageError, match=r"raft\.vote: damaged"):
+        open_store(tmp_path)
+
+
+def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    """Written as the previous release wrote it (its schema, no checksums, no vote record)."""
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    for statement in (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
+        "CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0),"
+        " term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_idx INTEGER NOT NULL)",
+        "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
+        " idx INTEGER NOT NULL, term INTEGER NOT NULL, data BLOB NOT NULL)",
+        "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data BLOB NOT NULL)",
+        "INSERT INTO hard_state (id, term, vote, commit_idx) VALUES (0, 2, 1, 3)",
+        "INSERT INTO entries VALUES (1, 1, X'01'), (2, 2, X'02'), (3, 2, X'03')",
+        f"INSERT INTO meta VALUES ('schema_version', 1), ('cluster', '{CLUSTER}'), ('node_id', {NODE})",
+    ):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    with open_store(tmp_path) as s:
+        state = s.load()
+        assert state.hard_state == HardState(2, 1, 3)
+        assert state.entries == [Entry(1, 1, b"\x01"), Entry(2, 2, b"\x02"), Entry(3, 2, b"\x03")]
+        s.save(None, [Entry(4, 2, b"\x04")])
+    assert (tmp_path / VOTE_FILE).read_text().split()[:2] == ["2", "1"]
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (2,)
+    conn.execute("UPDATE entries SET data = X'09' WHERE idx = 2")  # damage after the migration is caught
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="log entry 2 is damaged"), open_store(tmp_path) as s:
+        s.load()

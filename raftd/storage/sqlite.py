@@ -23,19 +23,23 @@ from typing import BinaryIO
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
 from .base import LogShape, PersistedState, StorageError, plan_save, shape_of, state_problem
+from .checksum import RECOVER, VoteRecord, entry_crc, hard_state_crc, snapshot_crc
 
-SCHEMA_VERSION = 1
+# 2: every row carries a crc (raftd/storage/checksum.py); version 1 files are migrated in place on open.
+SCHEMA_VERSION = 2
 DB_NAME = "raft.db"
 LOCK_NAME = "LOCK"
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value NOT NULL)",
     "CREATE TABLE hard_state (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_idx INTEGER NOT NULL)",
+    " term INTEGER NOT NULL, vote INTEGER NOT NULL, commit_idx INTEGER NOT NULL, crc INTEGER NOT NULL)",
     "CREATE TABLE snapshot (id INTEGER PRIMARY KEY CHECK (id = 0),"
-    " idx INTEGER NOT NULL, term INTEGER NOT NULL, data BLOB NOT NULL)",
-    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data BLOB NOT NULL)",
-    "INSERT INTO hard_state (id, term, vote, commit_idx) VALUES (0, 0, 0, 0)",
+    " idx INTEGER NOT NULL, term INTEGER NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL)",
+    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, data BLOB NOT NULL,"
+    " crc INTEGER NOT NULL)",
+    "INSERT INTO hard_state (id, term, vote, commit_idx, crc)"
+    f" VALUES (0, 0, 0, 0, {hard_state_crc(0, 0, 0)})",
 )
 
 
@@ -50,6 +54,7 @@ class SqliteStorage:
         # Readies are saved on the event loop, snapshots on a disk thread: calls must not interleave.
         self._mutex = threading.Lock()
         self._shape = self._read_shape(conn)
+        self._votes = VoteRecord(db.parent, self._hard_state_row(conn))
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_name: str = meta["cluster"]  # as created: may differ from the map's derived name now
         self.cluster_id: str = meta.get("cluster_id", "")  # raftd.identity; "" until applied
@@ -69,12 +74,18 @@ class SqliteStorage:
             raise StorageError(f"{db}: cannot create the data directory: {e.strerror or e}") from e
         lock_fd = _take_lock(data_dir, db)
         try:
-            is_new = not db.exists() or _inspect(db, cluster if name_given else None, node_id)
+            is_new, version = (
+                (True, SCHEMA_VERSION)
+                if not db.exists()
+                else _inspect(db, cluster if name_given else None, node_id)
+            )
             conn = _connect(db)
             try:
                 if is_new:
                     _create(conn, cluster, node_id)
                     _fsync_dir(data_dir)  # the new file's name must survive a power cut too
+                elif version == 1:
+                    _migrate_v1(conn)
                 # Images half written when the last process stopped: nobody is writing them now.
                 for partial in data_dir.glob("snapshot-*.partial"):
                     partial.unlink(missing_ok=True)
@@ -95,12 +106,20 @@ class SqliteStorage:
             conn = self._open_conn()
             try:
                 term, vote, commit = self._hard_state_row(conn)
-                snap_row = conn.execute("SELECT idx, term FROM snapshot").fetchone()
-                rows = conn.execute("SELECT idx, term, data FROM entries ORDER BY idx").fetchall()
+                snap_row = conn.execute("SELECT idx, term, crc FROM snapshot").fetchone()
+                rows = conn.execute("SELECT idx, term, data, crc FROM entries ORDER BY idx").fetchall()
             except sqlite3.Error as e:
                 raise StorageError(f"{self.path}: cannot read the database: {e}") from e
-            snapshot = self._read_snapshot(snap_row) if snap_row else None
-            state = PersistedState(HardState(term, vote, commit), snapshot, [Entry(*r) for r in rows])
+            if snap_row and snap_row[2] != snapshot_crc(snap_row[0], snap_row[1]):
+                raise self._damaged("the snapshot's record")
+            entries = []
+            for index, entry_term, data, crc in rows:
+                if crc != entry_crc(index, entry_term, data):
+                    raise self._damaged(f"log entry {index}")
+                entries.append(Entry(index, entry_term, data))
+            self._votes.check(HardState(term, vote, commit))
+            snapshot = self._read_snapshot(snap_row[:2]) if snap_row else None
+            state = PersistedState(HardState(term, vote, commit), snapshot, entries)
             problem = state_problem(state)
             if problem:
                 raise StorageError(f"{self.path}: the stored log is damaged: {problem}")
@@ -136,8 +155,8 @@ class SqliteStorage:
                 if meta is not None:
                     # The image itself is in its own file (stage_image); the row makes it the current one.
                     conn.execute(
-                        "INSERT OR REPLACE INTO snapshot (id, idx, term, data) VALUES (0, ?, ?, ?)",
-                        (meta.index, meta.term, b""),
+                        "INSERT OR REPLACE INTO snapshot (id, idx, term, data, crc) VALUES (0, ?, ?, ?, ?)",
+                        (meta.index, meta.term, b"", snapshot_crc(meta.index, meta.term)),
                     )
                     if keep_tail:
                         conn.execute("DELETE FROM entries WHERE idx <= ?", (meta.index,))
@@ -147,14 +166,18 @@ class SqliteStorage:
                     if entries[0].index <= self._shape.last_index:  # appending needs no delete
                         conn.execute("DELETE FROM entries WHERE idx >= ?", (entries[0].index,))
                     conn.executemany(
-                        "INSERT INTO entries (idx, term, data) VALUES (?, ?, ?)",
-                        [(e.index, e.term, e.data) for e in entries],
+                        "INSERT INTO entries (idx, term, data, crc) VALUES (?, ?, ?, ?)",
+                        [(e.index, e.term, e.data, entry_crc(e.index, e.term, e.data)) for e in entries],
                     )
                 if hard_state is not None:
+                    hs = hard_state
                     conn.execute(
-                        "UPDATE hard_state SET term = ?, vote = ?, commit_idx = ? WHERE id = 0",
-                        (hard_state.term, hard_state.vote, hard_state.commit),
+                        "UPDATE hard_state SET term = ?, vote = ?, commit_idx = ?, crc = ? WHERE id = 0",
+                        (hs.term, hs.vote, hs.commit, hard_state_crc(hs.term, hs.vote, hs.commit)),
                     )
+            if hard_state is not None:
+                # After the commit: the record may lag the database, never lead it.
+                self._votes.record(hard_state)
             self._shape = shape
             if meta is not None:
                 self._drop_other_snapshots(meta)
@@ -272,15 +295,28 @@ class SqliteStorage:
         return self._conn
 
     def _stored_term(self, index: int) -> int | None:
-        row = self._open_conn().execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
-        return row[0] if row else None
+        row = (
+            self._open_conn()
+            .execute("SELECT term, data, crc FROM entries WHERE idx = ?", (index,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        if row[2] != entry_crc(index, row[0], row[1]):
+            raise self._damaged(f"log entry {index}")
+        return int(row[0])
 
     def _hard_state_row(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
-        row = conn.execute("SELECT term, vote, commit_idx FROM hard_state").fetchone()
+        row = conn.execute("SELECT term, vote, commit_idx, crc FROM hard_state").fetchone()
         if row is None:
             raise StorageError(f"{self.path}: the stored state is damaged: the hard state row is missing")
-        term, vote, commit = row
+        term, vote, commit, crc = row
+        if crc != hard_state_crc(term, vote, commit):
+            raise self._damaged("the term, vote and commit index")
         return int(term), int(vote), int(commit)
+
+    def _damaged(self, what: str) -> StorageError:
+        return StorageError(f"{self.path}: {what} is damaged (its checksum does not match); {RECOVER}")
 
     def _read_shape(self, conn: sqlite3.Connection) -> LogShape:
         """The shape save() validates against, from a few indexed lookups rather than the whole log."""
@@ -323,10 +359,11 @@ def _take_lock(data_dir: Path, db: Path) -> int:
     return fd
 
 
-def _inspect(db: Path, cluster: str | None, node_id: int) -> bool:
+def _inspect(db: Path, cluster: str | None, node_id: int) -> tuple[bool, int]:
     """Validate an existing file through a read-only connection, so refusing it cannot change it.
 
-    Returns True when the file holds no tables at all (a crash during creation): it is created afresh.
+    Returns whether the file holds no tables at all (a crash during creation: it is created afresh), and
+    its schema version.
     """
     sidecars = [db.with_name(db.name + suffix) for suffix in ("-wal", "-shm")]
     ours = [p for p in sidecars if not p.exists()]  # the read-only connection may create these
@@ -334,47 +371,70 @@ def _inspect(db: Path, cluster: str | None, node_id: int) -> bool:
     try:
         conn = sqlite3.connect(uri, uri=True)
         try:
-            problem, is_new = _check(conn, db, cluster, node_id)
+            problem, is_new, version = _check(conn, db, cluster, node_id)
         finally:
             conn.close()
     except sqlite3.OperationalError as e:
-        problem, is_new = f"{db}: cannot read the database: {e}", False
+        problem, is_new, version = f"{db}: cannot read the database: {e}", False, 0
     except sqlite3.DatabaseError as e:
-        problem, is_new = f"{db}: the database is corrupt: {e}", False
+        problem, is_new, version = f"{db}: the database is corrupt: {e}", False, 0
     if problem:
         for p in ours:
             p.unlink(missing_ok=True)
         raise StorageError(problem)
-    return is_new
+    return is_new, version
 
 
-def _check(conn: sqlite3.Connection, db: Path, cluster: str | None, node_id: int) -> tuple[str | None, bool]:
-    """cluster=None: any cluster name will do (see SqliteStorage.open); the node id must match."""
+def _check(
+    conn: sqlite3.Connection, db: Path, cluster: str | None, node_id: int
+) -> tuple[str | None, bool, int]:
+    """(problem, is_new, schema version). cluster=None: any cluster name will do (see SqliteStorage.open);
+    the node id must match."""
     result = conn.execute("PRAGMA quick_check").fetchall()
     if result != [("ok",)]:
-        return f"{db}: the database is corrupt: {result[0][0]}", False
+        return f"{db}: the database is corrupt: {result[0][0]}", False, 0
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
-        return None, True
+        return None, True, SCHEMA_VERSION
     if "meta" not in tables:
-        return f"{db}: not a raftd database (no meta table)", False
+        return f"{db}: not a raftd database (no meta table)", False, 0
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     version = meta.get("schema_version")
     if not isinstance(version, int):
-        return f"{db}: not a raftd database (no schema version)", False
+        return f"{db}: not a raftd database (no schema version)", False, 0
     if version > SCHEMA_VERSION:
-        return f"{db}: written by a newer raftd (schema {version}; this one reads {SCHEMA_VERSION})", False
-    if version != SCHEMA_VERSION:
-        return f"{db}: unknown schema version {version} (this raftd reads {SCHEMA_VERSION})", False
+        return f"{db}: written by a newer raftd (schema {version}; this one reads {SCHEMA_VERSION})", False, 0
+    if version not in (1, SCHEMA_VERSION):
+        return f"{db}: unknown schema version {version} (this raftd reads {SCHEMA_VERSION})", False, 0
     stored = meta.get("cluster")
     if not isinstance(stored, str):
-        return f"{db}: not a raftd database (no cluster name)", False
+        return f"{db}: not a raftd database (no cluster name)", False, 0
     if (stored, meta.get("node_id")) != (cluster or stored, node_id):
         return (
-            f"{db}: belongs to cluster {stored!r} node {meta.get('node_id')}, "
-            f"not cluster {cluster or stored!r} node {node_id}"
-        ), False
-    return None, False
+            (
+                f"{db}: belongs to cluster {stored!r} node {meta.get('node_id')}, "
+                f"not cluster {cluster or stored!r} node {node_id}"
+            ),
+            False,
+            0,
+        )
+    return None, False, version
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2 in place, in one transaction: every row gets its checksum. (What a version 1 file held
+    was never checked; from here on it is.)"""
+    conn.create_function("entry_crc", 3, entry_crc, deterministic=True)
+    conn.create_function("hard_state_crc", 3, hard_state_crc, deterministic=True)
+    conn.create_function("snapshot_crc", 2, snapshot_crc, deterministic=True)
+    conn.execute("BEGIN IMMEDIATE")
+    for table in ("entries", "hard_state", "snapshot"):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE entries SET crc = entry_crc(idx, term, data)")
+    conn.execute("UPDATE hard_state SET crc = hard_state_crc(term, vote, commit_idx)")
+    conn.execute("UPDATE snapshot SET crc = snapshot_crc(idx, term)")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+    conn.execute("COMMIT")
 
 
 def _writer(data: bytes) -> Callable[[BinaryIO], int]:

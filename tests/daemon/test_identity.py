@@ -142,6 +142,9 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
         assert ID_RE.fullmatch(cid)
         for i in range(3):
             c.wait_value(i, "k", "during", local=True)
+            # Migrated in place: checksums on every row, and a vote record beside it (issue 19).
+            assert _meta(c.data_dir(i) / "raft.db")["schema_version"] == 2
+            assert (c.data_dir(i) / "raft.vote").exists()
         c.put_retrying(1, "k", "after")
         c.wait_value(2, "k", "after", local=False)
 
