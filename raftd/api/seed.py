@@ -23,6 +23,17 @@ from .kv import suspend
 
 log = logging.getLogger("raftd.api")
 
+LOG_TEXT_CHARS = 64  # of a key or value in the original's log lines: a log never amplifies input
+
+
+def clip(text: str) -> str:
+    """A key or value as the original's lines print it: whole when short, else its start and its length;
+    control characters escaped, so no input can forge a log line."""
+    shown = text if len(text) <= LOG_TEXT_CHARS else text[:LOG_TEXT_CHARS]
+    if not shown.isprintable():
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in shown)
+    return shown if len(text) <= LOG_TEXT_CHARS else f"{shown}... ({len(text)} characters)"
+
 
 class SeedService(raft_pb2_grpc.RaftServiceServicer):
     def __init__(self, node: RaftNode, calls: Calls, forwarder: Forwarder) -> None:
@@ -54,7 +65,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
     ) -> pb.SetValResponse:
         """verdict is true once the write is committed and applied, false when it was refused before it was
         proposed; an unknown outcome is a gRPC error."""
-        log.info("Command from client: setval %s %s", request.key, request.value)
+        log.info("Command from client: setval %s %s", clip(request.key), clip(request.value))
         key, value = request.key.encode(), request.value.encode()
         if not key or len(key) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
             return pb.SetValResponse(verdict=False)
@@ -62,7 +73,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         try:
             await write(self.calls, self.forwarder, context, Command(Op.PUT, key, value), put)
         except RequestFailed as e:
-            log.info("setval %s failed: %s", request.key, e.message)
+            log.info("setval %s failed: %s", clip(request.key), e.message)
             if e.outcome == UNKNOWN:
                 raise
             return pb.SetValResponse(verdict=False)
@@ -72,7 +83,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
     async def GetVal(
         self, request: pb.GetValRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetValResponse:
-        log.info("Command from client: getval %s", request.key)
+        log.info("Command from client: getval %s", clip(request.key))
         key = request.key.encode()
         if not key or len(key) > MAX_KEY_BYTES:
             return pb.GetValResponse(verdict=False)
