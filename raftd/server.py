@@ -175,10 +175,12 @@ async def serve(
         try:
             await _run_until_signal(node)
         finally:
+            # Also when the node stops on a fatal error: a server left to the garbage collector after the
+            # event loop closed prints a traceback ("Event loop is closed") under the one-line error.
             await forwarder.close()
-        peers.streams.close()
-        kv.streams.close()
-        await server.stop(grace=0.5)
+            peers.streams.close()
+            kv.streams.close()
+            await server.stop(grace=0.5)
     finally:
         storage.close()
     log.info("The server stops")
