@@ -29,7 +29,7 @@ from raftd.config import (
 )
 from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
 from raftd.restore import restore
-from raftd.server import StartupError, serve
+from raftd.server import DEFAULT_MAX_SNAPSHOT_BYTES, StartupError, serve
 from raftd.storage import StorageError
 
 EXIT_CONFIG = 2
@@ -46,6 +46,7 @@ ENV = {
     "--election-timeout": "RAFTD_ELECTION_TIMEOUT",
     "--heartbeat-interval": "RAFTD_HEARTBEAT_INTERVAL",
     "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
+    "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
     "--restore": "RAFTD_RESTORE",
 }
 
@@ -156,6 +157,15 @@ def _one_line(e: click.ClickException) -> str:
     help="Take a snapshot and compact the log after this many applied entries.",
 )
 @click.option(
+    "--max-snapshot-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_SNAPSHOT_BYTES,
+    show_default=True,
+    envvar=ENV["--max-snapshot-bytes"],
+    help="The largest snapshot this node takes from a leader (InstallSnapshot); a larger one is refused "
+    "before it is read.",
+)
+@click.option(
     "--restore",
     "restore_path",
     metavar="FILE",
@@ -176,6 +186,7 @@ def node(
     election_timeout: str | None,
     heartbeat_interval: int | None,
     snapshot_entries: int,
+    max_snapshot_bytes: int,
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
@@ -193,7 +204,7 @@ def node(
         if restore_path is not None:
             backup = restore(restore_path, data, cluster.name, node_id)
             click.echo(f"Restored {restore_path} (index {backup.index}, term {backup.term}) into {data}")
-        asyncio.run(serve(cluster, node_id, data, listen, snapshot_entries))
+        asyncio.run(serve(cluster, node_id, data, listen, snapshot_entries, max_snapshot_bytes))
     except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)
 

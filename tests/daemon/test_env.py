@@ -30,6 +30,7 @@ def conf(tmp_path: Path) -> Path:
         ("RAFTD_HEARTBEAT_INTERVAL", "900", "need heartbeat < election minimum"),
         ("RAFTD_ELECTION_TIMEOUT", "abc", "--election-timeout wants MIN-MAX in ms"),
         ("RAFTD_RESTORE", "no-such-backup.bak", "no-such-backup.bak"),
+        ("RAFTD_MAX_SNAPSHOT_BYTES", "0", "--max-snapshot-bytes"),
     ],
 )
 def test_each_option_s_variable_is_read(
