@@ -7,8 +7,6 @@ import dataclasses
 import io
 import logging
 import signal
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftd.api.common import Calls, Forwarder, LongCalls
 from raftd.api.kv import AdminService, KVService
+from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
 from raftd.core import MsgType, Snapshot
@@ -31,8 +30,7 @@ from raftd.transport.peer import CHANNEL_OPTIONS
 log = logging.getLogger("raftd.server")
 
 SHUTDOWN_TRANSFER_S = 1.0
-MAX_REFUSALS_LOGGED = 64  # foreign clusters and strangers' addresses remembered so each is logged once
-MEMBER_ADDRESSES_TTL_S = 5.0
+MAX_REFUSALS_LOGGED = 64  # foreign (name, id) pairs remembered so each is logged once
 DEFAULT_MAX_SNAPSHOT_BYTES = 1024**3  # an image of a million 1 KiB values, with room to spare
 SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
@@ -41,65 +39,12 @@ class StartupError(Exception):
     """The node cannot start (port taken, ...); the message is for the user, one line."""
 
 
-class MemberAddresses:
-    """The source addresses that may speak the peer protocol: those the members' hosts resolve to, looked
-    up when a peer call opens (and cached for a few seconds, since hosts in containers and pods move). A
-    cheap check, until mutual TLS (the security issue) says who is calling."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        self.hosts = sorted(set(hosts))
-        self.addresses: set[str] = set()
-        self.resolved_at: float | None = None
-
-    async def allows(self, peer: str) -> bool:
-        host = peer_host(peer)
-        if host is None:
-            return False
-        loop = asyncio.get_running_loop()
-        if self.resolved_at is None or loop.time() - self.resolved_at > MEMBER_ADDRESSES_TTL_S:
-            self.addresses = await self._resolve(loop)
-            self.resolved_at = loop.time()
-        return host in self.addresses
-
-    async def _resolve(self, loop: asyncio.AbstractEventLoop) -> set[str]:
-        found: set[str] = set()
-        for host in self.hosts:
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError:
-                continue  # a member whose name does not resolve now cannot be calling
-            found.update(str(info[4][0]) for info in infos)
-        return found
-
-
-def peer_host(peer: str) -> str | None:
-    """The address in a gRPC peer string ("ipv4:10.0.0.1:5000", "ipv6:[::1]:5000"); None for others."""
-    kind, _, rest = urllib.parse.unquote(peer).partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return None
-    host = rest.rsplit(":", 1)[0]
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
     def __init__(self, node: RaftNode, max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> None:
         self.node = node
         self.streams = LongCalls()
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
-        self.members = MemberAddresses([n.host for n in node.cluster.nodes])
-        self.strangers: set[str] = set()  # source addresses refused and logged
         self.max_snapshot_bytes = max_snapshot_bytes
-
-    async def _check_peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        if await self.members.allows(context.peer()):
-            return
-        who = peer_host(context.peer()) or context.peer()
-        if who not in self.strangers and len(self.strangers) < MAX_REFUSALS_LOGGED:
-            self.strangers.add(who)
-            log.warning("Refused peer traffic from %s: not the address of a member", who)
-        await context.abort(
-            grpc.StatusCode.PERMISSION_DENIED, f"peer traffic from {who} refused: not the address of a member"
-        )
 
     async def _check_cluster(
         self, name: str, cluster_id: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -118,7 +63,6 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> peer_pb2.StepResponse:
         async with self.streams.track():
-            await self._check_peer(context)
             async for batch in requests:
                 await self._check_cluster(batch.cluster, batch.cluster_id, context)
                 try:
@@ -135,7 +79,6 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
     ) -> peer_pb2.StepResponse:
         """Gather the image, then hand the whole SNAP message to the node; a partial one is dropped."""
         async with self.streams.track():
-            await self._check_peer(context)
             header: peer_pb2.Message | None = None
             total = 0
             sender_id = ""
@@ -222,12 +165,14 @@ async def serve(
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node, max_snapshot_bytes)
-        peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, server)
+        # Stands in for the server in the generated registrations (typed for a real server only).
+        guarded: Any = RefusingMalformed(server)
+        peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, guarded)
         calls, forwarder = Calls(node), Forwarder(node)
         kv = KVService(node, calls, forwarder)
-        kv_pb2_grpc.add_KVServicer_to_server(kv, server)
-        kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), server)
-        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), server)
+        kv_pb2_grpc.add_KVServicer_to_server(kv, guarded)
+        kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), guarded)
+        raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), guarded)
         # grpc-stubs types grpc_health's threaded servicer only, not its asyncio one (health.aio).
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
