@@ -304,8 +304,9 @@ class _Attempts:
     def query_failed(self, target: str, e: grpc.RpcError) -> float:
         r = self.routing
         r._raise_unless_retryable(e)
-        self.last_error = f"{target}: {details_of(e)}"
-        r._give_up_if_nothing_listens(self.what, target, details_of(e), self.dead)
+        details = details_of(e)
+        self.last_error = f"{target}: {details}"
+        r._give_up_if_nothing_listens(self.what, target, details, self.dead)
         r._skip_endpoint()
         return self.pause()
 

@@ -48,6 +48,12 @@ def free_ports(n: int, host: str = HOST) -> list[int]:
             s.close()
 
 
+def node_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A node's environment: ours, unbuffered (a line is in its file by the time the state it describes
+    is visible), and extra on top."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
 def write_map(path: Path, ports: Sequence[int], fmt: str = "conf", host: str = HOST) -> None:
     """A cluster map of nodes 0..n-1 on host: the original conf format, or YAML."""
     if fmt == "yaml":
@@ -140,8 +146,7 @@ class LocalCluster:
             proc = subprocess.Popen(
                 self.command(i, *extra),
                 cwd=self.root,
-                # Unbuffered: a line is in the file by the time the state it describes is visible.
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                env=node_env(self.env),
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,

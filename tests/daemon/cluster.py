@@ -22,7 +22,7 @@ from typing import TypeVar
 import grpc
 
 from raftd.launcher import HOST as HOST
-from raftd.launcher import LocalCluster, write_map
+from raftd.launcher import LocalCluster, node_env, write_map
 from raftd.launcher import free_ports as free_ports
 from raftd.pb import kv_pb2, kv_pb2_grpc
 
@@ -62,10 +62,8 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = LEADER
 
 
 def raftd_env() -> dict[str, str]:
-    """Unbuffered output, so log lines are in the file by the time the state they describe is visible."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    """The environment of a raftd process the tests start themselves (raftd.launcher.node_env)."""
+    return node_env()
 
 
 def run_raftd(

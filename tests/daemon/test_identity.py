@@ -110,7 +110,10 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
     if not _export(PREVIOUS_RELEASE, old_code):
         if os.environ.get("CI"):
             pytest.fail(f"commit {PREVIOUS_RELEASE} is not in this clone (a shallow clone?)")
-        pytest.skip(f"commit {PREVIOUS_RELEASE} (the previous release) is not in this clone's history")
+        pytest.skip(
+            f"the upgrade test runs the previous release's code from git history, and this clone lacks "
+            f"commit {PREVIOUS_RELEASE} (a shallow clone: `git fetch --unshallow` brings it)"
+        )
     old_env = {"PYTHONPATH": str(old_code)}
     with Cluster(tmp_path / "c", env=old_env) as c:
         c.start_all()
