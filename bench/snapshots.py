@@ -27,8 +27,9 @@ from raftd.backup import pack
 from raftd.core import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.launcher import LocalCluster
-from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, snapshot_due
+from raftd.node import snapshot_due
 from raftd.pb import kv_pb2, kv_pb2_grpc
+from raftd.settings import Limits
 from raftd.storage import SqliteStorage
 
 VALUE = b"v" * 16
@@ -144,7 +145,7 @@ def db_growth(root: Path, overwrites: int, keyspace: int) -> dict[str, float]:
             for e in entries:
                 kv.apply(e.index, Command.decode(e.data))
                 log_bytes += len(e.data)
-            if snapshot_due(index - snap_index, log_bytes, image_bytes, DEFAULT_SNAPSHOT_ENTRIES):
+            if snapshot_due(index - snap_index, log_bytes, image_bytes, Limits.snapshot_entries):
                 image = encode(kv.image())
                 store.save(None, [], Snapshot(SnapshotMeta(index, term), image))
                 store.reclaim()

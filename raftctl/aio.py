@@ -20,9 +20,7 @@ on. get_leader stays unary.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -32,6 +30,7 @@ from raftctl.client import (
     DEFAULT_TIMEOUT_S,
     Leader,
     NotFound,
+    WriteSession,
     _Attempts,
     _encode,
     _Routing,
@@ -41,12 +40,6 @@ from raftd.pb import kv_pb2_grpc
 from raftd.pipe import MAX_BATCH_BYTES, NoStream, Pipe
 
 T = TypeVar("T")
-
-
-@dataclass
-class _Session:
-    client_id: str
-    seq: int = 0
 
 
 class _Connection:
@@ -107,7 +100,7 @@ class AsyncClient(_Routing):
     def __init__(self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(endpoints, timeout, pin=False)
         self._connections: dict[str, _Connection] = {}
-        self._idle_sessions: list[_Session] = []
+        self._idle_sessions: list[WriteSession] = []
         self.sessions_made = 0
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -132,8 +125,10 @@ class AsyncClient(_Routing):
     async def put(self, key: str, value: str) -> int:
         """Store value under key once it is committed and applied; returns the log index it applied at."""
         request = pb.PutRequest(key=_encode("the key", key), value=_encode("the value", value))
-        with self._session_for(request.session):
-            response = await self._call("setval", lambda c, t: c.put(request, t), write=True)
+        with self._session_for(request.session) as session:
+            response = await self._call(
+                "setval", lambda c, t: c.put(request, t), session=(session, request.session)
+            )
         return response.index
 
     async def get(self, key: str, linearizable: bool = True) -> str:
@@ -147,21 +142,21 @@ class AsyncClient(_Routing):
     async def delete(self, key: str) -> bool:
         """Remove key; False when it was already absent."""
         request = pb.DeleteRequest(key=_encode("the key", key))
-        with self._session_for(request.session):
-            response = await self._call("delete", lambda c, t: c.delete(request, t), write=True)
+        with self._session_for(request.session) as session:
+            response = await self._call(
+                "delete", lambda c, t: c.delete(request, t), session=(session, request.session)
+            )
         return response.deleted
 
     def _session_for(self, into: pb.WriteSession) -> _SessionLease:
         """Fill `into` with a fresh (client_id, seq) from an idle session; the lease gives it back."""
         session = self._idle_sessions.pop() if self._idle_sessions else self._new_session()
-        session.seq += 1
-        into.client_id = session.client_id
-        into.seq = session.seq
+        session.number(into)
         return _SessionLease(self._idle_sessions, session)
 
-    def _new_session(self) -> _Session:
+    def _new_session(self) -> WriteSession:
         self.sessions_made += 1
-        return _Session(secrets.token_hex(16))
+        return WriteSession()
 
     # -- admin --------------------------------------------------------------------------------------
     async def get_leader(self) -> Leader:
@@ -183,9 +178,13 @@ class AsyncClient(_Routing):
 
     # -- the retry loop: raftctl.client._Attempts decides, this shell awaits ----------------------------
     async def _call(
-        self, what: str, rpc: Callable[[_Connection, float], Awaitable[T]], *, write: bool = False
+        self,
+        what: str,
+        rpc: Callable[[_Connection, float], Awaitable[T]],
+        *,
+        session: tuple[WriteSession, pb.WriteSession] | None = None,
     ) -> T:
-        attempts = _Attempts(self, what, write=write)
+        attempts = _Attempts(self, what, write=session is not None, session=session)
         while True:
             target = attempts.target()
             if target is None:
@@ -197,10 +196,14 @@ class AsyncClient(_Routing):
                 except grpc.RpcError:
                     response = None
                 target = attempts.asked(endpoint, response)
+            attempts.attempt()
             try:
-                return await rpc(self._connection(target), attempts.timeout())
+                answer = await rpc(self._connection(target), attempts.timeout())
             except grpc.RpcError as e:
                 pause = attempts.failed(target, e)
+            else:
+                attempts.succeeded()
+                return answer
             if pause:  # else a fresh lead: follow it at once
                 await asyncio.sleep(pause)
                 attempts.waited()
@@ -212,11 +215,11 @@ class AsyncClient(_Routing):
 class _SessionLease:
     """Returns a session to the idle pool when its write is over, however it ended."""
 
-    def __init__(self, pool: list[_Session], session: _Session) -> None:
+    def __init__(self, pool: list[WriteSession], session: WriteSession) -> None:
         self.pool = pool
         self.session = session
 
-    def __enter__(self) -> _Session:
+    def __enter__(self) -> WriteSession:
         return self.session
 
     def __exit__(self, *exc: object) -> None:

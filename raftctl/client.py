@@ -12,6 +12,7 @@ This module knows nothing of Click or terminals; errors are the exception classe
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import secrets
@@ -25,7 +26,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
-from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, RequestError, details_of, never_connected
+from raftd.pipe import (
+    LEADER_KEY,
+    NOT_APPLIED,
+    OUTCOME_KEY,
+    RequestError,
+    details_of,
+    never_connected,
+    trailer,
+)
 
 T = TypeVar("T")
 
@@ -68,12 +77,39 @@ class OutcomeUnknown(ClientError):
     Not a failure: read the key to find out (a retry with the same session would apply at most once)."""
 
 
+class SessionExpired(OutcomeUnknown):
+    """A write refused because the cluster no longer holds its exactly-once session (it evicted the least
+    recently used, raftd --max-sessions) and an earlier attempt of it may have applied: applying it again
+    could apply it twice. This attempt never applies; the client starts a new session for later writes."""
+
+
 class InvalidArgument(ClientError):
     """The server refused the request as invalid (empty or oversized key, bad period, unknown node id)."""
 
 
 class ServerError(ClientError):
     """The server failed the request with a status other than the ones above."""
+
+
+@dataclass
+class WriteSession:
+    """One exactly-once session as a client keeps it: its id, the last number it gave a write, and whether
+    the cluster may hold it. Until a write may have applied, each write (and each retry) says it is the
+    first, so a session the cluster evicted is never mistaken for a new one after that."""
+
+    client_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
+    seq: int = 0
+    live: bool = False  # a write of this session may have applied
+
+    def number(self, into: pb.WriteSession) -> None:
+        """Give the next write its (client_id, seq), kept on every retry of that write."""
+        self.seq += 1
+        into.client_id = self.client_id
+        into.seq = self.seq
+
+    def renew(self) -> None:
+        """A new session after the cluster forgot this one: writes through it would all be refused."""
+        self.client_id, self.seq, self.live = secrets.token_hex(16), 0, False
 
 
 @dataclass(frozen=True)
@@ -257,10 +293,19 @@ class _Attempts:
     query's loop (get_leader) asks query_target() and reports query_failed() or no_leader_named().
     """
 
-    def __init__(self, routing: _Routing, what: str, *, write: bool = False, last_error: str = "") -> None:
+    def __init__(
+        self,
+        routing: _Routing,
+        what: str,
+        *,
+        write: bool = False,
+        last_error: str = "",
+        session: tuple[WriteSession, pb.WriteSession] | None = None,
+    ) -> None:
         self.routing = routing
         self.what = what
         self.write = write
+        self.session = session  # a write's session, and the request's copy of it
         self.deadline = time.monotonic() + routing.timeout
         self.backoff = BACKOFF_MIN_S
         self.last_error = last_error
@@ -286,9 +331,26 @@ class _Attempts:
     def timeout(self) -> float:
         return self.routing._attempt_timeout(self.deadline)
 
+    def attempt(self) -> None:
+        """Before each attempt: a write says whether it is its session's first (WriteSession.first)."""
+        if self.session is not None:
+            kept, wire = self.session
+            wire.first = not kept.live
+
+    def succeeded(self) -> None:
+        if self.session is not None:
+            self.session[0].live = True
+
     def failed(self, target: str, e: grpc.RpcError) -> float:
         r = self.routing
-        self.maybe_applied |= self.write and may_have_applied(e)
+        if self.write and may_have_applied(e):
+            self.maybe_applied = True
+            if self.session is not None:
+                self.session[0].live = True
+        if self.write and e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            if self.session is not None:
+                self.session[0].renew()
+            raise SessionExpired(f"{self.what}: {details_of(e)}") from None
         r._raise_unless_retryable(e, self.what, self.maybe_applied)
         details = details_of(e)
         self.last_error = f"{target}: {details}"
@@ -339,8 +401,7 @@ class Client(_Routing):
         self, endpoints: list[str], timeout: float = DEFAULT_TIMEOUT_S, *, pin: bool = False
     ) -> None:
         super().__init__(endpoints, timeout, pin)
-        self.client_id = secrets.token_hex(16)
-        self._seq = 0
+        self.session = WriteSession()
         self._channels: dict[str, grpc.Channel] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -367,9 +428,11 @@ class Client(_Routing):
     def put(self, key: str, value: str) -> int:
         """Store value under key; returns the log index at which it applied."""
         request = pb.PutRequest(key=_encode("the key", key), value=_encode("the value", value))
-        request.session.CopyFrom(self._session())
+        self.session.number(request.session)
         response = self._call(
-            "setval", lambda ch, t: kv_pb2_grpc.KVStub(ch).Put(request, timeout=t), write=True
+            "setval",
+            lambda ch, t: kv_pb2_grpc.KVStub(ch).Put(request, timeout=t),
+            session=(self.session, request.session),
         )
         return response.index
 
@@ -384,16 +447,13 @@ class Client(_Routing):
     def delete(self, key: str) -> bool:
         """Remove key; False when it was already absent."""
         request = pb.DeleteRequest(key=_encode("the key", key))
-        request.session.CopyFrom(self._session())
+        self.session.number(request.session)
         response = self._call(
-            "delete", lambda ch, t: kv_pb2_grpc.KVStub(ch).Delete(request, timeout=t), write=True
+            "delete",
+            lambda ch, t: kv_pb2_grpc.KVStub(ch).Delete(request, timeout=t),
+            session=(self.session, request.session),
         )
         return response.deleted
-
-    def _session(self) -> pb.WriteSession:
-        """A fresh id per write; the caller reuses it on every retry of that write."""
-        self._seq += 1
-        return pb.WriteSession(client_id=self.client_id, seq=self._seq)
 
     # -- admin --------------------------------------------------------------------------------------
     def get_leader(self) -> Leader:
@@ -497,13 +557,19 @@ class Client(_Routing):
         return rows
 
     # -- the retry loop -----------------------------------------------------------------------------
-    def _call(self, what: str, rpc: Callable[[grpc.Channel, float], T], *, write: bool = False) -> T:
+    def _call(
+        self,
+        what: str,
+        rpc: Callable[[grpc.Channel, float], T],
+        *,
+        session: tuple[WriteSession, pb.WriteSession] | None = None,
+    ) -> T:
         """rpc(channel, timeout) at the leader or, failing that, at the endpoints in turn, until timeout.
 
-        `rpc` must be safe to repeat: reads and admin calls are, writes are because their request carries
-        one (client_id, seq) for all attempts.
+        `rpc` must be safe to repeat: reads and admin calls are, writes (those with a session) are because
+        their request carries one (client_id, seq) for all attempts.
         """
-        attempts = _Attempts(self, what, write=write)
+        attempts = _Attempts(self, what, write=session is not None, session=session)
         while True:
             target = attempts.target()
             if target is None:
@@ -513,10 +579,14 @@ class Client(_Routing):
                 except grpc.RpcError:
                     response = None
                 target = attempts.asked(endpoint, response)
+            attempts.attempt()
             try:
-                return rpc(self._channel(target), attempts.timeout())
+                answer = rpc(self._channel(target), attempts.timeout())
             except grpc.RpcError as e:
                 pause = attempts.failed(target, e)
+            else:
+                attempts.succeeded()
+                return answer
             if pause:  # else a fresh lead: follow it at once
                 time.sleep(pause)
                 attempts.waited()
@@ -527,26 +597,17 @@ class Client(_Routing):
         )
 
 
-def _trailer(e: grpc.RpcError, name: str) -> str | None:
-    trailing = getattr(e, "trailing_metadata", None)
-    metadata = trailing() if callable(trailing) else None
-    for key, value in metadata or ():
-        if key == name:
-            return value if isinstance(value, str) else value.decode()
-    return None
-
-
 def outcome_of(e: grpc.RpcError) -> str | None:
     """What a node said of a failed write ("not-applied" / "unknown"), None when it said nothing."""
     if isinstance(e, RequestError):
         return e.outcome
-    return _trailer(e, OUTCOME_KEY)
+    return trailer(e, OUTCOME_KEY)
 
 
 def leader_hint(e: grpc.RpcError) -> str | None:
     """The leader's HOST:PORT a node named when it refused for not leading: from the trailer (or a stream
     answer's Error.leader), else, from a node older than those, from its message."""
-    named = e.leader if isinstance(e, RequestError) else _trailer(e, LEADER_KEY)
+    named = e.leader if isinstance(e, RequestError) else trailer(e, LEADER_KEY)
     return named or _hint(details_of(e))
 
 

@@ -27,9 +27,11 @@ from raftd.config import (
     load_cluster,
     timing_problem,
 )
-from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, FatalError
+from raftd.kv.store import MAX_SESSION_LIMIT
+from raftd.node import FatalError
 from raftd.restore import restore
-from raftd.server import DEFAULT_MAX_SNAPSHOT_BYTES, StartupError, serve
+from raftd.server import StartupError, serve
+from raftd.settings import Limits
 from raftd.storage import StorageError
 
 EXIT_CONFIG = 2
@@ -47,6 +49,10 @@ ENV = {
     "--heartbeat-interval": "RAFTD_HEARTBEAT_INTERVAL",
     "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
     "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
+    "--max-sessions": "RAFTD_MAX_SESSIONS",
+    "--max-streams": "RAFTD_MAX_STREAMS",
+    "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
+    "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--restore": "RAFTD_RESTORE",
 }
 
@@ -151,7 +157,7 @@ def _one_line(e: click.ClickException) -> str:
 @click.option(
     "--snapshot-entries",
     type=click.IntRange(min=1),
-    default=DEFAULT_SNAPSHOT_ENTRIES,
+    default=Limits.snapshot_entries,
     show_default=True,
     envvar=ENV["--snapshot-entries"],
     help="Take a snapshot and compact the log after this many applied entries.",
@@ -159,11 +165,48 @@ def _one_line(e: click.ClickException) -> str:
 @click.option(
     "--max-snapshot-bytes",
     type=click.IntRange(min=1),
-    default=DEFAULT_MAX_SNAPSHOT_BYTES,
+    default=Limits.max_snapshot_bytes,
     show_default=True,
     envvar=ENV["--max-snapshot-bytes"],
     help="The largest snapshot this node takes from a leader (InstallSnapshot); a larger one is refused "
     "before it is read.",
+)
+@click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1, max=MAX_SESSION_LIMIT),
+    default=Limits.max_sessions,
+    show_default=True,
+    envvar=ENV["--max-sessions"],
+    help="Exactly-once sessions the cluster keeps; the least recently used goes, and a later write of its "
+    "client is refused (\"session expired\"). The leader's value becomes the cluster's: give every node "
+    "the same.",
+)
+@click.option(
+    "--max-streams",
+    type=click.IntRange(min=1),
+    default=Limits.max_streams,
+    show_default=True,
+    envvar=ENV["--max-streams"],
+    help="KV.Stream calls served at once; one more is refused (RESOURCE_EXHAUSTED), and raftd's clients "
+    "use unary calls instead.",
+)
+@click.option(
+    "--max-stream-bytes",
+    type=click.IntRange(min=1),
+    default=Limits.max_stream_bytes,
+    show_default=True,
+    envvar=ENV["--max-stream-bytes"],
+    help="Bytes of requests one stream may have unanswered; past them the node reads no more of it until "
+    "answers go out.",
+)
+@click.option(
+    "--stream-write-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Limits.stream_write_timeout_s,
+    show_default=True,
+    envvar=ENV["--stream-write-timeout"],
+    help="Seconds a stream's client may read no answer before the node ends the stream and frees what it "
+    "held.",
 )
 @click.option(
     "--restore",
@@ -187,6 +230,10 @@ def node(
     heartbeat_interval: int | None,
     snapshot_entries: int,
     max_snapshot_bytes: int,
+    max_sessions: int,
+    max_streams: int,
+    max_stream_bytes: int,
+    stream_write_timeout: float,
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
@@ -204,7 +251,15 @@ def node(
         if restore_path is not None:
             backup = restore(restore_path, data, cluster.name, node_id)
             click.echo(f"Restored {restore_path} (index {backup.index}, term {backup.term}) into {data}")
-        asyncio.run(serve(cluster, node_id, data, listen, snapshot_entries, max_snapshot_bytes))
+        limits = Limits(
+            snapshot_entries,
+            max_snapshot_bytes,
+            max_sessions,
+            max_streams,
+            max_stream_bytes,
+            stream_write_timeout,
+        )
+        asyncio.run(serve(cluster, node_id, data, listen, limits))
     except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)
 

@@ -46,6 +46,7 @@ from raftd.core import (
 )
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, ImageError, KVStore, Op, Result, encode, encode_to
+from raftd.settings import DEFAULTS, Limits
 from raftd.storage import PersistedState, SqliteStorage, StorageError
 from raftd.transport.peer import PeerClient
 
@@ -54,7 +55,6 @@ log = logging.getLogger("raftd.node")
 T = TypeVar("T")
 
 TICK_S = 0.01
-DEFAULT_SNAPSHOT_ENTRIES = 10_000
 MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
 # A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it) and is then
 # never answered: its reads fail this long after they were asked. That frees them; a streamed read (its
@@ -97,6 +97,15 @@ class Unavailable(Exception):
 class OutcomeUnknown(Unavailable):
     """The write was proposed, but this node can no longer tell whether it commits: it may have applied,
     or may still apply (suspended, stopped or deposed with it in the log)."""
+
+
+class SessionExpired(Exception):
+    """A write refused when it reached the state machine: not its client's first, and the cluster holds no
+    session for that client any more (evicted: raftd --max-sessions). It never applies; an earlier attempt
+    of it may have."""
+
+    def __init__(self) -> None:
+        super().__init__("session expired; the write may have applied")
 
 
 class TargetUnreachable(Unavailable):
@@ -163,10 +172,10 @@ class RaftNode:
         cluster: ClusterConfig,
         node_id: int,
         storage: SqliteStorage,
-        snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
+        limits: Limits = DEFAULTS,
     ) -> None:
         self.cluster = cluster
-        self.snapshot_entries = snapshot_entries
+        self.limits = limits
         self.me = cluster.node(node_id)
         self.id = to_core(node_id)
         self.storage = storage
@@ -213,8 +222,12 @@ class RaftNode:
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
         self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
-        self._id_capable: set[int] = set()  # peers (core ids) that can apply a cluster id entry
+        # The peer protocol version (MessageBatch.version) each peer's traffic showed, by core id: an entry
+        # of a newer kind is proposed only once every peer can apply it, so a rolling upgrade never stops
+        # a node of the previous release on an entry it cannot read.
+        self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
+        self._limit_proposed = 0  # the term in which it last proposed a session limit
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -479,7 +492,7 @@ class RaftNode:
         if (
             not self._snapshotting
             and not self.stopping
-            and snapshot_due(entries, self.log_bytes, self.image_bytes, self.snapshot_entries)
+            and snapshot_due(entries, self.log_bytes, self.image_bytes, self.limits.snapshot_entries)
         ):
             self._snapshotting = True
             self._spawn(self._take_snapshot())
@@ -614,9 +627,9 @@ class RaftNode:
             self.log_bytes += len(e.data)
             try:
                 cmd = Command.decode(e.data) if e.data else None
+                result = self.kv.apply(e.index, cmd) if cmd is not None else None
             except CommandError as err:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
-            result = self.kv.apply(e.index, cmd) if cmd is not None else None
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             if result is None:
@@ -627,7 +640,9 @@ class RaftNode:
             term, fut = waiter
             if fut.done():
                 continue
-            if e.term == term and result is not None:
+            if e.term == term and result is not None and result.expired:
+                fut.set_exception(SessionExpired())
+            elif e.term == term and result is not None:
                 if testhooks.ANSWER_DELAY_S:
                     asyncio.get_running_loop().call_later(testhooks.ANSWER_DELAY_S, _settle, fut, result)
                 else:
@@ -635,6 +650,7 @@ class RaftNode:
             else:
                 # Another leader's entry took this index: ours was never committed.
                 fut.set_exception(Unavailable("leadership changed before the write committed; retry"))
+        self._maybe_propose_session_limit()
         if self.confirmed:
             ready = [(i, fs) for i, fs in self.confirmed if i <= self.kv.applied]
             self.confirmed = [(i, fs) for i, fs in self.confirmed if i > self.kv.applied]
@@ -711,12 +727,16 @@ class RaftNode:
         for callback in self.on_role_change:
             callback()
 
-    def peer_knows_cluster_ids(self, core_id: int) -> None:
-        """A peer's traffic says it can apply a cluster id entry (MessageBatch.version >= 1)."""
-        if core_id in self._id_capable or core_id not in self.addresses:
+    def peer_speaks(self, core_id: int, version: int) -> None:
+        """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks."""
+        if core_id not in self.addresses or self._peer_versions.get(core_id, 0) >= version:
             return
-        self._id_capable.add(core_id)
+        self._peer_versions[core_id] = version
         self._maybe_propose_cluster_id()
+        self._maybe_propose_session_limit()
+
+    def _peers_speak(self, version: int) -> bool:
+        return all(self._peer_versions.get(p, 0) >= version for p in self.addresses if p != self.id)
 
     def _maybe_propose_cluster_id(self) -> None:
         """A new (or upgraded) cluster's leader names it (raftd.identity), once every peer has shown that
@@ -725,11 +745,27 @@ class RaftNode:
         entry commits, the next one proposes again: the first such entry applied wins everywhere."""
         if self.identity.id or not self.is_leader() or self._id_proposed == self.raw.term:
             return
-        if any(p not in self._id_capable for p in self.addresses if p != self.id):
+        if not self._peers_speak(1):
             return
         self._id_proposed = self.raw.term
         try:
             fut = self.propose_nowait(Command(Op.CLUSTER_ID, b"", new_cluster_id().encode()))
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _maybe_propose_session_limit(self) -> None:
+        """Make this leader's --max-sessions the cluster's (an Op.SESSION_LIMIT entry), once per term, once
+        every peer can apply it. Checked after applying, so that the state it compares with is current
+        (a new leader has applied all before its term once its first entry applied)."""
+        want = self.limits.max_sessions
+        if want == self.kv.session_limit or self._limit_proposed == self.raw.term or not self.is_leader():
+            return
+        if not self._peers_speak(2) or self.raw.committed > self.kv.applied:
+            return
+        self._limit_proposed = self.raw.term
+        try:
+            fut = self.propose_nowait(Command(Op.SESSION_LIMIT, b"", str(want).encode()))
         except (NotLeader, Unavailable):
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -867,6 +903,8 @@ class RaftNode:
         self._check_serving()
         if not self.is_leader():
             raise NotLeader(self.leader())
+        if cmd.first is not None and not self._peers_speak(2):
+            cmd = dataclasses.replace(cmd, first=None)
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         first = not self.proposals
         if first:

@@ -59,7 +59,8 @@ class RequestError(grpc.RpcError):
 
 
 class NoStream(Exception):
-    """The node does not know KV.Stream (an older raftd): use unary calls there."""
+    """The node does not serve KV.Stream (an older raftd, or one serving --max-streams already): use unary
+    calls there."""
 
 
 class Pipe:
@@ -143,11 +144,12 @@ class Pipe:
                     try:
                         await call.write(pb.RequestBatch(requests=batch))
                     except asyncio.InvalidStateError:
-                        # The call was over before this write: it carried nothing.
+                        # The call was over before this write: it carried nothing. How it ended (say,
+                        # UNIMPLEMENTED from a node without Stream) is the receiver's to report.
                         self.sent.difference_update(r.id for r in batch)
-                        raise
+                        return
                     self.batches_sent += 1
-        except (grpc.RpcError, asyncio.InvalidStateError) as e:
+        except grpc.RpcError as e:
             self._broken(call, e)
 
     def _take(self) -> list[pb.Request]:
@@ -195,7 +197,8 @@ class Pipe:
             if task is not asyncio.current_task():
                 task.cancel()
         code = e.code() if isinstance(e, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-        if code == grpc.StatusCode.UNIMPLEMENTED:
+        if code == grpc.StatusCode.UNIMPLEMENTED or _refused_whole(e):
+            # No Stream here (an older node), or too many streams: nothing was read, go unary.
             self._fail_waiting(lambda rid: NoStream())
             return
         details = details_of(e) if isinstance(e, grpc.RpcError) else str(e)
@@ -230,6 +233,23 @@ class Pipe:
                 grpc.StatusCode.CANCELLED, "the client was closed", UNKNOWN if rid in sent else NOT_APPLIED
             )
         )
+
+
+def _refused_whole(e: Exception) -> bool:
+    """A stream the node refused before reading any request (Limits.max_streams), as its trailer says."""
+    if not isinstance(e, grpc.RpcError) or e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    return trailer(e, OUTCOME_KEY) == NOT_APPLIED
+
+
+def trailer(e: grpc.RpcError, name: str) -> str | None:
+    """A failed call's trailing metadata value under name (None: absent, or no call at all)."""
+    trailing = getattr(e, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 _NO_CONNECTION = ("failed to connect", "connection refused", "dns resolution failed", "errors resolving")

@@ -21,8 +21,9 @@ from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
 from raftd.core import MsgType, Snapshot
 from raftd.kv import ImageError, verify
-from raftd.node import DEFAULT_SNAPSHOT_ENTRIES, RaftNode, TargetUnreachable
+from raftd.node import RaftNode, TargetUnreachable
 from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
+from raftd.settings import DEFAULTS, Limits
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
 from raftd.transport.peer import CHANNEL_OPTIONS
@@ -31,7 +32,6 @@ log = logging.getLogger("raftd.server")
 
 SHUTDOWN_TRANSFER_S = 1.0
 MAX_REFUSALS_LOGGED = 64  # foreign (name, id) pairs remembered so each is logged once
-DEFAULT_MAX_SNAPSHOT_BYTES = 1024**3  # an image of a million 1 KiB values, with room to spare
 SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
 
@@ -40,11 +40,11 @@ class StartupError(Exception):
 
 
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
-    def __init__(self, node: RaftNode, max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> None:
+    def __init__(self, node: RaftNode) -> None:
         self.node = node
         self.streams = LongCalls()
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
-        self.max_snapshot_bytes = max_snapshot_bytes
+        self.max_snapshot_bytes = node.limits.max_snapshot_bytes
 
     async def _check_cluster(
         self, name: str, cluster_id: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -69,8 +69,8 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                if batch.version >= 1 and messages:
-                    self.node.peer_knows_cluster_ids(messages[0].frm)
+                if batch.version and messages:
+                    self.node.peer_speaks(messages[0].frm, batch.version)
                 self.node.deliver(messages)
         return peer_pb2.StepResponse()
 
@@ -148,8 +148,7 @@ async def serve(
     node_id: int,
     data_dir: Path,
     listen: str | None = None,
-    snapshot_entries: int = DEFAULT_SNAPSHOT_ENTRIES,
-    max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+    limits: Limits = DEFAULTS,
 ) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
     me = cluster.node(node_id)
@@ -161,10 +160,10 @@ async def serve(
                 storage.path,
                 storage.cluster_name,
             )
-        node = RaftNode(cluster, node_id, storage, snapshot_entries)
+        node = RaftNode(cluster, node_id, storage, limits)
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
-        peers = PeerService(node, max_snapshot_bytes)
+        peers = PeerService(node)
         # Stands in for the server in the generated registrations (typed for a real server only).
         guarded: Any = RefusingMalformed(server)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, guarded)

@@ -39,11 +39,11 @@ def test_a_leader_without_an_id_proposes_one_and_the_first_applied_wins(tmp_path
         node = await leader(tmp_path, cluster_id="")
         node._take_input()
         assert _id_entries(node) == [], "not before every peer has shown it can apply one"
-        node.peer_knows_cluster_ids(2)
+        node.peer_speaks(2, 1)
         node._take_input()
         assert _id_entries(node) == [], "node 2 (core id 3) may run the previous release"
-        node.peer_knows_cluster_ids(3)
-        node.peer_knows_cluster_ids(3)
+        node.peer_speaks(3, 1)
+        node.peer_speaks(3, 1)
         node._take_input()
         (proposed,) = _id_entries(node)
         assert node.identity.id == "", "not before it commits"
@@ -68,8 +68,8 @@ def test_a_leader_without_an_id_proposes_one_and_the_first_applied_wins(tmp_path
 def test_a_leader_that_knows_the_id_proposes_none(tmp_path: Path) -> None:
     async def main() -> None:
         node = await leader(tmp_path)
-        node.peer_knows_cluster_ids(2)
-        node.peer_knows_cluster_ids(3)
+        node.peer_speaks(2, 1)
+        node.peer_speaks(3, 1)
         node._take_input()
         assert _id_entries(node) == []
         release_node(node)

@@ -39,12 +39,30 @@ from raftd.kv import store as store_module
     seq=st.integers(min_value=0, max_value=2**64 - 1),
 )
 def test_command_round_trip(op: Op, key: bytes, value: bytes, client: bytes, seq: int) -> None:
-    cmd = Command(op, key, value, client, seq)
-    assert Command.decode(cmd.encode()) == cmd
+    for first in (None, True, False):
+        cmd = Command(op, key, value, client, seq, first)
+        assert Command.decode(cmd.encode()) == cmd
+
+
+def test_entries_written_before_the_first_flag_read_as_unchecked() -> None:
+    """The encoding of earlier releases is unchanged (their logs replay as they applied), and a session
+    write of this one differs from it only in the op byte's flags."""
+    legacy = b"\x01" + struct.pack(">QHII", 7, 1, 1, 1) + b"ckv"
+    assert Command.decode(legacy) == Command(Op.PUT, b"k", b"v", b"c", 7, None)
+    assert Command(Op.PUT, b"k", b"v", b"c", 7, None).encode() == legacy
+    assert Command(Op.PUT, b"k", b"v", b"c", 7, True).encode() == b"\xc1" + legacy[1:]
+    assert Command(Op.PUT, b"k", b"v", b"c", 7, False).encode() == b"\x81" + legacy[1:]
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"\x01", Command(Op.PUT, b"k", b"v").encode()[:-1], b"\x09" + b"\x00" * 20]
+    "data",
+    [
+        b"",
+        b"\x01",
+        Command(Op.PUT, b"k", b"v").encode()[:-1],
+        b"\x09" + b"\x00" * 20,
+        b"\x41" + Command(Op.PUT, b"k", b"v").encode()[1:],  # FIRST without CHECKED
+    ],
 )
 def test_corrupt_commands_are_refused(data: bytes) -> None:
     with pytest.raises(CommandError):
@@ -82,6 +100,72 @@ def test_writes_without_session_always_apply() -> None:
     kv.apply(2, Command(Op.DELETE, b"k"))
     kv.apply(3, Command(Op.PUT, b"k", b"1"))
     assert kv.get(b"k") == b"1"
+
+
+def test_a_write_that_is_not_first_from_an_unknown_client_is_refused_and_never_applies() -> None:
+    """Dissertation 6.3: a session the store no longer holds cannot tell a retry from a new write, so the
+    write is refused (the client hears "session expired; the write may have applied")."""
+    kv = KVStore()
+    refused = kv.apply(1, Command(Op.PUT, b"k", b"v", b"stranger", 5, first=False))
+    assert refused.expired and kv.get(b"k") is None and b"stranger" not in kv.sessions
+    assert kv.applied == 1
+    assert kv.apply(2, Command(Op.DELETE, b"k", b"", b"stranger", 6, first=False)).expired
+    # Its first write makes the session; later ones (not first) apply as they come.
+    assert not kv.apply(3, Command(Op.PUT, b"k", b"v1", b"c", 1, first=True)).expired
+    assert not kv.apply(4, Command(Op.PUT, b"k", b"v2", b"c", 2, first=False)).expired
+    assert kv.get(b"k") == b"v2"
+    # An unchecked entry (written while a node of an earlier release was a member) keeps the old rule.
+    assert not kv.apply(5, Command(Op.PUT, b"old", b"v", b"legacy", 9, first=None)).expired
+    assert kv.get(b"old") == b"v"
+
+
+def test_an_evicted_session_s_retry_is_refused_not_applied_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's probe: 10,001 writes from distinct client ids, then a client retries its write. It
+    applied a second time (its session had been evicted); now it is refused."""
+    kv = KVStore()
+    kv.apply(1, Command(Op.PUT, b"counter", b"1", b"me", 1, first=True))
+    kv.apply(2, Command(Op.PUT, b"counter", b"2", b"me", 2, first=False))
+    kv.apply(3, Command(Op.PUT, b"counter", b"3"))
+    for i in range(store_module.MAX_SESSIONS):
+        kv.apply(4 + i, Command(Op.PUT, b"other", b"x", f"c{i}".encode(), 1, first=True))
+    assert b"me" not in kv.sessions and len(kv.sessions) == store_module.MAX_SESSIONS
+    retry = kv.apply(20_000, Command(Op.PUT, b"counter", b"2", b"me", 2, first=False))
+    assert retry.expired
+    assert kv.get(b"counter") == b"3", "the retried write must not apply again"
+
+
+def test_the_session_limit_is_replicated_state() -> None:
+    """Op.SESSION_LIMIT (raftd --max-sessions, proposed by the leader) evicts at once, the least recently
+    used first, and every replica applying the log agrees."""
+    replicas = [KVStore(), KVStore()]
+    log = [Command(Op.PUT, b"k", b"v", f"c{i}".encode(), 1, first=True) for i in range(10)]
+    log += [Command(Op.PUT, b"k", b"v", b"c3", 2, first=False), Command(Op.SESSION_LIMIT, b"", b"4")]
+    log += [Command(Op.PUT, b"k", b"v", b"c0", 2, first=False)]  # evicted by the new limit
+    for kv in replicas:
+        results = [kv.apply(i, c) for i, c in enumerate(log, start=1)]
+        assert kv.session_limit == 4
+        assert list(kv.sessions) == [b"c7", b"c8", b"c9", b"c3"]
+        assert results[-1].expired
+    assert replicas[0].sessions == replicas[1].sessions
+    restored = KVStore()
+    restored.restore(replicas[0].applied, encode(replicas[0].image()))
+    assert restored.session_limit == 4 and restored.sessions == replicas[0].sessions
+
+
+@pytest.mark.parametrize("value", [b"", b"0", b"-1", b"ten", b"1" * 30])
+def test_a_malformed_session_limit_entry_is_corrupt(value: bytes) -> None:
+    with pytest.raises(CommandError):
+        KVStore().apply(1, Command(Op.SESSION_LIMIT, b"", value))
+
+
+def test_an_image_with_the_default_session_limit_keeps_the_earlier_format() -> None:
+    """A node of the previous release reads RAFTDKV2 only: only a changed limit makes a RAFTDKV3."""
+    kv = _filled()
+    assert encode(kv.image()).startswith(b"RAFTDKV2")
+    kv.apply(kv.applied + 1, Command(Op.SESSION_LIMIT, b"", b"3"))
+    raw = encode(kv.image())
+    assert raw.startswith(b"RAFTDKV3")
+    assert decode(raw).session_limit == 3 and len(decode(raw).sessions) == 3
 
 
 def test_sessions_are_bounded_and_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:

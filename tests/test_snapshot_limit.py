@@ -13,6 +13,7 @@ import pytest
 from raftd.core import Message, MsgType, Snapshot, SnapshotMeta
 from raftd.pb import peer_pb2
 from raftd.server import PeerService
+from raftd.settings import Limits
 from raftd.transport.codec import message_to_pb
 
 from .nodes import follower, release_node
@@ -41,8 +42,8 @@ def test_a_snapshot_over_the_maximum_is_refused_before_its_data_is_read(tmp_path
     """The issue's probe announced 10 GiB and streamed 300 MiB, all of it buffered."""
 
     async def main() -> None:
-        node = follower(tmp_path)
-        service = PeerService(node, max_snapshot_bytes=1000)
+        node = follower(tmp_path, limits=Limits(max_snapshot_bytes=1000))
+        service = PeerService(node)
         header = message_to_pb(
             Message(MsgType.SNAP, to=1, frm=2, term=1, snapshot=Snapshot(SnapshotMeta(10, 1)))
         )

@@ -1,4 +1,5 @@
-"""KV.Stream's per-stream bookkeeping, in-process: a request whose outcome never comes is answered anyway."""
+"""KV.Stream's per-stream bookkeeping, in-process: a request whose outcome never comes is answered anyway,
+and what a stream holds is bounded however its client behaves (issue 19)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from raftd.api import stream
 from raftd.api.stream import StreamSession
 from raftd.kv import Result
 from raftd.pb import kv_pb2 as pb
+from raftd.settings import DEFAULTS, Limits
 
 
 class StuckNode:
@@ -33,7 +35,7 @@ def test_a_request_without_an_outcome_expires_and_frees_its_slot(monkeypatch: py
 
     async def scenario() -> None:
         node = StuckNode()
-        session = StreamSession(node)  # type: ignore[arg-type]
+        session = StreamSession(node, DEFAULTS)  # type: ignore[arg-type]
         put = pb.Request(id=7, put=pb.PutRequest(key=b"k", value=b"v"))
         session.serve(pb.RequestBatch(requests=[put, put]))  # a repeated id counts once
         session.serve(pb.RequestBatch(requests=[put]))  # and so does one that is still open
@@ -71,7 +73,7 @@ def test_each_request_expires_at_its_own_deadline_from_one_timer_per_stream(
 
         monkeypatch.setattr(loop, "call_at", recording_call_at)  # call_later goes through call_at too
         node = StuckNode()
-        session = StreamSession(node)  # type: ignore[arg-type]
+        session = StreamSession(node, DEFAULTS)  # type: ignore[arg-type]
         start = clock
 
         def put(rid: int) -> pb.RequestBatch:
@@ -117,7 +119,7 @@ class Context:
 
 def test_the_expiry_timer_ends_with_the_call() -> None:
     async def scenario() -> None:
-        session = StreamSession(AnsweringNode())  # type: ignore[arg-type]
+        session = StreamSession(AnsweringNode(), DEFAULTS)  # type: ignore[arg-type]
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
             yield pb.RequestBatch(requests=[pb.Request(id=1, put=pb.PutRequest(key=b"k", value=b"v"))])
@@ -126,5 +128,125 @@ def test_the_expiry_timer_ends_with_the_call() -> None:
         await session.run(requests(), context)  # type: ignore[arg-type]
         assert [r.id for batch in context.written for r in batch.responses] == [1]
         assert session._expiry is not None and session._expiry.cancelled(), "no timer outlives its call"
+
+    asyncio.run(scenario())
+
+
+MIB = 1024 * 1024
+
+
+class ReadingNode(AnsweringNode):
+    """A node holding one 1 MiB value under every key, counting the reads of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read_barrier_nowait(self) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(1)
+        return future
+
+    def local_read(self, key: bytes) -> tuple[bytes, int]:
+        self.reads += 1
+        return b"v" * MIB, 1
+
+
+class StalledContext(Context):
+    """A client that stopped reading: once gRPC's window is full, write() never returns."""
+
+    def __init__(self, window: int = 1) -> None:
+        super().__init__()
+        self.window = window
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def write(self, batch: pb.ResponseBatch) -> None:
+        if len(self.written) >= self.window:
+            await asyncio.Event().wait()
+        self.written.append(batch)
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise asyncio.CancelledError  # as grpc.aio's abort ends the handler
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def _gets(first: int, n: int) -> pb.RequestBatch:
+    return pb.RequestBatch(
+        requests=[pb.Request(id=i, get=pb.GetRequest(key=b"k")) for i in range(first, first + n)]
+    )
+
+
+def test_reads_queued_behind_a_slow_reader_hold_no_values() -> None:
+    """The issue's probe: 1,500 Gets of a 1 MiB value on a stream whose client never reads grew the node by
+    912 MB. Values are fetched as answers go out, one message's worth at a time."""
+
+    async def scenario() -> None:
+        node = ReadingNode()
+        session = StreamSession(node, Limits(stream_write_timeout_s=60))  # type: ignore[arg-type]
+        context = StalledContext(window=1)
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            yield _gets(1, 1500)
+            await asyncio.Event().wait()
+
+        task = asyncio.get_running_loop().create_task(session.run(requests(), context))  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        sent = sum(len(v) for b in context.written for r in b.responses for v in [r.get.value])
+        assert 0 < sent <= stream.MAX_BATCH_BYTES, "one message's worth sent"
+        # One message sent, one in the write that never returns, and the value that did not fit in it.
+        most = 2 * stream.MAX_BATCH_BYTES // MIB + 1
+        assert node.reads <= most, f"{node.reads} values fetched for a stalled client"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_reads_no_more_requests_past_its_byte_bound() -> None:
+    async def scenario() -> None:
+        node = StuckNode()  # writes never commit: every put stays unanswered
+        session = StreamSession(node, Limits(max_stream_bytes=3 * MIB))  # type: ignore[arg-type]
+        read = 0
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            nonlocal read
+            for i in range(1, 1000):
+                read += 1
+                yield pb.RequestBatch(
+                    requests=[pb.Request(id=i, put=pb.PutRequest(key=b"k", value=b"v" * MIB))]
+                )
+
+        task = asyncio.get_running_loop().create_task(session.run(requests(), Context()))  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert read == 3 and session.open_bytes == 3 * (MIB + 1), "reading pauses once 3 MiB are held"
+        assert len(node.futures) == 3
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_reads_nothing_is_cut_off() -> None:
+    async def scenario() -> None:
+        node = ReadingNode()
+        session = StreamSession(node, Limits(stream_write_timeout_s=0.05))  # type: ignore[arg-type]
+        context = StalledContext(window=0)
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            yield _gets(1, 10)
+            await asyncio.Event().wait()
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(session.run(requests(), context), 5)  # type: ignore[arg-type]
+        assert context.aborted is not None
+        code, details = context.aborted
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details == "the client read no answer for 0.05s (--stream-write-timeout)"
+        assert session.closed
 
     asyncio.run(scenario())

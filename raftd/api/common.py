@@ -18,7 +18,7 @@ import grpc
 
 from raftd.config import NodeAddr
 from raftd.kv import Command, Op
-from raftd.node import NotLeader, OutcomeUnknown, RaftNode, Unavailable
+from raftd.node import NotLeader, OutcomeUnknown, RaftNode, SessionExpired, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import (
@@ -151,12 +151,21 @@ def put_command(request: pb.PutRequest) -> Command:
     """A Put checked and ready for the log (its session makes a retried write apply once)."""
     key = check_key(request.key)
     value = check_text("the value", request.value, MAX_VALUE_BYTES)
-    return Command(Op.PUT, key, value, request.session.client_id.encode(), request.session.seq)
+    return Command(Op.PUT, key, value, *_session(request.session))
 
 
 def delete_command(request: pb.DeleteRequest) -> Command:
     key = check_key(request.key)
-    return Command(Op.DELETE, key, b"", request.session.client_id.encode(), request.session.seq)
+    return Command(Op.DELETE, key, b"", *_session(request.session))
+
+
+def _session(session: pb.WriteSession) -> tuple[bytes, int, bool | None]:
+    """(client_id, seq, first) of a write; a client that does not say whether it is first (one written
+    before WriteSession.first) numbers its writes from 1. No session: first is None, nothing to check."""
+    if not session.client_id:
+        return b"", 0, None
+    first = session.first if session.HasField("first") else session.seq == 1
+    return session.client_id.encode(), session.seq, first
 
 
 def not_leader(leader: NodeAddr | None) -> RequestFailed:
@@ -180,6 +189,8 @@ def failure(e: BaseException, *, write: bool) -> RequestFailed:
     elif isinstance(e, NotLeader):
         hinted = not_leader(e.leader)
         code, message, outcome, leader = hinted.code, hinted.message, NOT_APPLIED, hinted.leader
+    elif isinstance(e, SessionExpired):
+        code, message, outcome = grpc.StatusCode.FAILED_PRECONDITION, str(e), UNKNOWN
     elif isinstance(e, OutcomeUnknown):
         code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(e), UNKNOWN
     elif isinstance(e, Unavailable):

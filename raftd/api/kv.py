@@ -12,6 +12,7 @@ from raftd.backup import pack
 from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY
 
 from .common import (
     FORWARDED,
@@ -47,6 +48,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.calls = calls
         self.forwarder = forwarder
         self.streams = LongCalls()
+        self.streams_open = 0
 
     @grpc_errors
     async def Put(
@@ -81,9 +83,25 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Stream(  # type: ignore[override]  # answers with context.write(), not an iterator
         self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        """Pipelined requests, answered in batches (raftd/api/stream.py); server stop ends it quietly."""
-        async with self.streams.track():
-            await StreamSession(self.node).run(requests, context)
+        """Pipelined requests, answered in batches (raftd/api/stream.py); server stop ends it quietly.
+
+        Past Limits.max_streams the call is refused before any request is read, and says so (outcome
+        "not-applied"), so that a client may send its requests again as unary calls.
+        """
+        limits = self.node.limits
+        if self.streams_open >= limits.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this node serves at most {limits.max_streams} streams at once (--max-streams); "
+                "use unary calls",
+                ((OUTCOME_KEY, NOT_APPLIED),),
+            )
+        self.streams_open += 1
+        try:
+            async with self.streams.track():
+                await StreamSession(self.node, limits).run(requests, context)
+        finally:
+            self.streams_open -= 1
 
 
 class AdminService(kv_pb2_grpc.AdminServicer):

@@ -9,6 +9,11 @@ queue the answer, and one writer per stream sends everything queued in one messa
 
 Unlike the unary Put, a follower does not forward writes from a stream: it answers "not the leader; try
 HOST:PORT" and the client sends them to the leader itself, which saves the leader a unary call per write.
+
+What a stream holds is bounded (raftd.settings.Limits): requests received and not answered, in number and in
+bytes (reading pauses past either); a read's value is fetched only when its answer is sent, so answers
+queued behind a slow reader hold no values; and a client that reads nothing for --stream-write-timeout
+has its stream ended, since gRPC's flow control stops the writes once the client stops reading.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -25,14 +31,18 @@ from raftd.kv import Command, Result
 from raftd.node import NotLeader, RaftNode, Unavailable
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
+from raftd.settings import Limits
 
 from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, failure, put_command
 
-# Requests of one stream received but not yet answered on the wire; reading pauses at this many, so that
-# a client that floods (or stops reading answers) holds bounded memory here.
+log = logging.getLogger("raftd.api")
+
+# Requests of one stream received but not yet answered on the wire; reading pauses at this many (or at
+# Limits.max_stream_bytes of them), so that a client that floods holds bounded memory here.
 MAX_UNANSWERED = 4096
-# One ResponseBatch carries at most about this many bytes of values (a client takes 8 MiB messages).
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+# One ResponseBatch carries at most this many bytes of values, unless one value alone is more (a client
+# takes 8 MiB messages, and a value is at most 1 MiB).
+MAX_BATCH_BYTES = 1024 * 1024
 # A request still open after this long (and up to EXPIRY_GRAIN_S more) is answered DEADLINE_EXCEEDED, so
 # that one whose outcome never comes (a follower's ReadIndex request lost on the way to the leader) cannot
 # hold its slot forever.
@@ -40,22 +50,34 @@ REQUEST_DEADLINE_S = MAX_DEADLINE_S
 EXPIRY_GRAIN_S = 1.0
 
 
+class _Read(NamedTuple):
+    """A read's answer in the queue before its value is fetched (StreamSession._take)."""
+
+    id: int
+    key: bytes
+
+
+class Stalled(Exception):
+    """The client read no answer within Limits.stream_write_timeout_s."""
+
+
 class StreamSession:
     """One Stream call: the reader serves requests, callbacks queue answers, the writer sends them."""
 
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: RaftNode, limits: Limits) -> None:
         self.node = node
-        self.out: list[pb.Response] = []
-        self.out_bytes = 0  # value bytes in out
+        self.limits = limits
+        self.out: list[pb.Response | _Read] = []
         self.unanswered = 0
-        # Requests received and not answered yet: id -> when it expires. In arrival order, so in deadline
-        # order too, which lets one timer per stream, armed for the oldest, serve them all.
-        self.open: dict[int, float] = {}
+        # Requests received and not answered yet: id -> (when it expires, its bytes). In arrival order, so
+        # in deadline order too, which lets one timer per stream, armed for the oldest, serve them all.
+        self.open: dict[int, tuple[float, int]] = {}
+        self.open_bytes = 0  # the bytes of the requests in open
         self.open_writes: set[int] = set()  # the ids in open that are writes: an expiry says "unknown"
         self._expiry: asyncio.TimerHandle | None = None
         self.closed = False  # the call is over: late callbacks drop their answers
         self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
-        self.room = asyncio.Event()  # for the reader: unanswered fell below MAX_UNANSWERED
+        self.room = asyncio.Event()  # for the reader: below both bounds on unanswered requests
         self.room.set()
 
     async def run(
@@ -65,6 +87,11 @@ class StreamSession:
         reader = asyncio.get_running_loop().create_task(self._read(requests))
         try:
             await self._write(context, reader)
+        except Stalled:
+            timeout = self.limits.stream_write_timeout_s
+            log.info("Ended a stream from %s: its client read no answer for %gs", context.peer(), timeout)
+            message = f"the client read no answer for {timeout:g}s (--stream-write-timeout)"
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         finally:
             self.closed = True
             reader.cancel()
@@ -75,7 +102,7 @@ class StreamSession:
         try:
             async for batch in requests:
                 self.serve(batch)
-                if self.unanswered >= MAX_UNANSWERED:
+                if not self._has_room():
                     self.room.clear()
                     await self.room.wait()
         finally:
@@ -86,9 +113,13 @@ class StreamSession:
             self.wake.clear()
             if self.out:
                 responses = self._take()
-                await context.write(pb.ResponseBatch(responses=responses))
+                try:
+                    async with asyncio.timeout(self.limits.stream_write_timeout_s):
+                        await context.write(pb.ResponseBatch(responses=responses))
+                except TimeoutError:
+                    raise Stalled from None
                 self.unanswered -= len(responses)
-                if self.unanswered < MAX_UNANSWERED:
+                if self._has_room():
                     self.room.set()
             elif reader.done() and (self.unanswered == 0 or reader.cancelled() or reader.exception()):
                 reader.result()  # a failure in serving is a bug: let gRPC report it
@@ -96,20 +127,40 @@ class StreamSession:
             else:
                 await self.wake.wait()
 
+    def _has_room(self) -> bool:
+        return self.unanswered < MAX_UNANSWERED and self.open_bytes < self.limits.max_stream_bytes
+
     def _take(self) -> list[pb.Response]:
-        """Everything queued, unless its values outweigh one message: then the longest prefix that fits."""
-        if self.out_bytes <= MAX_BATCH_BYTES:
-            taken, self.out, self.out_bytes = self.out, [], 0
-            return taken
-        n = size = 0
-        for response in self.out:
-            weight = len(response.get.value)
-            if n and size + weight > MAX_BATCH_BYTES:
+        """The longest prefix of the queue whose values fit in one message (at least one answer).
+
+        Reads get their values here, as they go out: a value read later than its read was confirmed is
+        still linearizable (the answer has not been sent, and the state only moves on), and a client that
+        does not read holds no values queued here.
+        """
+        out = self.out
+        taken: list[pb.Response] = []
+        size = i = 0
+        while i < len(out):
+            item = out[i]
+            if isinstance(item, _Read):
+                item = out[i] = self._read_now(item)
+            weight = len(item.get.value)
+            if taken and size + weight > MAX_BATCH_BYTES:
                 break
-            n, size = n + 1, size + weight
-        taken, self.out = self.out[:n], self.out[n:]
-        self.out_bytes -= size
+            taken.append(item)
+            size += weight
+            i += 1
+        del out[:i]
         return taken
+
+    def _read_now(self, read: _Read) -> pb.Response:
+        try:
+            value, index = self.node.local_read(read.key)
+        except Unavailable as e:
+            return pb.Response(id=read.id, error=failure(e, write=False).to_pb())
+        return pb.Response(
+            id=read.id, get=pb.GetResponse(found=value is not None, value=value or b"", index=index)
+        )
 
     # -- serving ------------------------------------------------------------------------------------
     def serve(self, batch: pb.RequestBatch) -> None:
@@ -122,7 +173,10 @@ class StreamSession:
                 fresh.setdefault(request.id, request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REQUEST_DEADLINE_S
-        self.open.update(dict.fromkeys(fresh, deadline))
+        for rid, request in fresh.items():
+            weight = _weight(request)
+            self.open[rid] = (deadline, weight)
+            self.open_bytes += weight
         self.open_writes.update(rid for rid, r in fresh.items() if r.WhichOneof("op") in ("put", "delete"))
         self.unanswered += len(fresh)
         if fresh and self._expiry is None:
@@ -184,13 +238,7 @@ class StreamSession:
             self._local_read(rid, key)
 
     def _local_read(self, rid: int, key: bytes) -> None:
-        try:
-            value, index = self.node.local_read(key)
-        except Unavailable as e:
-            self._fail(rid, failure(e, write=False))
-            return
-        found = pb.GetResponse(found=value is not None, value=value or b"", index=index)
-        self._answer(pb.Response(id=rid, get=found), len(value or b""))
+        self._answer(_Read(rid, key))
 
     def _expire(self) -> None:
         """Answer the requests past their deadline, then sleep until the oldest one left is due.
@@ -201,7 +249,7 @@ class StreamSession:
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        due = [rid for rid, _ in itertools.takewhile(lambda item: item[1] <= now, self.open.items())]
+        due = [rid for rid, _ in itertools.takewhile(lambda item: item[1][0] <= now, self.open.items())]
         for rid in due:
             message = f"no outcome within {REQUEST_DEADLINE_S:g}s"
             if rid in self.open_writes:
@@ -213,17 +261,30 @@ class StreamSession:
             self._fail(rid, failed)
         self._expiry = None
         if self.open and not self.closed:
-            oldest = next(iter(self.open.values()))
+            oldest, _ = next(iter(self.open.values()))
             self._expiry = loop.call_at(oldest + EXPIRY_GRAIN_S, self._expire)
 
     def _fail(self, rid: int, e: RequestFailed) -> None:
         self._answer(pb.Response(id=rid, error=e.to_pb()))
 
-    def _answer(self, response: pb.Response, weight: int = 0) -> None:
+    def _answer(self, response: pb.Response | _Read) -> None:
         """Queue the one answer to a request; a later one (its outcome after it expired) is dropped."""
-        if self.closed or self.open.pop(response.id, None) is None:
+        opened = None if self.closed else self.open.pop(response.id, None)
+        if opened is None:
             return
+        self.open_bytes -= opened[1]
         self.open_writes.discard(response.id)
         self.out.append(response)
-        self.out_bytes += weight
         self.wake.set()
+
+
+def _weight(request: pb.Request) -> int:
+    """What a request holds here until answered: its key and value (the rest is a few bytes)."""
+    kind = request.WhichOneof("op")
+    if kind == "put":
+        return len(request.put.key) + len(request.put.value)
+    if kind == "get":
+        return len(request.get.key)
+    if kind == "delete":
+        return len(request.delete.key)
+    return 0

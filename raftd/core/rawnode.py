@@ -187,6 +187,10 @@ class RawNode:
     def applied(self) -> int:
         return self.raft.log.applied
 
+    @property
+    def committed(self) -> int:
+        return self.raft.log.committed
+
     def log_term(self, index: int) -> int | None:
         """The term of the entry at index, or None when the log no longer (or does not yet) hold it."""
         return self.raft.log.term(index)

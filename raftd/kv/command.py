@@ -6,13 +6,21 @@ import enum
 import struct
 from dataclasses import dataclass
 
-_HEAD = struct.Struct(">BQHII")  # op, seq, len(client_id), len(key), len(value)
+_HEAD = struct.Struct(">BQHII")  # op and flags, seq, len(client_id), len(key), len(value)
+# Flags in the op byte. CHECKED: the entry says whether it is its client's first write (FIRST), and a
+# write that is not, on a client the store does not know (its session expired), is refused rather than
+# applied. Entries without CHECKED (written before, or while a node of an earlier release is a member, which
+# could not decode the flags) keep the earlier rule: an unknown client's write applies.
+_CHECKED = 0x80
+_FIRST = 0x40
+_OP_BITS = 0x3F
 
 
 class Op(enum.IntEnum):
     PUT = 1
     DELETE = 2
     CLUSTER_ID = 3  # value: the cluster's random id (raftd.identity); the store itself ignores it
+    SESSION_LIMIT = 4  # value: how many sessions the store keeps, in decimal (raftd --max-sessions)
 
 
 class CommandError(ValueError):
@@ -26,10 +34,14 @@ class Command:
     value: bytes = b""
     client_id: bytes = b""  # empty: no exactly-once session
     seq: int = 0
+    # Whether this is the client's first write (no earlier one may have applied); None: the entry predates
+    # the rule (see _CHECKED), and an unknown client's write applies whatever it is.
+    first: bool | None = None
 
     def encode(self) -> bytes:
+        head = self.op if self.first is None else self.op | _CHECKED | (_FIRST if self.first else 0)
         return (
-            _HEAD.pack(self.op, self.seq, len(self.client_id), len(self.key), len(self.value))
+            _HEAD.pack(head, self.seq, len(self.client_id), len(self.key), len(self.value))
             + self.client_id
             + self.key
             + self.value
@@ -38,10 +50,13 @@ class Command:
     @classmethod
     def decode(cls, data: bytes) -> Command:
         try:
-            op, seq, nc, nk, nv = _HEAD.unpack_from(data)
+            head, seq, nc, nk, nv = _HEAD.unpack_from(data)
             body = data[_HEAD.size :]
             if len(body) != nc + nk + nv:
                 raise CommandError(f"command length {len(data)} does not match its header")
-            return cls(Op(op), body[nc : nc + nk], body[nc + nk :], body[:nc], seq)
+            first = bool(head & _FIRST) if head & _CHECKED else None
+            if head & _FIRST and first is None:
+                raise CommandError(f"command flags {head:#x} are not a valid combination")
+            return cls(Op(head & _OP_BITS), body[nc : nc + nk], body[nc + nk :], body[:nc], seq, first)
         except (struct.error, ValueError) as e:
             raise CommandError(f"undecodable command: {e}") from e

@@ -11,6 +11,10 @@ The buckets are a function of the log (see table.py), so replicas at the same in
 bytes, and encoding is a copy of memory rather than a walk over a million keys. Loading checks every entry
 (its bucket, no key twice, the count): a checksum catches damage, not a writer's bug.
 
+b"RAFTDKV3" is the same with a u32 session limit after the header, written only when the limit is not the
+default (an Op.SESSION_LIMIT entry changed it), so that a node of an earlier release, which reads only
+RAFTDKV2, can take a snapshot from a newer one for as long as that limit is unchanged.
+
 Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
 values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
 """
@@ -33,6 +37,9 @@ from .table import keys as bucket_keys
 
 MAGIC = b"RAFTDKV2"
 MAGIC_V1 = b"RAFTDKV1"
+MAGIC_V3 = b"RAFTDKV3"
+DEFAULT_SESSION_LIMIT = 10_000  # raftd.kv.store.MAX_SESSIONS: an image with another limit is a RAFTDKV3
+_LIMIT = struct.Struct("<I")
 _HEADER = struct.Struct("<IIII")
 _COUNTS_V1 = struct.Struct("<II")
 _SESSION = struct.Struct("<QQB")
@@ -53,6 +60,7 @@ class Image:
     buckets: list[bytes]
     count: int
     sessions: OrderedDict[bytes, tuple[int, int, bool]]  # client -> (seq, index, existed), LRU order
+    session_limit: int = DEFAULT_SESSION_LIMIT
 
     @classmethod
     def of(
@@ -114,7 +122,11 @@ def encode_to(image: Image, out: BinaryIO) -> int:
         crc = zlib.crc32(part, crc)
         size += out.write(part)
 
-    put(MAGIC + _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used)))
+    header = _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used))
+    if image.session_limit == DEFAULT_SESSION_LIMIT:
+        put(MAGIC + header)
+    else:
+        put(MAGIC_V3 + header + _LIMIT.pack(image.session_limit))
     put(_u32(used))
     put(_u32([len(buckets[b]) for b in used]))
     for start in range(0, len(used), BUCKET_SLICE):
@@ -132,7 +144,7 @@ def _encode_sessions(sessions: OrderedDict[bytes, tuple[int, int, bool]]) -> byt
 
 def verify(raw: bytes) -> None:
     """Check the magic and the checksum without decoding: cheap enough to run before accepting an image."""
-    if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith((MAGIC, MAGIC_V1)):
+    if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith((MAGIC, MAGIC_V1, MAGIC_V3)):
         raise ImageError("not a raftd state image")
     if zlib.crc32(memoryview(raw)[: -_CRC.size]) != _CRC.unpack(raw[-_CRC.size :])[0]:
         raise ImageError("checksum mismatch: the image is corrupt")
@@ -151,10 +163,17 @@ def decode(raw: bytes) -> Image:
 
 
 def _decode_v2(raw: bytes, end: int) -> Image:
+    """A RAFTDKV2 or RAFTDKV3 image."""
     view = memoryview(raw)[:end]  # in place: a copy of the body would cost the image's size again
     pos = len(MAGIC)
     bits, count, n_sessions, n_used = _HEADER.unpack_from(view, pos)
     pos += _HEADER.size
+    session_limit = DEFAULT_SESSION_LIMIT
+    if raw.startswith(MAGIC_V3):
+        (session_limit,) = _LIMIT.unpack_from(view, pos)
+        pos += _LIMIT.size
+        if session_limit == 0:
+            raise ImageError("a session limit of 0")
     if bits != BUCKET_BITS:
         raise ImageError(f"an image of 2**{bits} buckets; this version uses 2**{BUCKET_BITS}")
     if n_used > N_BUCKETS:
@@ -175,7 +194,10 @@ def _decode_v2(raw: bytes, end: int) -> Image:
         seen += _check_bucket(b, bucket)
     if seen != count:
         raise ImageError(f"{seen} keys where the header says {count}")
-    return Image(buckets, count, _decode_sessions(raw, view, bounds[-1], end, n_sessions))
+    sessions = _decode_sessions(raw, view, bounds[-1], end, n_sessions)
+    if len(sessions) > session_limit:
+        raise ImageError(f"{len(sessions)} sessions where the limit is {session_limit}")
+    return Image(buckets, count, sessions, session_limit)
 
 
 def _check_bucket(b: int, bucket: bytes) -> int:

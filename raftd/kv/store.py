@@ -5,17 +5,23 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .command import Command, Op
-from .image import Image, decode
+from .command import Command, CommandError, Op
+from .image import DEFAULT_SESSION_LIMIT, Image, decode
 from .table import PackedMap
 
-MAX_SESSIONS = 10_000
+# Sessions kept until an Op.SESSION_LIMIT entry says otherwise. The limit is replicated state, not a
+# node's setting: replicas that evicted differently would disagree on which retries apply.
+MAX_SESSIONS = DEFAULT_SESSION_LIMIT
+MAX_SESSION_LIMIT = 10_000_000  # about 1 GB of sessions: beyond, a typo rather than a choice
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     index: int  # the log index the command took effect at (the first one, for a retried write)
     existed: bool  # for DELETE: whether the key was there
+    # Refused, not applied: a write that is not its client's first, from a client whose session this store
+    # does not hold (expired, evicted, or never made). Its earlier attempts may have applied.
+    expired: bool = False
 
 
 class KVStore:
@@ -26,17 +32,25 @@ class KVStore:
         # Dissertation 6.3: the last (seq, result) per client, so a retried write applies once. Bounded,
         # evicting the least recently used client; eviction depends only on the log, so replicas agree.
         self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
+        self.session_limit = MAX_SESSIONS
         self.applied = 0
 
     def apply(self, index: int, cmd: Command) -> Result:
         self.applied = index
         if cmd.op is Op.CLUSTER_ID:
             return Result(index, existed=False)
+        if cmd.op is Op.SESSION_LIMIT:
+            self.session_limit = parse_limit(cmd.value)
+            self._evict()
+            return Result(index, existed=False)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
             if seen is not None and cmd.seq <= seen[0]:
                 self.sessions.move_to_end(cmd.client_id)
                 return seen[1]
+            if seen is None and cmd.first is False:
+                # Dissertation 6.3: applying it could apply a retried write twice (its session is gone).
+                return Result(index, existed=False, expired=True)
         if cmd.op is Op.PUT:
             self.data.put(cmd.key, cmd.value)
             result = Result(index, existed=True)
@@ -45,9 +59,12 @@ class KVStore:
         if cmd.client_id:
             self.sessions[cmd.client_id] = (cmd.seq, result)
             self.sessions.move_to_end(cmd.client_id)
-            if len(self.sessions) > MAX_SESSIONS:
-                self.sessions.popitem(last=False)
+            self._evict()
         return result
+
+    def _evict(self) -> None:
+        while len(self.sessions) > self.session_limit:
+            self.sessions.popitem(last=False)
 
     def skip(self, index: int) -> None:
         """A no-op entry: nothing changes but the applied index."""
@@ -59,7 +76,7 @@ class KVStore:
     def image(self) -> Image:
         """A copy of the state, cheap to take here (a list of bucket references) and encoded elsewhere."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
-        return Image(list(self.data.buckets), self.data.count, sessions)
+        return Image(list(self.data.buckets), self.data.count, sessions, self.session_limit)
 
     @classmethod
     def from_image(cls, index: int, raw: bytes) -> KVStore:
@@ -74,4 +91,12 @@ class KVStore:
         image = decode(raw)
         self.data = PackedMap(image.buckets, image.count)
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
+        self.session_limit = image.session_limit
         self.applied = index
+
+
+def parse_limit(raw: bytes) -> int:
+    """A SESSION_LIMIT entry's value; a malformed one (no writer of ours makes it) is a corrupt entry."""
+    if not raw.isdigit() or not 0 < int(raw) <= MAX_SESSION_LIMIT:
+        raise CommandError(f"session limit {raw[:20]!r} is not a number of sessions")
+    return int(raw)

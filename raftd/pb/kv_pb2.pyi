@@ -51,25 +51,37 @@ Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 class WriteSession(_message.Message):
     """Exactly-once writes (Raft dissertation, 6.3): a client picks a random client_id and numbers its writes;
     a retried (client_id, seq) applies once and returns the first outcome. Leave client_id empty to opt out.
+    A node holds a bounded number of sessions (raftd --max-sessions) and forgets the least recently used.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     seq: _builtins.int
+    first: _builtins.bool
+    """True while no earlier write of this client_id may have applied: on its first attempt, and on retries
+    while every attempt so far was refused as not applied. A write that is not first, from a client_id
+    the cluster holds no session for (it expired), is refused with FAILED_PRECONDITION and outcome
+    "unknown": it never applies, and its earlier attempts may have. Unset: first when seq is 1, as
+    clients written before this field number their writes from 1.
+    """
     def __init__(
         self,
         *,
         client_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        first: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first", b"_first", "first", b"first"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first", b"_first", "client_id", b"client_id", "first", b"first", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__first: _TypeAlias = _typing.Literal["first"]  # noqa: Y015
+    _WhichOneofArgType__first: _TypeAlias = _typing.Literal["_first", b"_first"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first) -> _WhichOneofReturnType__first | None: ...
 
 Global___WriteSession: _TypeAlias = WriteSession  # noqa: Y015
 

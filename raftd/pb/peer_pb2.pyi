@@ -196,8 +196,9 @@ class MessageBatch(_message.Message):
     cluster_id: _builtins.str
     """empty until the sender has applied it"""
     version: _builtins.int
-    """The sender's peer protocol: 0 before cluster ids, 1 since. A leader commits a cluster id only once
-    every peer has shown 1, since a node of the previous release cannot apply that entry.
+    """The sender's peer protocol: 0 before cluster ids, 1 with them, 2 with session-checked writes
+    (raftd/kv/command.py). A leader proposes an entry of a newer kind only once every peer has shown a
+    version that can apply it, since a node of an earlier release would stop on it.
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...

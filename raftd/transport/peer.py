@@ -35,7 +35,7 @@ CLOSE_WAIT_S = 1.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-PROTOCOL_VERSION = 1  # MessageBatch.version
+PROTOCOL_VERSION = 2  # MessageBatch.version: 1 cluster id entries, 2 session-checked writes
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from raftd.launcher import free_ports
@@ -133,7 +134,11 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
             c.admin(2).TransferLeader(kv_pb2.TransferLeaderRequest(target_id=0), timeout=5)
         assert c.wait_leader(exclude=2) in (0, 1)
         c.put_retrying(0, "k", "during")
+        # A session write that is not first, from a client nobody knows: in a mixed cluster it is written
+        # as before (the old node could not read the flag) and applies by the earlier rule.
+        c.put(0, "s", "mixed", session=kv_pb2.WriteSession(client_id="unknown-1", seq=5, first=False))
         c.wait_value(2, "k", "during", local=True)
+        c.wait_value(2, "s", "mixed", local=True)
         time.sleep(1.0)  # ten heartbeats: time enough for a leader to propose an id it should not
         assert sorted(c.running()) == [0, 1, 2], c.dump_logs()
         assert {c.status(i).cluster_id for i in (0, 1)} == {""}
@@ -150,6 +155,10 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
             assert (c.data_dir(i) / "raft.vote").exists()
         c.put_retrying(1, "k", "after")
         c.wait_value(2, "k", "after", local=False)
+        # Every node upgraded: such a write is refused now (its session may have been evicted).
+        with pytest.raises(grpc.RpcError) as refused:
+            c.put(1, "s", "late", session=kv_pb2.WriteSession(client_id="unknown-2", seq=5, first=False))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def _meta(db: Path) -> dict[str, object]:

@@ -277,8 +277,10 @@ def test_async_unanswered_request_fails_by_its_own_deadline(streaming: Streaming
             ), e.value
 
     asyncio.run(go())
-    lost = [r.put.session for r in node.received if r.put.key == b"lost"]
+    lost = [(r.put.session.client_id, r.put.session.seq) for r in node.received if r.put.key == b"lost"]
     assert len(lost) >= 2 and all(s == lost[0] for s in lost), "the write was retried with its one id"
+    firsts = [r.put.session.first for r in node.received if r.put.key == b"lost"]
+    assert firsts[0] and not any(firsts[1:]), "once an attempt may have applied, no retry says it is first"
 
 
 def test_async_broken_stream_fails_its_requests_over_to_a_new_stream(streaming: StreamingFakeNode) -> None:

@@ -5,6 +5,7 @@ Fakes rather than raftd, because only a fake can fail a write on demand after re
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from raftctl.aio import AsyncClient
 from raftctl.client import (
     BACKOFF_MIN_S,
     Client,
@@ -22,9 +24,11 @@ from raftctl.client import (
     NotFound,
     OutcomeUnknown,
     ServerError,
+    SessionExpired,
     Unavailable,
     _Attempts,
 )
+from raftctl.exits import EXIT_OUTCOME_UNKNOWN, exit_code
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
@@ -41,6 +45,7 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
         self.failures: list[Failure] = []
         self.always: Failure | None = None
         self.writes: list[tuple[str, int]] = []  # (client_id, seq) of every Put/Delete that arrived
+        self.firsts: list[bool | None] = []  # and its WriteSession.first (None: not set)
         self.data: dict[bytes, bytes] = {}
         self.leader: tuple[int, str] | None = None
         self.leader_trailer = ""  # sent as raftd-leader with every failure when set
@@ -64,12 +69,14 @@ class FakeNode(kv_pb2_grpc.KVServicer, kv_pb2_grpc.AdminServicer):
 
     def Put(self, request: pb.PutRequest, context: grpc.ServicerContext) -> pb.PutResponse:
         self.writes.append((request.session.client_id, request.session.seq))
+        self.firsts.append(request.session.first if request.session.HasField("first") else None)
         self._script(context)
         self.data[request.key] = request.value
         return pb.PutResponse(index=len(self.writes))
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         self.writes.append((request.session.client_id, request.session.seq))
+        self.firsts.append(request.session.first if request.session.HasField("first") else None)
         self._script(context)
         return pb.DeleteResponse(deleted=self.data.pop(request.key, None) is not None)
 
@@ -117,6 +124,62 @@ def test_a_retried_write_keeps_its_id_and_the_next_write_gets_a_new_one(nodes: l
     with Client([a.address], timeout=10) as other:
         other.put("k", "v")
     assert a.writes[-1][0] != first[0], "each Client has its own random client_id"
+
+
+def test_a_write_is_first_until_an_attempt_may_have_applied(nodes: list[FakeNode]) -> None:
+    """WriteSession.first: once an attempt may have applied, the session may exist, and a retry that said
+    "first" after the cluster evicted it would apply a second time."""
+    a = nodes[0]
+    a.failures = [
+        (grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly", "not-applied"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "no outcome before the deadline", "unknown"),
+    ]
+    with Client([a.address], timeout=10) as c:
+        c.put("k", "v")
+        c.put("k", "w")
+    assert a.firsts == [True, True, False, False]
+    assert [seq for _, seq in a.writes] == [1, 1, 1, 2]
+
+
+EXPIRED: Failure = (
+    grpc.StatusCode.FAILED_PRECONDITION,
+    "session expired; the write may have applied",
+    "unknown",
+)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_an_expired_session_fails_the_write_as_unknown_and_the_client_starts_a_new_one(
+    nodes: list[FakeNode], use_async: bool
+) -> None:
+    a = nodes[0]
+    errors: list[SessionExpired] = []
+
+    async def in_async() -> None:
+        async with AsyncClient([a.address], timeout=10) as ac:
+            await ac.put("k", "v")
+            a.failures = [EXPIRED]
+            with pytest.raises(SessionExpired) as e:
+                await ac.put("k", "w")
+            errors.append(e.value)
+            await ac.put("k", "x")
+
+    if use_async:
+        asyncio.run(in_async())
+    else:
+        with Client([a.address], timeout=10) as c:
+            c.put("k", "v")
+            a.failures = [EXPIRED]
+            with pytest.raises(SessionExpired) as e:
+                c.put("k", "w")
+            errors.append(e.value)
+            c.put("k", "x")
+    (error,) = errors
+    assert str(error) == "setval: session expired; the write may have applied"
+    assert exit_code(error) == EXIT_OUTCOME_UNKNOWN
+    (old, _), (refused, _), (new, seq) = a.writes
+    assert old == refused != new and seq == 1, "the refused write is not retried; later writes use a new id"
+    assert a.firsts == [True, False, True]
 
 
 def test_follows_the_leader_named_in_an_error(nodes: list[FakeNode]) -> None:

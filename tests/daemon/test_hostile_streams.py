@@ -1,0 +1,137 @@
+"""What a stream's client can make a node hold is bounded (issue 19): clients that ask for large values
+and never read the answers, and more streams than the node serves."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftctl.aio import AsyncClient
+from raftctl.benchmark import parse_vmrss_kib
+from raftctl.client import Client, ClientError
+from raftd.pb import kv_pb2 as pb
+from raftd.pb import kv_pb2_grpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY
+
+from .cluster import Cluster, cluster_of, wait_until
+
+MIB = 1024 * 1024
+STALLED = 10
+GETS = 1500  # per stream, of a 1 MiB value: the issue's probe
+RSS_ROOM_MIB = 100  # the issue's target: within the level before the readers + 100 MB
+OPTIONS = [("grpc.max_receive_message_length", 8 * MIB), ("grpc.max_send_message_length", 8 * MIB)]
+
+
+def rss_mib(c: Cluster, i: int) -> float:
+    return parse_vmrss_kib(Path(f"/proc/{c.procs[i].pid}/status").read_text()) / 1024
+
+
+def test_stalled_readers_of_large_values_hold_bounded_memory_and_are_cut_off(tmp_path: Path) -> None:
+    """The issue's probe grew the node by 912 MB with one such stream. Ten of them, each on its own
+    connection, while a well-behaved client goes on working beside them."""
+    with cluster_of(tmp_path, env={"RAFTD_STREAM_WRITE_TIMEOUT": "3"}) as c:
+        leader = c.wait_leader()
+        c.put(leader, "big", "v" * MIB)
+        before = rss_mib(c, leader)
+        samples: list[float] = []
+        errors: list[str] = []
+        done = threading.Event()
+
+        def well_behaved() -> None:
+            with Client(c.endpoints, timeout=10) as client:
+                i = 0
+                while not done.is_set():
+                    try:
+                        client.put(f"small-{i % 10}", str(i))
+                        client.get(f"small-{i % 10}")
+                    except ClientError as e:
+                        errors.append(str(e))
+                    i += 1
+
+        async def stall() -> list[grpc.StatusCode]:
+            channels = [grpc.aio.insecure_channel(c.address(leader), options=OPTIONS) for _ in range(STALLED)]
+            calls = []
+            for channel in channels:
+                call = kv_pb2_grpc.KVStub(channel).Stream()  # type: ignore[call-arg]
+                for first in range(0, GETS, 500):
+                    gets = [pb.Request(id=first + k + 1, get=pb.GetRequest(key=b"big")) for k in range(500)]
+                    await call.write(pb.RequestBatch(requests=gets))
+                calls.append(call)
+            deadline = time.monotonic() + 6.0  # twice the write timeout, and some
+            while time.monotonic() < deadline:
+                samples.append(rss_mib(c, leader))
+                await asyncio.sleep(0.2)
+            codes = []
+            for call in calls:  # now read: what the node sent, then how it ended the stream
+                try:
+                    while isinstance(await call.read(), pb.ResponseBatch):
+                        pass
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code())
+            for channel in channels:
+                await channel.close()
+            return codes
+
+        worker = threading.Thread(target=well_behaved)
+        worker.start()
+        try:
+            codes = asyncio.run(stall())
+        finally:
+            done.set()
+            worker.join()
+        peak = max(samples)
+        assert peak <= before + RSS_ROOM_MIB, f"RSS {before:.0f} MiB before, {peak:.0f} MiB at the peak"
+        assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * STALLED, codes
+        assert errors == [], errors[:3]
+        assert "read no answer for 3s" in c.log(leader)
+        # And what they held is given back (the probe's node still held 744 MB 20 s after).
+        wait_until("the node to give the memory back", lambda: rss_mib(c, leader) <= before + 30, 10)
+
+
+def test_a_stream_past_the_maximum_is_refused_and_clients_go_unary(tmp_path: Path) -> None:
+    with cluster_of(tmp_path, env={"RAFTD_MAX_STREAMS": "2"}) as c:
+        leader = c.wait_leader()
+        c.put(leader, "k", "v")
+
+        async def scenario() -> None:
+            channel = grpc.aio.insecure_channel(c.address(leader))
+            stub = kv_pb2_grpc.KVStub(channel)
+            held = []
+            for rid in (1, 2):
+                call = stub.Stream()  # type: ignore[call-arg]
+                await call.write(pb.RequestBatch(requests=[pb.Request(id=rid, get=pb.GetRequest(key=b"k"))]))
+                assert (await call.read()).responses[0].get.value == b"v"
+                held.append(call)
+            refused = stub.Stream()  # type: ignore[call-arg]
+            await refused.write(pb.RequestBatch(requests=[pb.Request(id=3, get=pb.GetRequest(key=b"k"))]))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await refused.read()
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 2 streams at once (--max-streams)" in (e.value.details() or "")
+            assert (OUTCOME_KEY, NOT_APPLIED) in tuple(e.value.trailing_metadata() or ())
+            # raftd's own client takes the refusal as "no stream here" and carries on with unary calls.
+            async with AsyncClient([c.address(leader)], timeout=10) as client:
+                await client.put("k", "w")
+                assert await client.get("k") == "w"
+            for call in held:  # and a stream ended frees its place
+                call.cancel()
+            deadline = time.monotonic() + 10
+            while True:
+                again = stub.Stream()  # type: ignore[call-arg]
+                await again.write(pb.RequestBatch(requests=[pb.Request(id=4, get=pb.GetRequest(key=b"k"))]))
+                try:
+                    assert (await again.read()).responses[0].get.value == b"w"
+                    break
+                except grpc.aio.AioRpcError as e:  # the node has not seen the cancellations yet
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                    await asyncio.sleep(0.1)
+            again.cancel()
+            await channel.close()
+
+        asyncio.run(scenario())
