@@ -18,7 +18,10 @@ a temporary directory, and measures, in this order:
    node, wait for it to catch up, and repeat;
 3. idle CPU per node (utime+stime from /proc/PID/stat over a quiet interval, % of one core);
 4. memory per node (VmRSS from /proc/PID/status) before and after loading many keys of 16-byte values
-   through the async client.
+   through the async client;
+5. large values: BENCH_LARGE_MIB puts of 1 MiB values from BENCH_LARGE_CLIENTS clients, against the rate
+   at which three sqlite databases on the same disk take fsynced 1 MiB inserts (measured just before),
+   and the elections the burst caused (the cluster's term before and after).
 
 Prints the machine facts and one markdown table on stdout, each figure with its target where the issues
 set one (the single-client write's is its p50 within 1.4x the relay floor's: reported, it blocks nothing);
@@ -27,7 +30,8 @@ Environment knobs (defaults in brackets): BENCH_SECONDS [5] and BENCH_WARMUP [1]
 too), BENCH_CONCURRENCY [1,16,64,256], BENCH_KEYS [1000], BENCH_VALUE_SIZE [16], BENCH_UNARY [1; 0 skips
 the unary rows and the unary floor], BENCH_FLOOR [1; 0 skips the floors, and so the ratios to them],
 BENCH_FAILOVER_TRIALS [10], BENCH_FAILOVER_WRITERS [4], BENCH_IDLE_SECONDS [10], BENCH_LOAD_KEYS
-[1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_KEEP_DIR [0].
+[1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_LARGE_MIB [80; 0 skips the large
+values], BENCH_LARGE_CLIENTS [16], BENCH_KEEP_DIR [0].
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import os
 import platform
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -103,6 +108,8 @@ FAILOVER_MAX_TARGET_MS = 1_000
 IDLE_CPU_TARGET_PERCENT = 2.0
 MEMORY_TARGET_MB = 150
 MEMORY_TARGET_KEYS = 1_000_000  # the memory target holds for this many keys; fewer say nothing of it
+LARGE_TARGET = 0.25  # 1 MiB puts commit at this fraction of three sqlite databases' fsynced inserts
+MIB = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -196,6 +203,8 @@ class Settings:
     idle_seconds: float = 10.0
     load_keys: int = 1_000_000
     load_concurrency: int = 256
+    large_mib: int = 80
+    large_clients: int = 16
     keep_dir: bool = False
 
     @classmethod
@@ -214,6 +223,8 @@ class Settings:
             idle_seconds=env_float(env, "BENCH_IDLE_SECONDS", d.idle_seconds),
             load_keys=env_int(env, "BENCH_LOAD_KEYS", d.load_keys),
             load_concurrency=env_int(env, "BENCH_LOAD_CONCURRENCY", d.load_concurrency),
+            large_mib=env_int(env, "BENCH_LARGE_MIB", d.large_mib),
+            large_clients=env_int(env, "BENCH_LARGE_CLIENTS", d.large_clients),
             keep_dir=env_bool(env, "BENCH_KEEP_DIR", d.keep_dir),
         )
 
@@ -222,6 +233,19 @@ class Settings:
 class UnaryRun:
     node: str  # "leader" or "follower": where every call of the run went
     result: BenchResult
+
+
+@dataclass(frozen=True)
+class LargeRun:
+    """A burst of 1 MiB puts and its reference: sqlite's fsynced 1 MiB inserts into three databases."""
+
+    puts: int
+    clients: int
+    seconds: float
+    errors: int
+    first_error: str | None
+    elections: int  # the rise of the cluster's highest term over the burst
+    sqlite_per_s: float  # 1 MiB inserts per second into each of three databases, round robin
 
 
 @dataclass
@@ -244,6 +268,7 @@ class Report:
     load_keys: int = 0
     load_seconds: float | None = None
     load_concurrency: int = 0
+    large: LargeRun | None = None
 
 
 def target_cell(target: str, met: bool | None) -> str:
@@ -374,7 +399,26 @@ def render_report(report: Report) -> str:
             result = f"{before_mb:.0f} MB RSS"
             note = "key load skipped"
         rows.append([f"memory, node {node}", result, "-", "-", "-", "-", "-", note, target])
+    if report.large is not None:
+        rows.append(_large_row(report.large))
     return "\n".join([*lines, "", markdown_table(headers, rows)])
+
+
+def _large_row(run: LargeRun) -> list[str]:
+    rate = run.puts / run.seconds if run.seconds > 0 else 0.0
+    ratio = rate / run.sqlite_per_s if run.sqlite_per_s > 0 else 0.0
+    notes = (
+        f"{times(ratio)} the sqlite floor ({run.sqlite_per_s:.1f} fsynced 1 MiB inserts/s into each of 3 "
+        f"databases); {run.elections} election(s) during the burst"
+    )
+    if run.first_error:
+        notes += f"; first error: {run.first_error}"
+    target = target_cell(
+        f">= {LARGE_TARGET:g}x the sqlite floor, no election",
+        ratio >= LARGE_TARGET and run.elections == 0 and run.errors == 0,
+    )
+    name = f"1 MiB puts, {run.puts} MiB from {_clients(run.clients)}"
+    return [name, f"{rate:.1f} puts/s", "-", "-", "-", "-", str(run.errors), notes, target]
 
 
 # -- the machine ------------------------------------------------------------------------------------
@@ -667,6 +711,60 @@ async def _load(cluster: BenchCluster, s: Settings, report: Report) -> None:
     report.load_seconds = time.monotonic() - t0
 
 
+def sqlite_floor(root: Path, inserts: int = 20) -> float:
+    """1 MiB inserts per second into each of three sqlite databases on root's disk, fsynced as raftd
+    commits (WAL, synchronous=FULL): what three nodes' disks do with no Raft and no gRPC."""
+    root.mkdir(parents=True, exist_ok=True)
+    value = os.urandom(MIB)
+    conns = []
+    try:
+        for i in range(3):
+            conn = sqlite3.connect(root / f"floor-{i}.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            conns.append(conn)
+        t0 = time.perf_counter()
+        for k in range(inserts):
+            for conn in conns:
+                conn.execute("INSERT INTO t VALUES (?, ?)", (k, value))
+        return inserts / (time.perf_counter() - t0)
+    finally:
+        for conn in conns:
+            conn.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _large(cluster: BenchCluster, s: Settings, report: Report) -> None:
+    floor = sqlite_floor(cluster.root / "sqlite-floor")
+    value = "v" * MIB
+    terms = [r.term or 0 for r in cluster.admin.status_all()]
+    errors: list[str] = []
+    async with AsyncClient(cluster.endpoints, timeout=60.0) as client:
+        await client.put("large-warmup", "x")
+        t0 = time.monotonic()
+
+        async def put(key: str) -> None:
+            try:
+                await client.put(f"large-{key}", value)
+            except ClientError as e:
+                errors.append(str(e))
+
+        await fill(put, range(s.large_mib), s.large_clients)
+        seconds = time.monotonic() - t0
+    after = [r.term or 0 for r in cluster.admin.status_all()]
+    report.large = LargeRun(
+        s.large_mib,
+        s.large_clients,
+        seconds,
+        len(errors),
+        errors[0] if errors else None,
+        max(after) - max(terms),
+        floor,
+    )
+    log(f"large values: {s.large_mib / seconds:.1f} puts/s, sqlite floor {floor:.1f}/s, {len(errors)} errors")
+
+
 def run(s: Settings, root: Path, report: Report) -> None:
     if s.floor:
         _floors(s, report)
@@ -690,6 +788,8 @@ def run(s: Settings, root: Path, report: Report) -> None:
             for i in range(cluster.n):
                 cluster.wait_caught_up(i, timeout=300)
             report.rss_after_kib = {i: proc_rss_kib(cluster.pid(i)) for i in range(cluster.n)}
+        if s.large_mib > 0:
+            asyncio.run(_large(cluster, s, report))
     finally:
         cluster.close()
 

@@ -56,6 +56,7 @@ T = TypeVar("T")
 
 TICK_S = 0.01
 MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
+PROPOSAL_BATCH_BYTES = 4 * 1024 * 1024  # proposed per turn of the loop (RaftNode._take_proposals)
 # A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it) and is then
 # never answered: its reads fail this long after they were asked. That frees them; a streamed read (its
 # request may wait 60 s) gets UNAVAILABLE and is retried, a unary Get has timed out by then.
@@ -158,6 +159,19 @@ class NodeStatus:
     peers: tuple[tuple[int, str, int], ...]  # (id, address, match index; 0 unless this node leads)
     cluster: str
     cluster_id: str
+
+
+def ticks_to_count(owed: int, due: int, waited: int, role: Role) -> int:
+    """How many of the ticks owed since the last count to deliver now (never past the one due).
+
+    Time spent waiting counts in full, time spent busy in the loop for one tick at most: when the node is
+    starved of CPU, time runs slow for it rather than firing elections it cannot help. Not on a leader:
+    its heartbeats keep the followers' timers, which run in real time, so a leader busy saving large
+    writes must still send them on time (80 puts of 1 MiB at once cost an election otherwise).
+    """
+    if role is Role.LEADER:
+        return min(owed, due)
+    return min(owed, due, waited + 1)
 
 
 @dataclass
@@ -306,9 +320,7 @@ class RaftNode:
                 continue
             now = loop.time()
             owed = int((now - ticked_at) / TICK_S)
-            # Time spent waiting counts in full, time spent busy in the loop for one tick at most: when the
-            # node is starved of CPU, time runs slow for it rather than firing elections it cannot help.
-            ticks = min(owed, due, int((now - waited_from) / TICK_S) + 1)
+            ticks = ticks_to_count(owed, due, int((now - waited_from) / TICK_S), self.raw.role)
             # The due tick itself waits for the messages that arrived meanwhile: a heartbeat held up behind
             # a stall of the loop must reach the election timer before that tick fires it.
             hold = ticks == due and bool(self.inbox)
@@ -389,7 +401,7 @@ class RaftNode:
             for m in inbox:
                 self.raw.step(m)
         if self.proposals and not self.gather_delay(self._proposals_since):
-            batch, self.proposals = self.proposals, []
+            batch = self._take_proposals()
             try:
                 first = self.raw.propose_batch([p.data for p in batch])
             except ProposalDropped as dropped:
@@ -611,6 +623,24 @@ class RaftNode:
             raise FatalError(f"cannot persist Raft state: {e}") from e
         if hs is not None:
             self._saved, self._unsaved = hs, None
+
+    def _take_proposals(self) -> list[_Proposal]:
+        """The proposals waiting, up to PROPOSAL_BATCH_BYTES (at least one); the rest go next turn.
+
+        One Ready is saved whole before the loop ticks again, and a leader that does not tick sends no
+        heartbeats: 80 proposals of 1 MiB taken at once made one save of 80 MiB, long enough for the
+        followers to start an election.
+        """
+        n = size = 0
+        for p in self.proposals:
+            size += len(p.data)
+            if n and size > PROPOSAL_BATCH_BYTES:
+                break
+            n += 1
+        batch, self.proposals = self.proposals[:n], self.proposals[n:]
+        if self.proposals:
+            self.wake.set()
+        return batch
 
     def _busy(self, rd: Ready) -> bool:
         """Whether clients keep this node busy beyond the Ready being saved; then it is saved on the disk

@@ -127,3 +127,22 @@ def test_closing_ends_a_stuck_sender_rather_than_retrying(
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def test_a_batch_carries_a_bounded_number_of_entry_bytes() -> None:
+    """A window of 1 MiB entries used to leave as one write of up to 64 MiB, with the heartbeats behind it
+    (the issue's burst of 1 MiB puts: elections, and one write of 80 acknowledged)."""
+
+    async def main() -> None:
+        client = PeerClient(2, "127.0.0.1:1", Identity("c"), lambda peer: None)
+        for i in range(1, 11):
+            client.send(_append(i))
+        client.send(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1))
+        batches = [await client._next_batch() for _ in range(3)]
+        per_batch = peer_module.BATCH_BYTES // (1 << 20)
+        assert [len(b) for b in batches] == [per_batch, per_batch, 11 - 2 * per_batch]
+        assert [m.entries[0].index for b in batches for m in b if m.entries] == list(range(1, 11))
+        assert batches[-1][-1].type is MsgType.HEARTBEAT, "order kept"
+        await client.close()
+
+    asyncio.run(main())

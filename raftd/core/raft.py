@@ -51,6 +51,9 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     max_inflight: int = 64
+    # Bytes of entries in flight to one follower (0: no limit). With 1 MiB entries, 64 messages in flight
+    # would queue 64 MiB ahead of a heartbeat on the one peer stream: longer than an election timeout.
+    max_inflight_bytes: int = 8 << 20
     max_entries_per_msg: int = 512
     max_bytes_per_msg: int = 1 << 20
 
@@ -67,6 +70,8 @@ class Config:
             raise ValueError("need election_tick < max_election_tick")
         if self.max_inflight <= 0 or self.max_entries_per_msg <= 0 or self.max_bytes_per_msg <= 0:
             raise ValueError("flow-control limits must be positive")
+        if self.max_inflight_bytes < 0:
+            raise ValueError("max_inflight_bytes must be 0 (no limit) or positive")
 
 
 class Raft:
@@ -131,7 +136,10 @@ class Raft:
         self.votes = {}
         # Invariant: our log matches the current leader's up to verified (0 until it sends an AppendEntries).
         self.verified = 0
-        self.prs = {p: Progress(self.log.last_index() + 1, self.cfg.max_inflight) for p in self.peers}
+        self.prs = {
+            p: Progress(self.log.last_index() + 1, self.cfg.max_inflight, self.cfg.max_inflight_bytes)
+            for p in self.peers
+        }
         self.prs[self.id].match = self.log.stabled
         self.read_only = ReadOnly()
         self.pending_reads = []
@@ -270,7 +278,10 @@ class Raft:
         entries: list[Entry] = []
         if pr.next <= self.log.last_index():
             hi = min(self.log.last_index() + 1, pr.next + self.cfg.max_entries_per_msg)
-            entries = self.log.slice(pr.next, hi, self.cfg.max_bytes_per_msg)
+            budget = self.cfg.max_bytes_per_msg
+            if pr.max_inflight_bytes:  # what is left of the window, and at least one entry
+                budget = max(1, min(budget, pr.max_inflight_bytes - pr.inflight_bytes))
+            entries = self.log.slice(pr.next, hi, budget)
         if not entries and not send_if_empty:
             return False
         self._send(
@@ -283,7 +294,8 @@ class Raft:
                 commit=self.log.committed,
             )
         )
-        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        size = sum(len(e.data) for e in entries)
+        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries), size)
         return True
 
     def _send_snapshot(self, to: int, pr: Progress) -> bool:
@@ -445,7 +457,7 @@ class Raft:
             if pr.state is ProgressState.REPLICATE and pr.is_paused():
                 # Free a slot so lost AppendEntries cannot stall a full window forever: the next send
                 # exposes the gap, the follower rejects it, and we fall back to probing.
-                pr.inflights.popleft()
+                pr.free_oldest()
             # Behind in log or in commit: an AppendEntries both repairs the log and lets the follower commit
             # (heartbeats only carry a commit index the follower has verified; see _step_follower).
             if pr.match < self.log.last_index() or m.commit < self.log.committed:

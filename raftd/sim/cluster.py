@@ -111,6 +111,7 @@ class SimNode:
             pre_vote=params.pre_vote,
             check_quorum=params.check_quorum,
             max_inflight=4,
+            max_inflight_bytes=96,
             max_entries_per_msg=3,
             max_bytes_per_msg=64,
         )

@@ -27,6 +27,9 @@ log = logging.getLogger("raftd.transport")
 
 QUEUE_LIMIT = 4096
 BATCH_LIMIT = 512
+# Entry bytes per write, beyond one message: a write of 1 MiB entries by the dozen would hold up the
+# heartbeats behind it for longer than an election timeout (and outgrow MAX_MESSAGE_BYTES).
+BATCH_BYTES = 4 * 1024 * 1024
 WRITE_DEADLINE_S = 2.0
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_DEADLINE_S = 10.0
@@ -48,6 +51,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def _entry_bytes(m: Message) -> int:
+    return sum(len(e.data) for e in m.entries)
+
+
 class PeerClient:
     def __init__(
         self, peer: int, address: str, identity: Identity, on_unreachable: Callable[[int], None]
@@ -59,6 +66,7 @@ class PeerClient:
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
+        self._carried: Message | None = None  # taken from the queue, but beyond the last batch's bytes
         self._task: asyncio.Task[None] | None = None
         self._writing_since: float | None = None  # when the write in flight started
         self._watchdog: asyncio.TimerHandle | None = None
@@ -77,6 +85,7 @@ class PeerClient:
 
     def clear(self) -> None:
         """Forget queued traffic (a suspended node must not speak with its old state)."""
+        self._carried = None
         while not self._queue.empty():
             self._queue.get_nowait()
 
@@ -178,9 +187,17 @@ class PeerClient:
         return True
 
     async def _next_batch(self) -> list[Message]:
-        batch = [await self._queue.get()]
+        """What is queued, up to BATCH_LIMIT messages and BATCH_BYTES of entries (at least one message)."""
+        first, self._carried = self._carried or await self._queue.get(), None
+        batch = [first]
+        size = _entry_bytes(first)
         while len(batch) < BATCH_LIMIT and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+            m = self._queue.get_nowait()
+            size += _entry_bytes(m)
+            if size > BATCH_BYTES:
+                self._carried = m  # the next batch's first
+                break
+            batch.append(m)
         return batch
 
     async def close(self) -> None:

@@ -329,9 +329,27 @@ def test_pipelining_keeps_at_most_max_inflight_appends_per_follower() -> None:
     net.deliver_one(lambda m: m.type is MsgType.APP_RESP and m.frm == 2)
     apps = [m for m in net.queued_of(MsgType.APP, to=2) if m.entries]
     assert [[e.index for e in m.entries] for m in apps] == [[3], [4], list(range(5, 12))]
-    assert list(net.nodes[1].raft.prs[2].inflights) == [3, 4, 11]
+    assert [last for last, _ in net.nodes[1].raft.prs[2].inflights] == [3, 4, 11]
     net.deliver()
     assert len(net.log(2)) == 11
+
+
+def test_the_window_is_full_once_its_bytes_are_in_flight() -> None:
+    """etcd's MaxInflightBytes: large entries fill the window long before its count does, so a heartbeat
+    is never queued behind more than about max_inflight_bytes of appends."""
+    net = settled(Network(max_inflight=64, max_inflight_bytes=250))
+    for k in range(10):
+        net.propose(1, bytes([k]) * 100)
+    apps = [m for m in net.queued_of(MsgType.APP, to=2) if m.entries]
+    assert [len(m.entries) for m in apps] == [1, 1, 1], "full at 300 bytes of 250, not at 64 messages"
+    pr = net.nodes[1].raft.prs[2]
+    assert pr.inflight_bytes == 300 and pr.is_paused()
+    # Each acknowledgement frees its message's bytes, and the leader fills the room it made.
+    net.deliver_one(lambda m: m.type is MsgType.APP and m.to == 2 and bool(m.entries))
+    net.deliver_one(lambda m: m.type is MsgType.APP_RESP and m.frm == 2)
+    assert pr.inflight_bytes == 300 and pr.is_paused(), "the room (50 bytes) takes one entry"
+    net.deliver()
+    assert len(net.log(2)) == len(net.log(1)) and pr.inflight_bytes == 0
 
 
 def test_probing_sends_one_append_at_a_time() -> None:

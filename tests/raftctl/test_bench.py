@@ -28,6 +28,7 @@ from raftctl.bench import (
     result_table,
 )
 from raftctl.benchmark import (
+    LargeRun,
     Report,
     Settings,
     UnaryRun,
@@ -42,6 +43,7 @@ from raftctl.benchmark import (
     proc_cpu_ticks,
     proc_rss_kib,
     render_report,
+    sqlite_floor,
     target_cell,
     times,
 )
@@ -362,6 +364,8 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
         BENCH_IDLE_SECONDS="0.3",
         BENCH_LOAD_KEYS="200",
         BENCH_LOAD_CONCURRENCY="16",
+        BENCH_LARGE_MIB="4",
+        BENCH_LARGE_CLIENTS="2",
     )
     r = subprocess.run(
         [sys.executable, "-m", "raftctl.benchmark"],
@@ -387,6 +391,7 @@ def test_make_bench_module_end_to_end(tmp_path: Path) -> None:
         *(f"idle CPU, node {i}" for i in range(3)),
         "load 200 keys",
         *(f"memory, node {i}" for i in range(3)),
+        "1 MiB puts, 4 MiB from 2 clients",
     ]
     assert "- CPU: " in r.stdout and "- Python: " in r.stdout
     assert "- speed: a 10M-addition Python loop took " in r.stdout
@@ -635,3 +640,23 @@ def test_unary_driver_against_the_unary_floor() -> None:
             cfg = UnaryConfig(op, concurrency=4, duration=0.25, warmup=0.05, keys=20)
             r = asyncio.run(run_unary(address, cfg, seed=1))
             assert (r.workload, r.ops > 0, r.errors, r.first_error) == (op, True, 0, None)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "elections", "errors", "verdict"),
+    [(8.0, 0, 0, "met"), (8.0, 1, 0, "**missed**"), (40.0, 0, 0, "**missed**"), (8.0, 0, 2, "**missed**")],
+)
+def test_the_large_value_row_holds_the_burst_to_the_sqlite_floor_with_no_election(
+    seconds: float, elections: int, errors: int, verdict: str
+) -> None:
+    """80 puts in 8 s is 10/s, 0.5x a floor of 20/s; in 40 s, 0.1x."""
+    run = LargeRun(80, 16, seconds, errors, "boom" if errors else None, elections, 20.0)
+    row = _rows(render_report(Report(large=run)))["1 MiB puts, 80 MiB from 16 clients"]
+    assert row[0] == f"{80 / seconds:.1f} puts/s"
+    assert row[-1] == f">= 0.25x the sqlite floor, no election: {verdict}"
+    assert f"{elections} election(s)" in row[-2]
+
+
+def test_the_sqlite_floor_measures_and_cleans_up(tmp_path: Path) -> None:
+    assert sqlite_floor(tmp_path / "floor", inserts=2) > 0
+    assert not (tmp_path / "floor").exists()
