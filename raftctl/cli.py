@@ -42,7 +42,7 @@ from raftctl.exits import (
     EXIT_USAGE,
     exit_code,
 )
-from raftctl.render import leader_line, status_json, status_table, unreachable_summary
+from raftctl.render import alarm_lines, leader_line, status_json, status_table, unreachable_summary
 from raftd.backup import BackupError, unpack
 from raftd.config import ConfigError, load_cluster, parse_endpoints
 
@@ -472,9 +472,10 @@ def leader_doc(leader: Leader) -> dict[str, object]:
 @global_options
 @pass_settings
 def status(s: Settings) -> None:
-    """A table of every endpoint's node: its own view, health, and whether it answered.
+    """A table of every endpoint's node: its own view, health, alarms, and whether it answered.
 
-    Exits 3 (after the table) when any endpoint did not answer.
+    Exits 3 (after the table) when any endpoint did not answer, else 5 when a node raised an alarm (each
+    alarm on a line of stderr).
     """
     resolved = s.endpoints
     with s.client() as c:
@@ -483,6 +484,9 @@ def status(s: Settings) -> None:
     problem = unreachable_summary(rows)
     if problem is not None:
         fail(problem, EXIT_UNAVAILABLE)
+    alarms = alarm_lines(rows)
+    if alarms:
+        fail("; ".join(alarms), EXIT_ERROR)
 
 
 @main.command(epilog=COMMAND_EPILOG)

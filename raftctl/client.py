@@ -138,6 +138,7 @@ class NodeStatus:
     error: str = ""
     cluster: str = ""
     cluster_id: str = ""  # "" until the node has applied it
+    alarms: tuple[str, ...] = ()  # raised by the node, e.g. "CORRUPT: ..." (docs/operations.md)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -552,6 +553,7 @@ class Client(_Routing):
                     health=health,
                     cluster=st.cluster,
                     cluster_id=st.cluster_id,
+                    alarms=tuple(st.alarms),
                 )
             )
         return rows

@@ -18,6 +18,7 @@ STATUS_COLUMNS = (
     "LAST INDEX",
     "HEALTH",
     "REACHABLE",
+    "ALARMS",
 )
 
 
@@ -44,6 +45,7 @@ def status_row(row: NodeStatus, ids: Mapping[str, int]) -> list[str]:
         _cell(row.last_log_index),
         _cell(row.health),
         "yes" if row.reachable else "no",
+        ",".join(sorted({a.split(":")[0] for a in row.alarms})) or "-",
     ]
 
 
@@ -67,6 +69,11 @@ def status_json(rows: list[NodeStatus], ids: Mapping[str, int]) -> list[dict[str
             d["id"] = ids.get(r.endpoint)
         out.append(d)
     return out
+
+
+def alarm_lines(rows: list[NodeStatus]) -> list[str]:
+    """One line per alarm a node raised, naming the node: what `status` prints under its table."""
+    return [f"{r.endpoint}: {alarm}" for r in rows for alarm in r.alarms]
 
 
 def unreachable_summary(rows: list[NodeStatus]) -> str | None:

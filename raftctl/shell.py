@@ -19,7 +19,7 @@ from typing import TextIO
 
 from raftctl.client import Client, ClientError, NotFound
 from raftctl.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code
-from raftctl.render import leader_line, status_table, unreachable_summary
+from raftctl.render import alarm_lines, leader_line, status_table, unreachable_summary
 from raftd.config import ConfigError, parse_endpoints
 
 PROMPT = "> "
@@ -204,6 +204,8 @@ class Shell:
         problem = unreachable_summary(rows)
         if problem is not None:
             self._error(problem, EXIT_UNAVAILABLE)  # as the one-shot `status` exits
+        elif alarms := alarm_lines(rows):
+            self._error("; ".join(alarms), EXIT_ERROR)
         return True
 
     def _help(self, args: list[str]) -> bool:

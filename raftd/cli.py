@@ -53,6 +53,7 @@ ENV = {
     "--max-streams": "RAFTD_MAX_STREAMS",
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
+    "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--restore": "RAFTD_RESTORE",
 }
 
@@ -209,6 +210,15 @@ def _one_line(e: click.ClickException) -> str:
     "held.",
 )
 @click.option(
+    "--corrupt-check-interval",
+    type=click.FloatRange(min=0),
+    default=Limits.corrupt_check_interval_s,
+    show_default=True,
+    envvar=ENV["--corrupt-check-interval"],
+    help="Seconds between checks that every node holds the same state (the leader has each hash it at one "
+    "index; a difference raises an alarm in status and the log); 0 turns the check off.",
+)
+@click.option(
     "--restore",
     "restore_path",
     metavar="FILE",
@@ -234,6 +244,7 @@ def node(
     max_streams: int,
     max_stream_bytes: int,
     stream_write_timeout: float,
+    corrupt_check_interval: float,
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
@@ -258,6 +269,7 @@ def node(
             max_streams,
             max_stream_bytes,
             stream_write_timeout,
+            corrupt_check_interval,
         )
         asyncio.run(serve(cluster, node_id, data, listen, limits))
     except (StartupError, StorageError, FatalError, BackupError) as e:

@@ -28,6 +28,7 @@ import grpc
 
 from raftd import malloc, testhooks
 from raftd.config import ClusterConfig, NodeAddr
+from raftd.consistency import StateHashes, state_hash
 from raftd.core import (
     NONE,
     Config,
@@ -159,6 +160,7 @@ class NodeStatus:
     peers: tuple[tuple[int, str, int], ...]  # (id, address, match index; 0 unless this node leads)
     cluster: str
     cluster_id: str
+    alarms: tuple[str, ...] = ()
 
 
 def ticks_to_count(owed: int, due: int, waited: int, role: Role) -> int:
@@ -242,6 +244,8 @@ class RaftNode:
         self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
         self._limit_proposed = 0  # the term in which it last proposed a session limit
+        self.hashes = StateHashes()  # the cross-node consistency check (raftd.consistency)
+        self._next_hash_check = 0.0  # when the leader next proposes one
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -285,7 +289,9 @@ class RaftNode:
         self._runner = asyncio.current_task()
         for peer_id, addr in self.addresses.items():
             if peer_id != self.id:
-                client = PeerClient(peer_id, addr.address, self.identity, self._report_unreachable)
+                client = PeerClient(
+                    peer_id, addr.address, self.identity, self._report_unreachable, self.hashes
+                )
                 client.start()
                 self.peers[peer_id] = client
         log.info("I am a follower. Term: %d", self.raw.term)
@@ -332,6 +338,7 @@ class RaftNode:
             if hold and self.raw.ticks_until_due() == 1:
                 self.raw.tick()
             await self._drain_ready()
+            self._maybe_propose_hash_check(now)
 
     def _set_alarm(self, when: float) -> None:
         """Wake the loop by `when`, keeping the armed timer when it rings no later than that.
@@ -662,6 +669,8 @@ class RaftNode:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
+            elif cmd is not None and cmd.op is Op.HASH_CHECK:
+                self._spawn(self._hash_state(e.index))
             if result is None:
                 self.kv.skip(e.index)
             waiter = self.waiting.pop(e.index, None)
@@ -800,6 +809,38 @@ class RaftNode:
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    def _maybe_propose_hash_check(self, now: float) -> None:
+        """Every --corrupt-check-interval, the leader has every replica hash its state at one index."""
+        interval = self.limits.corrupt_check_interval_s
+        if not interval or now < self._next_hash_check or not self.is_leader() or not self._peers_speak(3):
+            return
+        self._next_hash_check = now + interval
+        try:
+            fut = self.propose_nowait(Command(Op.HASH_CHECK, b""))
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _hash_state(self, index: int) -> None:
+        """Hash the state as it stands after applying index (the copy is taken now, the hash on a thread)."""
+        image = self.kv.image()
+        value = await asyncio.get_running_loop().run_in_executor(self._cpu, state_hash, image)
+        for peer, alarm in self.hashes.record(index, value):
+            log.error(
+                "%s: this node or node %d is corrupt; replace the one whose state is wrong", alarm, peer
+            )
+
+    def peer_state_hash(self, core_id: int, index: int, value: int) -> None:
+        """A peer's newest hash of its state, from its traffic."""
+        if core_id not in self.addresses:
+            return
+        peer = from_core(core_id)
+        alarm = self.hashes.report(peer, index, value)
+        if alarm is not None:
+            log.error(
+                "%s: this node or node %d is corrupt; replace the one whose state is wrong", alarm, peer
+            )
+
     def adopt_cluster_id(self, cluster_id: str) -> None:
         """Take the cluster's id, from the log or from a snapshot's sender; the first one is kept for good."""
         if self.identity.id or not cluster_id:
@@ -895,6 +936,7 @@ class RaftNode:
             ),
             cluster=self.identity.name,
             cluster_id=self.identity.id,
+            alarms=tuple(self.hashes.alarms.values()),
         )
 
     @property

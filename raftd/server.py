@@ -71,6 +71,8 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 if batch.version and messages:
                     self.node.peer_speaks(messages[0].frm, batch.version)
+                if batch.hash_index and messages:
+                    self.node.peer_state_hash(messages[0].frm, batch.hash_index, batch.state_hash)
                 self.node.deliver(messages)
         return peer_pb2.StepResponse()
 

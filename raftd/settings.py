@@ -30,12 +30,18 @@ class Limits:
     # A stream whose client has read no answer for this long is ended (RESOURCE_EXHAUSTED), and what it
     # held is freed: gRPC's flow control stops the sending as soon as the client stops reading.
     stream_write_timeout_s: float = 10.0
+    # How often the leader has every replica hash its state at one index and compare (raftd.consistency);
+    # 0: never. Each check costs every node a pass over its state on a worker thread (40 MB at a million
+    # keys) and one log entry.
+    corrupt_check_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{field.name} must be a positive number, not {value!r}")
+            if value == 0 and field.name != "corrupt_check_interval_s":  # the one that 0 turns off
+                raise ValueError(f"{field.name} must be a positive number, not 0")
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")
 

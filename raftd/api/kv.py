@@ -135,6 +135,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             cluster=st.cluster,
             cluster_id=st.cluster_id,
             suspended=st.suspended,
+            alarms=st.alarms,
         )
 
     @grpc_errors

@@ -37,7 +37,7 @@ class KVStore:
 
     def apply(self, index: int, cmd: Command) -> Result:
         self.applied = index
-        if cmd.op is Op.CLUSTER_ID:
+        if cmd.op is Op.CLUSTER_ID or cmd.op is Op.HASH_CHECK:
             return Result(index, existed=False)
         if cmd.op is Op.SESSION_LIMIT:
             self.session_limit = parse_limit(cmd.value)

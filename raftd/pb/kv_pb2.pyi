@@ -324,6 +324,7 @@ class StatusResponse(_message.Message):
     SUSPENDED_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    ALARMS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     address: _builtins.str
     role: _builtins.str
@@ -339,6 +340,12 @@ class StatusResponse(_message.Message):
     """the cluster's random id; empty until the node has applied it"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerStatus]: ...
+    @_builtins.property
+    def alarms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Raised and not cleared until the node restarts, e.g. "CORRUPT: the state at index 1200 differs from
+        node 2's" (raftd/consistency.py); empty when all is well.
+        """
+
     def __init__(
         self,
         *,
@@ -354,10 +361,11 @@ class StatusResponse(_message.Message):
         suspended: _builtins.bool = ...,
         cluster: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
+        alarms: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "applied_index", b"applied_index", "cluster", b"cluster", "cluster_id", b"cluster_id", "commit_index", b"commit_index", "id", b"id", "last_log_index", b"last_log_index", "leader_id", b"leader_id", "peers", b"peers", "role", b"role", "suspended", b"suspended", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alarms", b"alarms", "applied_index", b"applied_index", "cluster", b"cluster", "cluster_id", b"cluster_id", "commit_index", b"commit_index", "id", b"id", "last_log_index", b"last_log_index", "leader_id", b"leader_id", "peers", b"peers", "role", b"role", "suspended", b"suspended", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -191,15 +191,22 @@ class MessageBatch(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    HASH_INDEX_FIELD_NUMBER: _builtins.int
+    STATE_HASH_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     """The sender's cluster name and id (raftd/identity.py): a node refuses traffic from another cluster."""
     cluster_id: _builtins.str
     """empty until the sender has applied it"""
     version: _builtins.int
     """The sender's peer protocol: 0 before cluster ids, 1 with them, 2 with session-checked writes
-    (raftd/kv/command.py). A leader proposes an entry of a newer kind only once every peer has shown a
+    (raftd/kv/command.py), 3 with hash check entries (raftd/consistency.py). A leader proposes an entry of a newer kind only once every peer has shown a
     version that can apply it, since a node of an earlier release would stop on it.
     """
+    hash_index: _builtins.int
+    """The sender's newest hash of its state, taken where it applied an Op.HASH_CHECK entry at hash_index
+    (raftd/consistency.py); 0 before the first.
+    """
+    state_hash: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     def __init__(
@@ -209,10 +216,12 @@ class MessageBatch(_message.Message):
         messages: _abc.Iterable[Global___Message] | None = ...,
         cluster_id: _builtins.str = ...,
         version: _builtins.int = ...,
+        hash_index: _builtins.int = ...,
+        state_hash: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cluster_id", b"cluster_id", "messages", b"messages", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cluster_id", b"cluster_id", "hash_index", b"hash_index", "messages", b"messages", "state_hash", b"state_hash", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from raftd.consistency import StateHashes
 from raftd.core import Message, MsgType, Snapshot
 from raftd.identity import Identity
 from raftd.pb import peer_pb2 as pb
@@ -38,7 +39,7 @@ CLOSE_WAIT_S = 1.0
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-PROTOCOL_VERSION = 2  # MessageBatch.version: 1 cluster id entries, 2 session-checked writes
+PROTOCOL_VERSION = 3  # MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -57,11 +58,17 @@ def _entry_bytes(m: Message) -> int:
 
 class PeerClient:
     def __init__(
-        self, peer: int, address: str, identity: Identity, on_unreachable: Callable[[int], None]
+        self,
+        peer: int,
+        address: str,
+        identity: Identity,
+        on_unreachable: Callable[[int], None],
+        hashes: StateHashes | None = None,
     ) -> None:
         self.peer = peer
         self.address = address
         self.identity = identity  # read at each write: the cluster id is learnt while running
+        self.hashes = hashes or StateHashes()  # likewise: its newest hash goes with every write
         self.on_unreachable = on_unreachable
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
@@ -104,6 +111,8 @@ class PeerClient:
                         cluster_id=self.identity.id,
                         version=PROTOCOL_VERSION,
                         messages=[message_to_pb(m) for m in batch],
+                        hash_index=self.hashes.latest[0],
+                        state_hash=self.hashes.latest[1],
                     )
                     self._writing_since = loop.time()
                     if self._watchdog is None:

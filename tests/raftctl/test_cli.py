@@ -82,13 +82,14 @@ def test_status_table_lists_every_node(tmp_path: Path, cluster: Cluster, endpoin
     assert lines[0].startswith("+-") and lines[-1] == lines[0] and lines[2] == lines[0]
     header = [c.strip() for c in lines[1].strip("|").split("|")]
     assert header == [
-        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST INDEX", "HEALTH", "REACHABLE"
+        "ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST INDEX", "HEALTH", "REACHABLE",
+        "ALARMS",
     ]  # fmt: skip
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[3:-1]]
     assert [row[:2] for row in rows] == [[str(i), cluster.address(i)] for i in range(3)]
     assert sorted(row[2] for row in rows) == ["follower", "follower", "leader"]
     for row in rows:
-        assert row[8:] == ["SERVING", "yes"]
+        assert row[8:] == ["SERVING", "yes", "-"]
         assert all(cell.isdigit() for cell in row[3:8]), row
 
 
@@ -101,7 +102,7 @@ def test_status_keeps_unreachable_rows_and_exits_3(tmp_path: Path, cluster: Clus
         rf"raftctl: error: 1 of 4 endpoints unreachable \({dead}: .*\)", one_line_error(r.stderr)
     )
     last = [c.strip() for c in r.stdout.splitlines()[-2].strip("|").split("|")]
-    assert last == ["-", dead, "-", "-", "-", "-", "-", "-", "-", "no"]
+    assert last == ["-", dead, "-", "-", "-", "-", "-", "-", "-", "no", "-"]
 
     r = run_ctl("--endpoints", f"{endpoints},{dead}", "-o", "json", "status", cwd=tmp_path)
     rows = json.loads(r.stdout)

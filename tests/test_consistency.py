@@ -1,0 +1,110 @@
+"""The cross-node consistency check (issue 19; raftd/consistency.py): replicas hash their state at the
+same index, and a node that sees a peer's hash differ from its own raises an alarm."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from raftd.consistency import KEPT, StateHashes, state_hash
+from raftd.core import Message, MsgType
+from raftd.kv import Command, KVStore, Op, encode
+from raftd.node import RaftNode
+from raftd.settings import Limits
+
+from .nodes import leader, release_node
+
+
+def _store(values: list[bytes]) -> KVStore:
+    kv = KVStore()
+    for i, v in enumerate(values, start=1):
+        kv.apply(i, Command(Op.PUT, f"k{i % 7}".encode(), v, f"c{i % 3}".encode(), i, True))
+    return kv
+
+
+def test_replicas_at_one_index_hash_alike_and_any_difference_shows() -> None:
+    values = [f"v{i}".encode() for i in range(50)]
+    a, b = _store(values), _store(values)
+    restored = KVStore()
+    restored.restore(a.applied, encode(a.image()))
+    assert state_hash(a.image()) == state_hash(b.image()) == state_hash(restored.image())
+    flipped = list(values)
+    flipped[-1] = b"v48"  # one value, as a bug or a flipped bit would leave it
+    assert state_hash(_store(flipped).image()) != state_hash(a.image())
+    b.apply(51, Command(Op.PUT, b"k", b"v", b"fresh", 1, True))  # a session alone counts too
+    b.apply(52, Command(Op.DELETE, b"k"))
+    assert state_hash(b.image()) != state_hash(a.image())
+
+
+def test_a_different_hash_at_the_same_index_raises_one_alarm_per_peer() -> None:
+    h = StateHashes()
+    assert h.record(10, 0xAAAA) == [] and h.latest == (10, 0xAAAA)
+    assert h.report(1, 10, 0xAAAA) is None
+    alarm = h.report(2, 10, 0xBBBB)
+    assert (
+        alarm == "CORRUPT: the state at index 10 differs from node 2's"
+        " (hash 000000000000aaaa here, 000000000000bbbb there)"
+    )
+    assert h.alarms == {2: "CORRUPT: the state at index 10 differs from node 2's"}
+    assert h.report(2, 10, 0xBBBB) is None, "raised once"
+
+
+def test_a_report_from_ahead_waits_until_this_node_has_hashed_that_index() -> None:
+    h = StateHashes()
+    h.record(10, 1)
+    assert h.report(2, 20, 5) is None and h.alarms == {}
+    assert h.record(20, 6) == [
+        (
+            2,
+            "CORRUPT: the state at index 20 differs from node 2's"
+            " (hash 0000000000000006 here, 0000000000000005 there)",
+        )
+    ]
+    h.report(1, 30, 7)
+    assert h.record(30, 7) == [] and h.alarms.keys() == {2}
+
+
+def test_reports_of_indexes_no_longer_kept_are_not_compared() -> None:
+    h = StateHashes()
+    for i in range(1, KEPT + 2):
+        h.record(i, i)
+    assert h.report(2, 1, 999) is None and h.alarms == {}, "index 1 is forgotten: nothing to compare"
+    assert h.report(2, KEPT + 1, 999) is not None
+
+
+async def _commit_all(node: RaftNode) -> None:
+    node._take_input()
+    last = node.raw.raft.log.last_index()
+    node.deliver([Message(MsgType.APP_RESP, to=1, frm=3, term=node.raw.term, index=last)])
+    node._take_input()
+    await node._drain_ready()
+
+
+def test_the_leader_has_every_replica_hash_its_state_once_every_peer_can(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path, limits=Limits(corrupt_check_interval_s=60))
+        node._maybe_propose_hash_check(now=1000.0)
+        node._take_input()
+        assert not _checks(node), "a node of an earlier release would stop on the entry"
+        node.peer_speaks(2, 3)
+        node.peer_speaks(3, 3)
+        node._maybe_propose_hash_check(now=1000.0)
+        node._maybe_propose_hash_check(now=1059.0)  # within the interval: no second one
+        await _commit_all(node)
+        (index,) = _checks(node)
+        await asyncio.gather(*node._background)
+        assert node.hashes.latest == (index, state_hash(node.kv.image()))
+        node.peer_state_hash(3, index, node.hashes.latest[1] ^ 1)
+        assert node.status().alarms == (f"CORRUPT: the state at index {index} differs from node 2's",)
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def _checks(node: RaftNode) -> list[int]:
+    log = node.raw.raft.log
+    return [
+        e.index
+        for e in log.slice(1, log.last_index() + 1)
+        if e.data and Command.decode(e.data).op is Op.HASH_CHECK
+    ]
