@@ -94,8 +94,9 @@ class ServerError(ClientError):
 @dataclass
 class WriteSession:
     """One exactly-once session as a client keeps it: its id, the last number it gave a write, and whether
-    the cluster may hold it. Until a write may have applied, each write (and each retry) says it is the
-    first, so a session the cluster evicted is never mistaken for a new one after that."""
+    the cluster may hold it. A write says it is the session's first (WriteSession.first, on each of its
+    attempts) when no earlier write of the session may have applied, so a later write on a session the
+    cluster evicted is refused rather than mistaken for a new session's."""
 
     client_id: str = dataclasses.field(default_factory=lambda: secrets.token_hex(16))
     seq: int = 0
@@ -307,6 +308,9 @@ class _Attempts:
         self.what = what
         self.write = write
         self.session = session  # a write's session, and the request's copy of it
+        # Fixed for all of the write's attempts: an attempt whose outcome is unknown may never have reached
+        # the log (a paused node), and a retry that said "not first" would then be refused.
+        self.first = session is not None and not session[0].live
         self.deadline = time.monotonic() + routing.timeout
         self.backoff = BACKOFF_MIN_S
         self.last_error = last_error
@@ -335,8 +339,7 @@ class _Attempts:
     def attempt(self) -> None:
         """Before each attempt: a write says whether it is its session's first (WriteSession.first)."""
         if self.session is not None:
-            kept, wire = self.session
-            wire.first = not kept.live
+            self.session[1].first = self.first
 
     def succeeded(self) -> None:
         if self.session is not None:

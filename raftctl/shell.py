@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -25,6 +26,28 @@ from raftd.config import ConfigError, parse_endpoints
 PROMPT = "> "
 HISTORY_FILE = "~/.raftctl_history"
 HISTORY_LENGTH = 1000
+
+
+# While input() waits, Python's readline module notices a Ctrl-C only when its select() is interrupted: a
+# SIGINT that comes while readline is busy with the keys typed before it (echoing them, say) is left
+# pending, and the shell waits for a next key that the terminal has just flushed. Under load that left the
+# prompt unanswered one time in five. A timer interrupts select() this often, and each time the pending
+# signal is handled.
+SIGNAL_CHECK_S = 0.1
+
+
+@contextlib.contextmanager
+def _signals_checked() -> Iterator[None]:
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, SIGNAL_CHECK_S, SIGNAL_CHECK_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class ShellError(Exception):
@@ -122,7 +145,8 @@ class Shell:
         """The next line without its newline; None at the end of input."""
         if self.interactive:
             try:
-                return input(PROMPT)
+                with _signals_checked():
+                    return input(PROMPT)
             except EOFError:
                 return None
         line = self.stdin.readline()

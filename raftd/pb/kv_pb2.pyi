@@ -62,11 +62,10 @@ class WriteSession(_message.Message):
     client_id: _builtins.str
     seq: _builtins.int
     first: _builtins.bool
-    """True while no earlier write of this client_id may have applied: on its first attempt, and on retries
-    while every attempt so far was refused as not applied. A write that is not first, from a client_id
-    the cluster holds no session for (it expired), is refused with FAILED_PRECONDITION and outcome
-    "unknown": it never applies, and its earlier attempts may have. Unset: first when seq is 1, as
-    clients written before this field number their writes from 1.
+    """True on every attempt of a write when no earlier write of this client_id may have applied. A write
+    that is not first, from a client_id the cluster holds no session for (it expired), is refused with
+    FAILED_PRECONDITION and outcome "unknown": it never applies, and its earlier attempts may have.
+    Unset: first when seq is 1, as clients written before this field number their writes from 1.
     """
     def __init__(
         self,
