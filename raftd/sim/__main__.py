@@ -11,14 +11,15 @@ from .checker import Violation
 from .cluster import Simulation
 
 
-def replay_command(seed: int, nodes: int, ticks: int) -> str:
-    return f"python -m raftd.sim --seed {seed} --nodes {nodes} --ticks {ticks}"
+def replay_command(seed: int, nodes: int, ticks: int, lost_tail: bool = False) -> str:
+    extra = " --lost-tail" if lost_tail else ""
+    return f"python -m raftd.sim --seed {seed} --nodes {nodes} --ticks {ticks}{extra}"
 
 
-def run_seed(seed: int, nodes: int, ticks: int) -> str | None:
+def run_seed(seed: int, nodes: int, ticks: int, lost_tail: bool = False) -> str | None:
     """None when the seed passes, else a report naming the violation and the replay command."""
     try:
-        Simulation(seed, nodes, ticks).run()
+        Simulation(seed, nodes, ticks, lost_tail).run()
     except Violation as v:
         problem = str(v)
     except Exception:
@@ -27,7 +28,8 @@ def run_seed(seed: int, nodes: int, ticks: int) -> str | None:
     else:
         return None
     return (
-        f"seed {seed} ({nodes} nodes, {ticks} ticks): {problem}\nreplay: {replay_command(seed, nodes, ticks)}"
+        f"seed {seed} ({nodes} nodes, {ticks} ticks): {problem}\n"
+        f"replay: {replay_command(seed, nodes, ticks, lost_tail)}"
     )
 
 
@@ -39,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, help="run this one seed (with --seeds, the first of them)")
     ap.add_argument("--nodes", type=int, help="cluster size (default: alternate 3 and 5 by seed)")
     ap.add_argument("--ticks", type=int, default=300, help="ticks of faulty weather per seed")
+    ap.add_argument(
+        "--lost-tail",
+        action="store_true",
+        help="damaged disks on every seed, including lost fsyncs that raftd cannot detect at boot "
+        "(the same term and vote): what they can cost",
+    )
     args = ap.parse_args(argv)
     if args.nodes is not None and args.nodes < 1:
         ap.error("--nodes must be at least 1")
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for seed in range(first, first + count):
         nodes = args.nodes if args.nodes is not None else (3 if seed % 2 == 0 else 5)
-        failure = run_seed(seed, nodes, args.ticks)
+        failure = run_seed(seed, nodes, args.ticks, args.lost_tail)
         if failure:
             print(f"FAIL {failure}", file=sys.stderr)
             return 1

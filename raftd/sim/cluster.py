@@ -3,6 +3,14 @@
 One PRNG drives everything (delays, drops, duplicates, partitions, crashes, client traffic), so a seed
 replays exactly. Time runs in units; every node ticks once per UNITS_PER_TICK units, and a message takes
 one or more units, so deliveries land between ticks and reorder freely.
+
+Some seeds also get a damaged disk on a minority of nodes (DiskFaults, from a PRNG of its own): bits that
+flip at rest, a write torn by a crash, and fsyncs of the log database that lied (lost at the crash; the
+term-and-vote record, fsynced on its own, keeps the truth). A node checks its disk at boot as raftd does
+(a checksum per entry, the record against the database's term and vote) and stays down when it finds
+damage: the run reports that as detected, and a safety violation would be a bug. A lost fsync that leaves
+the term and vote as they were is invisible to those checks (docs/operations.md says so); it is injected
+only with lost_tail=True (`python -m raftd.sim --lost-tail`), to show what it can cost.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ import hashlib
 import heapq
 import json
 import random
-from dataclasses import dataclass, field
+import struct
+import zlib
+from dataclasses import dataclass, field, replace
 
 from raftd.core import (
     Config,
@@ -79,18 +89,59 @@ def _digest(prev: str, e: Entry) -> str:
     return hashlib.sha256(f"{prev}|{e.index}/{e.term}|".encode() + e.data).hexdigest()[:16]
 
 
+def _crc(e: Entry) -> int:
+    """As raftd.storage.checksum.entry_crc: over the entry's index, term and data."""
+    return zlib.crc32(e.data, zlib.crc32(struct.pack(">QQ", e.index, e.term)))
+
+
+@dataclass(frozen=True)
+class DiskFaults:
+    """How a damaged disk misbehaves; drawn per seed, for the nodes of a minority only."""
+
+    lie: float  # a save's fsync of the log database is lost, until a later honest one
+    flip: float  # per unit, a bit flips in a stored entry of one such node
+    tear: float  # at a crash, the last entry written is torn
+    lost_tail: bool  # lies that leave the term and vote as they were (invisible at boot) are allowed
+
+    @classmethod
+    def draw(cls, rng: random.Random, lost_tail: bool) -> DiskFaults | None:
+        if not lost_tail and rng.random() >= 0.3:
+            return None
+        return cls(
+            lie=rng.choice([0.05, 0.2]), flip=rng.choice([0.0005, 0.002]), tear=rng.choice([0.2, 0.5]),
+            lost_tail=lost_tail,
+        )  # fmt: skip
+
+
 @dataclass
 class Disk:
-    """What survives a crash: exactly what was persisted from Readies."""
+    """What survives a crash: exactly what was persisted from Readies, unless the disk is damaged."""
 
     hard: HardState = HardState()
     snapshot: Snapshot = Snapshot(SnapshotMeta(), json.dumps({"kv": {}, "digest": ""}).encode())
     entries: list[Entry] = field(default_factory=list)
+    crcs: list[int] = field(default_factory=list)  # one per entry, written with it
+    vote: tuple[int, int] = (0, 0)  # raftd's raft.vote: fsynced on its own whenever a save changes them
+    # The database as of its last honest fsync, while later saves sit only in the page cache.
+    synced: tuple[HardState, Snapshot, list[Entry], list[int]] | None = None
 
     def term_at(self, index: int) -> int:
         if index == self.snapshot.meta.index:
             return self.snapshot.meta.term
         return self.entries[index - self.snapshot.meta.index - 1].term
+
+    def checkpoint(self) -> tuple[HardState, Snapshot, list[Entry], list[int]]:
+        return (self.hard, self.snapshot, list(self.entries), list(self.crcs))
+
+    def damage(self) -> str | None:
+        """What raftd's checks at start find wrong (checksums, the vote record; raftd.storage), if any."""
+        for e, crc in zip(self.entries, self.crcs, strict=True):
+            if _crc(e) != crc:
+                return f"log entry {e.index} is damaged"
+        term, vote = self.vote
+        if self.hard.term < term or (self.hard.term == term and self.hard.vote != vote):
+            return f"went back in time: term {self.hard.term} vote {self.hard.vote}, recorded {term} {vote}"
+        return None
 
 
 @dataclass
@@ -116,6 +167,7 @@ class SimNode:
             max_bytes_per_msg=64,
         )
         self.disk = Disk()
+        self.damaged = ""  # what the boot check found: the node stays down
         self.raw: RawNode | None = None
         self.kv: dict[str, str] = {}
         self.digest = ""
@@ -124,9 +176,13 @@ class SimNode:
         self.seen_leading = -1
         self.start()
 
-    def start(self) -> None:
-        """Boot from disk only: everything volatile is rebuilt, nothing remembered."""
+    def start(self) -> bool:
+        """Boot from disk only: everything volatile is rebuilt, nothing remembered. False: the disk is
+        damaged, and the node stays down as raftd would (it stops with the one-line error)."""
         d = self.disk
+        self.damaged = self.damaged or d.damage() or ""
+        if self.damaged:
+            return False
         self.raw = RawNode(
             self.config, d.hard, d.snapshot.meta, list(d.entries), applied=d.snapshot.meta.index
         )
@@ -134,6 +190,7 @@ class SimNode:
         self.reads.clear()
         self.confirmed.clear()
         self.seen_leading = -1
+        return True
 
     def _load_snapshot(self, snap: Snapshot) -> None:
         image = json.loads(snap.data)
@@ -146,12 +203,16 @@ class SimNode:
 
 
 class Simulation:
-    def __init__(self, seed: int, nodes: int, ticks: int) -> None:
+    def __init__(self, seed: int, nodes: int, ticks: int, lost_tail: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.params = Params.draw(self.rng, nodes, ticks)
+        # Disk faults have a PRNG of their own: seeds without them run exactly as they did before them.
+        self.disk_rng = random.Random(seed * 7919 + 1)
+        self.disk_faults = DiskFaults.draw(self.disk_rng, lost_tail)
         peers = tuple(range(1, nodes + 1))
         self.nodes = {i: SimNode(i, self.params, peers, seed) for i in peers}
+        self.faulty = set(peers[: (nodes - 1) // 2]) if self.disk_faults else set()
         self.check = Checker()
         self.now = 0
         self.queue: list[tuple[int, float, int, Message]] = []
@@ -160,7 +221,10 @@ class Simulation:
         self.heal_at = -1
         self.restart_at: dict[int, int] = {}
         self.counter = 0
-        self.stats = {"proposed": 0, "reads_ok": 0, "crashes": 0, "partitions": 0, "snapshots_sent": 0}
+        self.stats = {
+            "proposed": 0, "reads_ok": 0, "crashes": 0, "partitions": 0, "snapshots_sent": 0,
+            "disk_lies": 0, "bit_flips": 0, "torn_writes": 0, "damage_detected": 0,
+        }  # fmt: skip
 
     # -- the network --------------------------------------------------------------------------------
     def _send(self, src: SimNode, m: Message) -> None:
@@ -233,17 +297,35 @@ class Simulation:
 
     def _persist(self, n: SimNode, rd: Ready) -> None:
         d = n.disk
+        before = d.checkpoint()
         if rd.snapshot is not None:
             d.snapshot = rd.snapshot
-            d.entries = []
+            d.entries, d.crcs = [], []
         if rd.entries:
             first = rd.entries[0].index
             prev_term = d.term_at(first - 1)
             del d.entries[first - d.snapshot.meta.index - 1 :]
+            del d.crcs[first - d.snapshot.meta.index - 1 :]
             d.entries.extend(rd.entries)
+            d.crcs.extend(_crc(e) for e in rd.entries)
             self.check.observe_durable_entries(n.id, prev_term, rd.entries)
         if rd.hard_state is not None:
             d.hard = rd.hard_state
+        self._fsync(n, before)
+
+    def _fsync(self, n: SimNode, before: tuple[HardState, Snapshot, list[Entry], list[int]]) -> None:
+        """The save's fsync, honest or (on a faulty disk) lost; then raft.vote, which is always honest."""
+        d, faults = n.disk, self.disk_faults
+        changes_vote = (d.hard.term, d.hard.vote) != d.vote
+        lies = faults is not None and n.id in self.faulty and self.disk_rng.random() < faults.lie
+        if lies and (changes_vote or (faults is not None and faults.lost_tail) or d.synced is not None):
+            if d.synced is None:
+                d.synced = before
+            self.stats["disk_lies"] += 1
+        else:
+            d.synced = None  # an honest fsync makes every earlier save durable too
+        if changes_vote:
+            d.vote = (d.hard.term, d.hard.vote)
 
     def _apply(self, n: SimNode, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -285,13 +367,23 @@ class Simulation:
         meta = SnapshotMeta(log.applied, log.term(log.applied) or 0)
         d = n.disk
         del d.entries[: meta.index - d.snapshot.meta.index]
+        del d.crcs[: meta.index - d.snapshot.meta.index]
         d.snapshot = Snapshot(meta, json.dumps({"kv": n.kv, "digest": n.digest}).encode())
+        d.synced = None  # raftd fsyncs an image and the database that adopts it
         n.raw.compact(meta.index)
 
     # -- faults and clients -------------------------------------------------------------------------
     def _crash(self, n: SimNode) -> None:
         n.raw = None
         self.stats["crashes"] += 1
+        d, faults = n.disk, self.disk_faults
+        if d.synced is not None:  # what the lying fsyncs had not written is gone; raft.vote stays
+            d.hard, d.snapshot, d.entries, d.crcs = d.synced
+            d.synced = None
+        if faults is not None and n.id in self.faulty and d.entries and self.disk_rng.random() < faults.tear:
+            last = d.entries[-1]
+            d.entries[-1] = replace(last, data=last.data[: len(last.data) // 2] + b"\x00")
+            self.stats["torn_writes"] += 1
         self.restart_at[n.id] = self.now + self.rng.randrange(1, 30 * UNITS_PER_TICK * ELECTION_TICK // 10)
 
     def _random_events(self) -> None:
@@ -318,10 +410,11 @@ class Simulation:
                 pass
         if live and rng.random() < p.crash:
             self._crash(rng.choice(live))
+        self._flip_a_bit()
         for node_id, at in list(self.restart_at.items()):
             if at <= self.now:
                 del self.restart_at[node_id]
-                self.nodes[node_id].start()
+                self._boot(self.nodes[node_id])
         if self.heal_at >= 0 and self.now >= self.heal_at:
             self.blocked.clear()
             self.heal_at = -1
@@ -333,6 +426,24 @@ class Simulation:
                 leader = leaders[0]
                 assert leader.raw is not None
                 leader.raw.transfer_leader(rng.choice([i for i in self.nodes if i != leader.id]))
+
+    def _flip_a_bit(self) -> None:
+        """Damage at rest: seen when the node next boots (a running node serves from memory)."""
+        faults = self.disk_faults
+        if faults is None or self.disk_rng.random() >= faults.flip:
+            return
+        d = self.nodes[self.disk_rng.choice(sorted(self.faulty))].disk
+        if not d.entries:
+            return
+        k = self.disk_rng.randrange(len(d.entries))
+        data = bytearray(d.entries[k].data or b"\x00")
+        data[self.disk_rng.randrange(len(data))] ^= 1 << self.disk_rng.randrange(8)
+        d.entries[k] = replace(d.entries[k], data=bytes(data))
+        self.stats["bit_flips"] += 1
+
+    def _boot(self, n: SimNode) -> None:
+        if not n.start():
+            self.stats["damage_detected"] += 1
 
     def _partition(self) -> None:
         rng, ids = self.rng, list(self.nodes)
@@ -387,8 +498,8 @@ class Simulation:
     def _heal_and_check_progress(self) -> None:
         self.blocked.clear()
         for n in self.nodes.values():
-            if n.raw is None:
-                n.start()
+            if n.raw is None and not n.damaged:
+                self._boot(n)
         self.restart_at.clear()
         self.params = Params(
             **{
