@@ -23,7 +23,7 @@ import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import grpc
 
@@ -57,10 +57,6 @@ class _Read(NamedTuple):
     key: bytes
 
 
-class Stalled(Exception):
-    """The client read no answer within Limits.stream_write_timeout_s."""
-
-
 class StreamSession:
     """One Stream call: the reader serves requests, callbacks queue answers, the writer sends them."""
 
@@ -68,6 +64,8 @@ class StreamSession:
         self.node = node
         self.limits = limits
         self.out: list[pb.Response | _Read] = []
+        self.out_bytes = 0  # value bytes of the answers in out that hold their values
+        self.deferred = 0  # reads in out whose values are fetched when they go out
         self.unanswered = 0
         # Requests received and not answered yet: id -> (when it expires, its bytes). In arrival order, so
         # in deadline order too, which lets one timer per stream, armed for the oldest, serve them all.
@@ -79,15 +77,24 @@ class StreamSession:
         self.wake = asyncio.Event()  # for the writer: answers queued, or reading ended
         self.room = asyncio.Event()  # for the reader: below both bounds on unanswered requests
         self.room.set()
+        self._task: asyncio.Task[Any] | None = None  # the call's handler, which run() runs in
+        self._writing_since: float | None = None  # when the write in flight began
+        self._watchdog: asyncio.TimerHandle | None = None  # _watch, armed while writes go on
+        self._stalled = False  # the watchdog ended the call
 
     async def run(
         self, requests: AsyncIterator[pb.RequestBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Serve until the client has sent its last request and every one of them is answered."""
         reader = asyncio.get_running_loop().create_task(self._read(requests))
+        self._task = asyncio.current_task()
         try:
             await self._write(context, reader)
-        except Stalled:
+        except asyncio.CancelledError:
+            if not self._stalled:
+                raise
+            assert self._task is not None
+            self._task.uncancel()  # our own watchdog's cancellation: the call goes on, to its status
             timeout = self.limits.stream_write_timeout_s
             log.info("Ended a stream from %s: its client read no answer for %gs", context.peer(), timeout)
             message = f"the client read no answer for {timeout:g}s (--stream-write-timeout)"
@@ -97,6 +104,8 @@ class StreamSession:
             reader.cancel()
             if self._expiry is not None:
                 self._expiry.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.RequestBatch]) -> None:
         try:
@@ -113,11 +122,11 @@ class StreamSession:
             self.wake.clear()
             if self.out:
                 responses = self._take()
-                try:
-                    async with asyncio.timeout(self.limits.stream_write_timeout_s):
-                        await context.write(pb.ResponseBatch(responses=responses))
-                except TimeoutError:
-                    raise Stalled from None
+                self._writing_since = asyncio.get_running_loop().time()
+                if self._watchdog is None:
+                    self._arm_watchdog(self._writing_since)
+                await context.write(pb.ResponseBatch(responses=responses))
+                self._writing_since = None
                 self.unanswered -= len(responses)
                 if self._has_room():
                     self.room.set()
@@ -127,23 +136,44 @@ class StreamSession:
             else:
                 await self.wake.wait()
 
+    def _arm_watchdog(self, since: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._watchdog = loop.call_at(since + self.limits.stream_write_timeout_s, self._watch)
+
+    def _watch(self) -> None:
+        """End the call if the write in flight has waited Limits.stream_write_timeout_s (its client reads
+        nothing), else wait for the deadline of the one in flight now. One timer per stream, not one per
+        write: a timer per write, cancelled at once, fills the event loop's heap with dead ones (the
+        peer transport's watchdog does the same; raftd.transport.peer)."""
+        self._watchdog = None
+        if self._writing_since is None or self.closed or self._task is None:
+            return
+        if asyncio.get_running_loop().time() >= self._writing_since + self.limits.stream_write_timeout_s:
+            self._stalled = True
+            self._task.cancel()
+        else:
+            self._arm_watchdog(self._writing_since)
+
     def _has_room(self) -> bool:
         return self.unanswered < MAX_UNANSWERED and self.open_bytes < self.limits.max_stream_bytes
 
     def _take(self) -> list[pb.Response]:
-        """The longest prefix of the queue whose values fit in one message (at least one answer).
-
-        Reads get their values here, as they go out: a value read later than its read was confirmed is
-        still linearizable (the answer has not been sent, and the state only moves on), and a client that
-        does not read holds no values queued here.
-        """
+        """The longest prefix of the queue whose values fit in one message (at least one answer); all of
+        it, at once, in the common case of small values that hold their values already."""
+        if not self.deferred and self.out_bytes <= MAX_BATCH_BYTES:
+            everything, self.out, self.out_bytes = self.out, [], 0
+            return cast(list[pb.Response], everything)  # no _Read in it: deferred is 0
         out = self.out
         taken: list[pb.Response] = []
         size = i = 0
         while i < len(out):
-            item = out[i]
-            if isinstance(item, _Read):
-                item = out[i] = self._read_now(item)
+            queued = out[i]
+            if isinstance(queued, _Read):
+                self.deferred -= 1
+                item = out[i] = self._read_now(queued)
+                self.out_bytes += len(item.get.value)
+            else:
+                item = queued
             weight = len(item.get.value)
             if taken and size + weight > MAX_BATCH_BYTES:
                 break
@@ -151,6 +181,7 @@ class StreamSession:
             size += weight
             i += 1
         del out[:i]
+        self.out_bytes -= size
         return taken
 
     def _read_now(self, read: _Read) -> pb.Response:
@@ -238,7 +269,14 @@ class StreamSession:
             self._local_read(rid, key)
 
     def _local_read(self, rid: int, key: bytes) -> None:
-        self._answer(_Read(rid, key))
+        """Answer a read now while the queue holds less than a message's worth of values; past that, its
+        value is fetched as it goes out (_take). A value read later than its read was confirmed is still
+        linearizable (the answer has not been sent, and the state only moves on), and a client that does
+        not read then holds no values queued here."""
+        if self.deferred or self.out_bytes >= MAX_BATCH_BYTES:
+            self._answer(_Read(rid, key))
+        else:
+            self._answer(self._read_now(_Read(rid, key)))
 
     def _expire(self) -> None:
         """Answer the requests past their deadline, then sleep until the oldest one left is due.
@@ -275,6 +313,10 @@ class StreamSession:
         self.open_bytes -= opened[1]
         self.open_writes.discard(response.id)
         self.out.append(response)
+        if isinstance(response, _Read):
+            self.deferred += 1
+        else:
+            self.out_bytes += len(response.get.value)
         self.wake.set()
 
 
