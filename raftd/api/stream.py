@@ -11,9 +11,10 @@ Unlike the unary Put, a follower does not forward writes from a stream: it answe
 HOST:PORT" and the client sends them to the leader itself, which saves the leader a unary call per write.
 
 What a stream holds is bounded (raftd.settings.Limits): requests received and not answered, in number and in
-bytes (reading pauses past either); a read's value is fetched only when its answer is sent, so answers
-queued behind a slow reader hold no values; and a client that reads nothing for --stream-write-timeout
-has its stream ended, since gRPC's flow control stops the writes once the client stops reading.
+bytes (reading pauses past either); once a message's worth of values waits to go out, a read's value is
+fetched only as its answer is sent, so answers queued behind a slow reader hold no more values; and a
+client that reads nothing for --stream-write-timeout has its stream ended, since gRPC's flow control
+stops the writes once the client stops reading.
 """
 
 from __future__ import annotations
