@@ -247,6 +247,7 @@ class RaftNode:
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         self.hashes = StateHashes()  # the cross-node consistency check (raftd.consistency)
         self._next_hash_check = 0.0  # when the leader next proposes one
+        self._hashing = False  # a hash of the state is being taken (_may_hash)
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -683,7 +684,8 @@ class RaftNode:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
-            elif cmd is not None and cmd.op is Op.HASH_CHECK:
+            elif cmd is not None and cmd.op is Op.HASH_CHECK and self._may_hash():
+                self._hashing = True
                 self._spawn(self._hash_state(e.index))
             if result is None:
                 self.kv.skip(e.index)
@@ -835,10 +837,19 @@ class RaftNode:
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    def _may_hash(self) -> bool:
+        """One hash at a time, and none while a restarted node replays its stored log: an idle cluster logs a
+        check a minute, and hashing each one met on the way (the whole state each time) would take hours.
+        Peers compare the indexes hashed; the ones skipped are simply not compared."""
+        return not self._hashing and self.kv.applied >= self._replay_to
+
     async def _hash_state(self, index: int) -> None:
         """Hash the state as it stands after applying index (the copy is taken now, the hash on a thread)."""
         image = self.kv.image()
-        value = await asyncio.get_running_loop().run_in_executor(self._cpu, state_hash, image)
+        try:
+            value = await asyncio.get_running_loop().run_in_executor(self._cpu, state_hash, image)
+        finally:
+            self._hashing = False
         for peer, alarm in self.hashes.record(index, value):
             log.error(
                 "%s: this node or node %d is corrupt; replace the one whose state is wrong", alarm, peer

@@ -108,3 +108,23 @@ def _checks(node: RaftNode) -> list[int]:
         for e in log.slice(1, log.last_index() + 1)
         if e.data and Command.decode(e.data).op is Op.HASH_CHECK
     ]
+
+
+def test_one_hash_at_a_time_so_a_backlog_of_checks_costs_one_pass(tmp_path: Path) -> None:
+    """An idle cluster logs a check a minute: a node applying many at once (catching up, or replaying its
+    log after a restart) must not hash its whole state for each."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        for _ in range(5):
+            node.propose_nowait(Command(Op.HASH_CHECK, b""))
+        await _commit_all(node)
+        await asyncio.gather(*node._background)
+        assert len(node.hashes.own) == 1 and not node._hashing
+        node.propose_nowait(Command(Op.HASH_CHECK, b""))
+        await _commit_all(node)
+        await asyncio.gather(*node._background)
+        assert len(node.hashes.own) == 2, "the next one, once the first is done"
+        release_node(node)
+
+    asyncio.run(main())
