@@ -164,16 +164,15 @@ class NodeStatus:
     alarms: tuple[str, ...] = ()
 
 
-def ticks_to_count(owed: int, due: int, waited: int, role: Role) -> int:
+def ticks_to_count(owed: int, due: int, waited: int) -> int:
     """How many of the ticks owed since the last count to deliver now (never past the one due).
 
     Time spent waiting counts in full, time spent busy in the loop for one tick at most: when the node is
-    starved of CPU, time runs slow for it rather than firing elections it cannot help. Not on a leader:
-    its heartbeats keep the followers' timers, which run in real time, so a leader busy saving large
-    writes must still send them on time (80 puts of 1 MiB at once cost an election otherwise).
+    starved of CPU, time runs slow for it rather than firing elections it cannot help, and a leader does
+    not step down (check-quorum) before reading the answers that wait for it. What a leader does not count
+    still runs its heartbeat clock (RawNode.tick_heartbeat): its followers' clocks run in real time, and
+    80 puts of 1 MiB at once cost an election when a busy leader's heartbeats came late.
     """
-    if role is Role.LEADER:
-        return min(owed, due)
     return min(owed, due, waited + 1)
 
 
@@ -329,13 +328,16 @@ class RaftNode:
                 continue
             now = loop.time()
             owed = int((now - ticked_at) / TICK_S)
-            ticks = ticks_to_count(owed, due, int((now - waited_from) / TICK_S), self.raw.role)
+            ticks = ticks_to_count(owed, due, int((now - waited_from) / TICK_S))
             # The due tick itself waits for the messages that arrived meanwhile: a heartbeat held up behind
             # a stall of the loop must reach the election timer before that tick fires it.
             hold = ticks == due and bool(self.inbox)
             for _ in range(ticks - hold):
                 self.raw.tick()
-            ticked_at = now if owed > ticks + 1 else ticked_at + ticks * TICK_S
+            dropped = owed - ticks > 1  # time the clock gives up rather than owes
+            if dropped:
+                self.raw.tick_heartbeat(owed - ticks)  # a leader's only; see ticks_to_count
+            ticked_at = now if dropped else ticked_at + ticks * TICK_S
             self._take_input()
             self._expire_reads(now)
             if hold and self.raw.ticks_until_due() == 1:

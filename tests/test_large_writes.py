@@ -7,23 +7,40 @@ import asyncio
 from pathlib import Path
 
 from raftd import node as node_module
-from raftd.core import Role
+from raftd.core import MsgType, Role
 from raftd.kv import Command, Op
 from raftd.node import ticks_to_count
 
+from .core.network import Network
 from .nodes import leader, release_node
 
 MIB = 1024 * 1024
 
 
-def test_a_busy_follower_counts_one_tick_but_a_busy_leader_counts_them_all() -> None:
+def test_a_busy_node_counts_one_tick_for_its_busy_time() -> None:
     # 30 ticks owed after a turn of the loop that was busy for 29 of them and waited for 1; 10 until due.
-    assert ticks_to_count(owed=30, due=10, waited=1, role=Role.FOLLOWER) == 2
-    assert ticks_to_count(owed=30, due=10, waited=1, role=Role.CANDIDATE) == 2
-    assert ticks_to_count(owed=30, due=10, waited=1, role=Role.LEADER) == 10, "the heartbeat is due now"
-    # Waiting counts in full for everyone, and nobody's count passes the tick that is due.
-    assert ticks_to_count(owed=5, due=10, waited=5, role=Role.FOLLOWER) == 5
-    assert ticks_to_count(owed=30, due=10, waited=30, role=Role.FOLLOWER) == 10
+    assert ticks_to_count(owed=30, due=10, waited=1) == 2
+    # Waiting counts in full, and nobody's count passes the tick that is due.
+    assert ticks_to_count(owed=5, due=10, waited=5) == 5
+    assert ticks_to_count(owed=30, due=10, waited=30) == 10
+
+
+def test_a_busy_leader_still_sends_its_heartbeats_but_does_not_step_down() -> None:
+    """Time the election clock does not count runs the leader's heartbeat clock alone: its followers get
+    their heartbeats, and check-quorum does not fire before the leader has read their answers."""
+    net = Network()
+    net.elect(1)
+    net.tick_all(1)
+    raft = net.nodes[1].raft
+    net.sent.clear()
+    elapsed = raft.election_elapsed
+    net.nodes[1].tick_heartbeat(100)  # far beyond an election timeout
+    net.process(1)
+    beats = [m for m in net.sent if m.type is MsgType.HEARTBEAT]
+    assert sorted(m.to for m in beats) == [2, 3], "one heartbeat to each follower"
+    assert raft.role is Role.LEADER and raft.election_elapsed == elapsed
+    net.nodes[2].tick_heartbeat(100)  # a follower's: nothing
+    assert net.role(2) is Role.FOLLOWER
 
 
 def test_a_burst_of_large_proposals_is_taken_a_few_mib_per_turn(tmp_path: Path) -> None:

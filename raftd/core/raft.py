@@ -191,6 +191,20 @@ class Raft:
             due = self.randomized_election_timeout - self.election_elapsed
         return max(1, due)
 
+    def tick_heartbeat(self, ticks: int) -> None:
+        """Advance a leader's heartbeat clock alone, by ticks, broadcasting at most one heartbeat.
+
+        For time its driver spent too busy to count on the election clock: a leader that counted it there
+        would step down (check-quorum) before reading the answers waiting for it, yet its followers, whose
+        clocks run on, need their heartbeats.
+        """
+        if self.role is not Role.LEADER or ticks <= 0:
+            return
+        self.heartbeat_elapsed += ticks
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:

@@ -52,6 +52,10 @@ class RawNode:
     def tick(self) -> None:
         self.raft.tick()
 
+    def tick_heartbeat(self, ticks: int) -> None:
+        """A leader's heartbeat clock alone (Raft.tick_heartbeat)."""
+        self.raft.tick_heartbeat(ticks)
+
     def ticks_until_due(self) -> int:
         """Ticks that can be skipped and delivered later in one go (at least 1): see Raft.ticks_until_due."""
         return self.raft.ticks_until_due()
