@@ -184,7 +184,7 @@ class AsyncClient(_Routing):
         *,
         session: tuple[WriteSession, pb.WriteSession] | None = None,
     ) -> T:
-        attempts = _Attempts(self, what, write=session is not None, session=session)
+        attempts = _Attempts(self, what, session=session)
         while True:
             target = attempts.target()
             if target is None:

@@ -300,14 +300,13 @@ class _Attempts:
         routing: _Routing,
         what: str,
         *,
-        write: bool = False,
         last_error: str = "",
         session: tuple[WriteSession, pb.WriteSession] | None = None,
     ) -> None:
         self.routing = routing
         self.what = what
-        self.write = write
-        self.session = session  # a write's session, and the request's copy of it
+        self.session = session  # a write's session, and the request's copy of it; None for a read
+        self.write = session is not None
         # Fixed for all of the write's attempts: an attempt whose outcome is unknown may never have reached
         # the log (a paused node), and a retry that said "not first" would then be refused.
         self.first = session is not None and not session[0].live
@@ -574,7 +573,7 @@ class Client(_Routing):
         `rpc` must be safe to repeat: reads and admin calls are, writes (those with a session) are because
         their request carries one (client_id, seq) for all attempts.
         """
-        attempts = _Attempts(self, what, write=session is not None, session=session)
+        attempts = _Attempts(self, what, session=session)
         while True:
             target = attempts.target()
             if target is None:

@@ -46,7 +46,7 @@ from raftd.core import (
     SoftState,
 )
 from raftd.identity import Identity, new_cluster_id
-from raftd.kv import Command, CommandError, ImageError, KVStore, Op, Result, encode, encode_to
+from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode, encode_to
 from raftd.settings import DEFAULTS, Limits
 from raftd.storage import PersistedState, SqliteStorage, StorageError
 from raftd.transport.peer import PeerClient
@@ -688,7 +688,8 @@ class RaftNode:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             elif cmd is not None and cmd.op is Op.HASH_CHECK and self._may_hash():
                 self._hashing = True
-                self._spawn(self._hash_state(e.index))
+                # The copy now, at this index: the task starts only after the whole batch has applied.
+                self._spawn(self._hash_state(e.index, self.kv.image()))
             if result is None:
                 self.kv.skip(e.index)
             waiter = self.waiting.pop(e.index, None)
@@ -845,9 +846,8 @@ class RaftNode:
         Peers compare the indexes hashed; the ones skipped are simply not compared."""
         return not self._hashing and self.kv.applied >= self._replay_to
 
-    async def _hash_state(self, index: int) -> None:
-        """Hash the state as it stands after applying index (the copy is taken now, the hash on a thread)."""
-        image = self.kv.image()
+    async def _hash_state(self, index: int, image: Image) -> None:
+        """Hash the state as it stood after applying index (image, copied then), on a worker thread."""
         try:
             value = await asyncio.get_running_loop().run_in_executor(self._cpu, state_hash, image)
         finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from raftd.config import load_cluster
 from raftd.core import Message, MsgType
+from raftd.kv import Command
 from raftd.launcher import free_ports
 from raftd.node import RaftNode
 from raftd.settings import DEFAULTS, Limits
@@ -74,3 +75,18 @@ async def running(node: RaftNode) -> AsyncIterator[RaftNode]:
         await node.stop()
         await runner
         node.storage.close()
+
+
+def logged(node: RaftNode) -> list[tuple[int, Command]]:
+    """The commands in a node's log, with their indexes (empty entries left out)."""
+    log = node.raw.raft.log
+    return [(e.index, Command.decode(e.data)) for e in log.slice(1, log.last_index() + 1) if e.data]
+
+
+async def commit_all(node: RaftNode) -> None:
+    """On a leader() node: node 2 (core id 3) acknowledges the whole log, so it commits and applies."""
+    node._take_input()
+    last = node.raw.raft.log.last_index()
+    node.deliver([Message(MsgType.APP_RESP, to=1, frm=3, term=node.raw.term, index=last)])
+    node._take_input()
+    await node._drain_ready()

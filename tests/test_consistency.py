@@ -7,12 +7,11 @@ import asyncio
 from pathlib import Path
 
 from raftd.consistency import KEPT, StateHashes, state_hash
-from raftd.core import Message, MsgType
 from raftd.kv import Command, KVStore, Op, encode
 from raftd.node import RaftNode
 from raftd.settings import Limits
 
-from .nodes import leader, release_node
+from .nodes import commit_all, leader, logged, release_node
 
 
 def _store(values: list[bytes]) -> KVStore:
@@ -72,14 +71,6 @@ def test_reports_of_indexes_no_longer_kept_are_not_compared() -> None:
     assert h.report(2, KEPT + 1, 999) is not None
 
 
-async def _commit_all(node: RaftNode) -> None:
-    node._take_input()
-    last = node.raw.raft.log.last_index()
-    node.deliver([Message(MsgType.APP_RESP, to=1, frm=3, term=node.raw.term, index=last)])
-    node._take_input()
-    await node._drain_ready()
-
-
 def test_the_leader_has_every_replica_hash_its_state_once_every_peer_can(tmp_path: Path) -> None:
     async def main() -> None:
         node = await leader(tmp_path, limits=Limits(corrupt_check_interval_s=60))
@@ -90,7 +81,7 @@ def test_the_leader_has_every_replica_hash_its_state_once_every_peer_can(tmp_pat
         node.peer_speaks(3, 3)
         node._maybe_propose_hash_check(now=1000.0)
         node._maybe_propose_hash_check(now=1059.0)  # within the interval: no second one
-        await _commit_all(node)
+        await commit_all(node)
         (index,) = _checks(node)
         await asyncio.gather(*node._background)
         assert node.hashes.latest == (index, state_hash(node.kv.image()))
@@ -102,12 +93,7 @@ def test_the_leader_has_every_replica_hash_its_state_once_every_peer_can(tmp_pat
 
 
 def _checks(node: RaftNode) -> list[int]:
-    log = node.raw.raft.log
-    return [
-        e.index
-        for e in log.slice(1, log.last_index() + 1)
-        if e.data and Command.decode(e.data).op is Op.HASH_CHECK
-    ]
+    return [i for i, c in logged(node) if c.op is Op.HASH_CHECK]
 
 
 def test_one_hash_at_a_time_so_a_backlog_of_checks_costs_one_pass(tmp_path: Path) -> None:
@@ -118,13 +104,30 @@ def test_one_hash_at_a_time_so_a_backlog_of_checks_costs_one_pass(tmp_path: Path
         node = await leader(tmp_path)
         for _ in range(5):
             node.propose_nowait(Command(Op.HASH_CHECK, b""))
-        await _commit_all(node)
+        await commit_all(node)
         await asyncio.gather(*node._background)
         assert len(node.hashes.own) == 1 and not node._hashing
         node.propose_nowait(Command(Op.HASH_CHECK, b""))
-        await _commit_all(node)
+        await commit_all(node)
         await asyncio.gather(*node._background)
         assert len(node.hashes.own) == 2, "the next one, once the first is done"
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_the_hash_is_of_the_state_at_the_check_s_index_not_after_its_batch(tmp_path: Path) -> None:
+    """The copy is taken as the entry applies: a write later in the same batch is not in it."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        before = state_hash(node.kv.image())
+        node.propose_nowait(Command(Op.HASH_CHECK, b""))
+        node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        await commit_all(node)
+        await asyncio.gather(*node._background)
+        (index,) = _checks(node)
+        assert node.hashes.own[index] == before != state_hash(node.kv.image())
         release_node(node)
 
     asyncio.run(main())

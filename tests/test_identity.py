@@ -12,7 +12,7 @@ from raftd.kv import Command, Image, Op, encode
 from raftd.node import RaftNode
 from raftd.storage import SqliteStorage
 
-from .nodes import follower, leader, release_node
+from .nodes import follower, leader, logged, release_node
 
 A, B = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
 
@@ -29,9 +29,7 @@ def test_ids_decide_when_both_sides_know_one_else_names_do() -> None:
 
 
 def _id_entries(node: RaftNode) -> list[Command]:
-    log = node.raw.raft.log
-    cmds = [Command.decode(e.data) for e in log.slice(1, log.last_index() + 1) if e.data]
-    return [c for c in cmds if c.op is Op.CLUSTER_ID]
+    return [c for _, c in logged(node) if c.op is Op.CLUSTER_ID]
 
 
 def test_a_leader_without_an_id_proposes_one_and_the_first_applied_wins(tmp_path: Path) -> None:

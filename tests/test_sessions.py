@@ -11,28 +11,17 @@ import grpc
 import pytest
 
 from raftd.api.common import failure, put_command
-from raftd.core import Message, MsgType
 from raftd.kv import Command, Op
 from raftd.node import RaftNode, SessionExpired
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
 from raftd.settings import Limits
 
-from .nodes import leader, release_node
+from .nodes import commit_all, leader, logged, release_node
 
 
 def _commands(node: RaftNode) -> list[Command]:
-    log = node.raw.raft.log
-    return [Command.decode(e.data) for e in log.slice(1, log.last_index() + 1) if e.data]
-
-
-async def _commit_all(node: RaftNode) -> None:
-    """Node 2 (core id 3) acknowledges the leader's whole log: it commits and applies."""
-    node._take_input()
-    last = node.raw.raft.log.last_index()
-    node.deliver([Message(MsgType.APP_RESP, to=1, frm=3, term=node.raw.term, index=last)])
-    node._take_input()
-    await node._drain_ready()
+    return [c for _, c in logged(node)]
 
 
 def test_the_first_flag_reaches_the_log_only_once_every_peer_can_read_it(tmp_path: Path) -> None:
@@ -61,7 +50,7 @@ def test_an_expired_session_s_write_fails_as_session_expired_with_an_unknown_out
         fut = node.propose_nowait(
             put_command(pb.PutRequest(key=b"k", value=b"v", session=_session(7, False)))
         )
-        await _commit_all(node)
+        await commit_all(node)
         with pytest.raises(SessionExpired):
             fut.result()
         assert node.local_read(b"k")[0] is None
@@ -101,7 +90,7 @@ def test_the_leader_makes_its_session_limit_the_cluster_s(tmp_path: Path) -> Non
         node.peer_speaks(2, 2)
         node.peer_speaks(3, 2)
         node.peer_speaks(3, 2)
-        await _commit_all(node)
+        await commit_all(node)
         limits = [c for c in _commands(node) if c.op is Op.SESSION_LIMIT]
         assert limits == [Command(Op.SESSION_LIMIT, b"", b"5")], "once per term"
         assert node.kv.session_limit == 5
@@ -118,7 +107,7 @@ def test_a_leader_with_the_default_limit_proposes_none(tmp_path: Path) -> None:
         node = await leader(tmp_path)
         node.peer_speaks(2, 2)
         node.peer_speaks(3, 2)
-        await _commit_all(node)
+        await commit_all(node)
         assert not [c for c in _commands(node) if c.op is Op.SESSION_LIMIT]
         release_node(node)
 

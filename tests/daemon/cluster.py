@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import grpc
 
+from raftctl.benchmark import proc_rss_kib
 from raftd.launcher import HOST as HOST
 from raftd.launcher import LocalCluster, node_env, write_map
 from raftd.launcher import free_ports as free_ports
@@ -123,6 +124,10 @@ class Cluster(LocalCluster):
         """A mark to pass as log(i, since=...) to look only at what comes after now."""
         path = self.out_path(i)
         return path.stat().st_size if path.exists() else 0
+
+    def rss_mib(self, i: int) -> float:
+        """Node i's resident memory now, in MiB."""
+        return proc_rss_kib(self.procs[i].pid) / 1024
 
     def stderr(self, i: int) -> str:
         path = self.err_path(i)

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftctl.benchmark import parse_vmrss_kib
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import peer_pb2
 
@@ -114,10 +113,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
-def _rss_mib(c: Cluster, i: int) -> float:
-    return parse_vmrss_kib(Path(f"/proc/{c.procs[i].pid}/status").read_text()) / 1024
-
-
 def _answered_in_time(call: object, *args: object) -> None:
     """Call; any status is an answer, but not the client's own deadline passing."""
     start = time.monotonic()
@@ -134,7 +129,7 @@ def test_a_leader_under_fuzzing_stays_alive_answers_in_time_and_holds_its_memory
     leader = cluster.wait_leader()
     channel = cluster.channel(leader)
     cluster.put(leader, "warm", "up")
-    before = _rss_mib(cluster, leader)
+    before = cluster.rss_mib(leader)
 
     @FUZZ
     @given(request=requests)
@@ -179,5 +174,5 @@ def test_a_leader_under_fuzzing_stays_alive_answers_in_time_and_holds_its_memory
     assert cluster.status(leader).term == term, "a stranger's batches must not depose the leader"
     cluster.put(leader, "after", "fuzz")
     assert cluster.get(leader, "after").value == b"fuzz"
-    after = _rss_mib(cluster, leader)
+    after = cluster.rss_mib(leader)
     assert after <= before + RSS_ROOM_MIB, f"RSS {before:.0f} MiB before, {after:.0f} MiB after"

@@ -26,6 +26,7 @@ from raftctl.client import (
     ServerError,
     SessionExpired,
     Unavailable,
+    WriteSession,
     _Attempts,
 )
 from raftctl.exits import EXIT_OUTCOME_UNKNOWN, exit_code
@@ -316,7 +317,7 @@ def test_a_calls_attempts_are_decided_without_io() -> None:
     """The retry rules live once, in raftctl.client._Attempts (issue 18); both clients do what it says."""
     c = Client(["127.0.0.1:1", "127.0.0.1:2"], timeout=0.3)
     try:
-        a = _Attempts(c, "setval", write=True)
+        a = _Attempts(c, "setval", session=(WriteSession(), pb.WriteSession()))
         assert a.target() is None and a.ask_endpoint() == "127.0.0.1:1"
         named = pb.GetLeaderResponse(leader_id=1, address="127.0.0.1:2")
         assert a.asked("127.0.0.1:1", named) == "127.0.0.1:2" and a.target() == "127.0.0.1:2"
