@@ -393,6 +393,11 @@ class RaftNode:
         if self._runner is not None and self._runner is not asyncio.current_task():
             # The loop finishes the Ready it is in (and takes no other): it may still need the threads.
             await asyncio.wait({self._runner}, timeout=STOP_WAIT_S)
+        # Left pending, asyncio.run would cancel them after the server stopped, among gRPC's own tasks.
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=STOP_WAIT_S)
         self._disk.shutdown(wait=True)
         self._cpu.shutdown(wait=True, cancel_futures=True)
 
