@@ -350,12 +350,12 @@ class ContainerCluster:
         c.with_volume_mapping(str(self.map_file), MAP_PATH, "ro")
         # Published on 127.0.0.1 only; docker-py takes (host ip, host port).
         c.ports[f"{PORT}/tcp"] = ("127.0.0.1", self.host_ports[i])  # type: ignore[assignment]
-        # Static names for the peers too, in case the engine's embedded DNS is unreliable.
-        extra_hosts = {f"n{j}": self.ips[j] for j in range(self.n)}
+        # The peers' names come from the internal network's aliases only. A hostname or extra_hosts of
+        # n0..nN-1 made them resolve to addresses on the access network too, once Docker rewrote
+        # /etc/hosts at a disconnect: a cut-off node then reached its peers over the access network
+        # (the partition leaked), from an address that is not the one their names resolve to.
         c.with_kwargs(
             labels=self.labels,
-            hostname=f"n{i}",
-            extra_hosts=extra_hosts,
             network=self._access.name,
             stop_signal="SIGTERM",
         )

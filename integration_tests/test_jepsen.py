@@ -170,7 +170,11 @@ def test_jepsen_container_cluster(
         c.heal_all()
     context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule)
     assert not nemesis_errors, f"the nemesis failed: {nemesis_errors[0]!r}\n{context}"
-    c.wait_converged(range(c.n), timeout=60)
+    try:
+        c.wait_converged(range(c.n), timeout=60)
+    except Exception:
+        print(c.dump_logs(tail=300))
+        raise
     final_reads(c, history)
 
     ops = history.ops()

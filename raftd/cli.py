@@ -52,8 +52,10 @@ ENV = {
     "--max-sessions": "RAFTD_MAX_SESSIONS",
     "--max-streams": "RAFTD_MAX_STREAMS",
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
+    "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
+    "--peer-check": "RAFTD_PEER_CHECK",
     "--restore": "RAFTD_RESTORE",
 }
 
@@ -201,6 +203,15 @@ def _one_line(e: click.ClickException) -> str:
     "answers go out.",
 )
 @click.option(
+    "--max-batch-requests",
+    type=click.IntRange(min=1),
+    default=Limits.max_batch_requests,
+    show_default=True,
+    envvar=ENV["--max-batch-requests"],
+    help="Requests one batch of a stream may carry; a larger batch ends the stream (INVALID_ARGUMENT) "
+    "before any of it starts. raftd's clients send at most 4096.",
+)
+@click.option(
     "--stream-write-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=Limits.stream_write_timeout_s,
@@ -217,6 +228,16 @@ def _one_line(e: click.ClickException) -> str:
     envvar=ENV["--corrupt-check-interval"],
     help="Seconds between checks that every node holds the same state (the leader has each hash it at one "
     "index; a difference raises an alarm in status and the log); 0 turns the check off.",
+)
+@click.option(
+    "--peer-check",
+    type=click.Choice(["members", "off"]),
+    default="members",
+    show_default=True,
+    envvar=ENV["--peer-check"],
+    help="members: take Raft traffic only from addresses the members' hosts resolve to (looked up again "
+    "when a caller is not among them); off: from anyone, for networks that rewrite source addresses "
+    "(NAT between members).",
 )
 @click.option(
     "--restore",
@@ -243,8 +264,10 @@ def node(
     max_sessions: int,
     max_streams: int,
     max_stream_bytes: int,
+    max_batch_requests: int,
     stream_write_timeout: float,
     corrupt_check_interval: float,
+    peer_check: str,
     restore_path: Path | None,
 ) -> None:
     """Run raftd node ID of the cluster described by --config."""
@@ -263,15 +286,16 @@ def node(
             backup = restore(restore_path, data, cluster.name, node_id)
             click.echo(f"Restored {restore_path} (index {backup.index}, term {backup.term}) into {data}")
         limits = Limits(
-            snapshot_entries,
-            max_snapshot_bytes,
-            max_sessions,
-            max_streams,
-            max_stream_bytes,
-            stream_write_timeout,
-            corrupt_check_interval,
+            snapshot_entries=snapshot_entries,
+            max_snapshot_bytes=max_snapshot_bytes,
+            max_sessions=max_sessions,
+            max_streams=max_streams,
+            max_stream_bytes=max_stream_bytes,
+            max_batch_requests=max_batch_requests,
+            stream_write_timeout_s=stream_write_timeout,
+            corrupt_check_interval_s=corrupt_check_interval,
         )
-        asyncio.run(serve(cluster, node_id, data, listen, limits))
+        asyncio.run(serve(cluster, node_id, data, listen, limits, check_peers=peer_check == "members"))
     except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)
 

@@ -33,8 +33,10 @@ OUTCOME_NAMES: dict[pb.Outcome.ValueType, Outcome] = {
     pb.OUTCOME_UNKNOWN: UNKNOWN,
 }
 OUTCOME_VALUES: dict[Outcome, pb.Outcome.ValueType] = {name: value for value, name in OUTCOME_NAMES.items()}
-# A RequestBatch carries at most about this many bytes (nodes take messages of 64 MiB).
+# A RequestBatch carries at most about this many bytes (nodes take messages of 64 MiB), and at most this
+# many requests (nodes take 16,384 by default: Limits.max_batch_requests).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_REQUESTS = 4096
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -153,14 +155,15 @@ class Pipe:
             self._broken(call, e)
 
     def _take(self) -> list[pb.Request]:
-        """What is queued and still awaited, up to MAX_BATCH_BYTES (at least one request, if any is left):
+        """What is queued and still awaited, up to MAX_BATCH_BYTES and MAX_BATCH_REQUESTS (at least one
+        request, if any is left):
         a request whose caller gave up (its deadline passed while a write was in flight) is not sent."""
         live = self.waiting
         self.queue = [r for r in self.queue if r.id in live and not live[r.id].done()]
         n = size = 0
         for request in self.queue:
             size += request.ByteSize()
-            if n and size > MAX_BATCH_BYTES:
+            if (n and size > MAX_BATCH_BYTES) or n == MAX_BATCH_REQUESTS:
                 break
             n += 1
         taken, self.queue = self.queue[:n], self.queue[n:]

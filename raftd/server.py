@@ -26,13 +26,14 @@ from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.settings import DEFAULTS, Limits
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
+from raftd.transport.gate import MemberAddresses, caller_address
 from raftd.transport.peer import CHANNEL_OPTIONS
 
 log = logging.getLogger("raftd.server")
 
 SHUTDOWN_TRANSFER_S = 1.0
 CALLS_FINISH_S = 2.0  # _calls_finished
-MAX_REFUSALS_LOGGED = 64  # foreign (name, id) pairs remembered so each is logged once
+MAX_REFUSALS_LOGGED = 64  # foreign clusters and strangers' addresses remembered so each is logged once
 SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
 
@@ -41,11 +42,31 @@ class StartupError(Exception):
 
 
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: RaftNode, check_callers: bool = True) -> None:
         self.node = node
         self.streams = LongCalls()
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
         self.max_snapshot_bytes = node.limits.max_snapshot_bytes
+        self.members = MemberAddresses(n.host for n in node.cluster.nodes) if check_callers else None
+        self.strangers: set[str] = set()  # callers refused and logged
+
+    async def _check_caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Before anything of the call is read: a stranger's bytes are not even parsed."""
+        if self.members is None or await self.members.allows(context.peer()):
+            return
+        who = str(caller_address(context.peer()) or context.peer())
+        if who not in self.strangers and len(self.strangers) < MAX_REFUSALS_LOGGED:
+            self.strangers.add(who)
+            log.warning("Refused peer traffic from %s: not an address of a member (--peer-check)", who)
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"peer traffic from {who} refused: not an address of a member of this cluster",
+        )
+
+    def close(self) -> None:
+        self.streams.close()
+        if self.members is not None:
+            self.members.close()
 
     async def _check_cluster(
         self, name: str, cluster_id: str, context: grpc.aio.ServicerContext[Any, Any]
@@ -64,6 +85,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self, requests: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext[Any, Any]
     ) -> peer_pb2.StepResponse:
         async with self.streams.track():
+            await self._check_caller(context)
             async for batch in requests:
                 await self._check_cluster(batch.cluster, batch.cluster_id, context)
                 try:
@@ -82,6 +104,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
     ) -> peer_pb2.StepResponse:
         """Gather the image, then hand the whole SNAP message to the node; a partial one is dropped."""
         async with self.streams.track():
+            await self._check_caller(context)
             header: peer_pb2.Message | None = None
             total = 0
             sender_id = ""
@@ -152,8 +175,12 @@ async def serve(
     data_dir: Path,
     listen: str | None = None,
     limits: Limits = DEFAULTS,
+    check_peers: bool = True,
 ) -> None:
-    """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report."""
+    """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report.
+
+    check_peers: take peer calls from the members' addresses only (raftd.transport.gate).
+    """
     me = cluster.node(node_id)
     storage = SqliteStorage.open(data_dir, cluster.name, node_id, name_given=cluster.named)
     try:
@@ -166,7 +193,7 @@ async def serve(
         node = RaftNode(cluster, node_id, storage, limits)
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
-        peers = PeerService(node)
+        peers = PeerService(node, check_peers)
         # Stands in for the server in the generated registrations (typed for a real server only).
         guarded: Any = RefusingMalformed(server)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, guarded)
@@ -192,7 +219,7 @@ async def serve(
             # Also when the node stops on a fatal error: a server left to the garbage collector after the
             # event loop closed prints a traceback ("Event loop is closed") under the one-line error.
             await forwarder.close()
-            peers.streams.close()
+            peers.close()
             kv.streams.close()
             await server.stop(grace=0.5)
             await _calls_finished(CALLS_FINISH_S)

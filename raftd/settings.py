@@ -24,6 +24,10 @@ class Limits:
     # KV.Stream calls served at once, over all connections; one more is refused (RESOURCE_EXHAUSTED) and
     # raftd's clients fall back to unary calls. A follower's forwarding stream to the leader counts too.
     max_streams: int = 256
+    # Requests one RequestBatch of a stream may carry: a larger one ends the stream (INVALID_ARGUMENT)
+    # before any of it starts. Tiny requests cost far more in memory than on the wire, so bytes alone do
+    # not bound them. raftd's clients send at most raftd.pipe.MAX_BATCH_REQUESTS (4,096).
+    max_batch_requests: int = 16_384
     # Bytes of requests one stream may have received and not answered yet; past them it reads no more
     # until answers go out. One batch more may arrive meanwhile: at most 64 MiB, gRPC's message limit.
     max_stream_bytes: int = 16 * 1024 * 1024

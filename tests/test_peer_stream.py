@@ -146,3 +146,49 @@ def test_a_batch_carries_a_bounded_number_of_entry_bytes() -> None:
         await client.close()
 
     asyncio.run(main())
+
+
+class Picky(peer_pb2_grpc.RaftPeerServicer):
+    """Refuses the first call's address, as raftd.transport.gate does, then takes whatever comes."""
+
+    def __init__(self) -> None:
+        self.callers: list[str] = []
+        self.heard = asyncio.Event()
+
+    async def Stream(
+        self, batches: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.StepResponse:
+        self.callers.append(context.peer())
+        if len(self.callers) == 1:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not an address of a member")
+        async for _ in batches:
+            self.heard.set()
+        return peer_pb2.StepResponse()
+
+
+def test_a_refused_caller_address_makes_a_new_connection() -> None:
+    """A container cut off from its peers' network reached them over another one (Docker had rewritten
+    its /etc/hosts); once back, gRPC would keep that connection, refused or not, for good."""
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        picky = Picky()
+        peer_pb2_grpc.add_RaftPeerServicer_to_server(picky, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), lambda _peer: None)
+        client.start()
+        for _ in range(100):
+            client.send(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1))
+            try:
+                await asyncio.wait_for(picky.heard.wait(), 0.1)
+                break
+            except TimeoutError:
+                pass
+        assert picky.heard.is_set(), picky.callers
+        refused, taken = picky.callers[0], picky.callers[-1]
+        assert refused != taken, "the call after the refusal came on the same connection"
+        await client.close()
+        await server.stop(None)
+
+    asyncio.run(main())

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from raftd.pb import kv_pb2 as pb
-from raftd.pipe import NOT_APPLIED, UNKNOWN, Pipe, RequestError
+from raftd.pipe import MAX_BATCH_REQUESTS, NOT_APPLIED, UNKNOWN, Pipe, RequestError
+from raftd.settings import Limits
 
 
 class _FakeCall:
@@ -174,5 +175,24 @@ def test_a_stream_that_never_connected_carried_nothing() -> None:
             await handed
         assert failed.value.outcome == NOT_APPLIED
         await pipe.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_carries_at_most_max_batch_requests() -> None:
+    """Nodes refuse a batch of more than Limits.max_batch_requests (16,384 by default): the pipe never
+    sends one, however many tiny requests are queued."""
+
+    async def main() -> None:
+        pipe = Pipe(_FakeStub(_FakeCall()))  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        n = MAX_BATCH_REQUESTS * 2 + 5
+        pipe.waiting = {i: loop.create_future() for i in range(n)}
+        pipe.queue = [pb.Request(id=i) for i in range(n)]
+        sizes = []
+        while taken := pipe._take():
+            sizes.append(len(taken))
+        assert sizes == [MAX_BATCH_REQUESTS, MAX_BATCH_REQUESTS, 5]
+        assert Limits.max_batch_requests >= MAX_BATCH_REQUESTS
 
     asyncio.run(main())

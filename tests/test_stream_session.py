@@ -250,3 +250,45 @@ def test_a_client_that_reads_nothing_is_cut_off() -> None:
         assert session.closed
 
     asyncio.run(scenario())
+
+
+class RefusingContext(Context):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted: tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]] | None = None
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        self.aborted = (code, details, trailers)
+        raise asyncio.CancelledError  # as grpc.aio's abort ends the handler
+
+
+def test_a_batch_of_too_many_requests_ends_the_stream_before_any_starts() -> None:
+    """A 64 MiB message of tiny requests is millions of them, each far bigger in memory than on the wire:
+    the count per batch is bounded, not only the bytes."""
+
+    async def scenario() -> None:
+        node = StuckNode()
+        session = StreamSession(node, Limits(max_batch_requests=100))  # type: ignore[arg-type]
+        context = RefusingContext()
+
+        def puts(first: int, n: int) -> pb.RequestBatch:
+            return pb.RequestBatch(
+                requests=[
+                    pb.Request(id=i, put=pb.PutRequest(key=b"k", value=b"")) for i in range(first, first + n)
+                ]
+            )
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            yield puts(1, 100)  # at the bound: taken
+            yield puts(101, 101)
+
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(session.run(requests(), context), 5)  # type: ignore[arg-type]
+        assert len(node.futures) == 100, "the first batch started, none of the second"
+        assert context.aborted is not None
+        code, details, trailers = context.aborted
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "a batch of 101 requests" in details and "--max-batch-requests" in details
+        assert trailers == (), "no outcome: the first batch's writes may apply"
+
+    asyncio.run(scenario())

@@ -91,6 +91,8 @@ class StreamSession:
         self._task = asyncio.current_task()
         try:
             await self._write(context, reader)
+        except RequestFailed as e:  # the reader's refusal of the stream
+            await context.abort(e.code, e.message, e.trailers())
         except asyncio.CancelledError:
             if not self._stalled:
                 raise
@@ -111,6 +113,13 @@ class StreamSession:
     async def _read(self, requests: AsyncIterator[pb.RequestBatch]) -> None:
         try:
             async for batch in requests:
+                if len(batch.requests) > self.limits.max_batch_requests:
+                    # No outcome: the stream's earlier writes may be in flight, and their outcome is unknown.
+                    raise RequestFailed(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"a batch of {len(batch.requests)} requests; this node takes at most "
+                        f"{self.limits.max_batch_requests} in one (--max-batch-requests), and started none",
+                    )
                 self.serve(batch)
                 if not self._has_room():
                     self.room.clear()
@@ -132,7 +141,7 @@ class StreamSession:
                 if self._has_room():
                     self.room.set()
             elif reader.done() and (self.unanswered == 0 or reader.cancelled() or reader.exception()):
-                reader.result()  # a failure in serving is a bug: let gRPC report it
+                reader.result()  # a refusal (RequestFailed), else a bug in serving: let gRPC report it
                 return
             else:
                 await self.wake.wait()

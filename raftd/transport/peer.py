@@ -36,6 +36,8 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_DEADLINE_S = 10.0
 SNAPSHOT_MIN_RATE = 1024 * 1024  # bytes/s: a transfer slower than this is given up and retried
 CLOSE_WAIT_S = 1.0
+# A peer that says no (another cluster; a caller's address not a member's): worth a warning, not a debug line.
+REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -56,6 +58,14 @@ def _entry_bytes(m: Message) -> int:
     return sum(len(e.data) for e in m.entries)
 
 
+def _channel(address: str) -> grpc.aio.Channel:
+    """A channel that owns its connection, so that a new channel is a new connection (PeerClient.
+    _reconnect): by default gRPC shares connections among channels to the same address."""
+    return grpc.aio.insecure_channel(
+        address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    )
+
+
 class PeerClient:
     def __init__(
         self,
@@ -70,7 +80,7 @@ class PeerClient:
         self.identity = identity  # read at each write: the cluster id is learnt while running
         self.hashes = hashes or StateHashes()  # likewise: its newest hash goes with every write
         self.on_unreachable = on_unreachable
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = _channel(address)
         self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
         self._carried: Message | None = None  # taken from the queue, but beyond the last batch's bytes
@@ -131,24 +141,45 @@ class PeerClient:
                     if task.uncancel():
                         raise
                 self._writing_since = None
+                code, why = await self._failure(stream, e)
                 stream.cancel()
                 if self.reachable:
-                    # The config's address, and one line: a gRPC error's repr spans a dozen.
-                    if isinstance(e, grpc.RpcError):
-                        why = details_of(e)
-                    elif isinstance(e, asyncio.CancelledError):
-                        why = f"a write took over {WRITE_DEADLINE_S:g}s"
-                    else:  # InvalidStateError: grpc.aio's write on a call that has ended
-                        why = "the stream to it ended"
-                    if isinstance(e, grpc.RpcError) and e.code() is grpc.StatusCode.FAILED_PRECONDITION:
+                    if code in REFUSALS:
                         log.warning("Peer at %s refuses our traffic: %s", self.address, why)
                     else:
                         log.debug("Peer at %s unreachable: %s", self.address, why)
                 self.reachable = False
+                if code is grpc.StatusCode.PERMISSION_DENIED:
+                    await self._reconnect()
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    @staticmethod
+    async def _failure(
+        stream: grpc.aio.StreamUnaryCall[pb.MessageBatch, pb.StepResponse], e: BaseException
+    ) -> tuple[grpc.StatusCode | None, str]:
+        """The status a failed write ended in, if the call has one, and why in one line (the config's
+        address goes with it; a gRPC error's repr spans a dozen)."""
+        if isinstance(e, grpc.RpcError):
+            return e.code(), details_of(e)
+        if isinstance(e, asyncio.CancelledError):
+            return None, f"a write took over {WRITE_DEADLINE_S:g}s"
+        # InvalidStateError: grpc.aio's write on a call that has ended, with its status waiting to be read.
+        code: grpc.StatusCode = await stream.code()
+        details: str = await stream.details()
+        return code, " ".join((details or code.name).split()) + " (the stream to it ended)"
+
+    async def _reconnect(self) -> None:
+        """A new channel: the name looked up again, a new connection. The peer refused the address we call
+        from (raftd.transport.gate); the connection may have been made over another network while ours to
+        it was cut (Docker rewrites a container's /etc/hosts when it leaves a network), and gRPC keeps a
+        working connection for good, refused calls or not."""
+        old = self.channel
+        self.channel = _channel(self.address)
+        self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
+        await old.close(grace=None)
 
     def _watch(self) -> None:
         """Give up a write in flight for over WRITE_DEADLINE_S (a peer that stopped reading), else wait for

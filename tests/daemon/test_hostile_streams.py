@@ -134,6 +134,28 @@ def test_a_stream_past_the_maximum_is_refused_and_clients_go_unary(tmp_path: Pat
         asyncio.run(scenario())
 
 
+def test_a_batch_of_more_requests_than_the_node_takes_ends_the_stream(tmp_path: Path) -> None:
+    """50,000 one-byte-key reads fit in 0.5 MB on the wire and would cost the node far more in memory."""
+    with cluster_of(tmp_path) as c:
+        leader = c.wait_leader()
+        c.put(leader, "k", "v")
+
+        async def scenario() -> None:
+            async with grpc.aio.insecure_channel(c.address(leader)) as channel:
+                call = kv_pb2_grpc.KVStub(channel).Stream()  # type: ignore[call-arg]
+                many = [pb.Request(id=i, get=pb.GetRequest(key=b"k")) for i in range(1, 50_001)]
+                await call.write(pb.RequestBatch(requests=many))
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call.read()
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value
+                assert "at most 16384 in one (--max-batch-requests)" in (e.value.details() or "")
+                async with AsyncClient([c.address(leader)], timeout=10) as client:
+                    assert await client.get("k") == "v"  # the node is fine, and so are other streams
+
+        asyncio.run(scenario())
+        assert "Traceback" not in c.stderr(leader)
+
+
 def test_a_burst_of_1_mib_puts_all_commit(tmp_path: Path) -> None:
     """The issue's probe: of 80 valid 1 MiB puts sent at once, 1 was acknowledged within 60 s (the applied
     index stuck for the whole minute). Each write of the peer stream now carries at most 4 MiB of entries,

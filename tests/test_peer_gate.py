@@ -1,0 +1,177 @@
+"""The peer port takes calls from the members' addresses only (issue 19), and a resolver that hangs or
+fails does not shut members out."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftd.core import Message, MsgType
+from raftd.pb import peer_pb2
+from raftd.server import PeerService
+from raftd.transport import gate
+from raftd.transport.codec import message_to_pb
+from raftd.transport.gate import MemberAddresses, caller_address
+
+from .nodes import follower, release_node
+from .test_snapshot_limit import Aborted, Context
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.2:5000", "127.0.0.2"),
+        ("ipv6:[::1]:5000", "::1"),
+        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:%5B::ffff:10.0.0.7%5D:5000", "10.0.0.7"),  # an IPv4 caller of a dual-stack socket
+        ("ipv6:[fe80::1%25eth0]:5000", "fe80::1"),
+        ("unix:/tmp/socket", None),
+        ("ipv4:not-an-address:1", None),
+    ],
+)
+def test_the_callers_address_is_read_from_grpcs_peer_string(peer: str, address: str | None) -> None:
+    assert caller_address(peer) == (ipaddress.ip_address(address) if address else None)
+
+
+class Resolver:
+    """Answers as told; a host in `hang` never answers."""
+
+    def __init__(self, answers: dict[str, list[str]]) -> None:
+        self.answers = answers
+        self.hang: set[str] = set()
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str) -> list[str]:
+        self.calls.append(host)
+        if host in self.hang:
+            await asyncio.Event().wait()
+        if host not in self.answers:
+            raise OSError(f"{host}: name not known")
+        return self.answers[host]
+
+
+def test_literal_addresses_need_no_lookup_and_strangers_are_refused() -> None:
+    async def main() -> None:
+        resolver = Resolver({})
+        members = MemberAddresses(["127.0.0.1", "[::1]"], resolver)
+        assert await members.allows("ipv4:127.0.0.1:1")
+        assert await members.allows("ipv6:[::1]:1")
+        assert await members.allows("ipv6:[::ffff:127.0.0.1]:1")
+        assert not await members.allows("ipv4:127.0.0.2:1")
+        assert not await members.allows("unix:/x")
+        assert resolver.calls == []
+
+    asyncio.run(main())
+
+
+def test_a_member_back_with_a_new_address_is_let_in_after_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container or pod that restarts comes back with a new address: a caller not among the known ones
+    has the names looked up again (at most once a second), then is judged."""
+    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
+
+    async def main() -> None:
+        resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
+        members = MemberAddresses(["n0", "n1"], resolver)
+        assert await members.allows("ipv4:10.0.0.2:1")
+        assert not await members.allows("ipv4:10.0.0.9:1")
+        resolver.answers["n1"] = ["10.0.0.9"]
+        assert await members.allows("ipv4:10.0.0.9:1")
+        assert not await members.allows("ipv4:10.0.0.2:1")  # its old address went with the new lookup
+
+    asyncio.run(main())
+
+
+def test_strangers_calling_in_a_loop_cost_one_lookup_per_second_not_one_per_call() -> None:
+    async def main() -> None:
+        resolver = Resolver({"n0": ["10.0.0.1"]})
+        members = MemberAddresses(["n0"], resolver)
+        for _ in range(50):
+            assert not await members.allows("ipv4:10.6.6.6:1")
+        assert resolver.calls == ["n0"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_lookup_keeps_the_last_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member cut off from the network has no name in some resolvers (Docker's) until it is back; the
+    others' addresses, and its own last one, stay valid meanwhile."""
+    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
+
+    async def main() -> None:
+        resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
+        members = MemberAddresses(["n0", "n1"], resolver)
+        assert await members.allows("ipv4:10.0.0.1:1")
+        del resolver.answers["n1"]
+        assert not await members.allows("ipv4:10.6.6.6:1")  # a lookup of both, n1's failing
+        assert await members.allows("ipv4:10.0.0.2:1")
+
+    asyncio.run(main())
+
+
+def test_a_hanging_lookup_holds_up_no_known_member_and_a_stranger_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolver that never answers for one name: the known members go on at once, a stranger is refused
+    after LOOKUP_WAIT_S, and no second lookup of that name starts while the first one hangs (they would
+    pile up on the executor's few threads, and every caller would wait behind them)."""
+    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
+    monkeypatch.setattr(gate, "LOOKUP_WAIT_S", 0.05)
+
+    async def main() -> None:
+        resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
+        members = MemberAddresses(["n0", "n1"], resolver)
+        assert await members.allows("ipv4:10.0.0.1:1")
+        resolver.hang.add("n1")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for _ in range(5):
+            assert not await members.allows("ipv4:10.6.6.6:1")
+        assert loop.time() - started < 5 * 0.05 + 1.0
+        assert resolver.calls.count("n1") == 2  # the first lookup, then the one still hanging
+        started = loop.time()
+        assert await members.allows("ipv4:10.0.0.2:1")
+        assert await members.allows("ipv4:10.0.0.1:1")
+        assert loop.time() - started < 0.05
+        members.close()
+
+    asyncio.run(main())
+
+
+def _heartbeat(name: str) -> peer_pb2.MessageBatch:
+    m = Message(MsgType.HEARTBEAT, to=1, frm=2, term=1)
+    return peer_pb2.MessageBatch(cluster=name, messages=[message_to_pb(m)], version=1)
+
+
+def test_a_stranger_is_refused_before_its_messages_are_read_and_a_member_is_heard(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = follower(tmp_path)  # its map's members are all on 127.0.0.1
+        service = PeerService(node)
+        read: list[int] = []
+
+        async def batches() -> AsyncIterator[peer_pb2.MessageBatch]:
+            read.append(1)
+            yield _heartbeat(node.identity.name)
+
+        stranger = Context("ipv4:127.0.0.2:40000")
+        with pytest.raises(Aborted):
+            await service.Stream(batches(), stranger)  # type: ignore[arg-type]
+        assert stranger.status is not None and stranger.status[0] is grpc.StatusCode.PERMISSION_DENIED
+        assert "127.0.0.2" in stranger.status[1] and read == [] and node.inbox == []
+        with pytest.raises(Aborted):
+            await service.InstallSnapshot(batches(), stranger)  # type: ignore[arg-type]
+        assert read == []
+        member = Context("ipv4:127.0.0.1:40001")
+        await service.Stream(batches(), member)  # type: ignore[arg-type]
+        assert member.status is None and len(node.inbox) == 1
+        unchecked = PeerService(node, check_callers=False)
+        await unchecked.Stream(batches(), Context("ipv4:127.0.0.2:40002"))  # type: ignore[arg-type]
+        assert len(node.inbox) == 2
+        service.close()
+        release_node(node)
+
+    asyncio.run(main())
