@@ -176,6 +176,15 @@ class RawNode:
 
     # Cheap reads for the driver's hot paths, where status() would copy the leader's match map.
     @property
+    def id(self) -> int:
+        return self.raft.id
+
+    @property
+    def snapshot_index(self) -> int:
+        """The last index the log's snapshot covers: entries up to it are compacted away."""
+        return self.raft.log.snapshot_meta.index
+
+    @property
     def term(self) -> int:
         return self.raft.term
 
@@ -198,3 +207,11 @@ class RawNode:
     def log_term(self, index: int) -> int | None:
         """The term of the entry at index, or None when the log no longer (or does not yet) hold it."""
         return self.raft.log.term(index)
+
+    def entry(self, index: int) -> Entry | None:
+        """The entry at index, or None when the log no longer (or does not yet) hold it: for checkers
+        (raftd.sim) that compare logs across nodes."""
+        log = self.raft.log
+        if index < log.first_index() or index > log.last_index():
+            return None
+        return log.entry(index)

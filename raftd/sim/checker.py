@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from raftd.core import Entry, Raft
+from raftd.core import Entry, RawNode
 
 
 class Violation(Exception):
@@ -32,15 +32,14 @@ class Checker:
         if prev != node:
             raise Violation(f"election safety: nodes {prev} and {node} both lead term {term}")
 
-    def check_leader_completeness(self, raft: Raft) -> None:
-        log = raft.log
+    def check_leader_completeness(self, raw: RawNode) -> None:
         for index, (term, _) in self.committed.items():
-            if index <= log.snapshot_meta.index:
+            if index <= raw.snapshot_index:
                 continue
-            if log.term(index) != term:
+            if raw.log_term(index) != term:
                 raise Violation(
-                    f"leader completeness: node {raft.id}, leader of term {raft.term}, lacks committed "
-                    f"entry {index} of term {term} (its log has term {log.term(index)} there)"
+                    f"leader completeness: node {raw.id}, leader of term {raw.term}, lacks committed "
+                    f"entry {index} of term {term} (its log has term {raw.log_term(index)} there)"
                 )
 
     def observe_durable_entries(self, node: int, prev_term: int, entries: list[Entry]) -> None:
@@ -57,10 +56,11 @@ class Checker:
                 )
             prev_term = e.term
 
-    def observe_commit(self, node: int, raft: Raft, old: int, new: int) -> None:
-        log = raft.log
-        for index in range(max(old, log.snapshot_meta.index) + 1, new + 1):
-            e = log.entry(index)
+    def observe_commit(self, node: int, raw: RawNode, old: int, new: int) -> None:
+        for index in range(max(old, raw.snapshot_index) + 1, new + 1):
+            e = raw.entry(index)
+            if e is None:
+                raise Violation(f"node {node} committed {index}, which its log does not hold")
             seen = self.committed.setdefault(index, (e.term, e.data))
             if seen != (e.term, e.data):
                 raise Violation(

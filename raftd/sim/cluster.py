@@ -284,7 +284,7 @@ class Simulation:
                 return
         self._persist(n, rd)
         if rd.hard_state is not None and rd.hard_state.commit > old_commit:
-            self.check.observe_commit(n.id, raw.raft, old_commit, rd.hard_state.commit)
+            self.check.observe_commit(n.id, raw, old_commit, rd.hard_state.commit)
         if self.rng.random() < self.params.crash_mid_ready:
             self._crash(n)  # durable, but (unless sent early) no message sent and nothing applied
             return
@@ -346,7 +346,7 @@ class Simulation:
                 waiting.add(rs.context)
                 n.confirmed.append((rs.index, rs.context))
         assert n.raw is not None
-        applied = rd.committed_entries[-1].index if rd.committed_entries else n.raw.raft.log.applied
+        applied = rd.committed_entries[-1].index if rd.committed_entries else n.raw.applied
         if rd.snapshot is not None:
             applied = max(applied, rd.snapshot.meta.index)
         still = []
@@ -361,10 +361,10 @@ class Simulation:
 
     def _maybe_compact(self, n: SimNode) -> None:
         assert n.raw is not None
-        log = n.raw.raft.log
-        if log.applied - log.snapshot_meta.index < self.params.compact_every:
+        raw = n.raw
+        if raw.applied - raw.snapshot_index < self.params.compact_every:
             return
-        meta = SnapshotMeta(log.applied, log.term(log.applied) or 0)
+        meta = SnapshotMeta(raw.applied, raw.log_term(raw.applied) or 0)
         d = n.disk
         del d.entries[: meta.index - d.snapshot.meta.index]
         del d.crcs[: meta.index - d.snapshot.meta.index]
@@ -481,12 +481,12 @@ class Simulation:
 
     def _check_leaders(self) -> None:
         for n in self.nodes.values():
-            if n.raw is not None and n.raw.raft.role is Role.LEADER:
-                term = n.raw.raft.term
+            if n.raw is not None and n.raw.role is Role.LEADER:
+                term = n.raw.term
                 self.check.observe_leader(n.id, term)
                 if n.seen_leading != term:
                     n.seen_leading = term
-                    self.check.check_leader_completeness(n.raw.raft)
+                    self.check.check_leader_completeness(n.raw)
 
     def run(self) -> dict[str, int]:
         """Run the faulty phase, then heal everything and demand progress. Raises Violation on a bug."""
@@ -517,16 +517,16 @@ class Simulation:
         for _ in range(bound):
             self._unit(faults=False)
             live = [n for n in self.nodes.values() if n.raw is not None]
-            leaders = [n.raw.raft for n in live if n.raw is not None and n.raw.raft.role is Role.LEADER]
+            leaders = [n.raw for n in live if n.raw is not None and n.raw.role is Role.LEADER]
             still_leading = any((r.id, r.term) == proposer for r in leaders)
             if leaders and not still_leading:
                 # First try, or the proposer lost leadership (its entry may be lost with it): ask the new one.
                 try:
-                    tried.append(leaders[0].propose([marker]))
+                    tried.append(leaders[0].propose(marker))
                     proposer = (leaders[0].id, leaders[0].term)
                 except ProposalDropped:
                     pass
-            min_applied = min(n.raw.raft.log.applied for n in live if n.raw is not None)
+            min_applied = min(n.raw.applied for n in live if n.raw is not None)
             if any(i <= min_applied and self.check.applied.get(i, (0, b""))[1] == marker for i in tried):
                 return
         raise Violation(
