@@ -48,7 +48,8 @@ from raftd.core import (
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode, encode_to
 from raftd.settings import DEFAULTS, Limits
-from raftd.storage import PersistedState, SqliteStorage, StorageError
+from raftd.storage import PersistedState, Storage, StorageError
+from raftd.transport.base import Peer, Transport
 from raftd.transport.peer import PeerClient
 
 log = logging.getLogger("raftd.node")
@@ -187,9 +188,11 @@ class RaftNode:
         self,
         cluster: ClusterConfig,
         node_id: int,
-        storage: SqliteStorage,
+        storage: Storage,
         limits: Limits = DEFAULTS,
+        transport: Transport = PeerClient,
     ) -> None:
+        """transport: the gRPC one, or raftd.transport.memory's for nodes of one process."""
         self.cluster = cluster
         self.limits = limits
         self.me = cluster.node(node_id)
@@ -207,7 +210,8 @@ class RaftNode:
             max_election_tick=max(2, round(hi / 1000 / TICK_S)),
             heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / TICK_S)),
         )
-        self.peers: dict[int, PeerClient] = {}
+        self.transport = transport
+        self.peers: dict[int, Peer] = {}
         self.wake = asyncio.Event()
         self.inbox: list[Message] = []
         self.proposals: list[_Proposal] = []
@@ -290,7 +294,7 @@ class RaftNode:
         self._runner = asyncio.current_task()
         for peer_id, addr in self.addresses.items():
             if peer_id != self.id:
-                client = PeerClient(
+                client = self.transport(
                     peer_id, addr.address, self.identity, self._report_unreachable, self.hashes
                 )
                 client.start()
@@ -594,7 +598,7 @@ class RaftNode:
         finally:
             self._snapshotting = False
 
-    async def _send_snapshot(self, client: PeerClient, m: Message) -> None:
+    async def _send_snapshot(self, client: Peer, m: Message) -> None:
         """Stream our latest stored snapshot (at least as new as the one the core asked for)."""
         # On the disk thread, so that no snapshot save drops the file between its row and its read; not
         # counted as busy: it holds the storage's lock for the row only, so Readies go on being saved on the
@@ -981,7 +985,10 @@ class RaftNode:
 
     def channel_to(self, node_id: int) -> grpc.aio.Channel:
         """The long-lived channel to another node, which client calls forwarded to it share."""
-        return self.peers[to_core(node_id)].channel
+        peer = self.peers[to_core(node_id)]
+        if not isinstance(peer, PeerClient):
+            raise LookupError(f"no gRPC channel to node {node_id}: the node runs on another transport")
+        return peer.channel
 
     def leader(self) -> NodeAddr | None:
         if self.suspended or self.stopping:

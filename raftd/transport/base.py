@@ -1,0 +1,44 @@
+"""What the node asks of a transport: one sender per peer. The gRPC one is raftd.transport.peer; the
+in-memory twin, raftd.transport.memory, connects nodes of one process for tests of the real node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from raftd.consistency import StateHashes
+from raftd.core import Message
+from raftd.identity import Identity
+
+
+class Peer(Protocol):
+    """The sender to one peer. Sending never blocks and never fails: a message that cannot go is dropped
+    (Raft retries), and on_unreachable tells the node that a peer stopped taking entries."""
+
+    reachable: bool  # False since a send to it failed, until one succeeds
+    dropped: int  # messages dropped because the queue to it was full
+
+    def start(self) -> None: ...
+
+    def send(self, m: Message) -> None: ...
+
+    def clear(self) -> None:
+        """Forget queued messages (a suspended node must not speak with its old state)."""
+
+    async def send_snapshot(self, m: Message) -> bool:
+        """A SNAP message with its image; True once the peer has taken all of it."""
+
+    async def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Makes the node's senders: one per peer, for the peer's core id and its map address."""
+
+    def __call__(
+        self,
+        peer: int,
+        address: str,
+        identity: Identity,
+        on_unreachable: Callable[[int], None],
+        hashes: StateHashes,
+    ) -> Peer: ...

@@ -1,0 +1,124 @@
+"""The in-memory transport: nodes of one process, connected through the event loop.
+
+It stands in for gRPC where a test runs several real RaftNodes in one process (hashicorp/raft's
+InmemTransport plays the same part): a message reaches its node one loop turn after it was sent, as
+the peer service would hand it over, unless the network cuts either end off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from raftd.consistency import StateHashes
+from raftd.core import Message, MsgType
+from raftd.identity import Identity
+from raftd.transport.peer import PROTOCOL_VERSION
+
+
+class Receiver(Protocol):
+    """What the peer service calls on a node (raftd.server.PeerService)."""
+
+    identity: Identity
+
+    def deliver(self, messages: list[Message]) -> None: ...
+
+    def deliver_snapshot(self, m: Message, cluster_id: str) -> None: ...
+
+    def peer_speaks(self, core_id: int, version: int) -> None: ...
+
+    def peer_state_hash(self, core_id: int, index: int, value: int) -> None: ...
+
+
+class MemoryNetwork:
+    """The nodes by core id, and which of them are cut off from every other."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Receiver] = {}
+        self.cut: set[int] = set()
+
+    def attach(self, core_id: int, node: Receiver) -> None:
+        self.nodes[core_id] = node
+
+    def transport(self, sender: int) -> Callable[..., MemoryPeer]:
+        """The transport for the node with core id sender (a raftd.transport.base.Transport)."""
+
+        def make(
+            peer: int,
+            address: str,
+            identity: Identity,
+            on_unreachable: Callable[[int], None],
+            hashes: StateHashes,
+        ) -> MemoryPeer:
+            return MemoryPeer(self, sender, peer, identity, on_unreachable, hashes)
+
+        return make
+
+    def reaches(self, frm: int, to: int) -> bool:
+        return frm not in self.cut and to not in self.cut and to in self.nodes
+
+
+class MemoryPeer:
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        sender: int,
+        peer: int,
+        identity: Identity,
+        on_unreachable: Callable[[int], None],
+        hashes: StateHashes,
+    ) -> None:
+        self.network = network
+        self.sender = sender
+        self.peer = peer
+        self.identity = identity
+        self.on_unreachable = on_unreachable
+        self.hashes = hashes
+        self.reachable = True
+        self.dropped = 0
+        self._queued: list[Message] = []
+        self._flush: asyncio.Handle | None = None
+
+    def start(self) -> None:
+        pass
+
+    def send(self, m: Message) -> None:
+        self._queued.append(m)
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._deliver)
+
+    def clear(self) -> None:
+        self._queued.clear()
+
+    def _deliver(self) -> None:
+        """One batch per loop turn, as the gRPC sender writes what queued meanwhile."""
+        self._flush = None
+        batch, self._queued = self._queued, []
+        if not batch:
+            return
+        if not self.network.reaches(self.sender, self.peer):
+            self.reachable = False
+            if any(m.type is MsgType.APP for m in batch):
+                self.on_unreachable(self.peer)
+            return
+        self.reachable = True
+        node = self.network.nodes[self.peer]
+        node.peer_speaks(self.sender, PROTOCOL_VERSION)
+        index, value = self.hashes.latest
+        if index:
+            node.peer_state_hash(self.sender, index, value)
+        node.deliver(batch)
+
+    async def send_snapshot(self, m: Message) -> bool:
+        await asyncio.sleep(0)
+        if not self.network.reaches(self.sender, self.peer):
+            return False
+        self.network.nodes[self.peer].deliver_snapshot(m, self.identity.id)
+        return True
+
+    async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._queued.clear()
