@@ -32,6 +32,7 @@ image: $(STAMP)
 
 sim: $(STAMP)
 	$(BIN)/python -m raftd.sim --seeds 2000
+	PYTHONHASHSEED=0 $(BIN)/python -m raftd.sim --real --seeds 2000
 
 # The 3-node cluster of config.conf in the foreground; Ctrl-C or SIGTERM stops it; data stays in ./data.
 run: $(STAMP)

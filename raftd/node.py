@@ -20,7 +20,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -191,8 +191,12 @@ class RaftNode:
         storage: Storage,
         limits: Limits = DEFAULTS,
         transport: Transport = PeerClient,
+        rng: random.Random | None = None,
+        executors: tuple[Executor, Executor] | None = None,
     ) -> None:
-        """transport: the gRPC one, or raftd.transport.memory's for nodes of one process."""
+        """transport: the gRPC one, or raftd.transport.memory's for nodes of one process. rng (the election
+        timeouts' randomness) and executors (the disk's and the snapshot encoder's) are the simulator's to
+        choose (raftd.sim.realnode): seeded, and run inline on its virtual clock."""
         self.cluster = cluster
         self.limits = limits
         self.me = cluster.node(node_id)
@@ -205,7 +209,7 @@ class RaftNode:
             self.id,
             tuple(self.addresses),
             # Seeded from the clock: ties between nodes' timeouts must differ between runs and nodes.
-            random.Random(time.time_ns() ^ self.id),
+            rng or random.Random(time.time_ns() ^ self.id),
             election_tick=max(1, round(lo / 1000 / TICK_S)),
             max_election_tick=max(2, round(hi / 1000 / TICK_S)),
             heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / TICK_S)),
@@ -235,10 +239,15 @@ class RaftNode:
         self._fatal: FatalError | None = None
         self._runner: asyncio.Task[None] | None = None  # the task in run()
         self._alarm: asyncio.TimerHandle | None = None  # when run() wakes without input (_set_alarm)
-        self._disk = ThreadPoolExecutor(1, thread_name_prefix="raftd-disk")
+        # The disk's thread, and one to encode large images: CPU work that must not run on the loop
+        # (heartbeats would stall).
+        self._disk, self._cpu = executors or (
+            ThreadPoolExecutor(1, thread_name_prefix="raftd-disk"),
+            ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot"),
+        )
         self._disk_jobs = 0  # calls on the disk thread not finished yet
-        # Encoding a large image is CPU work that must not run on the loop (heartbeats would stall).
-        self._cpu = ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot")
+        # Called with each entry as it applies (index, term, data): the simulator's checkers.
+        self.on_apply: list[Callable[[Entry], None]] = []
         self._read_ids = itertools.count(1)
         self._leader_waiters: list[asyncio.Future[int]] = []
         self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
@@ -269,7 +278,13 @@ class RaftNode:
     def _boot(self, state: PersistedState, kv: KVStore) -> None:
         """(Re)build all volatile state from what _load read: at start and when a suspension ends."""
         snap = state.snapshot.meta if state.snapshot is not None else None
-        self.raw = RawNode(self.config, state.hard_state, snap, state.entries, applied=0)
+        hard_state = state.hard_state
+        if snap is not None and hard_state.commit < snap.index:
+            # A local snapshot is saved without the commit index, whose save is deferred to the next write
+            # (_persist): the stored one can lag it. An image holds committed entries only, so the commit
+            # index is at least its index. (Found by the simulator of this node, raftd/sim/realnode.py.)
+            hard_state = dataclasses.replace(hard_state, commit=snap.index)
+        self.raw = RawNode(self.config, hard_state, snap, state.entries, applied=0)
         self.kv = kv
         # The state machine holds only the image until the log after it is applied again: no read is
         # served before it reaches the commit index this node had stored ("possibly stale" must never
@@ -687,6 +702,8 @@ class RaftNode:
 
     def _apply(self, entries: list[Entry]) -> None:
         for e in entries:
+            for observe in self.on_apply:
+                observe(e)
             self.log_bytes += len(e.data)
             try:
                 cmd = Command.decode(e.data) if e.data else None

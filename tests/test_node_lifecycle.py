@@ -16,7 +16,7 @@ from raftd.core import NONE, Entry, HardState, Message, MsgType, Snapshot, Snaps
 from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import RaftNode, TargetUnreachable, Unavailable
 from raftd.server import _hand_over
-from raftd.storage import PersistedState
+from raftd.storage import PersistedState, SqliteStorage
 from tests.nodes import follower, release_node, running
 
 
@@ -342,3 +342,22 @@ def test_a_hand_over_skipped_for_an_unreachable_target_does_not_read_as_a_failur
         "Handing leadership to node 2 before stopping",
         "Hand-over skipped: node 2 unreachable (the cluster may be stopping)",
     ]
+
+
+def test_a_node_boots_when_its_snapshot_is_newer_than_its_stored_commit_index(tmp_path: Path) -> None:
+    """A local snapshot is saved without the commit index, which waits for the next write: a node that
+    stopped in between stored commit 4 beside an image at 5, and its boot refused the state ("persisted
+    commit 4 is outside the log [5, 5]"). Found by the simulator of the shipped node."""
+    node = follower(tmp_path)
+    cluster = node.cluster
+    release_node(node)
+    storage = SqliteStorage.open(tmp_path / "data", cluster.name, 0)
+    storage.save(HardState(term=1, vote=NONE, commit=4), [Entry(i, 1, b"") for i in range(1, 6)])
+    kv = KVStore()
+    for i in range(1, 6):
+        kv.skip(i)
+    storage.save(None, [], Snapshot(SnapshotMeta(5, 1), encode(kv.image())))
+    storage.close()
+    again = RaftNode(cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0))
+    assert again.raw.committed == 5 and again.kv.applied == 5
+    release_node(again)

@@ -41,6 +41,10 @@ class MemoryNetwork:
     def attach(self, core_id: int, node: Receiver) -> None:
         self.nodes[core_id] = node
 
+    def detach(self, core_id: int) -> None:
+        """The node is gone (crashed): what is on its way to it is lost."""
+        self.nodes.pop(core_id, None)
+
     def transport(self, sender: int) -> Callable[..., MemoryPeer]:
         """The transport for the node with core id sender (a raftd.transport.base.Transport)."""
 
@@ -57,6 +61,11 @@ class MemoryNetwork:
 
     def reaches(self, frm: int, to: int) -> bool:
         return frm not in self.cut and to not in self.cut and to in self.nodes
+
+    def copies(self, frm: int, to: int) -> list[float]:
+        """The delays after which copies of a batch arrive: none when it is lost. One, at once, unless a
+        subclass (the simulator's network) says otherwise."""
+        return [0.0] if self.reaches(frm, to) else []
 
 
 class MemoryPeer:
@@ -97,24 +106,39 @@ class MemoryPeer:
         batch, self._queued = self._queued, []
         if not batch:
             return
-        if not self.network.reaches(self.sender, self.peer):
+        delays = self.network.copies(self.sender, self.peer)
+        if not delays:
             self.reachable = False
             if any(m.type is MsgType.APP for m in batch):
                 self.on_unreachable(self.peer)
             return
         self.reachable = True
-        node = self.network.nodes[self.peer]
+        hashed = self.hashes.latest
+        loop = asyncio.get_running_loop()
+        for delay in delays:
+            if delay > 0:
+                loop.call_later(delay, self._arrive, batch, hashed)
+            else:
+                self._arrive(batch, hashed)
+
+    def _arrive(self, batch: list[Message], hashed: tuple[int, int]) -> None:
+        node = self.network.nodes.get(self.peer)
+        if node is None:  # it crashed meanwhile
+            return
         node.peer_speaks(self.sender, PROTOCOL_VERSION)
-        index, value = self.hashes.latest
-        if index:
-            node.peer_state_hash(self.sender, index, value)
+        if hashed[0]:
+            node.peer_state_hash(self.sender, *hashed)
         node.deliver(batch)
 
     async def send_snapshot(self, m: Message) -> bool:
-        await asyncio.sleep(0)
-        if not self.network.reaches(self.sender, self.peer):
+        delays = self.network.copies(self.sender, self.peer)
+        if not delays:
             return False
-        self.network.nodes[self.peer].deliver_snapshot(m, self.identity.id)
+        await asyncio.sleep(delays[0])
+        node = self.network.nodes.get(self.peer)
+        if node is None:
+            return False
+        node.deliver_snapshot(m, self.identity.id)
         return True
 
     async def close(self) -> None:

@@ -1,0 +1,380 @@
+"""The simulator that runs the node that ships (issue 18): three `RaftNode`s, as the daemon runs them,
+on a virtual-time event loop, with the in-memory transport and storage twins in place of gRPC and sqlite.
+
+raftd/sim/cluster.py simulates the core under a driver of its own; this one drives raftd.node's loop,
+with its proposal gathering, commit-only deferral, ReadIndex rounds, sessions and snapshots. Time is
+virtual (the loop jumps to its next timer when nothing is ready), the disk and snapshot work runs inline,
+and every random choice comes from the seed, so a seed replays (within one Python hash seed: run with
+PYTHONHASHSEED=0, as `python -m raftd.sim --real` does).
+
+Faults: messages dropped, duplicated and delayed; nodes cut off and healed; nodes crashed (their loop
+cancelled wherever it waits, what they saved kept) and restarted from their storage. Checks: election
+safety, state machine safety (every node applies the same entry at an index), linearizability of the
+clients' puts and reads through the node's own API (raftd.testing.linearizability), and progress once the
+faults stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import selectors
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from raftd.config import load_cluster
+from raftd.core import Entry, Role
+from raftd.kv import Command, Op
+from raftd.node import NotLeader, RaftNode, Unavailable, to_core
+from raftd.settings import Limits
+from raftd.storage import MemoryStorage
+from raftd.testing.history import Op as HistoryOp
+from raftd.testing.linearizability import check
+from raftd.transport.memory import MemoryNetwork
+
+from .checker import Violation
+
+T = TypeVar("T")
+NODES = 3
+KEYS = ("a", "b", "c")
+TURN_S = 20e-6  # what one turn of the event loop costs, in virtual time
+
+
+class _VirtualSelector(selectors.BaseSelector):
+    """Nothing is ever ready: select() moves the loop's clock on to the timeout instead of sleeping."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop = loop
+        self._keys: dict[Any, selectors.SelectorKey] = {}
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        key = selectors.SelectorKey(
+            fileobj, fileobj if isinstance(fileobj, int) else fileobj.fileno(), events, data
+        )
+        self._keys[fileobj] = key
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        return self._keys.pop(fileobj)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None:
+            raise Violation("deadlock: no timer is armed and nothing is ready")
+        # Each turn of the loop costs some time, as it does on a real machine: a driver that spins without
+        # waiting (a timer armed for now, again and again) still lets time, and so timeouts, move on.
+        self._loop.now += max(TURN_S, timeout)
+        return []
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return self._keys
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_VirtualSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+class InlineExecutor(Executor):
+    """Runs the work at once, on the loop's thread: the disk is as fast as the simulator says."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
+
+
+@dataclass
+class Params:
+    seconds: float = 6.0  # of virtual time with faults, then as long again without
+    drop: float = 0.05
+    duplicate: float = 0.02
+    max_delay_s: float = 0.03
+    cut_every_s: float = 1.0  # on average, a node cut off (or the cut healed)
+    crash_every_s: float = 1.5  # on average, a node crashed (restarted 0.2 - 1 s later)
+    clients: int = 3
+    op_timeout_s: float = 1.0
+    snapshot_entries: int = 40  # compact often: followers that were away catch up by snapshot
+
+
+class SimNetwork(MemoryNetwork):
+    def __init__(self, rng: random.Random, params: Params) -> None:
+        super().__init__()
+        self.rng = rng
+        self.params = params
+        self.faulty = True
+
+    def copies(self, frm: int, to: int) -> list[float]:
+        if not self.reaches(frm, to):
+            return []
+        if not self.faulty:
+            return [0.0]
+        p = self.params
+        if self.rng.random() < p.drop:
+            return []
+        n = 2 if self.rng.random() < p.duplicate else 1
+        return [self.rng.uniform(0.0, p.max_delay_s) for _ in range(n)]
+
+
+@dataclass
+class Checks:
+    leaders: dict[int, int] = field(default_factory=dict)  # term -> its leader's node id
+    applied: dict[int, tuple[int, bytes]] = field(default_factory=dict)  # index -> (term, data)
+
+    def observe_leader(self, node: int, term: int) -> None:
+        seen = self.leaders.setdefault(term, node)
+        if seen != node:
+            raise Violation(f"election safety: nodes {seen} and {node} both lead term {term}")
+
+    def observe_apply(self, node: int, e: Entry) -> None:
+        seen = self.applied.setdefault(e.index, (e.term, e.data))
+        if seen != (e.term, e.data):
+            raise Violation(
+                f"state machine safety: node {node} applied {e.index}/{e.term}, another applied "
+                f"{e.index}/{seen[0]}"
+            )
+
+
+class RealNodeSim:
+    def __init__(self, seed: int, params: Params | None = None) -> None:
+        self.seed = seed
+        self.params = params or Params()
+        self.rng = random.Random(seed)
+        self.network = SimNetwork(random.Random(seed ^ 0x5EED), self.params)
+        self.checks = Checks()
+        self.storages = {i: MemoryStorage() for i in range(NODES)}
+        self.nodes: dict[int, RaftNode | None] = dict.fromkeys(range(NODES))
+        self.runners: dict[int, asyncio.Task[None]] = {}
+        self.boots = 0
+        self.history: list[HistoryOp] = []
+        self.stats = {"crashes": 0, "cuts": 0, "puts_ok": 0, "gets_ok": 0, "unknown": 0}
+        self._values = 0
+        self._dir = tempfile.TemporaryDirectory(prefix="raftd-sim-")
+        conf = Path(self._dir.name) / "cluster.yaml"
+        conf.write_text(
+            "nodes:\n"
+            + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {5000 + i}}}\n" for i in range(NODES))
+        )
+        self.cluster = load_cluster(conf)
+
+    # -- nodes --------------------------------------------------------------------------------------
+    def _boot(self, i: int) -> None:
+        self.boots += 1
+        node = RaftNode(
+            self.cluster,
+            i,
+            self.storages[i],
+            transport=self.network.transport(to_core(i)),
+            limits=Limits(snapshot_entries=self.params.snapshot_entries),
+            rng=random.Random(self.seed * 1000 + self.boots),
+            executors=(InlineExecutor(), InlineExecutor()),
+        )
+        node.on_apply.append(functools.partial(self.checks.observe_apply, i))
+        self.network.attach(to_core(i), node)
+        self.nodes[i] = node
+        self.runners[i] = asyncio.get_running_loop().create_task(node.run(), name=f"node-{i}")
+
+    def _crash(self, i: int) -> None:
+        """Its loop is cancelled wherever it waits: what it saved stays, the rest (and its timers) goes."""
+        node = self.nodes[i]
+        if node is None:
+            return
+        self.stats["crashes"] += 1
+        self.network.detach(to_core(i))
+        self.nodes[i] = None
+        node.stopping = True
+        node._cancel_alarm()
+        for task in (self.runners.pop(i), *node._background):
+            task.cancel()
+        for peer in node.peers.values():
+            peer.clear()
+
+    def _check_leaders(self) -> None:
+        for i, node in self.nodes.items():
+            if node is not None and node.raw.role is Role.LEADER:
+                self.checks.observe_leader(i, node.raw.term)
+
+    # -- faults -------------------------------------------------------------------------------------
+    async def _nemesis(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        p = self.params
+        while loop.time() < until:
+            pause = self.rng.expovariate(1 / p.cut_every_s + 1 / p.crash_every_s)
+            if loop.time() + pause >= until:
+                await asyncio.sleep(until - loop.time())
+                return
+            await asyncio.sleep(pause)
+            i = self.rng.randrange(NODES)
+            crash_share = p.cut_every_s / (p.cut_every_s + p.crash_every_s)  # the shorter mean, the likelier
+            if self.rng.random() < crash_share:
+                self._crash(i)
+                loop.call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
+            elif to_core(i) in self.network.cut:
+                self.network.cut.discard(to_core(i))
+            elif len(self.network.cut) < NODES // 2:
+                self.stats["cuts"] += 1
+                self.network.cut.add(to_core(i))
+
+    def _restart(self, i: int) -> None:
+        if self.nodes[i] is None:
+            self._boot(i)
+
+    # -- clients ------------------------------------------------------------------------------------
+    async def _client(self, process: int, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        rng = random.Random(self.seed * 31 + process)
+        while loop.time() < until:
+            live = [i for i, n in self.nodes.items() if n is not None]
+            await asyncio.sleep(rng.uniform(0.001, 0.05))
+            if not live:
+                continue
+            node = self.nodes[rng.choice(live)]
+            if node is None:
+                continue
+            key = rng.choice(KEYS)
+            if rng.random() < 0.5:
+                if await self._put(node, process, key) == "info":
+                    process += self.params.clients  # Jepsen's rule: its op may still land, so a new process
+            else:
+                await self._get(node, process, key)
+
+    async def _put(self, node: RaftNode, process: int, key: str) -> str:
+        loop = asyncio.get_running_loop()
+        self._values += 1
+        value = f"v{self._values}"
+        op = HistoryOp(process, "put", key, value, loop.time())
+        self.history.append(op)
+        try:
+            fut = node.propose_nowait(Command(Op.PUT, key.encode(), value.encode()))
+        except (NotLeader, Unavailable):
+            op.status, op.ret = "fail", loop.time()  # refused before it was proposed: never applies
+            return op.status
+        fut.add_done_callback(_retrieved)  # given up on at its timeout, it may still fail later
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.params.op_timeout_s)
+        except NotLeader:  # gathered, then dropped by the core before it reached the log
+            op.status, op.ret = "fail", loop.time()
+            return op.status
+        except (Unavailable, TimeoutError):  # OutcomeUnknown among them
+            op.status = "info"  # may have applied: the checker allows both
+            self.stats["unknown"] += 1
+            return op.status
+        op.status, op.ret = "ok", loop.time()
+        self.stats["puts_ok"] += 1
+        return op.status
+
+    async def _get(self, node: RaftNode, process: int, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        op = HistoryOp(process, "get", key, None, loop.time())
+        self.history.append(op)
+        try:
+            barrier = node.read_barrier_nowait()
+            barrier.add_done_callback(_retrieved)
+            await asyncio.wait_for(asyncio.shield(barrier), self.params.op_timeout_s)
+        except (NotLeader, Unavailable, TimeoutError):
+            op.status, op.ret = "fail", loop.time()  # a read that answers nothing changed nothing
+            return
+        value = node.kv.get(key.encode())
+        op.status, op.ret = "ok", loop.time()
+        op.output = value.decode() if value is not None else None
+        self.stats["gets_ok"] += 1
+
+    # -- the run ------------------------------------------------------------------------------------
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        for i in range(NODES):
+            self._boot(i)
+        sampler = loop.create_task(self._sample())
+        faulty_until = loop.time() + self.params.seconds
+        clients = [loop.create_task(self._client(p, faulty_until)) for p in range(self.params.clients)]
+        await self._watched(sampler, self._nemesis(faulty_until))
+        await self._watched(sampler, asyncio.gather(*clients))
+        self._heal()
+        await self._watched(sampler, self._progress(loop.time() + self.params.seconds))
+        if sampler.done():
+            sampler.result()
+        sampler.cancel()
+        for node in self.nodes.values():
+            if node is not None:
+                await node.stop()
+
+    @staticmethod
+    async def _watched(sampler: asyncio.Task[None], work: Awaitable[object]) -> None:
+        """work, unless the sampler finds a violation first (then its Violation)."""
+        task = asyncio.ensure_future(work)
+        await asyncio.wait({task, sampler}, return_when=asyncio.FIRST_COMPLETED)
+        if sampler.done():
+            task.cancel()
+            sampler.result()
+        await task
+
+    async def _sample(self) -> None:
+        while True:
+            self._check_leaders()
+            for i, runner in self.runners.items():
+                if runner.done() and not runner.cancelled() and runner.exception() is not None:
+                    # No disk here is damaged: a node that stops on an error is a bug.
+                    raise Violation(f"node {i} stopped: {runner.exception()}")
+            await asyncio.sleep(0.005)
+
+    def _heal(self) -> None:
+        self.network.faulty = False
+        self.network.cut.clear()
+        for i, node in self.nodes.items():
+            if node is None:
+                self._boot(i)
+
+    async def _progress(self, deadline: float) -> None:
+        """Once the faults stop, a write commits and every node applies it."""
+        loop = asyncio.get_running_loop()
+        written: bytes | None = None
+        while loop.time() < deadline:
+            leaders = [n for n in self.nodes.values() if n is not None and n.is_leader()]
+            if written is None and leaders and await self._put(leaders[0], 10_000, "probe") == "ok":
+                written = (self.history[-1].value or "").encode()
+            if written is not None and all(
+                n is not None and n.kv.get(b"probe") == written for n in self.nodes.values()
+            ):
+                return
+            await asyncio.sleep(0.05)
+        raise Violation(
+            "no progress: once the faults stopped, "
+            + ("no write committed" if written is None else "a committed write did not reach every node")
+        )
+
+    def run(self) -> dict[str, int]:
+        """The whole run; raises Violation on a bug."""
+        loop = VirtualLoop()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            left = asyncio.all_tasks(loop)  # a crashed node's timers, the nemesis' restarts
+            for task in left:
+                task.cancel()
+            if left:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.close()
+            self._dir.cleanup()
+        for op in self.history:
+            if op.status == "pending":
+                op.status = "info"
+        result = check([op for op in self.history if op.key != "probe"], timeout_s=30.0)
+        if not result.ok:
+            raise Violation(f"not linearizable on key {result.key}:\n{result.explanation}")
+        return self.stats
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
