@@ -36,6 +36,7 @@ SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 SNAPSHOT_DEADLINE_S = 10.0
 SNAPSHOT_MIN_RATE = 1024 * 1024  # bytes/s: a transfer slower than this is given up and retried
 CLOSE_WAIT_S = 1.0
+STATUS_WAIT_S = 1.0  # for an ended call's status (PeerClient._failure)
 # A peer that says no (another cluster; a caller's address not a member's): worth a warning, not a debug line.
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
 BACKOFF_MIN_S = 0.05
@@ -166,9 +167,14 @@ class PeerClient:
             return e.code(), details_of(e)
         if isinstance(e, asyncio.CancelledError):
             return None, f"a write took over {WRITE_DEADLINE_S:g}s"
-        # InvalidStateError: grpc.aio's write on a call that has ended, with its status waiting to be read.
-        code: grpc.StatusCode = await stream.code()
-        details: str = await stream.details()
+        # InvalidStateError: grpc.aio's write on a call that has ended, with its status waiting to be read
+        # (bounded all the same: the sender must never wait on a status that does not come).
+        try:
+            async with asyncio.timeout(STATUS_WAIT_S):
+                code: grpc.StatusCode = await stream.code()
+                details: str = await stream.details()
+        except TimeoutError:
+            return None, "the stream to it ended"
         return code, " ".join((details or code.name).split()) + " (the stream to it ended)"
 
     async def _reconnect(self) -> None:
