@@ -69,6 +69,43 @@ def test_literal_addresses_need_no_lookup_and_strangers_are_refused() -> None:
     asyncio.run(main())
 
 
+def test_a_loopback_caller_is_a_member_when_a_member_is_on_loopback() -> None:
+    """Members named by the host's own name, which Debian's /etc/hosts maps to 127.0.1.1: their calls to
+    127.0.1.1 come from 127.0.0.1. No loopback member, no loopback caller; and a caller that binds another
+    loopback address (the issue's 127.0.0.2) is still a stranger."""
+
+    async def main() -> None:
+        local = MemberAddresses(["myhost"], Resolver({"myhost": ["127.0.1.1"]}))
+        assert await local.allows("ipv4:127.0.0.1:1")
+        assert await local.allows("ipv6:[::1]:1")
+        assert not await local.allows("ipv4:127.0.0.2:1"), "only the loopback source the kernel picks"
+        remote = MemberAddresses(["n0"], Resolver({"n0": ["10.0.0.1"]}))
+        assert not await remote.allows("ipv4:127.0.0.1:1")
+
+    asyncio.run(main())
+
+
+def test_strangers_held_up_by_a_hanging_lookup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gate, "MAX_WAITING", 3)
+    monkeypatch.setattr(gate, "LOOKUP_WAIT_S", 0.5)
+
+    async def main() -> None:
+        resolver = Resolver({})
+        resolver.hang.add("n0")
+        members = MemberAddresses(["n0"], resolver)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        calls = [asyncio.ensure_future(members.allows(f"ipv4:10.6.6.{i}:1")) for i in range(10)]
+        done, _ = await asyncio.wait(calls, timeout=0.2)
+        assert len(done) == 7, "the three that wait are the only ones held"
+        assert not any(c.result() for c in done)
+        assert not any(await asyncio.gather(*calls))
+        assert loop.time() - started < 2.0
+        members.close()
+
+    asyncio.run(main())
+
+
 def test_a_member_back_with_a_new_address_is_let_in_after_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     """A container or pod that restarts comes back with a new address: a caller not among the known ones
     has the names looked up again (at most once a second), then is judged."""

@@ -188,6 +188,12 @@ def test_a_refused_caller_address_makes_a_new_connection() -> None:
         assert picky.heard.is_set(), picky.callers
         refused, taken = picky.callers[0], picky.callers[-1]
         assert refused != taken, "the call after the refusal came on the same connection"
+
+        async def one() -> AsyncIterator[peer_pb2.MessageBatch]:
+            yield peer_pb2.MessageBatch()
+
+        # The shared channel, which forwarded client calls ride on, was left open.
+        await peer_pb2_grpc.RaftPeerStub(client.channel).Stream(one(), timeout=5)  # type: ignore[arg-type]
         await client.close()
         await server.stop(None)
 

@@ -252,6 +252,10 @@ def test_a_client_that_reads_nothing_is_cut_off() -> None:
     asyncio.run(scenario())
 
 
+class Aborted(Exception):
+    """grpc.aio's abort() raises an AbortError, an Exception."""
+
+
 class RefusingContext(Context):
     def __init__(self) -> None:
         super().__init__()
@@ -259,7 +263,7 @@ class RefusingContext(Context):
 
     async def abort(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
         self.aborted = (code, details, trailers)
-        raise asyncio.CancelledError  # as grpc.aio's abort ends the handler
+        raise Aborted(details)
 
 
 def test_a_batch_of_too_many_requests_ends_the_stream_before_any_starts() -> None:
@@ -282,8 +286,9 @@ def test_a_batch_of_too_many_requests_ends_the_stream_before_any_starts() -> Non
             yield puts(1, 100)  # at the bound: taken
             yield puts(101, 101)
 
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(Aborted):
             await asyncio.wait_for(session.run(requests(), context), 5)  # type: ignore[arg-type]
+        assert session.closed
         assert len(node.futures) == 100, "the first batch started, none of the second"
         assert context.aborted is not None
         code, details, trailers = context.aborted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -44,8 +45,11 @@ def run_real_seed(seed: int) -> str | None:
         problem = "unexpected exception\n" + traceback.format_exc()
     else:
         return None
-    # The nodes' sets of keys iterate in the hash seed's order: the same one replays the same run.
-    replay = f"PYTHONHASHSEED=0 python -m raftd.sim --real --seed {seed}"
+    # Sets of keys iterate in the hash seed's order: the same hash seed replays the same run.
+    hash_seed = os.environ.get("PYTHONHASHSEED")
+    replay = f"PYTHONHASHSEED={hash_seed or 0} python -m raftd.sim --real --seed {seed}"
+    if not hash_seed:
+        replay += " (this run's hash seed was random: the replay may take another path)"
     return f"seed {seed} (the real node): {problem}\nreplay: {replay}"
 
 

@@ -21,11 +21,15 @@ LOOKUP_WAIT_S = 2.0
 # Names are looked up again at most this often because of callers not found among them: a stranger that
 # calls in a loop costs the resolver one lookup per host per second, not one per call.
 MIN_LOOKUP_INTERVAL_S = 1.0
+# Callers at most held up at once waiting for a lookup; more are refused at once (strangers in a crowd).
+MAX_WAITING = 64
 # Addresses found are used this long, then looked up again in the background (a member's old address may
 # go to someone else).
 ADDRESSES_TTL_S = 30.0
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What the kernel picks as the source of a connection to a loopback address, unless the caller binds one.
+LOOPBACK_SOURCES = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
 Resolver = Callable[[str], Awaitable[list[str]]]
 
 
@@ -61,6 +65,7 @@ class MemberAddresses:
         self._names: list[str] = []
         self._lookups: dict[str, asyncio.Task[None]] = {}
         self._looked_up_at = -float("inf")
+        self._waiting = 0  # callers held up in allows()
         self.set_hosts(hosts)
 
     def set_hosts(self, hosts: Iterable[str]) -> None:
@@ -85,16 +90,27 @@ class MemberAddresses:
             return False
         loop = asyncio.get_running_loop()
         since = loop.time() - self._looked_up_at
-        if address in self.known():
+        if self._known(address):
             if since > ADDRESSES_TTL_S:
                 self._look_up(loop)  # in the background: a member is not kept waiting
             return True
         if since > MIN_LOOKUP_INTERVAL_S:
             self._look_up(loop)
         pending = [t for t in self._lookups.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=LOOKUP_WAIT_S)
-        return address in self.known()
+        if pending and self._waiting < MAX_WAITING:
+            self._waiting += 1
+            try:
+                await asyncio.wait(pending, timeout=LOOKUP_WAIT_S)
+            finally:
+                self._waiting -= 1
+        return self._known(address)
+
+    def _known(self, address: Address) -> bool:
+        """Among the members' addresses; or the loopback source address where a member's address is
+        loopback: a host's own name may resolve to 127.0.1.1 (Debian's /etc/hosts), and connections to it
+        come from 127.0.0.1. Only that one: a caller that binds 127.0.0.2 is still a stranger."""
+        known = self.known()
+        return address in known or (address in LOOPBACK_SOURCES and any(a.is_loopback for a in known))
 
     def close(self) -> None:
         for task in self._lookups.values():

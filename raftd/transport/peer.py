@@ -81,8 +81,11 @@ class PeerClient:
         self.identity = identity  # read at each write: the cluster id is learnt while running
         self.hashes = hashes or StateHashes()  # likewise: its newest hash goes with every write
         self.on_unreachable = on_unreachable
+        # Shared with the client calls this node forwards to the peer (RaftNode.channel_to), so never
+        # closed before the end; the Raft traffic moves to a channel of its own after a refusal.
         self.channel = _channel(address)
-        self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
+        self._raft_channel = self.channel
+        self._stub = peer_pb2_grpc.RaftPeerStub(self._raft_channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
         self._carried: Message | None = None  # taken from the queue, but beyond the last batch's bytes
         self._task: asyncio.Task[None] | None = None
@@ -182,10 +185,11 @@ class PeerClient:
         from (raftd.transport.gate); the connection may have been made over another network while ours to
         it was cut (Docker rewrites a container's /etc/hosts when it leaves a network), and gRPC keeps a
         working connection for good, refused calls or not."""
-        old = self.channel
-        self.channel = _channel(self.address)
-        self._stub = peer_pb2_grpc.RaftPeerStub(self.channel)
-        await old.close(grace=None)
+        old = self._raft_channel
+        self._raft_channel = _channel(self.address)
+        self._stub = peer_pb2_grpc.RaftPeerStub(self._raft_channel)
+        if old is not self.channel:  # the shared one may carry forwarded client calls: it stays
+            await old.close(grace=None)
 
     def _watch(self) -> None:
         """Give up a write in flight for over WRITE_DEADLINE_S (a peer that stopped reading), else wait for
@@ -254,4 +258,6 @@ class PeerClient:
             self._task.cancel()
             # Bounded: shutting down must never hang on a peer.
             await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
+        if self._raft_channel is not self.channel:
+            await self._raft_channel.close(grace=None)
         await self.channel.close(grace=None)
