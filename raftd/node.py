@@ -44,6 +44,8 @@ from raftd.core import (
     Snapshot,
     SnapshotMeta,
     SoftState,
+    Step,
+    ready_steps,
 )
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode, encode_to
@@ -522,30 +524,30 @@ class RaftNode:
         # closes the storage.
         while not self.stopping and self.raw.has_ready():
             rd = self.raw.ready()
-            if rd.send_early:
-                # A leader's followers write their copies while it writes its own (dissertation 10.2.1).
-                self._send(rd.messages)
-                if rd.messages and rd.entries:
-                    # The senders put the appends on the wire before the save blocks this thread.
-                    await asyncio.sleep(0)
-            await self._persist(rd)
-            if not rd.send_early:
-                self._send(rd.messages)
-                if rd.messages and rd.committed_entries:
-                    # Let the senders start writing before applying: a follower's acknowledgement of
-                    # the entries just written must not wait for it to apply the previous batch.
-                    await asyncio.sleep(0)
-            if rd.snapshot is not None:
-                await self._install(rd.snapshot)
-            if rd.committed_entries:
-                self._apply(rd.committed_entries)
-            if rd.read_states:
-                self._confirm_reads(rd.read_states)
-            if rd.soft_state is not None:
-                self._on_soft_state(rd.soft_state)
-            if rd.hard_state is not None:
-                self._on_hard_state(rd.hard_state)
-            self.raw.advance()
+            for step in ready_steps(rd):
+                if step is Step.SEND:
+                    self._send(rd.messages)
+                    if rd.entries if rd.send_early else rd.committed_entries:
+                        # Early (dissertation 10.2.1): the senders put the appends on the wire before the
+                        # save blocks this thread, so followers write their copies while the leader writes
+                        # its own. Late: a follower's acknowledgement of the entries just written must not
+                        # wait for it to apply the previous batch.
+                        await asyncio.sleep(0)
+                elif step is Step.PERSIST:
+                    await self._persist(rd)
+                elif step is Step.INSTALL:
+                    assert rd.snapshot is not None
+                    await self._install(rd.snapshot)
+                elif step is Step.APPLY:
+                    self._apply(rd.committed_entries)
+                elif step is Step.READS:
+                    self._confirm_reads(rd.read_states)
+                else:
+                    if rd.soft_state is not None:
+                        self._on_soft_state(rd.soft_state)
+                    if rd.hard_state is not None:
+                        self._on_hard_state(rd.hard_state)
+                    self.raw.advance()
         if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
         entries = self.kv.applied - self.snapshot_index

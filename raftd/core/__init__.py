@@ -4,6 +4,7 @@ from .log import LogError, RaftLog
 from .quorum import VoteResult, committed_index, majority, vote_result
 from .raft import Config, Raft
 from .rawnode import RawNode, Status
+from .steps import Step, ready_steps
 from .types import (
     NONE,
     Entry,
@@ -38,8 +39,10 @@ __all__ = [
     "SnapshotMeta",
     "SoftState",
     "Status",
+    "Step",
     "VoteResult",
     "committed_index",
     "majority",
+    "ready_steps",
     "vote_result",
 ]

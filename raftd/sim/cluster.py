@@ -35,6 +35,8 @@ from raftd.core import (
     Role,
     Snapshot,
     SnapshotMeta,
+    Step,
+    ready_steps,
 )
 
 from .checker import Checker, Violation
@@ -275,24 +277,31 @@ class Simulation:
         raw = n.raw
         old_commit = n.disk.hard.commit
         rd = raw.ready()
-        if rd.send_early:
-            # A leader sends while it writes; a crash here loses the write after the messages left.
-            for m in rd.messages:
-                self._send(n, m)
-            if self.rng.random() < self.params.crash_mid_ready:
+        for step in ready_steps(rd):  # the Ready contract, as the daemon follows it
+            if step is Step.SEND:
+                for m in rd.messages:
+                    self._send(n, m)
+            elif step is Step.PERSIST:
+                self._persist(n, rd)
+                if rd.hard_state is not None and rd.hard_state.commit > old_commit:
+                    self.check.observe_commit(n.id, raw, old_commit, rd.hard_state.commit)
+            elif step is Step.INSTALL:
+                assert rd.snapshot is not None
+                n._load_snapshot(rd.snapshot)
+                self.check.observe_snapshot_install(n.id, rd.snapshot.meta.index, n.digest)
+            elif step is Step.APPLY:
+                self._apply(n, rd)
+            elif step is Step.READS:
+                self._note_reads(n, rd)
+            elif step is Step.ADVANCE:
+                self._release_reads(n, rd)
+                raw.advance()
+            crash_point = step is Step.PERSIST or (step is Step.SEND and rd.send_early)
+            if crash_point and self.rng.random() < self.params.crash_mid_ready:
+                # After a leader's early send: its write is lost after the messages left. After the save:
+                # durable, but (unless sent early) no message sent and nothing applied.
                 self._crash(n)
                 return
-        self._persist(n, rd)
-        if rd.hard_state is not None and rd.hard_state.commit > old_commit:
-            self.check.observe_commit(n.id, raw, old_commit, rd.hard_state.commit)
-        if self.rng.random() < self.params.crash_mid_ready:
-            self._crash(n)  # durable, but (unless sent early) no message sent and nothing applied
-            return
-        if not rd.send_early:
-            for m in rd.messages:
-                self._send(n, m)
-        self._apply(n, rd)
-        raw.advance()
         self._maybe_compact(n)
 
     def _persist(self, n: SimNode, rd: Ready) -> None:
@@ -328,9 +337,6 @@ class Simulation:
             d.vote = (d.hard.term, d.hard.vote)
 
     def _apply(self, n: SimNode, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            n._load_snapshot(rd.snapshot)
-            self.check.observe_snapshot_install(n.id, rd.snapshot.meta.index, n.digest)
         for e in rd.committed_entries:
             write = None
             if e.data:
@@ -339,12 +345,17 @@ class Simulation:
                 write = (key, value)
             n.digest = _digest(n.digest, e)
             self.check.observe_apply(n.id, e, n.digest, write)
+
+    def _note_reads(self, n: SimNode, rd: Ready) -> None:
         waiting = {ctx for _, ctx in n.confirmed}
         for rs in rd.read_states:
             # A duplicated request can be confirmed twice; the first answer serves it.
             if rs.context in n.reads and rs.context not in waiting:
                 waiting.add(rs.context)
                 n.confirmed.append((rs.index, rs.context))
+
+    def _release_reads(self, n: SimNode, rd: Ready) -> None:
+        """Serve the confirmed reads whose index this node has applied."""
         assert n.raw is not None
         applied = rd.committed_entries[-1].index if rd.committed_entries else n.raw.applied
         if rd.snapshot is not None:

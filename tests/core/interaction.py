@@ -81,8 +81,11 @@ from raftd.core import (
     MsgType,
     ProposalDropped,
     RawNode,
+    Ready,
     Role,
     SnapshotMeta,
+    Step,
+    ready_steps,
 )
 
 SEPARATOR = "----"
@@ -351,7 +354,20 @@ class Env:
             self.emit(f"  {fmt_msg(m)}")
         for rs in rd.read_states:
             self.emit(f"  read-state: index={rs.index} ctx={fmt_data(rs.context)}")
-        # Persist first (the Ready contract), then send, then apply, then advance.
+        for step in ready_steps(rd):  # the Ready contract, as every driver follows it
+            if step is Step.PERSIST:
+                self.persist(node_id, rd)
+            elif step is Step.SEND:
+                for m in rd.messages:
+                    self.inbox[m.to].append(m)
+            elif step is Step.APPLY:
+                for e in rd.committed_entries:
+                    self.apply(node_id, e)
+            elif step is Step.ADVANCE:
+                node.advance()
+            # INSTALL and READS: the transcript above shows them; this environment keeps no state machine.
+
+    def persist(self, node_id: int, rd: Ready) -> None:
         disk = self.disks[node_id]
         if rd.hard_state is not None:
             disk.hard_state = rd.hard_state
@@ -360,11 +376,6 @@ class Env:
             disk.entries = [e for e in disk.entries if e.index > rd.snapshot.meta.index]
         if rd.entries:
             disk.append(rd.entries)
-        for m in rd.messages:
-            self.inbox[m.to].append(m)
-        for e in rd.committed_entries:
-            self.apply(node_id, e)
-        node.advance()
 
     def apply(self, node_id: int, e: Entry) -> None:
         self.applied[node_id].append(e)
