@@ -27,8 +27,8 @@ from raftd.config import (
     load_cluster,
     timing_problem,
 )
+from raftd.errors import FatalError
 from raftd.kv.store import MAX_SESSION_LIMIT
-from raftd.node import FatalError
 from raftd.restore import restore
 from raftd.server import StartupError, serve
 from raftd.settings import Limits

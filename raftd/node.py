@@ -18,15 +18,14 @@ import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
-from raftd import malloc, testhooks
+from raftd import malloc
 from raftd.config import ClusterConfig, NodeAddr
 from raftd.consistency import StateHashes, state_hash
 from raftd.core import (
@@ -38,7 +37,6 @@ from raftd.core import (
     MsgType,
     ProposalDropped,
     RawNode,
-    ReadState,
     Ready,
     Role,
     Snapshot,
@@ -47,9 +45,12 @@ from raftd.core import (
     Step,
     ready_steps,
 )
+from raftd.errors import FatalError, NotLeader, TargetUnreachable, Unavailable
+from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode, encode_to
-from raftd.settings import DEFAULTS, Limits
+from raftd.pending import Pending
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.storage import PersistedState, Storage, StorageError
 from raftd.transport.base import Peer, Transport
 from raftd.transport.peer import PeerClient
@@ -58,80 +59,17 @@ log = logging.getLogger("raftd.node")
 
 T = TypeVar("T")
 
-TICK_S = 0.01
-MIN_SNAPSHOT_LOG_BYTES = 1024 * 1024
-PROPOSAL_BATCH_BYTES = 4 * 1024 * 1024  # proposed per turn of the loop (RaftNode._take_proposals)
-TRIM_INTERVAL_S = 5.0  # RaftNode._trim_memory
-# A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it) and is then
-# never answered: its reads fail this long after they were asked. That frees them; a streamed read (its
-# request may wait 60 s) gets UNAVAILABLE and is retried, a unary Get has timed out by then.
-READ_CONFIRM_S = 10.0
-# How often a leadership transfer in progress checks that its target is still reachable.
-TRANSFER_CHECK_S = 0.05
-# How long stop() waits for the loop to finish its Ready (installing a snapshot's image can take seconds).
-STOP_WAIT_S = 10.0
-# While a ReadIndex round is in flight, newer reads wait to share the next one (as etcd's read loop does),
-# so that concurrent reads cost one round, not one each. A round older than this no longer holds them
-# back: one whose request was lost must not stall every read behind it until READ_CONFIRM_S.
-READ_ROUND_HOLD_S = 0.1
-# Gathering (RaftNode.gather_delay): while several unary calls are in progress, writes and reads wait for more
-# calls to share their proposal or ReadIndex round, until none has come for GATHER_QUIET_S, or for at most
-# GATHER_MAX_S. grpc.aio accepts one new call per turn of the event loop, so concurrent unary callers come
-# one by one, and a round (a message in and out on the leader and on each follower, a save on each)
-# costs more than accepting a call: a round for every call or two starved the acceptance of the calls
-# that could have shared it. A lone caller never waits, nor do streamed requests (they come in batches)
-# unless unary calls are in progress too.
-GATHER_QUIET_S = 0.001
-GATHER_MAX_S = 0.005
 
-
-def snapshot_due(entries: int, log_bytes: int, image_bytes: int, every: int) -> bool:
+def snapshot_due(
+    entries: int, log_bytes: int, image_bytes: int, every: int, floor: int = TUNING.min_snapshot_log_bytes
+) -> bool:
     """Compact after `every` entries, or sooner once the log since the last snapshot outweighs the image:
-    a large state overwritten fast would otherwise keep a log many times its own size. The floor keeps a
-    small state from being snapshotted several times a second under load."""
-    return entries >= every or log_bytes >= max(image_bytes, MIN_SNAPSHOT_LOG_BYTES)
+    a large state overwritten fast would otherwise keep a log many times its own size. The floor
+    (Tuning.min_snapshot_log_bytes) keeps a small state from being snapshotted several times a second."""
+    return entries >= every or log_bytes >= max(image_bytes, floor)
 
 
 MAX_SUSPEND_S = 3600
-
-
-class Unavailable(Exception):
-    """The request was refused before it was proposed (no leader, suspended, stopping): a write failed with
-    it has not applied and never will. Safe to retry."""
-
-
-class OutcomeUnknown(Unavailable):
-    """The write was proposed, but this node can no longer tell whether it commits: it may have applied,
-    or may still apply (suspended, stopped or deposed with it in the log)."""
-
-
-class SessionExpired(Exception):
-    """A write refused when it reached the state machine: not its client's first, and the cluster holds no
-    session for that client any more (evicted: raftd --max-sessions). It never applies; an earlier attempt
-    of it may have."""
-
-    def __init__(self) -> None:
-        super().__init__("session expired; the write may have applied")
-
-
-class TargetUnreachable(Unavailable):
-    """A leadership transfer given up because its target is unreachable (stopped, partitioned)."""
-
-    def __init__(self, target: int) -> None:
-        super().__init__(f"node {target} is unreachable")
-        self.target = target
-
-
-class NotLeader(Exception):
-    """This node does not lead; leader is where to send the request (None when unknown)."""
-
-    def __init__(self, leader: NodeAddr | None) -> None:
-        super().__init__(f"not the leader; leader is {leader.address if leader else 'unknown'}")
-        self.leader = leader
-
-
-class FatalError(Exception):
-    """The node cannot go on safely (its disk failed); it must stop."""
 
 
 def to_core(node_id: int) -> int:
@@ -141,11 +79,6 @@ def to_core(node_id: int) -> int:
 
 def from_core(core_id: int) -> int:
     return core_id - 1
-
-
-def _settle(future: asyncio.Future[Result], result: Result) -> None:
-    if not future.done():
-        future.set_result(result)
 
 
 @dataclass(frozen=True)
@@ -179,12 +112,6 @@ def ticks_to_count(owed: int, due: int, waited: int) -> int:
     return min(owed, due, waited + 1)
 
 
-@dataclass
-class _Proposal:
-    data: bytes
-    future: asyncio.Future[Result]
-
-
 class RaftNode:
     def __init__(
         self,
@@ -193,6 +120,7 @@ class RaftNode:
         storage: Storage,
         limits: Limits = DEFAULTS,
         transport: Transport = PeerClient,
+        tuning: Tuning = TUNING,
         rng: random.Random | None = None,
         executors: tuple[Executor, Executor] | None = None,
     ) -> None:
@@ -201,6 +129,8 @@ class RaftNode:
         choose (raftd.sim.realnode): seeded, and run inline on its virtual clock."""
         self.cluster = cluster
         self.limits = limits
+        self.tuning = tuning
+        tick_s = tuning.tick_s
         self.me = cluster.node(node_id)
         self.id = to_core(node_id)
         self.storage = storage
@@ -212,27 +142,25 @@ class RaftNode:
             tuple(self.addresses),
             # Seeded from the clock: ties between nodes' timeouts must differ between runs and nodes.
             rng or random.Random(time.time_ns() ^ self.id),
-            election_tick=max(1, round(lo / 1000 / TICK_S)),
-            max_election_tick=max(2, round(hi / 1000 / TICK_S)),
-            heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / TICK_S)),
+            election_tick=max(1, round(lo / 1000 / tick_s)),
+            max_election_tick=max(2, round(hi / 1000 / tick_s)),
+            heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / tick_s)),
         )
         self.transport = transport
         self.peers: dict[int, Peer] = {}
         self.wake = asyncio.Event()
         self.inbox: list[Message] = []
-        self.proposals: list[_Proposal] = []
-        self.reads: list[asyncio.Future[int]] = []
+        self.pending = Pending()
         # Unary client calls in progress here, counted by the services: with more than one, Readies are
-        # saved off the loop (_busy) and requests gather (GATHER_*).
+        # saved off the loop (_busy) and requests gather (Tuning.gather_*).
         self.unary_calls = 0
         self.last_call_at = 0.0  # when the newest of them came
-        self._reads_since = 0.0  # when the oldest read in self.reads came
-        self._proposals_since = 0.0  # when the oldest write in self.proposals came
         self.transfers: list[int] = []
         self.suspend_request: float | None = None
         self.suspended = False
         self.stopping = False
-        self.on_role_change: list[Callable[[], None]] = []
+        # Who watches the node's events (raftd.events): the original project's log lines, the health service.
+        self.observers: list[NodeEvents] = [OriginalLines()]
         self.unreachable: set[int] = set()
         self.aborted_transfers: list[int] = []  # targets whose transfer_leader() gave up
         self.snapshot_reports: list[tuple[int, bool]] = []
@@ -251,7 +179,6 @@ class RaftNode:
         # Called with each entry as it applies (index, term, data): the simulator's checkers.
         self.on_apply: list[Callable[[Entry], None]] = []
         self._read_ids = itertools.count(1)
-        self._leader_waiters: list[asyncio.Future[int]] = []
         self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
         # The peer protocol version (MessageBatch.version) each peer's traffic showed, by core id: an entry
         # of a newer kind is proposed only once every peer can apply it, so a rolling upgrade never stops
@@ -296,12 +223,6 @@ class RaftNode:
         self.image_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
         # Log bytes applied since the snapshot (those replayed at boot count too: they are in the log).
         self.log_bytes = 0
-        self.waiting: dict[int, tuple[int, asyncio.Future[Result]]] = {}
-        self.read_wait: dict[bytes, list[asyncio.Future[int]]] = {}
-        self.read_deadlines: deque[tuple[float, bytes]] = deque()  # (when to give up, context), in order
-        self._round: bytes | None = None  # the context of the newest ReadIndex round
-        self._round_started = 0.0  # when it began (READ_ROUND_HOLD_S)
-        self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []
         self._soft = SoftState()
         self._vote = state.hard_state.vote
         self._saved = state.hard_state  # the hard state on disk
@@ -316,7 +237,8 @@ class RaftNode:
                 )
                 client.start()
                 self.peers[peer_id] = client
-        log.info("I am a follower. Term: %d", self.raw.term)
+        for observer in self.observers:
+            observer.started(self.raw.term)
         self._spawn(self._trim_memory())
         self.wake.set()  # apply the stored log at once, not at the first tick or message
         loop = asyncio.get_running_loop()
@@ -324,18 +246,20 @@ class RaftNode:
         # says one is due (a heartbeat, an election timeout): waking every 10 ms would cost an idle node
         # more CPU than its heartbeats do. Ticks that only count are delivered late, all at once.
         ticked_at = loop.time()
+        tick_s = self.tuning.tick_s
         while not self.stopping:
             due = self.raw.ticks_until_due()
-            wake_at = ticked_at + due * TICK_S
-            if self.read_deadlines:
-                wake_at = min(wake_at, self.read_deadlines[0][0])
-            if self.reads:
-                start = loop.time() + self.gather_delay(self._reads_since)
+            wake_at = ticked_at + due * tick_s
+            pending = self.pending
+            if pending.read_deadlines:
+                wake_at = min(wake_at, pending.read_deadlines[0][0])
+            if pending.reads:
+                start = loop.time() + self.gather_delay(pending.reads_since)
                 if self._round_in_flight():
-                    start = max(start, self._round_started + READ_ROUND_HOLD_S)
+                    start = max(start, pending.round_started + self.tuning.read_round_hold_s)
                 wake_at = min(wake_at, start)
-            if self.proposals:
-                wake_at = min(wake_at, loop.time() + self.gather_delay(self._proposals_since))
+            if pending.proposals:
+                wake_at = min(wake_at, loop.time() + self.gather_delay(pending.proposals_since))
             self._set_alarm(wake_at)
             waited_from = loop.time()
             await self.wake.wait()
@@ -348,8 +272,8 @@ class RaftNode:
                 ticked_at = loop.time()
                 continue
             now = loop.time()
-            owed = int((now - ticked_at) / TICK_S)
-            ticks = ticks_to_count(owed, due, int((now - waited_from) / TICK_S))
+            owed = int((now - ticked_at) / tick_s)
+            ticks = ticks_to_count(owed, due, int((now - waited_from) / tick_s))
             # The due tick itself waits for the messages that arrived meanwhile: a heartbeat held up behind
             # a stall of the loop must reach the election timer before that tick fires it.
             hold = ticks == due and bool(self.inbox)
@@ -358,7 +282,7 @@ class RaftNode:
             dropped = owed - ticks > 1  # time the clock gives up rather than owes
             if dropped:
                 self.raw.tick_heartbeat(owed - ticks)  # a leader's only; see ticks_to_count
-            ticked_at = now if dropped else ticked_at + ticks * TICK_S
+            ticked_at = now if dropped else ticked_at + ticks * tick_s
             self._take_input()
             self._expire_reads(now)
             if hold and self.raw.ticks_until_due() == 1:
@@ -367,7 +291,7 @@ class RaftNode:
             self._maybe_propose_hash_check(now)
 
     async def _trim_memory(self) -> None:
-        """Every TRIM_INTERVAL_S, hand the heap pages freed meanwhile back to the system (raftd.malloc).
+        """Every Tuning.trim_interval_s, hand the heap pages freed meanwhile back to the system.
 
         glibc keeps freed memory inside its heaps: after 2,000 connections came and went, the buffers
         they had held kept the node's RSS at twice its level for good. A trim takes a few ms on a worker
@@ -375,7 +299,7 @@ class RaftNode:
         """
         loop = asyncio.get_running_loop()
         while not self.stopping:
-            await asyncio.sleep(TRIM_INTERVAL_S)
+            await asyncio.sleep(self.tuning.trim_interval_s)
             await loop.run_in_executor(self._cpu, malloc.trim)
 
     def _set_alarm(self, when: float) -> None:
@@ -388,7 +312,7 @@ class RaftNode:
         """
         if self._alarm is not None:
             # No later than asked, but for float rounding (ticked_at moves by a tick at a time): 0.1 ms.
-            if self._alarm.when() - when < TICK_S / 100:
+            if self._alarm.when() - when < self.tuning.tick_s / 100:
                 return
             self._alarm.cancel()
         self._alarm = asyncio.get_running_loop().call_at(when, self._ring)
@@ -406,19 +330,19 @@ class RaftNode:
         self.stopping = True
         self.wake.set()
         self._cancel_alarm()
-        for callback in self.on_role_change:
-            callback()
-        self._fail_all("the node is shutting down")
+        for observer in self.observers:
+            observer.changed()
+        self.pending.fail_all("the node is shutting down")
         for client in self.peers.values():
             await client.close()
         if self._runner is not None and self._runner is not asyncio.current_task():
             # The loop finishes the Ready it is in (and takes no other): it may still need the threads.
-            await asyncio.wait({self._runner}, timeout=STOP_WAIT_S)
+            await asyncio.wait({self._runner}, timeout=self.tuning.stop_wait_s)
         # Left pending, asyncio.run would cancel them after the server stopped, among gRPC's own tasks.
         for task in self._background:
             task.cancel()
         if self._background:
-            await asyncio.wait(set(self._background), timeout=STOP_WAIT_S)
+            await asyncio.wait(set(self._background), timeout=self.tuning.stop_wait_s)
         self._disk.shutdown(wait=True)
         self._cpu.shutdown(wait=True, cancel_futures=True)
 
@@ -450,8 +374,12 @@ class RaftNode:
             inbox, self.inbox = self.inbox, []
             for m in inbox:
                 self.raw.step(m)
-        if self.proposals and not self.gather_delay(self._proposals_since):
-            batch = self._take_proposals()
+        pending = self.pending
+        if pending.proposals and not self.gather_delay(pending.proposals_since):
+            # One Ready is saved whole before the loop ticks again: the rest wait for the next turn.
+            batch = pending.take_proposals(self.tuning.proposal_batch_bytes)
+            if pending.proposals:
+                self.wake.set()
             try:
                 first = self.raw.propose_batch([p.data for p in batch])
             except ProposalDropped as dropped:
@@ -462,28 +390,19 @@ class RaftNode:
                     if leader is None or leader.id != self.me.id
                     else Unavailable(f"{dropped}; retry shortly")
                 )
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
+                pending.refuse(batch, error)
             else:
-                term = self.raw.term
-                for k, p in enumerate(batch):
-                    self.waiting[first + k] = (term, p.future)
+                pending.proposed(batch, first, self.raw.term)
         if self._reads_due():
             # One ReadIndex round confirms every read that arrived since the last one.
-            batch_reads, self.reads = self.reads, []
             ctx = f"{self.id}:{next(self._read_ids)}".encode()
             try:
                 self.raw.read_index(ctx)
             except ProposalDropped:
-                for f in batch_reads:
-                    if not f.done():
-                        f.set_exception(Unavailable("no leader known"))
+                pending.refuse_reads(Unavailable("no leader known"))
             else:
-                self.read_wait[ctx] = batch_reads
-                self._round = ctx
-                self._round_started = asyncio.get_running_loop().time()
-                self.read_deadlines.append((self._round_started + READ_CONFIRM_S, ctx))
+                now = asyncio.get_running_loop().time()
+                pending.start_round(ctx, now, now + self.tuning.read_confirm_s)
         for target in self.transfers:
             self.raw.transfer_leader(target)
         self.transfers.clear()
@@ -493,15 +412,18 @@ class RaftNode:
 
     def _reads_due(self) -> bool:
         """Whether the reads asked for start their ReadIndex round now: not while the round before is in
-        flight (they share the next one, as in etcd's read loop), nor while they gather (GATHER_*)."""
-        return bool(self.reads) and not self._round_in_flight() and not self.gather_delay(self._reads_since)
+        flight (they share the next one, as in etcd's read loop), nor while they gather (Tuning.gather_*)."""
+        pending = self.pending
+        return (
+            bool(pending.reads) and not self._round_in_flight() and not self.gather_delay(pending.reads_since)
+        )
 
     def gather_delay(self, since: float) -> float:
         """How much longer requests waiting since `since` wait for more callers to share their batch (0:
-        none; GATHER_*). run() wakes for it, and a follower's forwarding stream waits it (raftd.pipe)."""
+        none; Tuning.gather_*). run() wakes for it; a follower's forwarding stream waits it (raftd.pipe)."""
         if self.unary_calls <= 1:
             return 0.0
-        until = min(self.last_call_at + GATHER_QUIET_S, since + GATHER_MAX_S)
+        until = min(self.last_call_at + self.tuning.gather_quiet_s, since + self.tuning.gather_max_s)
         return max(0.0, until - asyncio.get_running_loop().time())
 
     def _wake_for(self, first: bool, since: float) -> None:
@@ -513,10 +435,7 @@ class RaftNode:
 
     def _round_in_flight(self) -> bool:
         """Whether the newest ReadIndex round is still unanswered and young enough to wait for."""
-        return (
-            self._round in self.read_wait
-            and asyncio.get_running_loop().time() - self._round_started < READ_ROUND_HOLD_S
-        )
+        return self.pending.round_in_flight(asyncio.get_running_loop().time(), self.tuning.read_round_hold_s)
 
     # -- the Ready cycle ----------------------------------------------------------------------------
     async def _drain_ready(self) -> None:
@@ -541,7 +460,7 @@ class RaftNode:
                 elif step is Step.APPLY:
                     self._apply(rd.committed_entries)
                 elif step is Step.READS:
-                    self._confirm_reads(rd.read_states)
+                    self.pending.confirm(rd.read_states, self.kv.applied)
                 else:
                     if rd.soft_state is not None:
                         self._on_soft_state(rd.soft_state)
@@ -554,7 +473,13 @@ class RaftNode:
         if (
             not self._snapshotting
             and not self.stopping
-            and snapshot_due(entries, self.log_bytes, self.image_bytes, self.limits.snapshot_entries)
+            and snapshot_due(
+                entries,
+                self.log_bytes,
+                self.image_bytes,
+                self.limits.snapshot_entries,
+                self.tuning.min_snapshot_log_bytes,
+            )
         ):
             self._snapshotting = True
             self._spawn(self._take_snapshot())
@@ -674,24 +599,6 @@ class RaftNode:
         if hs is not None:
             self._saved, self._unsaved = hs, None
 
-    def _take_proposals(self) -> list[_Proposal]:
-        """The proposals waiting, up to PROPOSAL_BATCH_BYTES (at least one); the rest go next turn.
-
-        One Ready is saved whole before the loop ticks again, and a leader that does not tick sends no
-        heartbeats: 80 proposals of 1 MiB taken at once made one save of 80 MiB, long enough for the
-        followers to start an election.
-        """
-        n = size = 0
-        for p in self.proposals:
-            size += len(p.data)
-            if n and size > PROPOSAL_BATCH_BYTES:
-                break
-            n += 1
-        batch, self.proposals = self.proposals[:n], self.proposals[n:]
-        if self.proposals:
-            self.wake.set()
-        return batch
-
     def _busy(self, rd: Ready) -> bool:
         """Whether clients keep this node busy beyond the Ready being saved; then it is saved on the disk
         thread, and the loop goes on taking requests meanwhile, to share the next save.
@@ -700,7 +607,7 @@ class RaftNode:
         save that blocks the loop caps those at one per fsync, each save carrying one write
         (docs/performance-history.md, issue 16). A lone client's write is saved on the loop, which is cheaper.
         """
-        return self.unary_calls > 1 or len(self.waiting) > len(rd.entries)
+        return self.unary_calls > 1 or len(self.pending.waiting) > len(rd.entries)
 
     def _apply(self, entries: list[Entry]) -> None:
         for e in entries:
@@ -720,98 +627,33 @@ class RaftNode:
                 self._spawn(self._hash_state(e.index, self.kv.image()))
             if result is None:
                 self.kv.skip(e.index)
-            waiter = self.waiting.pop(e.index, None)
-            if waiter is None:
-                continue
-            term, fut = waiter
-            if fut.done():
-                continue
-            if e.term == term and result is not None and result.expired:
-                fut.set_exception(SessionExpired())
-            elif e.term == term and result is not None:
-                if testhooks.ANSWER_DELAY_S:
-                    asyncio.get_running_loop().call_later(testhooks.ANSWER_DELAY_S, _settle, fut, result)
-                else:
-                    fut.set_result(result)
-            else:
-                # Another leader's entry took this index: ours was never committed.
-                fut.set_exception(Unavailable("leadership changed before the write committed; retry"))
+            self.pending.applied(e, result)
         self._maybe_propose_session_limit()
-        if self.confirmed:
-            ready = [(i, fs) for i, fs in self.confirmed if i <= self.kv.applied]
-            self.confirmed = [(i, fs) for i, fs in self.confirmed if i > self.kv.applied]
-            for _, futures in ready:
-                self._release(futures)
+        self.pending.release(self.kv.applied)
 
     def _expire_reads(self, now: float) -> None:
-        """Fail the reads past their deadline, and drop the deadlines of reads already settled from the
-        head, so that the loop's timer (which wakes for the first deadline) wakes only for a live one."""
-        while self.read_deadlines:
-            deadline, ctx = self.read_deadlines[0]
-            if ctx in self.read_wait and deadline > now:
-                return
-            self.read_deadlines.popleft()
-            error = Unavailable(f"the read was not confirmed within {READ_CONFIRM_S:g}s; retry")
-            for f in self.read_wait.pop(ctx, []):
-                if not f.done():
-                    f.set_exception(error)
-
-    def _confirm_reads(self, states: list[ReadState]) -> None:
-        for rs in states:
-            futures = self.read_wait.pop(rs.context, None)
-            if futures is None:
-                continue
-            if rs.index <= self.kv.applied:
-                self._release(futures)
-            else:
-                self.confirmed.append((rs.index, futures))
-
-    def _release(self, futures: list[asyncio.Future[int]]) -> None:
-        for f in futures:
-            if not f.done():
-                f.set_result(self.kv.applied)
+        limit = self.tuning.read_confirm_s
+        self.pending.expire_reads(now, Unavailable(f"the read was not confirmed within {limit:g}s; retry"))
 
     def _on_hard_state(self, hs: HardState) -> None:
         if hs.vote != self._vote and hs.vote != NONE:
-            log.info("Voted for node %d", from_core(hs.vote))
+            for observer in self.observers:
+                observer.voted(from_core(hs.vote))
         self._vote = hs.vote
 
     def _on_soft_state(self, soft: SoftState) -> None:
         prev, self._soft = self._soft, soft
-        term = self.raw.term
-        if prev.role is Role.LEADER and soft.role is not Role.LEADER and self.waiting:
-            # A write in our log may yet be committed by the next leader, or overwritten: say so now rather
-            # than at the caller's deadline, so that it can retry (with its session) or read.
-            waiting, self.waiting = self.waiting, {}
-            lost = [f for _, f in waiting.values()]
-            self._fail_writes(lost, "leadership was lost before the write committed")
+        if prev.role is Role.LEADER and soft.role is not Role.LEADER:
+            self.pending.leadership_lost("leadership was lost before the write committed")
         if soft.role is not prev.role:
-            if soft.role is Role.FOLLOWER:
-                log.info("I am a follower. Term: %d", term)
-            elif soft.role is Role.PRE_CANDIDATE:
-                log.info("The leader is dead")
-            elif soft.role is Role.CANDIDATE:
-                if prev.role is Role.FOLLOWER:
-                    log.info("The leader is dead")
-                log.info("I am a candidate. Term: %d", term)
-            else:
-                log.info("Votes received")
-                log.info("I am a leader. Term: %d", term)
+            for observer in self.observers:
+                observer.became(prev.role, soft.role, self.raw.term)
+            if soft.role is Role.LEADER:
                 self._maybe_propose_cluster_id()
         if soft.lead != prev.lead:
-            # Reads in flight were tied to the old leader's confirmation round: fail them so clients retry.
-            pending = [f for fs in self.read_wait.values() for f in fs]
-            self.read_wait.clear()
-            for f in pending:
-                if not f.done():
-                    f.set_exception(Unavailable("leadership changed during the read; retry"))
-            if soft.lead != NONE:
-                for w in self._leader_waiters:
-                    if not w.done():
-                        w.set_result(from_core(soft.lead))
-                self._leader_waiters.clear()
-        for callback in self.on_role_change:
-            callback()
+            self.pending.leader_changed(from_core(soft.lead) if soft.lead != NONE else None)
+        for observer in self.observers:
+            observer.changed()
 
     def peer_speaks(self, core_id: int, version: int) -> None:
         """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks."""
@@ -912,14 +754,15 @@ class RaftNode:
         """Leave the cluster: no ticks, no traffic, no clients; then come back from disk only."""
         self.suspend_request = None
         self.suspended = True
-        log.info("Sleeping for %s seconds", f"{seconds:g}")
-        self._fail_all("the node is suspended")
+        for observer in self.observers:
+            observer.suspending(seconds)
+        self.pending.fail_all("the node is suspended")
         self.inbox.clear()
         self.unreachable.clear()
         for client in self.peers.values():
             client.clear()
-        for callback in self.on_role_change:
-            callback()
+        for observer in self.observers:
+            observer.changed()
         deadline = asyncio.get_running_loop().time() + seconds
         while not self.stopping:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -940,36 +783,10 @@ class RaftNode:
         self._boot(*loaded)
         self.suspended = False
         self.wake.set()  # apply the stored log at once, not at the first tick or message
-        log.info("I am a follower. Term: %d", self.raw.term)
-        for callback in self.on_role_change:
-            callback()
-
-    def _fail_all(self, reason: str) -> None:
-        """Fail every pending request: those not proposed yet as refused, writes in the log as unknown."""
-        self._fail_writes([f for _, f in self.waiting.values()], reason)
-        futures: list[asyncio.Future[Any]] = [p.future for p in self.proposals]
-        futures += self.reads
-        futures += [f for fs in self.read_wait.values() for f in fs]
-        futures += [f for _, fs in self.confirmed for f in fs]
-        futures += self._leader_waiters
-        self.proposals.clear()
-        self.waiting.clear()
-        self.reads.clear()
-        self.read_wait.clear()
-        self.confirmed.clear()
-        self._leader_waiters.clear()
-        error = Unavailable(reason)
-        for f in futures:
-            if not f.done():
-                f.set_exception(error)
-
-    @staticmethod
-    def _fail_writes(futures: list[asyncio.Future[Result]], reason: str) -> None:
-        """Writes proposed into the log whose fate this node can no longer learn."""
-        error = OutcomeUnknown(f"{reason}; the write may have applied")
-        for f in futures:
-            if not f.done():
-                f.set_exception(error)
+        for observer in self.observers:
+            observer.started(self.raw.term)
+        for observer in self.observers:
+            observer.changed()
 
     # -- the API used by the gRPC services ----------------------------------------------------------
     # They see config ids only (the core's +1 mapping stays here) and never reach into the core.
@@ -1035,12 +852,8 @@ class RaftNode:
             raise NotLeader(self.leader())
         if cmd.first is not None and not self._peers_speak(2):
             cmd = dataclasses.replace(cmd, first=None)
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        first = not self.proposals
-        if first:
-            self._proposals_since = asyncio.get_running_loop().time()
-        self.proposals.append(_Proposal(cmd.encode(), fut))
-        self._wake_for(first, self._proposals_since)
+        fut, first = self.pending.add_write(cmd.encode(), asyncio.get_running_loop().time())
+        self._wake_for(first, self.pending.proposals_since)
         return fut
 
     async def read_barrier(self) -> int:
@@ -1052,13 +865,8 @@ class RaftNode:
         self._check_serving()
         if self.leader() is None:
             raise Unavailable("no leader known")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        first = not self.reads
-        if first:
-            self._reads_since = loop.time()
-        self.reads.append(fut)
-        self._wake_for(first, self._reads_since)
+        fut, first = self.pending.add_read(asyncio.get_running_loop().time())
+        self._wake_for(first, self.pending.reads_since)
         return fut
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
@@ -1081,8 +889,7 @@ class RaftNode:
             raise ValueError(f"no node {target} in the cluster")
         if to_core(target) == self.id:
             return target
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._leader_waiters.append(fut)
+        fut = self.pending.add_leader_waiter()
         self.transfers.append(to_core(target))
         self.wake.set()
         peer = self.peers.get(to_core(target))
@@ -1090,7 +897,7 @@ class RaftNode:
             # An unreachable target never takes over (a whole cluster stopping at once, say): say so as
             # soon as the transport knows, not at the caller's deadline.
             while not fut.done():
-                await asyncio.wait({fut}, timeout=TRANSFER_CHECK_S)
+                await asyncio.wait({fut}, timeout=self.tuning.transfer_check_s)
                 if not fut.done() and peer is not None and not peer.reachable:
                     # The core then takes writes again at once, not after an election timeout.
                     self.aborted_transfers.append(to_core(target))

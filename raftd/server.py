@@ -20,8 +20,10 @@ from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
 from raftd.core import MsgType, Snapshot
+from raftd.errors import TargetUnreachable
+from raftd.events import NodeEvents
 from raftd.kv import ImageError, verify
-from raftd.node import RaftNode, TargetUnreachable
+from raftd.node import RaftNode
 from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.settings import DEFAULTS, Limits
 from raftd.storage import SqliteStorage
@@ -147,26 +149,27 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         return peer_pb2.StepResponse()
 
 
-def _health_updater(node: RaftNode, servicer: Any) -> None:
+class _Health(NodeEvents):
     """SERVING while the node is in the cluster and knows a leader; NOT_SERVING otherwise."""
-    last: list[int] = []
-    pending: set[asyncio.Task[None]] = set()
 
-    def update() -> None:
+    def __init__(self, node: RaftNode, servicer: Any) -> None:
+        self.node = node
+        self.servicer = servicer
+        self.last: int | None = None
+        self.pending: set[asyncio.Future[None]] = set()
+
+    def changed(self) -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if node.leader() is not None
+            if self.node.leader() is not None
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        if last != [status]:
-            last[:] = [status]
+        if self.last != status:
+            self.last = status
             for name in SERVICES:
-                task = asyncio.ensure_future(servicer.set(name, status))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-
-    node.on_role_change.append(update)
-    update()
+                task = asyncio.ensure_future(self.servicer.set(name, status))
+                self.pending.add(task)
+                task.add_done_callback(self.pending.discard)
 
 
 async def serve(
@@ -212,7 +215,9 @@ async def serve(
             raise StartupError(f"cannot listen on {bind}: the address is in use or not available") from None
         await server.start()
         log.info("The server starts at %s", me.address)
-        _health_updater(node, health_servicer)
+        watch = _Health(node, health_servicer)
+        node.observers.append(watch)
+        watch.changed()
         try:
             await _run_until_signal(node)
         finally:

@@ -51,3 +51,46 @@ class Limits:
 
 
 DEFAULTS = Limits()
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How the node's loop paces itself. Not flags: they follow from how the loop works, not from a
+    deployment, and docs/design.md says why each is what it is. A test or the simulator passes its own."""
+
+    # The core's clock: election timeouts and heartbeat intervals are counted in these.
+    tick_s: float = 0.01
+    # Bytes of proposals taken into one Ready: one Ready is saved whole before the loop ticks again, and a
+    # leader that does not tick sends no heartbeats (80 proposals of 1 MiB at once made one 80 MiB save).
+    proposal_batch_bytes: int = 4 * 1024 * 1024
+    # While several unary calls are in progress, writes and reads wait for more calls to share their
+    # proposal or ReadIndex round, until none has come for gather_quiet_s, or for at most gather_max_s.
+    # grpc.aio accepts one new call per turn of the event loop, and a round costs more than accepting a
+    # call: a round for every call or two starved the acceptance of the calls that could have shared it.
+    gather_quiet_s: float = 0.001
+    gather_max_s: float = 0.005
+    # While a ReadIndex round is in flight, newer reads wait to share the next one (as etcd's read loop
+    # does); a round older than this no longer holds them back (its request may have been lost).
+    read_round_hold_s: float = 0.1
+    # A ReadIndex request a follower forwarded can be lost on the way (a full peer queue drops it); its
+    # reads fail this long after they were asked, so that their clients retry.
+    read_confirm_s: float = 10.0
+    # How often a leadership transfer in progress checks that its target is still reachable.
+    transfer_check_s: float = 0.05
+    # How long stop() waits for the loop to finish its Ready (installing a large image takes seconds).
+    stop_wait_s: float = 10.0
+    # How often freed heap pages go back to the system (raftd.malloc): after 2,000 connections came and
+    # went, glibc kept their buffers and the node's RSS stayed at twice its level.
+    trim_interval_s: float = 5.0
+    # The log since the last snapshot is compacted once it outweighs the image, but not below this: a small
+    # state would otherwise be snapshotted several times a second under load.
+    min_snapshot_log_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{field.name} must be a positive number, not {value!r}")
+
+
+TUNING = Tuning()

@@ -12,13 +12,15 @@ from raftd.core import Message, MsgType
 from raftd.kv import Command
 from raftd.launcher import free_ports
 from raftd.node import RaftNode
-from raftd.settings import DEFAULTS, Limits
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.storage import SqliteStorage
 
 TEST_CLUSTER_ID = "0123456789abcdef"
 
 
-def follower(tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID, limits: Limits = DEFAULTS) -> RaftNode:
+def follower(
+    tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID, limits: Limits = DEFAULTS, tuning: Tuning = TUNING
+) -> RaftNode:
     """Node 0 of three, following node 1 (core id 2) after one heartbeat; its messages go nowhere (the
     peers' ports are closed), and it waits 100 s before suspecting the leader.
 
@@ -34,7 +36,7 @@ def follower(tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID, limits: Limits =
     storage = SqliteStorage.open(tmp_path / "data", cluster.name, 0)
     if cluster_id:
         storage.record_cluster_id(cluster_id)
-    node = RaftNode(cluster, 0, storage, limits)
+    node = RaftNode(cluster, 0, storage, limits, tuning=tuning)
     node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=2, term=1)])
     node._take_input()
     assert node.leader() is not None and node.leader().id == 1
@@ -48,10 +50,12 @@ def release_node(node: RaftNode) -> None:
     node.storage.close()
 
 
-async def leader(tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID, limits: Limits = DEFAULTS) -> RaftNode:
+async def leader(
+    tmp_path: Path, cluster_id: str = TEST_CLUSTER_ID, limits: Limits = DEFAULTS, tuning: Tuning = TUNING
+) -> RaftNode:
     """Node 0 of three, elected leader in term 1 by node 1's (core id 2) votes; its messages go nowhere, so
     nothing it proposes commits until a test delivers acknowledgements. Run inside an event loop."""
-    node = follower(tmp_path, cluster_id, limits)
+    node = follower(tmp_path, cluster_id, limits, tuning)
     node.raw.campaign()
     await node._drain_ready()
     term = node.raw.raft.term

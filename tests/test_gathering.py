@@ -4,25 +4,22 @@ a lone caller never waits for company."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from pathlib import Path
 
 import pytest
 
-from raftd import node as node_module
 from raftd.kv import Command, Op
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import Pipe
+from raftd.settings import Tuning
 from tests.nodes import follower, leader, release_node, running
 from tests.test_pipe import _AnsweringCall, _FakeStub
 
-
-@pytest.fixture(autouse=True)
-def slow_gathering(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Windows wide enough that a loaded machine's scheduling cannot end them early in these tests."""
-    monkeypatch.setattr(node_module, "GATHER_QUIET_S", 0.05)
-    monkeypatch.setattr(node_module, "GATHER_MAX_S", 0.2)
+# Windows wide enough that a loaded machine's scheduling cannot end them early in these tests.
+SLOW = Tuning(gather_quiet_s=0.05, gather_max_s=0.2)
 
 
 def calls(node: RaftNode, n: int, last_at: float) -> None:
@@ -32,11 +29,11 @@ def calls(node: RaftNode, n: int, last_at: float) -> None:
 
 def test_a_lone_caller_s_write_is_proposed_at_once(tmp_path: Path) -> None:
     async def main() -> None:
-        node = await leader(tmp_path)
+        node = await leader(tmp_path, tuning=SLOW)
         calls(node, 1, asyncio.get_running_loop().time())
         node.propose_nowait(Command(Op.PUT, b"k", b"v"))
         node._take_input()
-        assert not node.proposals and node.waiting
+        assert not node.pending.proposals and node.pending.waiting
         release_node(node)
 
     asyncio.run(main())
@@ -44,20 +41,22 @@ def test_a_lone_caller_s_write_is_proposed_at_once(tmp_path: Path) -> None:
 
 def test_writes_wait_while_calls_keep_coming_then_go_together(tmp_path: Path) -> None:
     async def main() -> None:
-        node = await leader(tmp_path)
+        node = await leader(tmp_path, tuning=SLOW)
         loop = asyncio.get_running_loop()
         calls(node, 3, loop.time())
         first = node.propose_nowait(Command(Op.PUT, b"a", b"1"))
         node._take_input()
-        assert node.proposals, "held: another call came just now"
-        await asyncio.sleep(node_module.GATHER_QUIET_S / 5)
+        assert node.pending.proposals, "held: another call came just now"
+        await asyncio.sleep(SLOW.gather_quiet_s / 5)
         calls(node, 3, loop.time())
         second = node.propose_nowait(Command(Op.PUT, b"b", b"2"))
         node._take_input()
-        assert len(node.proposals) == 2, "still held: calls keep coming"
-        await asyncio.sleep(node_module.GATHER_QUIET_S * 1.2)
+        assert len(node.pending.proposals) == 2, "still held: calls keep coming"
+        await asyncio.sleep(SLOW.gather_quiet_s * 1.2)
         node._take_input()
-        assert not node.proposals and len(node.waiting) == 2, "no call for GATHER_QUIET_S: both proposed"
+        assert not node.pending.proposals and len(node.pending.waiting) == 2, (
+            "no call for GATHER_QUIET_S: both proposed"
+        )
         assert not first.done() and not second.done()
         release_node(node)
 
@@ -66,18 +65,18 @@ def test_writes_wait_while_calls_keep_coming_then_go_together(tmp_path: Path) ->
 
 def test_gathering_ends_after_gather_max_however_busy(tmp_path: Path) -> None:
     async def main() -> None:
-        node = await leader(tmp_path)
+        node = await leader(tmp_path, tuning=SLOW)
         loop = asyncio.get_running_loop()
         node.propose_nowait(Command(Op.PUT, b"a", b"1"))
-        start = node._proposals_since
-        calls(node, 64, start + node_module.GATHER_MAX_S)  # calls keep coming
+        start = node.pending.proposals_since
+        calls(node, 64, start + SLOW.gather_max_s)  # calls keep coming
         assert node.gather_delay(start) > 0
-        while loop.time() < start + node_module.GATHER_MAX_S:
+        while loop.time() < start + SLOW.gather_max_s:
             await asyncio.sleep(0.001)
             node.last_call_at = loop.time()
         assert node.gather_delay(start) == 0
         node._take_input()
-        assert not node.proposals
+        assert not node.pending.proposals
         release_node(node)
 
     asyncio.run(main())
@@ -87,15 +86,17 @@ def test_the_loop_wakes_by_itself_when_gathered_reads_are_due(tmp_path: Path) ->
     """Held reads must not wait for a heartbeat to wake the loop (this follower hears none for 100 s)."""
 
     async def main() -> None:
-        node = follower(tmp_path)
+        node = follower(tmp_path, tuning=SLOW)
         async with running(node):
             await asyncio.sleep(0.05)
             calls(node, 2, asyncio.get_running_loop().time())
             node.read_barrier_nowait()
-            await asyncio.sleep(node_module.GATHER_QUIET_S / 5)
-            assert node.reads and not node.read_wait, "held while calls come"
-            await asyncio.sleep(node_module.GATHER_QUIET_S * 2)
-            assert not node.reads and node.read_wait, "its round started without any other wake-up"
+            await asyncio.sleep(SLOW.gather_quiet_s / 5)
+            assert node.pending.reads and not node.pending.read_wait, "held while calls come"
+            await asyncio.sleep(SLOW.gather_quiet_s * 2)
+            assert not node.pending.reads and node.pending.read_wait, (
+                "its round started without any other wake-up"
+            )
 
     asyncio.run(main())
 
@@ -108,7 +109,7 @@ def test_readies_are_saved_off_the_loop_while_several_callers_wait(
     per fsync. A lone caller keeps the cheaper save on the loop."""
 
     async def main() -> None:
-        node = await leader(tmp_path)
+        node = await leader(tmp_path, tuning=SLOW)
         threads: list[bool] = []
         save = node.storage.save
 
@@ -145,15 +146,12 @@ def test_a_forwarding_pipe_holds_its_batch_while_the_node_says_to_gather() -> No
     asyncio.run(main())
 
 
-def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The alarm for a round past READ_ROUND_HOLD_S was set in the past while reads gathered: the loop
+def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(tmp_path: Path) -> None:
+    """The alarm for a round past Tuning.read_round_hold_s was set in the past while reads gathered: the loop
     woke on every turn until the gathering ended (review finding)."""
-    monkeypatch.setattr(node_module, "READ_ROUND_HOLD_S", 0.01)
 
     async def main() -> None:
-        node = follower(tmp_path)
+        node = follower(tmp_path, tuning=dataclasses.replace(SLOW, read_round_hold_s=0.01))
         turns = 0
         take = node._take_input
 
@@ -166,9 +164,9 @@ def test_reads_gathering_behind_an_old_unanswered_round_do_not_spin_the_loop(
         async with running(node):
             await asyncio.sleep(0.05)
             node.read_barrier_nowait()  # its round is lost: nobody answers
-            await asyncio.sleep(0.03)  # ... and is now older than READ_ROUND_HOLD_S
+            await asyncio.sleep(0.03)  # ... and is now older than read_round_hold_s
             calls(node, 2, asyncio.get_running_loop().time())
-            node.read_barrier_nowait()  # gathers for GATHER_QUIET_S (50 ms here)
+            node.read_barrier_nowait()  # gathers for gather_quiet_s (50 ms here)
             turns = 0
             await asyncio.sleep(0.03)
             assert turns < 10, f"the loop turned {turns} times in 30 ms while the read gathered"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from raftd import node as node_module
 from raftd.core import MsgType, Role
 from raftd.kv import Command, Op
 from raftd.node import ticks_to_count
+from raftd.settings import TUNING
 
 from .core.network import Network
 from .nodes import leader, release_node
@@ -54,10 +54,10 @@ def test_a_burst_of_large_proposals_is_taken_a_few_mib_per_turn(tmp_path: Path) 
             node.propose_nowait(Command(Op.PUT, f"k{k}".encode(), b"v" * MIB))
         node.wake.clear()
         node._take_input()
-        per_turn = node_module.PROPOSAL_BATCH_BYTES // (MIB + 64)
+        per_turn = TUNING.proposal_batch_bytes // (MIB + 64)
         assert node.raw.raft.log.last_index() - first + 1 == per_turn
-        assert len(node.proposals) == 20 - per_turn and node.wake.is_set(), "the rest go next turn"
-        while node.proposals:
+        assert len(node.pending.proposals) == 20 - per_turn and node.wake.is_set(), "the rest go next turn"
+        while node.pending.proposals:
             node._take_input()
         assert node.raw.raft.log.last_index() - first + 1 == 20, "all of them, in order"
         release_node(node)

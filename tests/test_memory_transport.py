@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from raftd.config import load_cluster
+from raftd.errors import NotLeader, Unavailable
 from raftd.kv import Command, Op
-from raftd.node import NotLeader, RaftNode, Unavailable, to_core
+from raftd.node import RaftNode, to_core
 from raftd.storage import MemoryStorage
 from raftd.transport.memory import MemoryNetwork
 

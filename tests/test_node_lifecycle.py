@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from raftd.core import NONE, Entry, HardState, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.errors import TargetUnreachable, Unavailable
 from raftd.kv import Command, Image, KVStore, Op, encode
-from raftd.node import RaftNode, TargetUnreachable, Unavailable
+from raftd.node import RaftNode
 from raftd.server import _hand_over
 from raftd.storage import PersistedState, SqliteStorage
 from tests.nodes import follower, release_node, running
@@ -111,7 +112,7 @@ def test_a_transfer_to_an_unreachable_node_gives_up_at_once(tmp_path: Path) -> N
         assert node.raw.raft.lead_transferee == NONE
         write = node.propose_nowait(Command(Op.PUT, b"k", b"v"))
         node._take_input()
-        assert not write.done() and list(node.waiting) == [2], "the write was taken, not refused"
+        assert not write.done() and list(node.pending.waiting) == [2], "the write was taken, not refused"
         release_node(node)
 
     asyncio.run(main())

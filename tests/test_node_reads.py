@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from raftd import node as node_module
 from raftd.core import ReadState
-from raftd.node import Unavailable
+from raftd.errors import Unavailable
+from raftd.settings import TUNING, Tuning
 from tests.nodes import follower, release_node, running
 
 
@@ -20,19 +20,19 @@ def test_reads_whose_forwarded_read_index_is_lost_fail_retryably(tmp_path: Path)
         lost = node.read_barrier_nowait()
         node._take_input()  # forwards a ReadIndex request, which nobody delivers
         answered = node.read_barrier_nowait()
-        node._round_started -= node_module.READ_ROUND_HOLD_S  # the lost round no longer holds reads back
+        node.pending.round_started -= TUNING.read_round_hold_s  # the lost round no longer holds reads back
         node._take_input()
-        (ctx_answered,) = [c for c in node.read_wait if node.read_wait[c] == [answered]]
-        node._confirm_reads([ReadState(0, ctx_answered)])
+        (ctx_answered,) = [c for c in node.pending.read_wait if node.pending.read_wait[c] == [answered]]
+        node.pending.confirm([ReadState(0, ctx_answered)], node.kv.applied)
         assert answered.done() and answered.result() == 0
 
-        node._expire_reads(now + node_module.READ_CONFIRM_S - 1)
+        node._expire_reads(now + TUNING.read_confirm_s - 1)
         assert not lost.done()  # still within its time
-        node._expire_reads(now + node_module.READ_CONFIRM_S + 1)
+        node._expire_reads(now + TUNING.read_confirm_s + 1)
         assert lost.done()
         with pytest.raises(Unavailable, match="not confirmed"):
             lost.result()
-        assert not node.read_wait and not node.read_deadlines  # nothing is left behind
+        assert not node.pending.read_wait and not node.pending.read_deadlines  # nothing is left behind
         release_node(node)
 
     asyncio.run(main())
@@ -44,26 +44,23 @@ def test_a_settled_read_s_deadline_is_dropped_so_the_loop_does_not_wake_for_it(t
         now = asyncio.get_running_loop().time()
         answered = node.read_barrier_nowait()
         node._take_input()
-        (ctx,) = node.read_wait
+        (ctx,) = node.pending.read_wait
         node._expire_reads(now)
-        assert len(node.read_deadlines) == 1  # the control: a live read keeps its deadline
-        node._confirm_reads([ReadState(0, ctx)])
+        assert len(node.pending.read_deadlines) == 1  # the control: a live read keeps its deadline
+        node.pending.confirm([ReadState(0, ctx)], node.kv.applied)
         assert answered.done()
         node._expire_reads(now)  # long before the deadline
-        assert not node.read_deadlines
+        assert not node.pending.read_deadlines
         release_node(node)
 
     asyncio.run(main())
 
 
-def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_driver_loop_wakes_to_fail_an_unconfirmed_read(tmp_path: Path) -> None:
     """Nothing else wakes this follower for 100 s: the read's own deadline must."""
-    monkeypatch.setattr(node_module, "READ_CONFIRM_S", 0.3)
 
     async def main() -> None:
-        node = follower(tmp_path)
+        node = follower(tmp_path, tuning=Tuning(read_confirm_s=0.3))
         async with running(node):
             await asyncio.sleep(0.2)  # lets the loop take in the leader it learned (a wait before acting)
             read = node.read_barrier_nowait()
@@ -83,40 +80,43 @@ def test_reads_that_arrive_during_a_round_share_the_next_one(tmp_path: Path) -> 
         node = follower(tmp_path)
         first = node.read_barrier_nowait()
         node._take_input()
-        (ctx,) = node.read_wait
+        (ctx,) = node.pending.read_wait
         later = [node.read_barrier_nowait() for _ in range(3)]
         node._take_input()
-        assert list(node.read_wait) == [ctx] and node.reads == later, "no second round while one is young"
-        node._confirm_reads([ReadState(0, ctx)])
+        assert list(node.pending.read_wait) == [ctx] and node.pending.reads == later, (
+            "no second round while one is young"
+        )
+        node.pending.confirm([ReadState(0, ctx)], node.kv.applied)
         assert first.done()
         node.wake.clear()
         await node._drain_ready()
         assert node.wake.is_set(), "the loop must come back to start the held reads' round"
         node._take_input()
-        assert len(node.read_wait) == 1 and next(iter(node.read_wait.values())) == later
+        assert len(node.pending.read_wait) == 1 and next(iter(node.pending.read_wait.values())) == later
         release_node(node)
 
     asyncio.run(main())
 
 
-def test_a_round_that_is_not_answered_in_time_stops_holding_reads_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A lost ReadIndex request must not stall the reads behind it until READ_CONFIRM_S: the loop wakes by
-    itself once the round is READ_ROUND_HOLD_S old and starts the next one."""
-    monkeypatch.setattr(node_module, "READ_ROUND_HOLD_S", 0.2)
+def test_a_round_that_is_not_answered_in_time_stops_holding_reads_back(tmp_path: Path) -> None:
+    """A lost ReadIndex request must not stall the reads behind it until read_confirm_s: the loop wakes by
+    itself once the round is read_round_hold_s old and starts the next one."""
 
     async def main() -> None:
-        node = follower(tmp_path)
+        node = follower(tmp_path, tuning=Tuning(read_round_hold_s=0.2))
         async with running(node):
             await asyncio.sleep(0.1)
             node.read_barrier_nowait()  # its round is lost: nobody answers
-            while not node.read_wait:
+            while not node.pending.read_wait:
                 await asyncio.sleep(0.01)
             node.read_barrier_nowait()
             await asyncio.sleep(0.05)
-            assert len(node.read_wait) == 1 and node.reads, "held while the first round is young"
+            assert len(node.pending.read_wait) == 1 and node.pending.reads, (
+                "held while the first round is young"
+            )
             await asyncio.sleep(0.4)
-            assert len(node.read_wait) == 2 and not node.reads, "a round of its own once the first is old"
+            assert len(node.pending.read_wait) == 2 and not node.pending.reads, (
+                "a round of its own once the first is old"
+            )
 
     asyncio.run(main())

@@ -19,9 +19,10 @@ from raftd.api.kv import KVService
 from raftd.api.seed import SeedService
 from raftd.config import NodeAddr
 from raftd.core import Entry, Message, MsgType
+from raftd.errors import OutcomeUnknown, Unavailable
 from raftd.kv import Command, Op, Result
 from raftd.launcher import free_ports
-from raftd.node import OutcomeUnknown, RaftNode, Unavailable
+from raftd.node import RaftNode
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from tests.nodes import leader, release_node
@@ -37,7 +38,7 @@ async def pending_write(node: RaftNode, key: bytes = b"k") -> asyncio.Future[Res
     future = node.propose_nowait(Command(Op.PUT, key, b"v"))
     node._take_input()
     await node._drain_ready()
-    assert not future.done() and node.waiting
+    assert not future.done() and node.pending.waiting
     return future
 
 
@@ -155,9 +156,9 @@ class Served:
     async def proposed(self, n: int) -> None:
         """Wait until n calls' writes are queued, then take them into the (uncommitting) log (once they
         have gathered: concurrent calls wait for each other, RaftNode.gather_delay)."""
-        while len(self.node.proposals) < n:
+        while len(self.node.pending.proposals) < n:
             await asyncio.sleep(0.005)
-        while self.node.proposals:
+        while self.node.pending.proposals:
             await asyncio.sleep(0.001)
             self.node._take_input()
         await self.node._drain_ready()

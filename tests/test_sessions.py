@@ -11,8 +11,9 @@ import grpc
 import pytest
 
 from raftd.api.common import failure, put_command
+from raftd.errors import SessionExpired
 from raftd.kv import Command, Op
-from raftd.node import RaftNode, SessionExpired
+from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
 from raftd.settings import Limits

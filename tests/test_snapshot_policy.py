@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from raftd.node import MIN_SNAPSHOT_LOG_BYTES, snapshot_due
+from raftd.node import snapshot_due
+from raftd.settings import TUNING
+
+MIN_SNAPSHOT_LOG_BYTES = TUNING.min_snapshot_log_bytes
 
 EVERY = 10_000
 

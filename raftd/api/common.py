@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import grpc
 
 from raftd.config import NodeAddr
+from raftd.errors import NotLeader, OutcomeUnknown, SessionExpired, Unavailable
 from raftd.kv import Command, Op
-from raftd.node import NotLeader, OutcomeUnknown, RaftNode, SessionExpired, Unavailable
+from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import (

@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 
 from raftd.backup import pack
-from raftd.node import MAX_SUSPEND_S, RaftNode, Unavailable
+from raftd.errors import Unavailable
+from raftd.node import MAX_SUSPEND_S, RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import NOT_APPLIED, OUTCOME_KEY

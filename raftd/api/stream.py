@@ -28,8 +28,9 @@ from typing import Any, NamedTuple, cast
 
 import grpc
 
+from raftd.errors import NotLeader, Unavailable
 from raftd.kv import Command, Result
-from raftd.node import NotLeader, RaftNode, Unavailable
+from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
 from raftd.settings import Limits
