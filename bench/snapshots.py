@@ -27,9 +27,9 @@ from raftd.backup import pack
 from raftd.core import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.launcher import LocalCluster
-from raftd.node import snapshot_due
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.settings import Limits
+from raftd.snapshots import snapshot_due
 from raftd.storage import SqliteStorage
 
 VALUE = b"v" * 16
@@ -128,7 +128,7 @@ def restart_and_catch_up(root: Path, keys: int) -> dict[str, float]:
 
 def db_growth(root: Path, overwrites: int, keyspace: int) -> dict[str, float]:
     """The node's persistence pattern and snapshot policy without the network: batches of entries saved,
-    applied, snapshotted when raftd.node.snapshot_due says so, space reclaimed."""
+    applied, snapshotted when raftd.snapshots.snapshot_due says so, space reclaimed."""
     store = SqliteStorage.open(root / "growth", "bench", 0)
     kv = KVStore()
     index, term, batch = 0, 1, 64

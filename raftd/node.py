@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import itertools
 import logging
 import random
@@ -39,7 +38,6 @@ from raftd.core import (
     RawNode,
     Ready,
     Role,
-    Snapshot,
     SnapshotMeta,
     SoftState,
     Step,
@@ -48,9 +46,10 @@ from raftd.core import (
 from raftd.errors import FatalError, NotLeader, TargetUnreachable, Unavailable
 from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
-from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode, encode_to
+from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode
 from raftd.pending import Pending
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
+from raftd.snapshots import Snapshots
 from raftd.storage import PersistedState, Storage, StorageError
 from raftd.transport.base import Peer, Transport
 from raftd.transport.peer import PeerClient
@@ -58,15 +57,6 @@ from raftd.transport.peer import PeerClient
 log = logging.getLogger("raftd.node")
 
 T = TypeVar("T")
-
-
-def snapshot_due(
-    entries: int, log_bytes: int, image_bytes: int, every: int, floor: int = TUNING.min_snapshot_log_bytes
-) -> bool:
-    """Compact after `every` entries, or sooner once the log since the last snapshot outweighs the image:
-    a large state overwritten fast would otherwise keep a log many times its own size. The floor
-    (Tuning.min_snapshot_log_bytes) keeps a small state from being snapshotted several times a second."""
-    return entries >= every or log_bytes >= max(image_bytes, floor)
 
 
 MAX_SUSPEND_S = 3600
@@ -163,15 +153,13 @@ class RaftNode:
         self.observers: list[NodeEvents] = [OriginalLines()]
         self.unreachable: set[int] = set()
         self.aborted_transfers: list[int] = []  # targets whose transfer_leader() gave up
-        self.snapshot_reports: list[tuple[int, bool]] = []
         self._background: set[asyncio.Task[None]] = set()
-        self._snapshotting = False
         self._fatal: FatalError | None = None
         self._runner: asyncio.Task[None] | None = None  # the task in run()
         self._alarm: asyncio.TimerHandle | None = None  # when run() wakes without input (_set_alarm)
         # The disk's thread, and one to encode large images: CPU work that must not run on the loop
         # (heartbeats would stall).
-        self._disk, self._cpu = executors or (
+        self.disk, self.cpu = executors or (
             ThreadPoolExecutor(1, thread_name_prefix="raftd-disk"),
             ThreadPoolExecutor(1, thread_name_prefix="raftd-snapshot"),
         )
@@ -179,7 +167,6 @@ class RaftNode:
         # Called with each entry as it applies (index, term, data): the simulator's checkers.
         self.on_apply: list[Callable[[Entry], None]] = []
         self._read_ids = itertools.count(1)
-        self._snapshot_sender: tuple[SnapshotMeta, str] | None = None  # deliver_snapshot()
         # The peer protocol version (MessageBatch.version) each peer's traffic showed, by core id: an entry
         # of a newer kind is proposed only once every peer can apply it, so a rolling upgrade never stops
         # a node of the previous release on an entry it cannot read.
@@ -189,6 +176,7 @@ class RaftNode:
         self.hashes = StateHashes()  # the cross-node consistency check (raftd.consistency)
         self._next_hash_check = 0.0  # when the leader next proposes one
         self._hashing = False  # a hash of the state is being taken (_may_hash)
+        self.snapshots = Snapshots(self)  # policy and transfer (raftd.snapshots)
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -219,10 +207,7 @@ class RaftNode:
         # served before it reaches the commit index this node had stored ("possibly stale" must never
         # mean "empty").
         self._replay_to = state.hard_state.commit
-        self.snapshot_index = snap.index if snap is not None else 0
-        self.image_bytes = len(state.snapshot.data) if state.snapshot is not None else 0
-        # Log bytes applied since the snapshot (those replayed at boot count too: they are in the log).
-        self.log_bytes = 0
+        self.snapshots.reset(state.snapshot)
         self._soft = SoftState()
         self._vote = state.hard_state.vote
         self._saved = state.hard_state  # the hard state on disk
@@ -239,7 +224,7 @@ class RaftNode:
                 self.peers[peer_id] = client
         for observer in self.observers:
             observer.started(self.raw.term)
-        self._spawn(self._trim_memory())
+        self.spawn(self._trim_memory())
         self.wake.set()  # apply the stored log at once, not at the first tick or message
         loop = asyncio.get_running_loop()
         # Time is counted from ticked_at in whole ticks, but the loop only wakes for a tick when the core
@@ -300,7 +285,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         while not self.stopping:
             await asyncio.sleep(self.tuning.trim_interval_s)
-            await loop.run_in_executor(self._cpu, malloc.trim)
+            await loop.run_in_executor(self.cpu, malloc.trim)
 
     def _set_alarm(self, when: float) -> None:
         """Wake the loop by `when`, keeping the armed timer when it rings no later than that.
@@ -343,8 +328,8 @@ class RaftNode:
             task.cancel()
         if self._background:
             await asyncio.wait(set(self._background), timeout=self.tuning.stop_wait_s)
-        self._disk.shutdown(wait=True)
-        self._cpu.shutdown(wait=True, cancel_futures=True)
+        self.disk.shutdown(wait=True)
+        self.cpu.shutdown(wait=True, cancel_futures=True)
 
     # -- input from handlers ------------------------------------------------------------------------
     def deliver(self, messages: list[Message]) -> None:
@@ -357,7 +342,7 @@ class RaftNode:
         """A SNAP message with its image, and its sender's cluster id, which this node takes if it installs
         the image and has none yet (the entry that named the cluster may be inside the image)."""
         assert m.snapshot is not None
-        self._snapshot_sender = (m.snapshot.meta, cluster_id)
+        self.snapshots.offered(m.snapshot.meta, cluster_id)
         self.deliver([m])
 
     def _report_unreachable(self, peer: int) -> None:
@@ -367,9 +352,9 @@ class RaftNode:
         for peer in self.unreachable:
             self.raw.report_unreachable(peer)
         self.unreachable.clear()
-        for peer, ok in self.snapshot_reports:
+        reports, self.snapshots.reports = self.snapshots.reports, []
+        for peer, ok in reports:
             self.raw.report_snapshot(peer, ok)
-        self.snapshot_reports.clear()
         if self.inbox:
             inbox, self.inbox = self.inbox, []
             for m in inbox:
@@ -456,7 +441,7 @@ class RaftNode:
                     await self._persist(rd)
                 elif step is Step.INSTALL:
                     assert rd.snapshot is not None
-                    await self._install(rd.snapshot)
+                    self.kv = await self.snapshots.install(rd.snapshot)
                 elif step is Step.APPLY:
                     self._apply(rd.committed_entries)
                 elif step is Step.READS:
@@ -469,20 +454,7 @@ class RaftNode:
                     self.raw.advance()
         if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
-        entries = self.kv.applied - self.snapshot_index
-        if (
-            not self._snapshotting
-            and not self.stopping
-            and snapshot_due(
-                entries,
-                self.log_bytes,
-                self.image_bytes,
-                self.limits.snapshot_entries,
-                self.tuning.min_snapshot_log_bytes,
-            )
-        ):
-            self._snapshotting = True
-            self._spawn(self._take_snapshot())
+        self.snapshots.maybe_take()
 
     def _send(self, messages: list[Message]) -> None:
         for m in messages:
@@ -490,11 +462,11 @@ class RaftNode:
             if client is None:
                 continue
             if m.type is MsgType.SNAP:
-                self._spawn(self._send_snapshot(client, m))
+                self.spawn(self.snapshots.send(client, m))
             else:
                 client.send(m)
 
-    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+    def spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background_done)
@@ -506,72 +478,12 @@ class RaftNode:
             self._fatal = FatalError(f"background work failed: {task.exception()}")
             self.wake.set()
 
-    # -- snapshots ----------------------------------------------------------------------------------
-    async def _take_snapshot(self) -> None:
-        """Compact the log behind a fresh image of the state, without stalling the loop.
-
-        The copy is taken here, at a consistent applied index; encoding into the image's file runs on a
-        worker thread; the save that adopts the file runs on the disk thread, the Readies of that time
-        queued behind it; only then is the log compacted.
-        """
-        loop = asyncio.get_running_loop()
-        try:
-            index = self.kv.applied
-            covered = self.log_bytes
-            term = self.raw.log_term(index)
-            assert term is not None
-            meta = SnapshotMeta(index, term)
-            # Encoded straight into its file beside the database, so the image is never held whole in
-            # memory (about 40 MB at a million keys) and Readies keep being saved meanwhile.
-            write = functools.partial(encode_to, self.kv.image())
-            size = await loop.run_in_executor(self._cpu, self.storage.stage_image, meta, write)
-            stale = index <= self.snapshot_index or self.raw.applied < index
-            if self.suspended or self.stopping or stale:
-                return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
-            await self._on_disk(self.storage.save, None, [], meta)
-            self.raw.compact(index)
-            self.snapshot_index = max(self.snapshot_index, index)
-            self.image_bytes = size
-            self.log_bytes -= covered
-            await self._on_disk(self.storage.reclaim)
-            log.debug("snapshot at index %d (%d bytes); log compacted", index, size)
-            # The encoding's working buffers are gone: hand the pages they left in the heaps back.
-            await loop.run_in_executor(self._cpu, malloc.trim)
-        finally:
-            self._snapshotting = False
-
-    async def _send_snapshot(self, client: Peer, m: Message) -> None:
-        """Stream our latest stored snapshot (at least as new as the one the core asked for)."""
-        # On the disk thread, so that no snapshot save drops the file between its row and its read; not
-        # counted as busy: it holds the storage's lock for the row only, so Readies go on being saved on the
-        # loop while a large image is read.
-        snapshot = await asyncio.get_running_loop().run_in_executor(self._disk, self.storage.load_snapshot)
-        ok = snapshot is not None and await client.send_snapshot(dataclasses.replace(m, snapshot=snapshot))
-        self.snapshot_reports.append((m.to, ok))
-        self.wake.set()
-
-    async def _install(self, snapshot: Snapshot) -> None:
-        """A snapshot from the leader replaced our log: the state machine follows (decoded off the loop)."""
-        loop = asyncio.get_running_loop()
-        try:
-            self.kv = await loop.run_in_executor(
-                self._cpu, KVStore.from_image, snapshot.meta.index, snapshot.data
-            )
-        except ImageError as e:
-            raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
-        self.image_bytes = len(snapshot.data)
-        self.log_bytes = 0
-        log.info("Installed a snapshot at index %d", snapshot.meta.index)
-        sender, self._snapshot_sender = self._snapshot_sender, None
-        if sender is not None and sender[0] == snapshot.meta:
-            self.adopt_cluster_id(sender[1])
-
-    async def _on_disk(self, work: Callable[..., T], *args: object) -> T:
+    async def on_disk(self, work: Callable[..., T], *args: object) -> T:
         """Run work that holds the storage's lock for long on the disk thread, counted: while any is there,
         Ready saves queue behind it there rather than block the loop on the lock."""
         self._disk_jobs += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._disk, work, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.disk, work, *args)
         finally:
             self._disk_jobs -= 1
 
@@ -588,12 +500,12 @@ class RaftNode:
             return
         if rd.snapshot is not None:
             # Before the save is queued: a local snapshot queued after it must see that it is older.
-            self.snapshot_index = max(self.snapshot_index, rd.snapshot.meta.index)
+            self.snapshots.saving(rd.snapshot.meta)
         try:
             if rd.snapshot is None and not self._disk_jobs and not self._busy(rd):
                 self.storage.save(hs, rd.entries)
             else:
-                await self._on_disk(self.storage.save, hs, rd.entries, rd.snapshot)
+                await self.on_disk(self.storage.save, hs, rd.entries, rd.snapshot)
         except Exception as e:
             raise FatalError(f"cannot persist Raft state: {e}") from e
         if hs is not None:
@@ -613,7 +525,7 @@ class RaftNode:
         for e in entries:
             for observe in self.on_apply:
                 observe(e)
-            self.log_bytes += len(e.data)
+            self.snapshots.applied(len(e.data))
             try:
                 cmd = Command.decode(e.data) if e.data else None
                 result = self.kv.apply(e.index, cmd) if cmd is not None else None
@@ -624,7 +536,7 @@ class RaftNode:
             elif cmd is not None and cmd.op is Op.HASH_CHECK and self._may_hash():
                 self._hashing = True
                 # The copy now, at this index: the task starts only after the whole batch has applied.
-                self._spawn(self._hash_state(e.index, self.kv.image()))
+                self.spawn(self._hash_state(e.index, self.kv.image()))
             if result is None:
                 self.kv.skip(e.index)
             self.pending.applied(e, result)
@@ -719,7 +631,7 @@ class RaftNode:
     async def _hash_state(self, index: int, image: Image) -> None:
         """Hash the state as it stood after applying index (image, copied then), on a worker thread."""
         try:
-            value = await asyncio.get_running_loop().run_in_executor(self._cpu, state_hash, image)
+            value = await asyncio.get_running_loop().run_in_executor(self.cpu, state_hash, image)
         finally:
             self._hashing = False
         for peer, alarm in self.hashes.record(index, value):
@@ -777,7 +689,7 @@ class RaftNode:
         if self.stopping:
             return
         # Restoring a large image takes seconds: off the loop, which keeps answering (UNAVAILABLE) meanwhile.
-        loaded = await self._on_disk(self._load)
+        loaded = await self.on_disk(self._load)
         if self.stopping:
             return
         self._boot(*loaded)
@@ -916,7 +828,7 @@ class RaftNode:
         if term is None:
             raise Unavailable("the log moved on while the backup was taken; retry")
         image = self.kv.image()
-        data = await asyncio.get_running_loop().run_in_executor(self._cpu, encode, image)
+        data = await asyncio.get_running_loop().run_in_executor(self.cpu, encode, image)
         return SnapshotMeta(index, term), data
 
     def best_transfer_target(self) -> int | None:

@@ -45,8 +45,8 @@ def follower(
 
 def release_node(node: RaftNode) -> None:
     """What stop() releases, for a node whose loop never ran: its threads and its database."""
-    node._disk.shutdown()
-    node._cpu.shutdown()
+    node.disk.shutdown()
+    node.cpu.shutdown()
     node.storage.close()
 
 

@@ -135,7 +135,7 @@ def test_a_ready_queues_behind_a_busy_disk_thread_instead_of_stalling_the_loop(
 
         monkeypatch.setattr(node.storage, "save", save)
         release = threading.Event()
-        busy = asyncio.get_running_loop().create_task(node._on_disk(release.wait, 5.0))
+        busy = asyncio.get_running_loop().create_task(node.on_disk(release.wait, 5.0))
         await asyncio.sleep(0)
         node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(Entry(1, 1, b"x"),))])
         node._take_input()
@@ -174,7 +174,7 @@ def test_readies_are_saved_on_the_loop_while_an_image_is_read_for_a_follower(
 
         monkeypatch.setattr(node.storage, "load_snapshot", slow_load)
         sending = asyncio.get_running_loop().create_task(
-            node._send_snapshot(SimpleNamespace(), Message(MsgType.SNAP, to=3, frm=1, term=1))  # type: ignore[arg-type]
+            node.snapshots.send(SimpleNamespace(), Message(MsgType.SNAP, to=3, frm=1, term=1))  # type: ignore[arg-type]
         )
         await asyncio.sleep(0.01)
         node.deliver([Message(MsgType.APP, to=1, frm=2, term=1, entries=(Entry(1, 1, b"x"),))])
@@ -184,7 +184,7 @@ def test_readies_are_saved_on_the_loop_while_an_image_is_read_for_a_follower(
         assert node.storage.load().entries == [Entry(1, 1, b"x")]
         release.set()
         await asyncio.wait_for(sending, 5)
-        assert node.snapshot_reports == [(3, False)]
+        assert node.snapshots.reports == [(3, False)]
         release_node(node)
 
     asyncio.run(main())

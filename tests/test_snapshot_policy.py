@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from raftd.node import snapshot_due
 from raftd.settings import TUNING
+from raftd.snapshots import snapshot_due
 
 MIN_SNAPSHOT_LOG_BYTES = TUNING.min_snapshot_log_bytes
 
