@@ -46,7 +46,7 @@ from raftd.core import (
 from raftd.errors import FatalError, NotLeader, TargetUnreachable, Unavailable
 from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
-from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, encode
+from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
 from raftd.pending import Pending
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
@@ -111,6 +111,7 @@ class RaftNode:
         limits: Limits = DEFAULTS,
         transport: Transport = PeerClient,
         tuning: Tuning = TUNING,
+        state_machine: Callable[[], StateMachine] = KVStore,
         rng: random.Random | None = None,
         executors: tuple[Executor, Executor] | None = None,
     ) -> None:
@@ -120,6 +121,7 @@ class RaftNode:
         self.cluster = cluster
         self.limits = limits
         self.tuning = tuning
+        self.new_state = state_machine  # the replicated state (raftd.kv.StateMachine), empty
         tick_s = tuning.tick_s
         self.me = cluster.node(node_id)
         self.id = to_core(node_id)
@@ -180,11 +182,11 @@ class RaftNode:
         self._boot(*self._load())
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def _load(self) -> tuple[PersistedState, KVStore]:
+    def _load(self) -> tuple[PersistedState, StateMachine]:
         """What a (re)boot starts from: the stored state, and the state machine restored from its image
         (the log after it is replayed later). Safe off the loop: a resume runs it on the disk thread."""
         state = self.storage.load()
-        kv = KVStore()
+        kv = self.new_state()
         if state.snapshot is not None:
             try:
                 kv.restore(state.snapshot.meta.index, state.snapshot.data)
@@ -192,7 +194,7 @@ class RaftNode:
                 raise FatalError(f"the stored snapshot is unusable: {e}") from e
         return state, kv
 
-    def _boot(self, state: PersistedState, kv: KVStore) -> None:
+    def _boot(self, state: PersistedState, kv: StateMachine) -> None:
         """(Re)build all volatile state from what _load read: at start and when a suspension ends."""
         snap = state.snapshot.meta if state.snapshot is not None else None
         hard_state = state.hard_state

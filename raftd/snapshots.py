@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from raftd import malloc
 from raftd.core import Message, Snapshot, SnapshotMeta
 from raftd.errors import FatalError
-from raftd.kv import ImageError, KVStore, encode_to
+from raftd.kv import ImageError, StateMachine, encode_to
 from raftd.settings import TUNING
 from raftd.transport.base import Peer
 
@@ -122,14 +122,18 @@ class Snapshots:
         self.reports.append((m.to, ok))
         node.wake.set()
 
-    async def install(self, snapshot: Snapshot) -> KVStore:
+    async def install(self, snapshot: Snapshot) -> StateMachine:
         """A snapshot from the leader replaced our log: the state machine that follows it (decoded off the
         loop)."""
         node = self.node
+
+        def restored() -> StateMachine:
+            kv = node.new_state()
+            kv.restore(snapshot.meta.index, snapshot.data)
+            return kv
+
         try:
-            kv = await asyncio.get_running_loop().run_in_executor(
-                node.cpu, KVStore.from_image, snapshot.meta.index, snapshot.data
-            )
+            kv = await asyncio.get_running_loop().run_in_executor(node.cpu, restored)
         except ImageError as e:
             raise FatalError(f"the leader sent an unusable snapshot: {e}") from e
         self.image_bytes = len(snapshot.data)

@@ -301,7 +301,8 @@ def test_large_images_round_trip_across_bucket_slices(monkeypatch: pytest.Monkey
     monkeypatch.setattr(image_module, "BUCKET_SLICE", 3)
     kv = _filled(100)
     raw = encode(kv.image())
-    restored = KVStore.from_image(kv.applied, raw)
+    restored = KVStore()
+    restored.restore(kv.applied, raw)
     assert list(restored.data.items()) == list(kv.data.items())  # the same order, too
     assert restored.sessions == kv.sessions
     assert restored.applied == kv.applied

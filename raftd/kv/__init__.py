@@ -2,7 +2,7 @@
 
 from .command import Command, CommandError, Op
 from .image import Image, ImageError, decode, encode, encode_to, verify
-from .store import KVStore, Result
+from .store import KVStore, Result, StateMachine
 
 __all__ = [
     "Command",
@@ -12,6 +12,7 @@ __all__ = [
     "KVStore",
     "Op",
     "Result",
+    "StateMachine",
     "decode",
     "encode",
     "encode_to",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 from .command import Command, CommandError, Op
 from .image import DEFAULT_SESSION_LIMIT, Image, decode
@@ -22,6 +23,27 @@ class Result:
     # Refused, not applied: a write that is not its client's first, from a client whose session this store
     # does not hold (expired, evicted, or never made). Its earlier attempts may have applied.
     expired: bool = False
+
+
+class StateMachine(Protocol):
+    """What a node needs of the state it replicates (raftd.node, raftd.snapshots). KVStore is the one the
+    daemon and the simulator run; a node takes a factory for it, as it takes its storage and transport."""
+
+    applied: int  # the index of the last entry applied
+    session_limit: int  # exactly-once sessions kept (an Op.SESSION_LIMIT entry sets it)
+
+    def apply(self, index: int, cmd: Command) -> Result: ...
+
+    def skip(self, index: int) -> None:
+        """An entry with no command (a new leader's empty entry) was applied."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def image(self) -> Image:
+        """A copy of the state to encode off the loop (a snapshot, a backup, a hash)."""
+
+    def restore(self, index: int, raw: bytes) -> None:
+        """Replace the whole state with an encoded image taken at index; ImageError when it is corrupt."""
 
 
 class KVStore:
@@ -78,16 +100,9 @@ class KVStore:
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
         return Image(list(self.data.buckets), self.data.count, sessions, self.session_limit)
 
-    @classmethod
-    def from_image(cls, index: int, raw: bytes) -> KVStore:
-        """A store holding a snapshot image taken at index. Decoding a large image and building its map take
-        a while: call this off the event loop. Raises ImageError when the image is corrupt."""
-        kv = cls()
-        kv.restore(index, raw)
-        return kv
-
     def restore(self, index: int, raw: bytes) -> None:
-        """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt."""
+        """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt.
+        Decoding a large image and building its map take a while: call this off the event loop."""
         image = decode(raw)
         self.data = PackedMap(image.buckets, image.count)
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
