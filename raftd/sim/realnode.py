@@ -8,9 +8,11 @@ and every random choice comes from the seed, so a seed replays (within one Pytho
 PYTHONHASHSEED=0, as `python -m raftd.sim --real` does).
 
 Faults: messages dropped, duplicated and delayed; nodes cut off and healed; nodes crashed (their loop
-cancelled wherever it waits, what they saved kept) and restarted from their storage. Checks: election
-safety, state machine safety (every node applies the same entry at an index), linearizability of the
-clients' puts and reads through the node's own API (raftd.testing.linearizability), and progress once the
+cancelled wherever it waits, what they saved kept) and restarted from their storage. Clients put and read
+through the node's own API; some puts carry an exactly-once session and are retried, as raftctl retries
+them, while their outcome is unknown. Checks: election safety, state machine safety (every node applies
+the same entry at an index), exactly-once (no session write changes a node's state machine twice),
+linearizability of the clients' puts and reads (raftd.testing.linearizability), and progress once the
 faults stop.
 """
 
@@ -29,8 +31,9 @@ from typing import Any, TypeVar
 
 from raftd.config import load_cluster
 from raftd.core import Entry, Role
-from raftd.kv import Command, Op
-from raftd.node import NotLeader, RaftNode, Unavailable, to_core
+from raftd.errors import NotLeader, OutcomeUnknown, SessionExpired, Unavailable
+from raftd.kv import Command, CommandError, KVStore, Op
+from raftd.node import RaftNode, to_core
 from raftd.settings import Limits
 from raftd.storage import MemoryStorage
 from raftd.testing.history import Op as HistoryOp
@@ -105,6 +108,9 @@ class Params:
     crash_every_s: float = 1.5  # on average, a node crashed (restarted 0.2 - 1 s later)
     clients: int = 3
     op_timeout_s: float = 1.0
+    session_share: float = 0.5  # of the puts, those that carry an exactly-once session
+    new_session: float = 0.1  # the chance that a session write starts a new session (a first write)
+    session_attempts: int = 6  # a session write's attempts, at most (raftctl retries within a deadline)
     snapshot_entries: int = 40  # compact often: followers that were away catch up by snapshot
 
 
@@ -146,6 +152,96 @@ class Checks:
             )
 
 
+@dataclass
+class _Lineage:
+    """One state machine of one node: a store and what was applied into it since it was made."""
+
+    kv: KVStore
+    # The highest seq per client in the image the store started from (its session table then): every
+    # write of the client up to it has taken effect already, or never will.
+    floor: dict[bytes, int]
+    took_effect: set[tuple[bytes, int]] = field(default_factory=set)
+    last: int = 0  # the index of the last entry handed to the store
+    # The last session write handed to the store: (command, index, the key's value before it applied).
+    pending: tuple[Command, int, bytes | None] | None = None
+
+
+class ExactlyOnce:
+    """No session write (client_id, seq) changes a node's state machine twice: a retried write applies once.
+
+    A client retries a write whose outcome is unknown with the same (client_id, seq), so the log may hold
+    it several times, and the store must answer all but the first from its session table. The checker
+    sees each entry just before the node applies it (RaftNode.on_apply) and looks at the store again just
+    before the node's next entry (or at the end of the run): the store's state then is the state right
+    after that write, since nothing else touches a store between two entries. The write took effect if
+    its key now holds its value and did not before (values are unique to a write, and a retry carries its
+    value), or if the session table now names this entry's index as the write's result (a duplicate is
+    answered with the first attempt's index). Taking effect twice in one store, or at all when the image
+    it started from already held a later or equal seq for the client, is a double apply. The store is
+    followed per state machine: a restart or an installed snapshot makes a new one, whose starting image
+    says what applied before it.
+    """
+
+    def __init__(self) -> None:
+        self.lineages: dict[int, _Lineage] = {}  # node id -> its current state machine
+        self.deduplicated = 0  # session entries applied after an earlier attempt took effect
+
+    def observe(self, node: int, kv: KVStore, e: Entry) -> None:
+        """e is about to be applied into kv, the node's store."""
+        lineage = self.lineages.get(node)
+        if lineage is not None:
+            self._settle(node, lineage)
+        if lineage is None or lineage.kv is not kv or e.index != lineage.last + 1:
+            # A new store, or one restored from an image in place: what applied before it is in its image.
+            floor = {client: seq for client, (seq, _) in kv.sessions.items()}
+            lineage = self.lineages[node] = _Lineage(kv, floor)
+        lineage.last = e.index
+        try:
+            cmd = Command.decode(e.data) if e.data else None
+        except CommandError:
+            return  # the node stops on it (a Violation of its own)
+        if cmd is not None and cmd.client_id and cmd.op is Op.PUT:
+            lineage.pending = (cmd, e.index, kv.get(cmd.key))
+
+    def settle_all(self) -> None:
+        for node, lineage in self.lineages.items():
+            self._settle(node, lineage)
+
+    def _settle(self, node: int, lineage: _Lineage) -> None:
+        if lineage.pending is None:
+            return
+        (cmd, index, before), lineage.pending = lineage.pending, None
+        write = (cmd.client_id, cmd.seq)
+        earlier = write in lineage.took_effect or cmd.seq <= lineage.floor.get(cmd.client_id, 0)
+        session = lineage.kv.sessions.get(cmd.client_id)
+        changed = before != cmd.value and lineage.kv.get(cmd.key) == cmd.value
+        recorded = session is not None and session[0] == cmd.seq and session[1].index == index
+        if not (changed or recorded):
+            self.deduplicated += earlier
+            return
+        if earlier:
+            raise Violation(
+                f"exactly-once: the session write {cmd.client_id.decode()}#{cmd.seq} (put "
+                f"{cmd.key.decode()}={cmd.value.decode()}) applied twice on node {node}, again at {index}"
+            )
+        lineage.took_effect.add(write)
+
+
+@dataclass
+class _Session:
+    """A simulated client's exactly-once session, kept as raftctl's WriteSession keeps it."""
+
+    name: str
+    client_id: bytes = b""
+    seq: int = 0
+    live: bool = False  # a write of it may have applied: later writes are not its first
+    made: int = 0
+
+    def renew(self) -> None:
+        self.made += 1
+        self.client_id, self.seq, self.live = f"{self.name}.{self.made}".encode(), 0, False
+
+
 class RealNodeSim:
     def __init__(self, seed: int, params: Params | None = None) -> None:
         self.seed = seed
@@ -153,12 +249,21 @@ class RealNodeSim:
         self.rng = random.Random(seed)
         self.network = SimNetwork(random.Random(seed ^ 0x5EED), self.params)
         self.checks = Checks()
+        self.once = ExactlyOnce()
         self.storages = {i: MemoryStorage() for i in range(NODES)}
         self.nodes: dict[int, RaftNode | None] = dict.fromkeys(range(NODES))
         self.runners: dict[int, asyncio.Task[None]] = {}
         self.boots = 0
         self.history: list[HistoryOp] = []
-        self.stats = {"crashes": 0, "cuts": 0, "puts_ok": 0, "gets_ok": 0, "unknown": 0}
+        self.stats = {
+            "crashes": 0,
+            "cuts": 0,
+            "puts_ok": 0,
+            "gets_ok": 0,
+            "unknown": 0,
+            "retries": 0,
+            "deduplicated": 0,
+        }
         self._values = 0
         self._dir = tempfile.TemporaryDirectory(prefix="raftd-sim-")
         conf = Path(self._dir.name) / "cluster.yaml"
@@ -180,10 +285,15 @@ class RealNodeSim:
             rng=random.Random(self.seed * 1000 + self.boots),
             executors=(InlineExecutor(), InlineExecutor()),
         )
-        node.on_apply.append(functools.partial(self.checks.observe_apply, i))
+        node.on_apply.append(functools.partial(self._observe_apply, i, node))
         self.network.attach(to_core(i), node)
         self.nodes[i] = node
         self.runners[i] = asyncio.get_running_loop().create_task(node.run(), name=f"node-{i}")
+
+    def _observe_apply(self, i: int, node: RaftNode, e: Entry) -> None:
+        self.checks.observe_apply(i, e)
+        assert isinstance(node.kv, KVStore)  # the node's default state machine
+        self.once.observe(i, node.kv, e)
 
     def _crash(self, i: int) -> None:
         """Its loop is cancelled wherever it waits: what it saved stays, the rest (and its timers) goes."""
@@ -231,47 +341,127 @@ class RealNodeSim:
             self._boot(i)
 
     # -- clients ------------------------------------------------------------------------------------
-    async def _client(self, process: int, until: float) -> None:
+    async def _client(self, client: int, until: float) -> None:
         loop = asyncio.get_running_loop()
-        rng = random.Random(self.seed * 31 + process)
+        rng = random.Random(self.seed * 31 + client)
+        process = client
+        session = _Session(f"c{client}")
+        session.renew()
         while loop.time() < until:
-            live = [i for i, n in self.nodes.items() if n is not None]
             await asyncio.sleep(rng.uniform(0.001, 0.05))
-            if not live:
-                continue
-            node = self.nodes[rng.choice(live)]
+            node = self._pick(rng)
             if node is None:
                 continue
             key = rng.choice(KEYS)
             if rng.random() < 0.5:
-                if await self._put(node, process, key) == "info":
+                if rng.random() < self.params.session_share:
+                    if rng.random() < self.params.new_session:
+                        session.renew()
+                    status = await self._session_put(node, process, key, rng, session)
+                else:
+                    status = await self._put(node, process, key)
+                if status == "info":
                     process += self.params.clients  # Jepsen's rule: its op may still land, so a new process
             else:
                 await self._get(node, process, key)
 
-    async def _put(self, node: RaftNode, process: int, key: str) -> str:
-        loop = asyncio.get_running_loop()
+    def _pick(self, rng: random.Random, hint: int | None = None) -> RaftNode | None:
+        """The node named (a NotLeader's hint) if it is up, else any node that is up."""
+        if hint is not None and self.nodes[hint] is not None:
+            return self.nodes[hint]
+        live = [n for n in self.nodes.values() if n is not None]
+        return rng.choice(live) if live else None
+
+    def _new_put(self, process: int, key: str) -> HistoryOp:
         self._values += 1
-        value = f"v{self._values}"
-        op = HistoryOp(process, "put", key, value, loop.time())
+        op = HistoryOp(process, "put", key, f"v{self._values}", asyncio.get_running_loop().time())
         self.history.append(op)
+        return op
+
+    async def _attempt(self, node: RaftNode, cmd: Command) -> tuple[str, int | None]:
+        """One attempt of a write at node: ("ok" | "refused" | "unknown" | "expired", the leader it names).
+
+        "refused": the node says the write never applies (raftd.node's Unavailable and NotLeader); these
+        are taken at their word, so the history checks them too. "unknown": it may have applied.
+        """
         try:
-            fut = node.propose_nowait(Command(Op.PUT, key.encode(), value.encode()))
-        except (NotLeader, Unavailable):
-            op.status, op.ret = "fail", loop.time()  # refused before it was proposed: never applies
-            return op.status
+            fut = node.propose_nowait(cmd)
+        except NotLeader as e:
+            return "refused", e.leader.id if e.leader is not None else None
+        except Unavailable:
+            return "refused", None
         fut.add_done_callback(_retrieved)  # given up on at its timeout, it may still fail later
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.params.op_timeout_s)
-        except NotLeader:  # gathered, then dropped by the core before it reached the log
-            op.status, op.ret = "fail", loop.time()
-            return op.status
-        except (Unavailable, TimeoutError):  # OutcomeUnknown among them
+        except NotLeader as e:  # gathered, then dropped by the core before it reached the log
+            return "refused", e.leader.id if e.leader is not None else None
+        except (OutcomeUnknown, TimeoutError):
+            return "unknown", None
+        except Unavailable:  # never proposed, or another leader's entry took its index
+            return "refused", None
+        except SessionExpired:
+            return "expired", None
+        return "ok", None
+
+    async def _put(self, node: RaftNode, process: int, key: str) -> str:
+        """A put without a session: one attempt, as a retry could apply it twice."""
+        loop = asyncio.get_running_loop()
+        op = self._new_put(process, key)
+        assert op.value is not None
+        outcome, _ = await self._attempt(node, Command(Op.PUT, key.encode(), op.value.encode()))
+        if outcome == "ok":
+            op.status, op.ret = "ok", loop.time()
+            self.stats["puts_ok"] += 1
+        elif outcome == "refused":
+            op.status, op.ret = "fail", loop.time()  # it never applies
+        else:
             op.status = "info"  # may have applied: the checker allows both
             self.stats["unknown"] += 1
-            return op.status
-        op.status, op.ret = "ok", loop.time()
-        self.stats["puts_ok"] += 1
+        return op.status
+
+    async def _session_put(
+        self, node: RaftNode, process: int, key: str, rng: random.Random, session: _Session
+    ) -> str:
+        """A put with a session, retried with the same (client_id, seq) (possibly at another node, with
+        raftctl's backoff) until an attempt answers or the attempts run out. One op in the history: it
+        is called when the first attempt is, ok when any attempt answers, fail when every attempt was
+        refused, else unknown."""
+        loop = asyncio.get_running_loop()
+        op = self._new_put(process, key)
+        assert op.value is not None
+        session.seq += 1
+        # Fixed for every attempt, as in raftctl: an attempt whose outcome is unknown may never have
+        # reached the log, and a retry that said "not first" would then be refused.
+        first = not session.live
+        cmd = Command(Op.PUT, key.encode(), op.value.encode(), session.client_id, session.seq, first)
+        maybe_applied = False
+        backoff = 0.025
+        target: RaftNode | None = node
+        hint: int | None = None
+        for attempt in range(self.params.session_attempts):
+            if attempt:
+                await asyncio.sleep(backoff * rng.uniform(0.5, 1.0))
+                backoff = min(2 * backoff, 0.1)
+                self.stats["retries"] += 1
+                target = self._pick(rng, hint)
+            if target is None:
+                continue
+            outcome, hint = await self._attempt(target, cmd)
+            if outcome == "ok":
+                session.live = True
+                op.status, op.ret = "ok", loop.time()
+                self.stats["puts_ok"] += 1
+                return op.status
+            if outcome == "unknown":
+                maybe_applied = session.live = True
+            elif outcome == "expired":  # this attempt never applies; the session is gone for good
+                session.renew()
+                break
+        if maybe_applied:
+            op.status = "info"
+            self.stats["unknown"] += 1
+        else:
+            op.status, op.ret = "fail", loop.time()
         return op.status
 
     async def _get(self, node: RaftNode, process: int, key: str) -> None:
@@ -297,7 +487,7 @@ class RealNodeSim:
             self._boot(i)
         sampler = loop.create_task(self._sample())
         faulty_until = loop.time() + self.params.seconds
-        clients = [loop.create_task(self._client(p, faulty_until)) for p in range(self.params.clients)]
+        clients = [loop.create_task(self._client(c, faulty_until)) for c in range(self.params.clients)]
         await self._watched(sampler, self._nemesis(faulty_until))
         await self._watched(sampler, asyncio.gather(*clients))
         self._heal()
@@ -316,6 +506,7 @@ class RealNodeSim:
         await asyncio.wait({task, sampler}, return_when=asyncio.FIRST_COMPLETED)
         if sampler.done():
             task.cancel()
+            task.add_done_callback(_retrieved)
             sampler.result()
         await task
 
@@ -324,8 +515,11 @@ class RealNodeSim:
             self._check_leaders()
             for i, runner in self.runners.items():
                 if runner.done() and not runner.cancelled() and runner.exception() is not None:
+                    error = runner.exception()
+                    if isinstance(error, Violation):  # a checker's, raised as the node applied an entry
+                        raise error
                     # No disk here is damaged: a node that stops on an error is a bug.
-                    raise Violation(f"node {i} stopped: {runner.exception()}")
+                    raise Violation(f"node {i} stopped: {error}")
             await asyncio.sleep(0.005)
 
     def _heal(self) -> None:
@@ -359,6 +553,9 @@ class RealNodeSim:
         try:
             loop.run_until_complete(self._main())
         finally:
+            for runner in self.runners.values():  # after a violation, the others' errors are noise
+                if runner.done():
+                    _retrieved(runner)
             left = asyncio.all_tasks(loop)  # a crashed node's timers, the nemesis' restarts
             for task in left:
                 task.cancel()
@@ -366,6 +563,8 @@ class RealNodeSim:
                 loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.close()
             self._dir.cleanup()
+        self.once.settle_all()
+        self.stats["deduplicated"] = self.once.deduplicated
         for op in self.history:
             if op.status == "pending":
                 op.status = "info"
