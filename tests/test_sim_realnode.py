@@ -26,7 +26,7 @@ def test_seeds_pass() -> None:
 
 
 def test_a_seed_replays_exactly() -> None:
-    """Seed 6 retries session writes, which the store answers once."""
+    """Seed 6 has it all: a slow disk, crashes right after a save, retried session writes answered once."""
 
     def trace(seed: int) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
         sim = RealNodeSim(seed)
@@ -38,19 +38,20 @@ def test_a_seed_replays_exactly() -> None:
 
     first, stats = trace(6)
     assert len(first) > 50 and any(op[6] == "ok" and op[1] == "get" and op[7] for op in first)
-    assert stats["deduplicated"], stats
+    assert stats["slow_disk"] and stats["crashes_after_save"] and stats["deduplicated"], stats
     assert trace(6) == (first, stats)
     assert trace(7)[0] != first
 
 
 def test_the_faults_happen() -> None:
-    """Crashes, cuts, unknown outcomes and retried session writes that the store answers once all occur
-    over a few seeds: the checks are not run on calm."""
+    """Crashes (some right after a save), cuts, slow disks, unknown outcomes and retried session writes
+    that the store answers once all occur over a few seeds: the checks are not run on calm."""
     totals: dict[str, int] = {}
     for seed in range(20):
         for k, v in RealNodeSim(seed).run().items():
             totals[k] = totals.get(k, 0) + v
     assert totals["crashes"] > 20 and totals["cuts"] > 20 and totals["unknown"] > 0, totals
+    assert totals["crashes_after_save"] > 5 and 0 < totals["slow_disk"] < 20, totals
     assert totals["retries"] > 100 and totals["deduplicated"] > 5, totals
     assert totals["puts_ok"] > 500 and totals["gets_ok"] > 500, totals
 

@@ -3,17 +3,19 @@ on a virtual-time event loop, with the in-memory transport and storage twins in 
 
 raftd/sim/cluster.py simulates the core under a driver of its own; this one drives raftd.node's loop,
 with its proposal gathering, commit-only deferral, ReadIndex rounds, sessions and snapshots. Time is
-virtual (the loop jumps to its next timer when nothing is ready), the disk and snapshot work runs inline,
-and every random choice comes from the seed, so a seed replays (within one Python hash seed: run with
-PYTHONHASHSEED=0, as `python -m raftd.sim --real` does).
+virtual (the loop jumps to its next timer when nothing is ready), and every random choice comes from the
+seed, so a seed replays (within one Python hash seed: run with PYTHONHASHSEED=0, as `python -m raftd.sim
+--real` does).
 
 Faults: messages dropped, duplicated and delayed; nodes cut off and healed; nodes crashed (their loop
-cancelled wherever it waits, what they saved kept) and restarted from their storage. Clients put and read
-through the node's own API; some puts carry an exactly-once session and are retried, as raftctl retries
-them, while their outcome is unknown. Checks: election safety, state machine safety (every node applies
-the same entry at an index), exactly-once (no session write changes a node's state machine twice),
-linearizability of the clients' puts and reads (raftd.testing.linearizability), and progress once the
-faults stop.
+cancelled wherever it waits, what they saved kept), some of them right after a save, before anything that
+follows it (the messages that depend on it) runs, and restarted from their storage; on some seeds a slow
+disk, whose saves block the loop (a save on the loop's thread) or finish later (a job on the disk's
+thread). Clients put and read through the node's own API; some puts carry an exactly-once session and are
+retried, as raftctl retries them, while their outcome is unknown. Checks: election safety, state machine
+safety (every node applies the same entry at an index), exactly-once (no session write changes a node's
+state machine twice), linearizability of the clients' puts and reads (raftd.testing.linearizability), and
+progress once the faults stop.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from raftd.config import load_cluster
-from raftd.core import Entry, Role
+from raftd.core import Entry, HardState, Role, Snapshot, SnapshotMeta
 from raftd.errors import NotLeader, OutcomeUnknown, SessionExpired, Unavailable
 from raftd.kv import Command, CommandError, KVStore, Op
 from raftd.node import RaftNode, to_core
@@ -87,7 +89,7 @@ class VirtualLoop(asyncio.SelectorEventLoop):
 
 
 class InlineExecutor(Executor):
-    """Runs the work at once, on the loop's thread: the disk is as fast as the simulator says."""
+    """Runs the work at once, on the loop's thread: the snapshot encoder, as fast as the simulator says."""
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -106,12 +108,103 @@ class Params:
     max_delay_s: float = 0.03
     cut_every_s: float = 1.0  # on average, a node cut off (or the cut healed)
     crash_every_s: float = 1.5  # on average, a node crashed (restarted 0.2 - 1 s later)
+    # Of those crashes, the share that waits for the node's next save and lands right after it (or after
+    # SAVE_CRASH_WAIT_S, if no save comes).
+    crash_after_save: float = 0.5
     clients: int = 3
     op_timeout_s: float = 1.0
     session_share: float = 0.5  # of the puts, those that carry an exactly-once session
     new_session: float = 0.1  # the chance that a session write starts a new session (a first write)
     session_attempts: int = 6  # a session write's attempts, at most (raftctl retries within a deadline)
     snapshot_entries: int = 40  # compact often: followers that were away catch up by snapshot
+    slow_disks: float = 0.5  # the share of seeds whose disks are slow
+    save_s: tuple[float, float] = (0.0005, 0.005)  # what a slow disk's job takes
+    stall: float = 0.01  # the chance that a slow disk's job stalls instead
+    stall_s: tuple[float, float] = (0.02, 0.15)
+
+
+SAVE_CRASH_WAIT_S = 0.3
+
+
+class SimStorage(MemoryStorage):
+    """MemoryStorage on a simulated disk: a save takes virtual time on a slow disk, and may be the last
+    thing a node does (an armed crash).
+
+    A save on the loop's thread (RaftNode._persist saves there when it is not busy) blocks the loop for as
+    long as the disk takes, as fsync does: the loop's clock jumps. A save that the disk's thread runs
+    (DiskExecutor) takes its time there instead, and the loop goes on meanwhile.
+    """
+
+    def __init__(self, rng: random.Random, params: Params, slow: bool) -> None:
+        super().__init__()
+        self.rng = rng
+        self.params = params
+        self.slow = slow
+        self.on_disk_thread = False  # within a DiskExecutor job
+        # Called right after the next save, by which it crashes the node: the save is durable, and the
+        # CancelledError it raises stops the node's code before the messages that wait for the save leave.
+        self.after_save: Callable[[], None] | None = None
+
+    def job_time(self) -> float:
+        """How long the disk takes over its next job (0 on a fast disk)."""
+        if not self.slow:
+            return 0.0
+        p = self.params
+        return self.rng.uniform(*(p.stall_s if self.rng.random() < p.stall else p.save_s))
+
+    def save(
+        self,
+        hard_state: HardState | None,
+        entries: list[Entry],
+        snapshot: Snapshot | SnapshotMeta | None = None,
+    ) -> None:
+        super().save(hard_state, entries, snapshot)
+        if not self.on_disk_thread:
+            took = self.job_time()
+            if took:
+                loop = asyncio.get_running_loop()
+                assert isinstance(loop, VirtualLoop)
+                loop.now += took
+        crash, self.after_save = self.after_save, None
+        if crash is not None:
+            crash()
+
+
+class DiskExecutor(Executor):
+    """The disk's thread: jobs run one at a time, in order, each after its virtual time on a slow disk (at
+    once on a fast one), while the loop goes on. A crashed node's queued jobs never run."""
+
+    def __init__(self, storage: SimStorage) -> None:
+        self.storage = storage
+        self._free_at = 0.0  # when the job queued last is done
+        self.dead = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        loop = asyncio.get_running_loop()
+        took = self.storage.job_time()
+        if not took and self._free_at <= loop.time():
+            self._run(future, functools.partial(fn, *args, **kwargs))
+        else:
+            self._free_at = max(self._free_at, loop.time()) + took
+            loop.call_at(self._free_at, self._run, future, functools.partial(fn, *args, **kwargs))
+        return future
+
+    def _run(self, future: Future[T], job: Callable[[], T]) -> None:
+        if self.dead:
+            future.cancel()
+            return
+        self.storage.on_disk_thread = True
+        try:
+            result = job()
+        except asyncio.CancelledError:
+            future.cancel()  # the node crashed right after this job's save
+        except BaseException as e:
+            future.set_exception(e)
+        else:
+            future.set_result(result)
+        finally:
+            self.storage.on_disk_thread = False
 
 
 class SimNetwork(MemoryNetwork):
@@ -250,19 +343,26 @@ class RealNodeSim:
         self.network = SimNetwork(random.Random(seed ^ 0x5EED), self.params)
         self.checks = Checks()
         self.once = ExactlyOnce()
-        self.storages = {i: MemoryStorage() for i in range(NODES)}
+        disk_rng = random.Random(seed ^ 0xD15C)
+        slow = disk_rng.random() < self.params.slow_disks
+        self.storages = {
+            i: SimStorage(random.Random(disk_rng.random()), self.params, slow) for i in range(NODES)
+        }
+        self.disks: dict[int, DiskExecutor] = {}
         self.nodes: dict[int, RaftNode | None] = dict.fromkeys(range(NODES))
         self.runners: dict[int, asyncio.Task[None]] = {}
         self.boots = 0
         self.history: list[HistoryOp] = []
         self.stats = {
             "crashes": 0,
+            "crashes_after_save": 0,
             "cuts": 0,
             "puts_ok": 0,
             "gets_ok": 0,
             "unknown": 0,
             "retries": 0,
             "deduplicated": 0,
+            "slow_disk": int(slow),
         }
         self._values = 0
         self._dir = tempfile.TemporaryDirectory(prefix="raftd-sim-")
@@ -276,6 +376,7 @@ class RealNodeSim:
     # -- nodes --------------------------------------------------------------------------------------
     def _boot(self, i: int) -> None:
         self.boots += 1
+        self.disks[i] = DiskExecutor(self.storages[i])
         node = RaftNode(
             self.cluster,
             i,
@@ -283,7 +384,7 @@ class RealNodeSim:
             transport=self.network.transport(to_core(i)),
             limits=Limits(snapshot_entries=self.params.snapshot_entries),
             rng=random.Random(self.seed * 1000 + self.boots),
-            executors=(InlineExecutor(), InlineExecutor()),
+            executors=(self.disks[i], InlineExecutor()),
         )
         node.on_apply.append(functools.partial(self._observe_apply, i, node))
         self.network.attach(to_core(i), node)
@@ -297,10 +398,12 @@ class RealNodeSim:
 
     def _crash(self, i: int) -> None:
         """Its loop is cancelled wherever it waits: what it saved stays, the rest (and its timers) goes."""
+        self.storages[i].after_save = None
         node = self.nodes[i]
         if node is None:
             return
         self.stats["crashes"] += 1
+        self.disks[i].dead = True
         self.network.detach(to_core(i))
         self.nodes[i] = None
         node.stopping = True
@@ -309,6 +412,20 @@ class RealNodeSim:
             task.cancel()
         for peer in node.peers.values():
             peer.clear()
+
+    def _crash_after_save(self, i: int) -> None:
+        """The armed crash (SimStorage.after_save), called within the save that it follows."""
+        self.stats["crashes_after_save"] += 1
+        self._crash(i)
+        asyncio.get_running_loop().call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
+        # Unwinds the node's code from inside the save: nothing after the save runs, sending included.
+        raise asyncio.CancelledError
+
+    def _crash_unless_saved(self, i: int, armed: Callable[[], None]) -> None:
+        """An armed crash whose save did not come in time lands anyway (a follower that is cut off)."""
+        if self.storages[i].after_save is armed:
+            self._crash(i)
+            asyncio.get_running_loop().call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
 
     def _check_leaders(self) -> None:
         for i, node in self.nodes.items():
@@ -328,6 +445,10 @@ class RealNodeSim:
             i = self.rng.randrange(NODES)
             crash_share = p.cut_every_s / (p.cut_every_s + p.crash_every_s)  # the shorter mean, the likelier
             if self.rng.random() < crash_share:
+                if self.nodes[i] is not None and self.rng.random() < p.crash_after_save:
+                    armed = self.storages[i].after_save = functools.partial(self._crash_after_save, i)
+                    loop.call_later(SAVE_CRASH_WAIT_S, self._crash_unless_saved, i, armed)
+                    continue
                 self._crash(i)
                 loop.call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
             elif to_core(i) in self.network.cut:
@@ -526,6 +647,7 @@ class RealNodeSim:
         self.network.faulty = False
         self.network.cut.clear()
         for i, node in self.nodes.items():
+            self.storages[i].after_save = None
             if node is None:
                 self._boot(i)
 
