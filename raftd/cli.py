@@ -51,6 +51,7 @@ ENV = {
     "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
     "--max-sessions": "RAFTD_MAX_SESSIONS",
     "--max-streams": "RAFTD_MAX_STREAMS",
+    "--max-stream-requests": "RAFTD_MAX_STREAM_REQUESTS",
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
     "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
@@ -194,6 +195,15 @@ def _one_line(e: click.ClickException) -> str:
     "use unary calls instead.",
 )
 @click.option(
+    "--max-stream-requests",
+    type=click.IntRange(min=1),
+    default=Limits.max_stream_requests,
+    show_default=True,
+    envvar=ENV["--max-stream-requests"],
+    help="Requests one stream may have unanswered; past them the node reads no more of it until answers "
+    "go out.",
+)
+@click.option(
     "--max-stream-bytes",
     type=click.IntRange(min=1),
     default=Limits.max_stream_bytes,
@@ -263,6 +273,7 @@ def node(
     max_snapshot_bytes: int,
     max_sessions: int,
     max_streams: int,
+    max_stream_requests: int,
     max_stream_bytes: int,
     max_batch_requests: int,
     stream_write_timeout: float,
@@ -290,6 +301,7 @@ def node(
             max_snapshot_bytes=max_snapshot_bytes,
             max_sessions=max_sessions,
             max_streams=max_streams,
+            max_stream_requests=max_stream_requests,
             max_stream_bytes=max_stream_bytes,
             max_batch_requests=max_batch_requests,
             stream_write_timeout_s=stream_write_timeout,

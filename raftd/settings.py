@@ -28,6 +28,9 @@ class Limits:
     # before any of it starts. Tiny requests cost far more in memory than on the wire, so bytes alone do
     # not bound them. raftd's clients send at most raftd.pipe.MAX_BATCH_REQUESTS (4,096).
     max_batch_requests: int = 16_384
+    # Requests one stream may have received and not answered yet; past them it reads no more until answers
+    # go out (with max_stream_bytes, what a client that floods makes the node hold).
+    max_stream_requests: int = 4096
     # Bytes of requests one stream may have received and not answered yet; past them it reads no more
     # until answers go out. One batch more may arrive meanwhile: at most 64 MiB, gRPC's message limit.
     max_stream_bytes: int = 16 * 1024 * 1024

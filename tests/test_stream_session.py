@@ -231,6 +231,34 @@ def test_a_stream_reads_no_more_requests_past_its_byte_bound() -> None:
     asyncio.run(scenario())
 
 
+def test_a_stream_reads_no_more_requests_past_its_count_bound() -> None:
+    """--max-stream-requests: tiny requests weigh little in bytes, so their count is bounded too."""
+
+    async def scenario() -> None:
+        node = StuckNode()
+        session = StreamSession(node, Limits(max_stream_requests=5))  # type: ignore[arg-type]
+        read = 0
+
+        async def requests() -> AsyncIterator[pb.RequestBatch]:
+            nonlocal read
+            for i in range(1, 1000):
+                read += 1
+                yield pb.RequestBatch(requests=[pb.Request(id=i, put=pb.PutRequest(key=b"k", value=b"v"))])
+
+        task = asyncio.get_running_loop().create_task(session.run(requests(), Context()))  # type: ignore[arg-type]
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert read == 5 and session.unanswered == 5, "reading pauses once 5 requests are unanswered"
+        node.futures[0].set_result(Result(index=1, existed=False))
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert read == 6 and session.unanswered == 5, "an answer makes room for one more"
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
 def test_a_client_that_reads_nothing_is_cut_off() -> None:
     async def scenario() -> None:
         node = ReadingNode()

@@ -39,9 +39,6 @@ from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, fa
 
 log = logging.getLogger("raftd.api")
 
-# Requests of one stream received but not yet answered on the wire; reading pauses at this many (or at
-# Limits.max_stream_bytes of them), so that a client that floods holds bounded memory here.
-MAX_UNANSWERED = 4096
 # One ResponseBatch carries at most this many bytes of values, unless one value alone is more (a client
 # takes 8 MiB messages, and a value is at most 1 MiB).
 MAX_BATCH_BYTES = 1024 * 1024
@@ -166,7 +163,8 @@ class StreamSession:
             self._arm_watchdog(self._writing_since)
 
     def _has_room(self) -> bool:
-        return self.unanswered < MAX_UNANSWERED and self.open_bytes < self.limits.max_stream_bytes
+        limits = self.limits
+        return self.unanswered < limits.max_stream_requests and self.open_bytes < limits.max_stream_bytes
 
     def _take(self) -> list[pb.Response]:
         """The longest prefix of the queue whose values fit in one message (at least one answer); all of
