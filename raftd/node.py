@@ -61,6 +61,10 @@ T = TypeVar("T")
 
 MAX_SUSPEND_S = 3600
 
+# The Ready's steps as plain names: an enum member's attribute lookup costs about 50 ns in Python 3.11,
+# and the loop compares a few per step.
+_PERSIST, _SEND, _APPLY, _ADVANCE, _READS = Step.PERSIST, Step.SEND, Step.APPLY, Step.ADVANCE, Step.READS
+
 
 def to_core(node_id: int) -> int:
     """Config ids start at 0 (the original format); inside the core 0 means "nobody"."""
@@ -430,8 +434,10 @@ class RaftNode:
         # closes the storage.
         while not self.stopping and self.raw.has_ready():
             rd = self.raw.ready()
-            for step in ready_steps(rd):
-                if step is Step.SEND:
+            for step in ready_steps(rd):  # the commonest steps first: thousands of Readies a second
+                if step is _PERSIST:
+                    await self._persist(rd)
+                elif step is _SEND:
                     self._send(rd.messages)
                     if rd.entries if rd.send_early else rd.committed_entries:
                         # Early (dissertation 10.2.1): the senders put the appends on the wire before the
@@ -439,21 +445,19 @@ class RaftNode:
                         # its own. Late: a follower's acknowledgement of the entries just written must not
                         # wait for it to apply the previous batch.
                         await asyncio.sleep(0)
-                elif step is Step.PERSIST:
-                    await self._persist(rd)
-                elif step is Step.INSTALL:
-                    assert rd.snapshot is not None
-                    self.kv = await self.snapshots.install(rd.snapshot)
-                elif step is Step.APPLY:
+                elif step is _APPLY:
                     self._apply(rd.committed_entries)
-                elif step is Step.READS:
-                    self.pending.confirm(rd.read_states, self.kv.applied)
-                else:
+                elif step is _ADVANCE:
                     if rd.soft_state is not None:
                         self._on_soft_state(rd.soft_state)
                     if rd.hard_state is not None:
                         self._on_hard_state(rd.hard_state)
                     self.raw.advance()
+                elif step is _READS:
+                    self.pending.confirm(rd.read_states, self.kv.applied)
+                else:
+                    assert step is Step.INSTALL and rd.snapshot is not None
+                    self.kv = await self.snapshots.install(rd.snapshot)
         if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
         self.snapshots.maybe_take()
@@ -524,10 +528,12 @@ class RaftNode:
         return self.unary_calls > 1 or len(self.pending.waiting) > len(rd.entries)
 
     def _apply(self, entries: list[Entry]) -> None:
+        pending = self.pending
+        size = 0
         for e in entries:
             for observe in self.on_apply:
                 observe(e)
-            self.snapshots.applied(len(e.data))
+            size += len(e.data)
             try:
                 cmd = Command.decode(e.data) if e.data else None
                 result = self.kv.apply(e.index, cmd) if cmd is not None else None
@@ -541,11 +547,15 @@ class RaftNode:
                 self.spawn(self._hash_state(e.index, self.kv.image()))
             if result is None:
                 self.kv.skip(e.index)
-            self.pending.applied(e, result)
+            if pending.waiting:  # a follower's are empty: no call per entry
+                pending.applied(e, result)
+        self.snapshots.applied(size)
         self._maybe_propose_session_limit()
         self.pending.release(self.kv.applied)
 
     def _expire_reads(self, now: float) -> None:
+        if not self.pending.read_deadlines:  # every turn of the loop: no error built for nothing
+            return
         limit = self.tuning.read_confirm_s
         self.pending.expire_reads(now, Unavailable(f"the read was not confirmed within {limit:g}s; retry"))
 
