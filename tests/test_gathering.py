@@ -55,7 +55,7 @@ def test_writes_wait_while_calls_keep_coming_then_go_together(tmp_path: Path) ->
         await asyncio.sleep(SLOW.gather_quiet_s * 1.2)
         node._take_input()
         assert not node.pending.proposals and len(node.pending.waiting) == 2, (
-            "no call for GATHER_QUIET_S: both proposed"
+            "no call for gather_quiet_s: both proposed"
         )
         assert not first.done() and not second.done()
         release_node(node)
