@@ -12,6 +12,17 @@ from dataclasses import dataclass
 from raftd.kv.store import MAX_SESSION_LIMIT, MAX_SESSIONS
 
 
+def _check_positive(settings: Limits | Tuning, may_be_zero: set[str] | frozenset[str] = frozenset()) -> None:
+    """Both settings objects refuse what would make a node misbehave (a zero tick, a negative bound); a few
+    limits take 0 to turn their check off."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{field.name} must be a positive number, not {value!r}")
+        if value == 0 and field.name not in may_be_zero:
+            raise ValueError(f"{field.name} must be a positive number, not 0")
+
+
 @dataclass(frozen=True)
 class Limits:
     # Take a snapshot and compact the log after this many applied entries.
@@ -43,12 +54,7 @@ class Limits:
     corrupt_check_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{field.name} must be a positive number, not {value!r}")
-            if value == 0 and field.name != "corrupt_check_interval_s":  # the one that 0 turns off
-                raise ValueError(f"{field.name} must be a positive number, not 0")
+        _check_positive(self, may_be_zero={"corrupt_check_interval_s"})  # the one that 0 turns off
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")
 
@@ -59,7 +65,7 @@ DEFAULTS = Limits()
 @dataclass(frozen=True)
 class Tuning:
     """How the node's loop paces itself. Not flags: they follow from how the loop works, not from a
-    deployment, and docs/design.md says why each is what it is. A test or the simulator passes its own."""
+    deployment (each one's comment says why it is what it is). A test or the simulator passes its own."""
 
     # The core's clock: election timeouts and heartbeat intervals are counted in these.
     tick_s: float = 0.01
@@ -90,10 +96,7 @@ class Tuning:
     min_snapshot_log_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{field.name} must be a positive number, not {value!r}")
+        _check_positive(self)
 
 
 TUNING = Tuning()
