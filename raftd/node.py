@@ -151,6 +151,10 @@ class RaftNode:
         # saved off the loop (_busy) and requests gather (Tuning.gather_*).
         self.unary_calls = 0
         self.last_call_at = 0.0  # when the newest of them came
+        # The most calls in progress at once lately: once that many are in progress again, every caller
+        # there is has come, and a gathering has nobody left to wait for.
+        self.calls_peak = 0
+        self.peak_at = 0.0
         self.transfers: list[int] = []
         self.suspend_request: float | None = None
         self.suspended = False
@@ -409,10 +413,26 @@ class RaftNode:
             bool(pending.reads) and not self._round_in_flight() and not self.gather_delay(pending.reads_since)
         )
 
+    def call_started(self) -> None:
+        """A unary call came (the services count them): while more than one is in progress, requests
+        gather and Readies are saved off the loop."""
+        self.unary_calls += 1
+        now = self.last_call_at = asyncio.get_running_loop().time()
+        if self.unary_calls >= self.calls_peak or now - self.peak_at > self.tuning.gather_peak_window_s:
+            self.calls_peak, self.peak_at = self.unary_calls, now
+
+    def call_ended(self) -> None:
+        self.unary_calls -= 1
+
     def gather_delay(self, since: float) -> float:
         """How much longer requests waiting since `since` wait for more callers to share their batch (0:
-        none; Tuning.gather_*). run() wakes for it; a follower's forwarding stream waits it (raftd.pipe)."""
-        if self.unary_calls <= 1:
+        none; Tuning.gather_*). run() wakes for it; a follower's forwarding stream waits it (raftd.pipe).
+
+        Not while every caller seen lately is in progress: with as many calls as the peak, no other caller
+        is left to come, and waiting out the quiet only delays them all.
+        """
+        calls = self.unary_calls
+        if calls <= 1 or calls >= self.calls_peak:
             return 0.0
         until = min(self.last_call_at + self.tuning.gather_quiet_s, since + self.tuning.gather_max_s)
         return max(0.0, until - asyncio.get_running_loop().time())

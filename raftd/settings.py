@@ -73,11 +73,14 @@ class Tuning:
     # leader that does not tick sends no heartbeats (80 proposals of 1 MiB at once made one 80 MiB save).
     proposal_batch_bytes: int = 4 * 1024 * 1024
     # While several unary calls are in progress, writes and reads wait for more calls to share their
-    # proposal or ReadIndex round, until none has come for gather_quiet_s, or for at most gather_max_s.
-    # grpc.aio accepts one new call per turn of the event loop, and a round costs more than accepting a
-    # call: a round for every call or two starved the acceptance of the calls that could have shared it.
-    gather_quiet_s: float = 0.001
-    gather_max_s: float = 0.005
+    # proposal or ReadIndex round, until none has come for gather_quiet_s, or for at most gather_max_s,
+    # or until as many calls are in progress as at the peak of the last gather_peak_window_s (every
+    # caller has come). grpc.aio accepts one new call per turn of the event loop, and a round costs more
+    # than accepting a call: a round for every call or two starved the acceptance of the calls that could
+    # have shared it. A turn that applies a batch can take a millisecond, hence a quiet twice that.
+    gather_quiet_s: float = 0.002
+    gather_max_s: float = 0.010
+    gather_peak_window_s: float = 1.0
     # While a ReadIndex round is in flight, newer reads wait to share the next one (as etcd's read loop
     # does); a round older than this no longer holds them back (its request may have been lost).
     read_round_hold_s: float = 0.1

@@ -22,9 +22,13 @@ from tests.test_pipe import _AnsweringCall, _FakeStub
 SLOW = Tuning(gather_quiet_s=0.05, gather_max_s=0.2)
 
 
-def calls(node: RaftNode, n: int, last_at: float) -> None:
+def calls(node: RaftNode, n: int, last_at: float, peak: int | None = None) -> None:
+    """n unary calls in progress, the newest at last_at, out of a peak of `peak` lately (by default one
+    more than n: another caller may yet come)."""
     node.unary_calls = n
     node.last_call_at = last_at
+    node.calls_peak = n + 1 if peak is None else peak
+    node.peak_at = last_at
 
 
 def test_a_lone_caller_s_write_is_proposed_at_once(tmp_path: Path) -> None:
@@ -77,6 +81,55 @@ def test_gathering_ends_after_gather_max_however_busy(tmp_path: Path) -> None:
         assert node.gather_delay(start) == 0
         node._take_input()
         assert not node.pending.proposals
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_gathering_ends_once_every_caller_seen_lately_has_come(tmp_path: Path) -> None:
+    """With as many calls in progress as at the peak, nobody is left to wait for: 16 closed-loop clients
+    lost a tenth of their rate waiting out the quiet after the last of them had come."""
+
+    async def main() -> None:
+        node = await leader(tmp_path, tuning=SLOW)
+        now = asyncio.get_running_loop().time()
+        calls(node, 15, now, peak=16)
+        node.propose_nowait(Command(Op.PUT, b"a", b"1"))
+        node._take_input()
+        assert node.pending.proposals, "held: the 16th caller has not come"
+        node.call_started()
+        assert node.unary_calls == node.calls_peak == 16
+        node.wake.clear()
+        assert node.gather_delay(node.pending.proposals_since) == 0
+        node.propose_nowait(Command(Op.PUT, b"b", b"2"))
+        assert node.wake.is_set(), "the last caller wakes the loop: its batch is due"
+        node._take_input()
+        assert not node.pending.proposals and len(node.pending.waiting) == 2
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_the_peak_is_forgotten_after_its_window(tmp_path: Path) -> None:
+    """Callers that left must not hold gatherings to the quiet for good: the peak is the lately seen one."""
+
+    async def main() -> None:
+        node = await leader(tmp_path, tuning=dataclasses.replace(SLOW, gather_peak_window_s=0.05))
+        node.call_started()
+        node.call_started()
+        node.call_started()
+        assert node.calls_peak == 3
+        node.call_ended()
+        node.call_ended()
+        node.call_ended()
+        node.call_started()
+        node.call_started()
+        assert node.calls_peak == 3 and node.gather_delay(asyncio.get_running_loop().time()) > 0
+        await asyncio.sleep(0.06)
+        node.call_ended()
+        node.call_started()
+        assert node.calls_peak == 2, "a call after the window sets the peak anew"
+        assert node.gather_delay(asyncio.get_running_loop().time()) == 0
         release_node(node)
 
     asyncio.run(main())

@@ -255,18 +255,17 @@ class Forwarder:
 
 
 class Calls:
-    """Counts a node's unary calls in progress (RaftNode.unary_calls): while more than one waits, requests
+    """Counts a node's unary calls in progress (RaftNode.call_started): while more than one waits, requests
     gather and Readies are saved off the event loop."""
 
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
     def start(self) -> None:
-        self.node.unary_calls += 1
-        self.node.last_call_at = asyncio.get_running_loop().time()
+        self.node.call_started()
 
     def end(self) -> None:
-        self.node.unary_calls -= 1
+        self.node.call_ended()
 
 
 async def write(
