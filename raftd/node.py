@@ -341,6 +341,19 @@ class RaftNode:
         self.disk.shutdown(wait=True)
         self.cpu.shutdown(wait=True, cancel_futures=True)
 
+    def halt(self) -> None:
+        """Stop at once, as a crash stops a process (the simulator's crashes, raftd.sim.realnode): the
+        loop is cancelled wherever it waits, with its timer and background work, and what waits to be
+        sent is lost; no hand-over, no answer to callers. What was saved stays, so a new node on the same
+        storage is a restart. stop() is the orderly way out."""
+        self.stopping = True
+        self._cancel_alarm()
+        for task in (self._runner, *self._background):
+            if task is not None:
+                task.cancel()
+        for peer in self.peers.values():
+            peer.clear()
+
     # -- input from handlers ------------------------------------------------------------------------
     def deliver(self, messages: list[Message]) -> None:
         if self.suspended or self.suspend_request is not None:

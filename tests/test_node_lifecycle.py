@@ -18,7 +18,7 @@ from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import RaftNode
 from raftd.server import _hand_over
 from raftd.storage import PersistedState, SqliteStorage
-from tests.nodes import follower, release_node, running
+from tests.nodes import follower, leader, release_node, running
 
 
 def test_resuming_reloads_the_state_off_the_event_loop(
@@ -362,3 +362,28 @@ def test_a_node_boots_when_its_snapshot_is_newer_than_its_stored_commit_index(tm
     again = RaftNode(cluster, 0, SqliteStorage.open(tmp_path / "data", cluster.name, 0))
     assert again.raw.committed == 5 and again.kv.applied == 5
     release_node(again)
+
+
+def test_a_halt_stops_the_node_at_once_as_a_crash_would(tmp_path: Path) -> None:
+    """halt() is the simulator's crash: the loop, its timer and its background work end wherever they
+    wait, nothing queued for a peer leaves, and no caller is answered (a crashed process answers none);
+    what was saved stays for the next boot."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        runner = asyncio.get_running_loop().create_task(node.run())
+        await asyncio.sleep(0.02)
+        write = node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        await asyncio.sleep(0.02)  # proposed and saved; no follower acknowledges it
+        background = set(node._background)
+        assert background and not write.done()
+        node.halt()
+        await asyncio.sleep(0)
+        assert runner.cancelled() and all(task.cancelled() for task in background)
+        assert node._alarm is None and not write.done()
+        assert node.storage.load().entries[-1].data == Command(Op.PUT, b"k", b"v").encode()
+        for peer in node.peers.values():
+            await peer.close()
+        release_node(node)
+
+    asyncio.run(main())

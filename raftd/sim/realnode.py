@@ -397,7 +397,8 @@ class RealNodeSim:
         self.once.observe(i, node.kv, e)
 
     def _crash(self, i: int) -> None:
-        """Its loop is cancelled wherever it waits: what it saved stays, the rest (and its timers) goes."""
+        """RaftNode.halt(): the node stops wherever it waits; what it saved stays, the rest goes (its timers,
+        its unsent messages, its disk's queued jobs)."""
         self.storages[i].after_save = None
         node = self.nodes[i]
         if node is None:
@@ -406,12 +407,8 @@ class RealNodeSim:
         self.disks[i].dead = True
         self.network.detach(to_core(i))
         self.nodes[i] = None
-        node.stopping = True
-        node._cancel_alarm()
-        for task in (self.runners.pop(i), *node._background):
-            task.cancel()
-        for peer in node.peers.values():
-            peer.clear()
+        del self.runners[i]
+        node.halt()
 
     def _crash_after_save(self, i: int) -> None:
         """The armed crash (SimStorage.after_save), called within the save that it follows."""
