@@ -49,6 +49,7 @@ ENV = {
     "--heartbeat-interval": "RAFTD_HEARTBEAT_INTERVAL",
     "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
     "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
+    "--max-peer-queue": "RAFTD_MAX_PEER_QUEUE",
     "--max-sessions": "RAFTD_MAX_SESSIONS",
     "--max-streams": "RAFTD_MAX_STREAMS",
     "--max-stream-requests": "RAFTD_MAX_STREAM_REQUESTS",
@@ -176,6 +177,15 @@ def _one_line(e: click.ClickException) -> str:
     "before it is read.",
 )
 @click.option(
+    "--max-peer-queue",
+    type=click.IntRange(min=1),
+    default=Limits.max_peer_queue,
+    show_default=True,
+    envvar=ENV["--max-peer-queue"],
+    help="Messages queued to one peer and not written yet; past them new messages to it are dropped "
+    "(Raft sends them again).",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(min=1, max=MAX_SESSION_LIMIT),
     default=Limits.max_sessions,
@@ -271,6 +281,7 @@ def node(
     heartbeat_interval: int | None,
     snapshot_entries: int,
     max_snapshot_bytes: int,
+    max_peer_queue: int,
     max_sessions: int,
     max_streams: int,
     max_stream_requests: int,
@@ -299,6 +310,7 @@ def node(
         limits = Limits(
             snapshot_entries=snapshot_entries,
             max_snapshot_bytes=max_snapshot_bytes,
+            max_peer_queue=max_peer_queue,
             max_sessions=max_sessions,
             max_streams=max_streams,
             max_stream_requests=max_stream_requests,

@@ -228,7 +228,13 @@ class RaftNode:
         for peer_id, addr in self.addresses.items():
             if peer_id != self.id:
                 client = self.transport(
-                    peer_id, addr.address, self.identity, self._report_unreachable, self.hashes
+                    peer_id,
+                    addr.address,
+                    self.identity,
+                    self._report_unreachable,
+                    self.hashes,
+                    self.limits,
+                    self.tuning,
                 )
                 client.start()
                 self.peers[peer_id] = client

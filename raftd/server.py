@@ -33,9 +33,6 @@ from raftd.transport.peer import CHANNEL_OPTIONS
 
 log = logging.getLogger("raftd.server")
 
-SHUTDOWN_TRANSFER_S = 1.0
-CALLS_FINISH_S = 2.0  # _calls_finished
-MAX_REFUSALS_LOGGED = 64  # foreign clusters and strangers' addresses remembered so each is logged once
 SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
 
@@ -49,6 +46,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self.streams = LongCalls()
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
         self.max_snapshot_bytes = node.limits.max_snapshot_bytes
+        self.max_refusals_logged = node.tuning.max_refusals_logged
         self.members = MemberAddresses(n.host for n in node.cluster.nodes) if check_callers else None
         self.strangers: set[str] = set()  # callers refused and logged
 
@@ -57,7 +55,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         if self.members is None or await self.members.allows(context.peer()):
             return
         who = str(caller_address(context.peer()) or context.peer())
-        if who not in self.strangers and len(self.strangers) < MAX_REFUSALS_LOGGED:
+        if who not in self.strangers and len(self.strangers) < self.max_refusals_logged:
             self.strangers.add(who)
             log.warning("Refused peer traffic from %s: not an address of a member (--peer-check)", who)
         await context.abort(
@@ -78,7 +76,7 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
             return
         if (name, cluster_id) not in self.refused:
             # Once per foreign cluster: its nodes retry every second.
-            if len(self.refused) < MAX_REFUSALS_LOGGED:
+            if len(self.refused) < self.max_refusals_logged:
                 self.refused.add((name, cluster_id))
             log.warning("Refused peer traffic from %s: %s", context.peer(), refusal)
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
@@ -227,7 +225,7 @@ async def serve(
             peers.close()
             kv.streams.close()
             await server.stop(grace=0.5)
-            await _calls_finished(CALLS_FINISH_S)
+            await _calls_finished(node.tuning.calls_finish_s)
     finally:
         storage.close()
     log.info("The server stops")
@@ -274,10 +272,11 @@ async def _hand_over(node: RaftNode) -> None:
     if target is None:
         return
     log.info("Handing leadership to node %d before stopping", target)
+    wait = node.tuning.shutdown_transfer_s
     try:
-        await asyncio.wait_for(node.transfer_leader(target), SHUTDOWN_TRANSFER_S)
+        await asyncio.wait_for(node.transfer_leader(target), wait)
     except TimeoutError:
-        log.info("Leadership hand-over did not finish within %.1fs", SHUTDOWN_TRANSFER_S)
+        log.info("Leadership hand-over did not finish within %.1fs", wait)
     except TargetUnreachable as e:
         # Routine when the whole cluster stops at once: not a failure worth alarming anyone about.
         log.info("Hand-over skipped: node %d unreachable (the cluster may be stopping)", e.target)

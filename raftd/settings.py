@@ -1,7 +1,8 @@
-"""The limits a node runs with, in one place: each is a raftd flag (raftd --help prints the defaults), and
-docs/operations.md says what each one bounds.
+"""The settings a node runs with, in one place.
 
-Every resource a client or a peer can make the node hold has its bound here.
+Limits: every resource a client or a peer can make the node hold has its bound here; each is a raftd flag
+(raftd --help prints the defaults), and docs/operations.md says what each one bounds. Tuning: the node's
+own timings and batch sizes, which are not flags.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ class Limits:
     snapshot_entries: int = 10_000
     # The largest snapshot taken from a leader: an image of a million 1 KiB values, with room to spare.
     max_snapshot_bytes: int = 1024**3
+    # Messages queued to one peer and not written yet; past them new messages to it are dropped, which Raft
+    # tolerates (the leader sends again from its log). Entries in flight to a peer are bounded in bytes by
+    # the core (8 MiB), so this bounds the small messages: as etcd's rafthttp, whose buffer is 4,096 too.
+    max_peer_queue: int = 4096
     # Exactly-once sessions the cluster keeps (the least recently used goes). Replicated: the leader's
     # value becomes the cluster's (an Op.SESSION_LIMIT entry), so give every node the same.
     max_sessions: int = MAX_SESSIONS
@@ -64,9 +69,11 @@ DEFAULTS = Limits()
 
 @dataclass(frozen=True)
 class Tuning:
-    """How the node's loop paces itself. Not flags: they follow from how the loop works, not from a
-    deployment (each one's comment says why it is what it is). A test or the simulator passes its own."""
+    """How the node paces itself and sizes its internal batches: its loop, its peer senders, its client
+    services and its server. Not flags: they follow from how the node works, not from a deployment (each
+    one's comment says why it is what it is). A test or the simulator passes its own."""
 
+    # -- the loop (raftd.node) -------------------------------------------------------------------------
     # The core's clock: election timeouts and heartbeat intervals are counted in these.
     tick_s: float = 0.01
     # Bytes of proposals taken into one Ready: one Ready is saved whole before the loop ticks again, and a
@@ -98,8 +105,72 @@ class Tuning:
     # state would otherwise be snapshotted several times a second under load.
     min_snapshot_log_bytes: int = 1024 * 1024
 
+    # -- the peer senders (raftd.transport.peer) ------------------------------------------------------
+    # Messages per write of a peer stream, at most: a full queue (Limits.max_peer_queue, 4,096) goes out in
+    # eight writes, so the first of its messages leave before the last are encoded.
+    peer_batch_messages: int = 512
+    # Entry bytes per write, beyond one message: a write of 1 MiB entries by the dozen would hold up the
+    # heartbeats behind it for longer than an election timeout (and outgrow gRPC's 64 MiB messages).
+    peer_batch_bytes: int = 4 * 1024 * 1024
+    # A write in flight this long means a peer that stopped reading (gRPC's flow control holds the write):
+    # the stream is dropped and opened again. Several election timeouts (200-400 ms by default), so a
+    # merely slow peer keeps its stream.
+    peer_write_timeout_s: float = 2.0
+    # A failed stream is opened again after a pause that starts here and doubles up to the maximum: the
+    # same range as gRPC's own reconnection backoff (raftd.transport.peer.CHANNEL_OPTIONS), so that a
+    # peer that is down costs one attempt a second.
+    peer_backoff_min_s: float = 0.05
+    peer_backoff_max_s: float = 1.0
+    # How long a sender waits for the status of a call that ended under its write (to log why): the
+    # status normally comes at once, and the sender must never hang on one that does not.
+    peer_status_wait_s: float = 1.0
+    # How long stopping waits for a sender to end: shutting down must never hang on a peer.
+    peer_close_wait_s: float = 1.0
+    # An image goes to a follower in chunks of this size (InstallSnapshot, under gRPC's flow control): far
+    # below gRPC's 64 MiB messages, and few messages for a large image (1,024 for 1 GiB).
+    snapshot_chunk_bytes: int = 1024 * 1024
+    # A snapshot transfer is given up (the leader starts a fresh one later) after snapshot_timeout_s plus
+    # a second per snapshot_min_rate bytes of image: a link that moves less than 1 MiB a second is taken
+    # for a broken one, and 10 s more cover the set-up and the receiver's check of the whole image.
+    snapshot_timeout_s: float = 10.0
+    snapshot_min_rate: int = 1024 * 1024  # bytes per second
+
+    # -- the client services (raftd.api) --------------------------------------------------------------
+    # The deadline of a call whose client set none, so that nothing waits forever (README: "every call
+    # has a deadline"); raftctl's own default is the same 5 s.
+    default_deadline_s: float = 5.0
+    # The longest a call waits here, whatever its client's deadline, and the longest a KV.Stream request
+    # stays open: one whose outcome never comes (a follower's ReadIndex request lost on the way to the
+    # leader) is answered DEADLINE_EXCEEDED then, so that it cannot hold its slot forever. A minute
+    # outlasts the elections and hand-overs a request may have to wait out.
+    max_deadline_s: float = 60.0
+    # A stream's requests past their deadline are answered by one timer per stream, which runs this much
+    # late, so that the requests of a stuck stream expire in a few rounds, not one each.
+    stream_expiry_grain_s: float = 1.0
+    # One ResponseBatch of a stream carries at most this many bytes of values, unless one value alone is
+    # more (raftctl takes 8 MiB messages, and a value is at most 1 MiB). Once that much
+    # waits to go out, a read's value is fetched only as its answer is sent: the answers queued behind a
+    # client that stops reading hold no values.
+    response_batch_bytes: int = 1024 * 1024
+
+    # -- the server (raftd.server) ---------------------------------------------------------------------
+    # A leader told to stop hands leadership to a follower first, for at most this long: a hand-over takes
+    # a round trip or two, and a stop must come well within an orchestrator's grace (Docker's is 10 s).
+    shutdown_transfer_s: float = 1.0
+    # After the server stops, how long to wait for the tasks of gRPC's calls to end (server._calls_finished),
+    # each of which would otherwise print a traceback when cancelled.
+    calls_finish_s: float = 2.0
+    # Foreign clusters and strangers' addresses remembered so that each is logged once (they retry every
+    # second): a set that grew with every new caller would be memory a stranger makes the node hold.
+    max_refusals_logged: int = 64
+
     def __post_init__(self) -> None:
         _check_positive(self)
+        if self.peer_backoff_min_s > self.peer_backoff_max_s:
+            raise ValueError(
+                f"peer_backoff_min_s ({self.peer_backoff_min_s}) is more than peer_backoff_max_s "
+                f"({self.peer_backoff_max_s})"
+            )
 
 
 TUNING = Tuning()

@@ -25,6 +25,7 @@ from raftd.launcher import free_ports
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
+from raftd.settings import Tuning
 from tests.nodes import leader, release_node
 from tests.test_pipe import _AnsweringCall, _BreakingCall, _FakeCall, _FakeStub
 
@@ -224,14 +225,11 @@ def test_writes_refused_before_proposing_say_not_applied(tmp_path: Path) -> None
     asyncio.run(main())
 
 
-def test_a_write_past_the_node_s_deadline_says_unknown(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The node's deadline (capped at MAX_DEADLINE_S) passes long before the client's."""
-    monkeypatch.setattr(common, "MAX_DEADLINE_S", 0.3)
+def test_a_write_past_the_node_s_deadline_says_unknown(tmp_path: Path) -> None:
+    """The node's deadline (capped at Tuning.max_deadline_s) passes long before the client's."""
 
     async def main() -> None:
-        node = await leader(tmp_path)
+        node = await leader(tmp_path, tuning=Tuning(max_deadline_s=0.3))
         async with Served(node) as s:
             put = asyncio.ensure_future(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=10))
             await s.proposed(1)

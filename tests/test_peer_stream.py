@@ -13,10 +13,12 @@ import pytest
 from raftd.core import Entry, Message, MsgType
 from raftd.identity import Identity
 from raftd.pb import peer_pb2, peer_pb2_grpc
+from raftd.settings import TUNING, Tuning
 from raftd.transport import peer as peer_module
 from raftd.transport.peer import PeerClient
 
 DEADLINE_S = 0.3
+SHORT_DEADLINE = Tuning(peer_write_timeout_s=DEADLINE_S)
 
 
 class Deaf(peer_pb2_grpc.RaftPeerServicer):
@@ -31,13 +33,13 @@ def _append(index: int) -> Message:
     return Message(MsgType.APP, to=2, frm=1, term=1, entries=(Entry(index, 1, b"x" * (1 << 20)),))
 
 
-async def _stuck_client(reports: list[int]) -> tuple[grpc.aio.Server, PeerClient]:
+async def _stuck_client(reports: list[int], tuning: Tuning) -> tuple[grpc.aio.Server, PeerClient]:
     """A client whose write is stuck: it sent 1 MiB appends, one a batch, until one did not complete."""
     server = grpc.aio.server()
     peer_pb2_grpc.add_RaftPeerServicer_to_server(Deaf(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append)
+    client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append, tuning=tuning)
     client.start()
     for index in range(1, 65):
         client.send(_append(index))
@@ -47,12 +49,10 @@ async def _stuck_client(reports: list[int]) -> tuple[grpc.aio.Server, PeerClient
     raise AssertionError("64 MiB went out to a follower that never reads")
 
 
-def test_a_write_the_follower_never_takes_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", DEADLINE_S)
-
+def test_a_write_the_follower_never_takes_fails_at_its_deadline() -> None:
     async def main() -> None:
         reports: list[int] = []
-        server, client = await _stuck_client(reports)
+        server, client = await _stuck_client(reports, SHORT_DEADLINE)
         loop = asyncio.get_running_loop()
         stuck_since = client._writing_since
         assert stuck_since is not None
@@ -70,7 +70,6 @@ def test_a_write_the_follower_never_takes_fails_at_its_deadline(monkeypatch: pyt
 def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     """A listener that accepts the connection and never speaks HTTP/2: the first write waits for the stream
     to open, which cancelling the call alone does not end."""
-    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", DEADLINE_S)
     slow_connect = [("grpc.initial_reconnect_backoff_ms", 20_000), ("grpc.min_reconnect_backoff_ms", 20_000)]
     monkeypatch.setattr(peer_module, "CHANNEL_OPTIONS", slow_connect)
 
@@ -83,7 +82,7 @@ def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch:
         listener = await asyncio.start_server(mute, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         reports: list[int] = []
-        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append)
+        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append, tuning=SHORT_DEADLINE)
         client.start()
         client.send(_append(1))
         loop = asyncio.get_running_loop()
@@ -101,16 +100,13 @@ def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch:
 
 
 @pytest.mark.parametrize("watchdog_too", [False, True], ids=["close", "close-as-the-deadline-passes"])
-def test_closing_ends_a_stuck_sender_rather_than_retrying(
-    monkeypatch: pytest.MonkeyPatch, watchdog_too: bool
-) -> None:
+def test_closing_ends_a_stuck_sender_rather_than_retrying(watchdog_too: bool) -> None:
     """close() cancels the sender mid-write: that cancellation ends it, also when the watchdog cancels it
     in the same moment; only the watchdog's alone is a failed write."""
-    monkeypatch.setattr(peer_module, "WRITE_DEADLINE_S", 30.0)
 
     async def main() -> None:
         reports: list[int] = []
-        server, client = await _stuck_client(reports)
+        server, client = await _stuck_client(reports, Tuning(peer_write_timeout_s=30.0))
         task = client._task
         assert task is not None and client._writing_since is not None
         if watchdog_too:
@@ -139,7 +135,7 @@ def test_a_batch_carries_a_bounded_number_of_entry_bytes() -> None:
             client.send(_append(i))
         client.send(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1))
         batches = [await client._next_batch() for _ in range(3)]
-        per_batch = peer_module.BATCH_BYTES // (1 << 20)
+        per_batch = TUNING.peer_batch_bytes // (1 << 20)
         assert [len(b) for b in batches] == [per_batch, per_batch, 11 - 2 * per_batch]
         assert [m.entries[0].index for b in batches for m in b if m.entries] == list(range(1, 11))
         assert batches[-1][-1].type is MsgType.HEARTBEAT, "order kept"

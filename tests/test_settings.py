@@ -1,10 +1,26 @@
-"""The settings objects refuse values that would make a node misbehave rather than start it."""
+"""The settings objects refuse values that would make a node misbehave rather than start it, and reach where
+they are used: every limit from its flag or variable, the peer senders' from the node."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from raftd.settings import Limits, Tuning
+from raftd.config import load_cluster
+from raftd.consistency import StateHashes
+from raftd.core import Message, MsgType
+from raftd.identity import Identity
+from raftd.node import RaftNode
+from raftd.settings import DEFAULTS, Limits, Tuning
+from raftd.storage import MemoryStorage
+from raftd.transport.base import Peer
+from raftd.transport.memory import MemoryNetwork
+from raftd.transport.peer import PeerClient
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "5"])
@@ -19,3 +35,97 @@ def test_a_limit_of_zero_is_refused_except_where_zero_turns_a_check_off() -> Non
     assert Limits(corrupt_check_interval_s=0).corrupt_check_interval_s == 0
     with pytest.raises(ValueError, match="corrupt_check_interval_s must be a positive number"):
         Limits(corrupt_check_interval_s=-1)
+
+
+def test_the_peer_backoff_starts_no_higher_than_it_ends() -> None:
+    assert Tuning(peer_backoff_min_s=1.0, peer_backoff_max_s=1.0)
+    with pytest.raises(ValueError, match="peer_backoff_min_s"):
+        Tuning(peer_backoff_min_s=2.0, peer_backoff_max_s=1.0)
+
+
+def _flag(field: str) -> str:
+    """The raftd flag of a Limits field: stream_write_timeout_s is --stream-write-timeout."""
+    return "--" + field.removesuffix("_s").replace("_", "-")
+
+
+def _other_limits() -> Limits:
+    """A value other than the default for every limit, within its bounds."""
+    changed: dict[str, Any] = {}
+    for field in dataclasses.fields(Limits):
+        default = getattr(DEFAULTS, field.name)
+        changed[field.name] = default + 0.5 if isinstance(default, float) else default + 1
+    return Limits(**changed)
+
+
+@pytest.mark.parametrize("source", ["flags", "variables"])
+def test_every_limit_is_a_flag_and_a_variable_that_reaches_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """What a node runs with: each Limits field from its flag, or from its RAFTD_* variable."""
+    from raftd import cli
+
+    served: list[Limits] = []
+
+    async def serve(*args: Any, **kwargs: Any) -> None:
+        served.append(args[4])
+
+    monkeypatch.setattr(cli, "serve", serve)
+    monkeypatch.setattr(cli.malloc, "tune", lambda: None)
+    monkeypatch.setattr(cli.logs, "setup", lambda *args: None)
+    conf = tmp_path / "config.conf"
+    conf.write_text("0 127.0.0.1 50000\n1 127.0.0.1 50001\n2 127.0.0.1 50002\n")
+    wanted = _other_limits()
+    args = ["0", "--config", str(conf), "--data-dir", str(tmp_path / "data")]
+    for field in dataclasses.fields(Limits):
+        flag, value = _flag(field.name), str(getattr(wanted, field.name))
+        assert flag in cli.ENV, f"Limits.{field.name} has no flag {flag}"
+        if source == "flags":
+            args += [flag, value]
+        else:
+            monkeypatch.setenv(cli.ENV[flag], value)
+    assert cli.node.main(args, prog_name="raftd", standalone_mode=False) is None
+    assert served == [wanted]
+
+
+def test_a_peer_s_queue_holds_at_most_max_peer_queue_messages() -> None:
+    async def main() -> None:
+        limits = Limits(max_peer_queue=3)
+        client = PeerClient(2, "127.0.0.1:1", Identity("c"), lambda _peer: None, limits=limits)
+        for _ in range(5):  # the sender never runs meanwhile: nothing leaves the queue
+            client.send(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1))
+        assert client.dropped == 2
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_the_node_hands_its_settings_to_each_of_its_senders(tmp_path: Path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        "nodes:\n" + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
+    )
+    limits, tuning = Limits(max_peer_queue=7), Tuning(peer_write_timeout_s=0.5)
+    network = MemoryNetwork()
+    made: list[tuple[int, Limits, Tuning]] = []
+
+    def transport(
+        peer: int,
+        address: str,
+        identity: Identity,
+        on_unreachable: Callable[[int], None],
+        hashes: StateHashes,
+        limits: Limits,
+        tuning: Tuning,
+    ) -> Peer:
+        made.append((peer, limits, tuning))
+        return network.transport(1)(peer, address, identity, on_unreachable, hashes, limits, tuning)
+
+    async def main() -> None:
+        node = RaftNode(load_cluster(conf), 0, MemoryStorage(), limits, transport=transport, tuning=tuning)
+        runner = asyncio.get_running_loop().create_task(node.run())
+        await asyncio.sleep(0.01)
+        await node.stop()
+        await runner
+
+    asyncio.run(main())
+    assert made == [(2, limits, tuning), (3, limits, tuning)]

@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-import pytest
 
 from raftd.core import Message, MsgType, Snapshot, SnapshotMeta
 from raftd.identity import Identity
 from raftd.pb import peer_pb2, peer_pb2_grpc
-from raftd.transport import peer as peer_module
+from raftd.settings import Tuning
 from raftd.transport.peer import PeerClient
+
+CHUNK_BYTES = 1000  # small chunks: an image of 10 KB goes in several
 
 
 class Receiver(peer_pb2_grpc.RaftPeerServicer):
@@ -39,7 +40,9 @@ async def _transfer(cut_after: int | None, data: bytes) -> tuple[bool, Receiver]
     peer_pb2_grpc.add_RaftPeerServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    client = PeerClient(2, f"127.0.0.1:{port}", Identity("c", "0123456789abcdef"), lambda _peer: None)
+    identity = Identity("c", "0123456789abcdef")
+    tuning = Tuning(snapshot_chunk_bytes=CHUNK_BYTES)
+    client = PeerClient(2, f"127.0.0.1:{port}", identity, lambda _peer: None, tuning=tuning)
     try:
         snap = Snapshot(SnapshotMeta(100, 3), data)
         ok = await client.send_snapshot(Message(MsgType.SNAP, to=2, frm=1, term=3, snapshot=snap))
@@ -49,19 +52,13 @@ async def _transfer(cut_after: int | None, data: bytes) -> tuple[bool, Receiver]
     return ok, receiver
 
 
-@pytest.fixture
-def small_chunks(monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(peer_module, "SNAPSHOT_CHUNK_BYTES", 1000)
-    return 1000
-
-
-def test_a_transfer_cut_off_midway_reports_failure(small_chunks: int) -> None:
+def test_a_transfer_cut_off_midway_reports_failure() -> None:
     ok, receiver = asyncio.run(_transfer(cut_after=3, data=bytes(range(256)) * 40))
     assert ok is False
-    assert 3 <= len(receiver.chunks) < 1 + 10240 // small_chunks
+    assert 3 <= len(receiver.chunks) < 1 + 10240 // CHUNK_BYTES
 
 
-def test_a_complete_transfer_arrives_intact(small_chunks: int) -> None:
+def test_a_complete_transfer_arrives_intact() -> None:
     data = bytes(range(256)) * 40
     ok, receiver = asyncio.run(_transfer(cut_after=None, data=data))
     assert ok is True
@@ -70,4 +67,4 @@ def test_a_complete_transfer_arrives_intact(small_chunks: int) -> None:
     assert (first.header.snapshot.meta.index, first.header.snapshot.meta.term) == (100, 3)
     assert first.header.snapshot.data == b""  # the image travels in the chunks, not in the header
     assert b"".join(c.data for c in rest) == data
-    assert all(len(c.data) <= small_chunks for c in rest)
+    assert all(len(c.data) <= CHUNK_BYTES for c in rest)

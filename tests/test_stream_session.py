@@ -10,11 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
-from raftd.api import stream
 from raftd.api.stream import StreamSession
 from raftd.kv import Result
 from raftd.pb import kv_pb2 as pb
-from raftd.settings import DEFAULTS, Limits
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 
 
 class StuckNode:
@@ -29,13 +28,12 @@ class StuckNode:
         return future
 
 
-def test_a_request_without_an_outcome_expires_and_frees_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stream, "REQUEST_DEADLINE_S", 0.05)
-    monkeypatch.setattr(stream, "EXPIRY_GRAIN_S", 0.01)
+def test_a_request_without_an_outcome_expires_and_frees_its_slot() -> None:
+    tuning = Tuning(max_deadline_s=0.05, stream_expiry_grain_s=0.01)
 
     async def scenario() -> None:
         node = StuckNode()
-        session = StreamSession(node, DEFAULTS)  # type: ignore[arg-type]
+        session = StreamSession(node, DEFAULTS, tuning)  # type: ignore[arg-type]
         put = pb.Request(id=7, put=pb.PutRequest(key=b"k", value=b"v"))
         session.serve(pb.RequestBatch(requests=[put, put]))  # a repeated id counts once
         session.serve(pb.RequestBatch(requests=[put]))  # and so does one that is still open
@@ -54,8 +52,7 @@ def test_a_request_without_an_outcome_expires_and_frees_its_slot(monkeypatch: py
 def test_each_request_expires_at_its_own_deadline_from_one_timer_per_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(stream, "REQUEST_DEADLINE_S", 1.0)
-    monkeypatch.setattr(stream, "EXPIRY_GRAIN_S", 0.2)
+    tuning = Tuning(max_deadline_s=1.0, stream_expiry_grain_s=0.2)
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -73,7 +70,7 @@ def test_each_request_expires_at_its_own_deadline_from_one_timer_per_stream(
 
         monkeypatch.setattr(loop, "call_at", recording_call_at)  # call_later goes through call_at too
         node = StuckNode()
-        session = StreamSession(node, DEFAULTS)  # type: ignore[arg-type]
+        session = StreamSession(node, DEFAULTS, tuning)  # type: ignore[arg-type]
         start = clock
 
         def put(rid: int) -> pb.RequestBatch:
@@ -119,7 +116,7 @@ class Context:
 
 def test_the_expiry_timer_ends_with_the_call() -> None:
     async def scenario() -> None:
-        session = StreamSession(AnsweringNode(), DEFAULTS)  # type: ignore[arg-type]
+        session = StreamSession(AnsweringNode(), DEFAULTS, TUNING)  # type: ignore[arg-type]
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
             yield pb.RequestBatch(requests=[pb.Request(id=1, put=pb.PutRequest(key=b"k", value=b"v"))])
@@ -185,7 +182,7 @@ def test_reads_queued_behind_a_slow_reader_hold_no_values() -> None:
 
     async def scenario() -> None:
         node = ReadingNode()
-        session = StreamSession(node, Limits(stream_write_timeout_s=60))  # type: ignore[arg-type]
+        session = StreamSession(node, Limits(stream_write_timeout_s=60), TUNING)  # type: ignore[arg-type]
         context = StalledContext(window=1)
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
@@ -196,9 +193,9 @@ def test_reads_queued_behind_a_slow_reader_hold_no_values() -> None:
         for _ in range(20):
             await asyncio.sleep(0)
         sent = sum(len(v) for b in context.written for r in b.responses for v in [r.get.value])
-        assert 0 < sent <= stream.MAX_BATCH_BYTES, "one message's worth sent"
+        assert 0 < sent <= TUNING.response_batch_bytes, "one message's worth sent"
         # One message sent, one in the write that never returns, and the value that did not fit in it.
-        most = 2 * stream.MAX_BATCH_BYTES // MIB + 1
+        most = 2 * TUNING.response_batch_bytes // MIB + 1
         assert node.reads <= most, f"{node.reads} values fetched for a stalled client"
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -209,7 +206,7 @@ def test_reads_queued_behind_a_slow_reader_hold_no_values() -> None:
 def test_a_stream_reads_no_more_requests_past_its_byte_bound() -> None:
     async def scenario() -> None:
         node = StuckNode()  # writes never commit: every put stays unanswered
-        session = StreamSession(node, Limits(max_stream_bytes=3 * MIB))  # type: ignore[arg-type]
+        session = StreamSession(node, Limits(max_stream_bytes=3 * MIB), TUNING)  # type: ignore[arg-type]
         read = 0
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
@@ -236,7 +233,7 @@ def test_a_stream_reads_no_more_requests_past_its_count_bound() -> None:
 
     async def scenario() -> None:
         node = StuckNode()
-        session = StreamSession(node, Limits(max_stream_requests=5))  # type: ignore[arg-type]
+        session = StreamSession(node, Limits(max_stream_requests=5), TUNING)  # type: ignore[arg-type]
         read = 0
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
@@ -262,7 +259,7 @@ def test_a_stream_reads_no_more_requests_past_its_count_bound() -> None:
 def test_a_client_that_reads_nothing_is_cut_off() -> None:
     async def scenario() -> None:
         node = ReadingNode()
-        session = StreamSession(node, Limits(stream_write_timeout_s=0.05))  # type: ignore[arg-type]
+        session = StreamSession(node, Limits(stream_write_timeout_s=0.05), TUNING)  # type: ignore[arg-type]
         context = StalledContext(window=0)
 
         async def requests() -> AsyncIterator[pb.RequestBatch]:
@@ -300,7 +297,7 @@ def test_a_batch_of_too_many_requests_ends_the_stream_before_any_starts() -> Non
 
     async def scenario() -> None:
         node = StuckNode()
-        session = StreamSession(node, Limits(max_batch_requests=100))  # type: ignore[arg-type]
+        session = StreamSession(node, Limits(max_batch_requests=100), TUNING)  # type: ignore[arg-type]
         context = RefusingContext()
 
         def puts(first: int, n: int) -> pb.RequestBatch:

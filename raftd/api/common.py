@@ -34,11 +34,10 @@ from raftd.pipe import (
     RequestError,
     never_connected,
 )
+from raftd.settings import Tuning
 
 T = TypeVar("T")
 
-DEFAULT_DEADLINE_S = 5.0
-MAX_DEADLINE_S = 60.0
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 1024 * 1024
 # Set on a request a follower passed to the leader: it is never passed on a second time, so two nodes with
@@ -117,12 +116,12 @@ def grpc_errors(method: Handler) -> Handler:
     return wrapper
 
 
-def time_left(context: grpc.aio.ServicerContext[Any, Any]) -> float:
-    """The caller's deadline, or a default so that nothing waits forever."""
+def time_left(context: grpc.aio.ServicerContext[Any, Any], tuning: Tuning) -> float:
+    """The caller's deadline, capped (Tuning.max_deadline_s), or a default so that nothing waits forever."""
     remaining = context.time_remaining()
     if remaining is None:
-        return DEFAULT_DEADLINE_S
-    return max(0.0, min(remaining, MAX_DEADLINE_S))
+        return tuning.default_deadline_s
+    return max(0.0, min(remaining, tuning.max_deadline_s))
 
 
 def was_forwarded(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
@@ -288,11 +287,11 @@ async def write(
             wrapped = (
                 pb.Request(put=request) if isinstance(request, pb.PutRequest) else pb.Request(delete=request)
             )
-            response = await forwarder.request(e.leader, wrapped, time_left(context))
+            response = await forwarder.request(e.leader, wrapped, time_left(context, calls.node.tuning))
             if response.WhichOneof("result") == "put":
                 return response.put.index, False
             return response.delete.index, response.delete.deleted
-        async with asyncio.timeout(time_left(context)):
+        async with asyncio.timeout(time_left(context, calls.node.tuning)):
             result = await future
         return result.index, result.existed
     except Exception as e:
@@ -308,7 +307,7 @@ async def read(
     calls.start()
     try:
         if not local:
-            async with asyncio.timeout(time_left(context)):
+            async with asyncio.timeout(time_left(context, calls.node.tuning)):
                 await calls.node.read_barrier_nowait()
         return calls.node.local_read(key)
     except Exception as e:
@@ -326,12 +325,12 @@ async def on_leader(
     """Run local() here when leading, else forward() to the leader (admin calls, which change no key)."""
     try:
         try:
-            return await asyncio.wait_for(local(), time_left(context))
+            return await asyncio.wait_for(local(), time_left(context, node.tuning))
         except NotLeader as e:
             if e.leader is None or was_forwarded(context):
                 raise
             channel = node.channel_to(e.leader.id)
-            return await forward(channel, time_left(context))
+            return await forward(channel, time_left(context, node.tuning))
     except grpc.aio.AioRpcError as err:
         if never_connected(err.details() or ""):
             raise RequestFailed(err.code(), "the leader is unreachable") from None
@@ -340,9 +339,9 @@ async def on_leader(
         raise failure(e, write=False) from None
 
 
-async def on_node(context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
+async def on_node(node: RaftNode, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:
     """Admin work served by this node itself (a backup)."""
     try:
-        return await asyncio.wait_for(work, time_left(context))
+        return await asyncio.wait_for(work, time_left(context, node.tuning))
     except Exception as e:
         raise failure(e, write=False) from None

@@ -100,7 +100,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.streams_open += 1
         try:
             async with self.streams.track():
-                await StreamSession(self.node, limits).run(requests, context)
+                await StreamSession(self.node, limits, self.node.tuning).run(requests, context)
         finally:
             self.streams_open -= 1
 
@@ -160,13 +160,14 @@ class AdminService(kv_pb2_grpc.AdminServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
             stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
             try:
-                async for chunk in stub.Backup(request, timeout=time_left(context), metadata=FORWARDED):
+                timeout = time_left(context, node.tuning)
+                async for chunk in stub.Backup(request, timeout=timeout, metadata=FORWARDED):
                     yield chunk
             except grpc.aio.AioRpcError as e:
                 await context.abort(e.code(), e.details() or e.code().name)
             return
         try:
-            meta, image = await on_node(context, node.backup())
+            meta, image = await on_node(node, context, node.backup())
         except RequestFailed as e:
             await context.abort(e.code, e.message)
         raw = pack(node.identity.name, meta.index, meta.term, image)

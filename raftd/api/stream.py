@@ -33,20 +33,11 @@ from raftd.kv import Command, Result
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
-from raftd.settings import Limits
+from raftd.settings import Limits, Tuning
 
-from .common import MAX_DEADLINE_S, RequestFailed, check_key, delete_command, failure, put_command
+from .common import RequestFailed, check_key, delete_command, failure, put_command
 
 log = logging.getLogger("raftd.api")
-
-# One ResponseBatch carries at most this many bytes of values, unless one value alone is more (a client
-# takes 8 MiB messages, and a value is at most 1 MiB).
-MAX_BATCH_BYTES = 1024 * 1024
-# A request still open after this long (and up to EXPIRY_GRAIN_S more) is answered DEADLINE_EXCEEDED, so
-# that one whose outcome never comes (a follower's ReadIndex request lost on the way to the leader) cannot
-# hold its slot forever.
-REQUEST_DEADLINE_S = MAX_DEADLINE_S
-EXPIRY_GRAIN_S = 1.0
 
 
 class _Read(NamedTuple):
@@ -59,9 +50,13 @@ class _Read(NamedTuple):
 class StreamSession:
     """One Stream call: the reader serves requests, callbacks queue answers, the writer sends them."""
 
-    def __init__(self, node: RaftNode, limits: Limits) -> None:
+    def __init__(self, node: RaftNode, limits: Limits, tuning: Tuning) -> None:
+        """limits: what the stream may hold (max_stream_*, max_batch_requests, stream_write_timeout_s);
+        tuning: its answers' size and its requests' deadline (response_batch_bytes, max_deadline_s,
+        stream_expiry_grain_s)."""
         self.node = node
         self.limits = limits
+        self.tuning = tuning
         self.out: list[pb.Response | _Read] = []
         self.out_bytes = 0  # value bytes of the answers in out that hold their values
         self.deferred = 0  # reads in out whose values are fetched when they go out
@@ -169,7 +164,8 @@ class StreamSession:
     def _take(self) -> list[pb.Response]:
         """The longest prefix of the queue whose values fit in one message (at least one answer); all of
         it, at once, in the common case of small values that hold their values already."""
-        if not self.deferred and self.out_bytes <= MAX_BATCH_BYTES:
+        most = self.tuning.response_batch_bytes
+        if not self.deferred and self.out_bytes <= most:
             everything, self.out, self.out_bytes = self.out, [], 0
             return cast(list[pb.Response], everything)  # no _Read in it: deferred is 0
         out = self.out
@@ -184,7 +180,7 @@ class StreamSession:
             else:
                 item = queued
             weight = len(item.get.value)
-            if taken and size + weight > MAX_BATCH_BYTES:
+            if taken and size + weight > most:
                 break
             taken.append(item)
             size += weight
@@ -212,7 +208,7 @@ class StreamSession:
             if request.id not in self.open:
                 fresh.setdefault(request.id, request)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + REQUEST_DEADLINE_S
+        deadline = loop.time() + self.tuning.max_deadline_s
         for rid, request in fresh.items():
             weight = _weight(request)
             self.open[rid] = (deadline, weight)
@@ -220,7 +216,7 @@ class StreamSession:
         self.open_writes.update(rid for rid, r in fresh.items() if r.WhichOneof("op") in ("put", "delete"))
         self.unanswered += len(fresh)
         if fresh and self._expiry is None:
-            self._expiry = loop.call_at(deadline + EXPIRY_GRAIN_S, self._expire)
+            self._expiry = loop.call_at(deadline + self.tuning.stream_expiry_grain_s, self._expire)
         for request in fresh.values():
             kind = request.WhichOneof("op")
             try:
@@ -282,7 +278,7 @@ class StreamSession:
         value is fetched as it goes out (_take). A value read later than its read was confirmed is still
         linearizable (the answer has not been sent, and the state only moves on), and a client that does
         not read then holds no values queued here."""
-        if self.deferred or self.out_bytes >= MAX_BATCH_BYTES:
+        if self.deferred or self.out_bytes >= self.tuning.response_batch_bytes:
             self._answer(_Read(rid, key))
         else:
             self._answer(self._read_now(_Read(rid, key)))
@@ -292,13 +288,14 @@ class StreamSession:
 
         One timer per stream rather than one per batch: under load those filled the loop's timer heap
         (every batch of a minute), and they kept firing for a minute after the load ended. It runs
-        EXPIRY_GRAIN_S late, so that the requests of a stuck stream expire in a few rounds, not one each.
+        Tuning.stream_expiry_grain_s late, so that the requests of a stuck stream expire in a few rounds, not
+        one each.
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
         due = [rid for rid, _ in itertools.takewhile(lambda item: item[1][0] <= now, self.open.items())]
         for rid in due:
-            message = f"no outcome within {REQUEST_DEADLINE_S:g}s"
+            message = f"no outcome within {self.tuning.max_deadline_s:g}s"
             if rid in self.open_writes:
                 failed = RequestFailed(
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"{message}; the write may have applied", UNKNOWN
@@ -309,7 +306,7 @@ class StreamSession:
         self._expiry = None
         if self.open and not self.closed:
             oldest, _ = next(iter(self.open.values()))
-            self._expiry = loop.call_at(oldest + EXPIRY_GRAIN_S, self._expire)
+            self._expiry = loop.call_at(oldest + self.tuning.stream_expiry_grain_s, self._expire)
 
     def _fail(self, rid: int, e: RequestFailed) -> None:
         self._answer(pb.Response(id=rid, error=e.to_pb()))

@@ -9,6 +9,7 @@ from typing import Protocol
 from raftd.consistency import StateHashes
 from raftd.core import Message
 from raftd.identity import Identity
+from raftd.settings import Limits, Tuning
 
 
 class Peer(Protocol):
@@ -32,7 +33,8 @@ class Peer(Protocol):
 
 
 class Transport(Protocol):
-    """Makes the node's senders: one per peer, for the peer's core id and its map address."""
+    """Makes the node's senders: one per peer, for the peer's core id and its map address, with the node's
+    settings (the bound on a peer's queue, the timings and sizes of its writes)."""
 
     def __call__(
         self,
@@ -41,4 +43,6 @@ class Transport(Protocol):
         identity: Identity,
         on_unreachable: Callable[[int], None],
         hashes: StateHashes,
+        limits: Limits,
+        tuning: Tuning,
     ) -> Peer: ...

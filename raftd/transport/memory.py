@@ -14,6 +14,7 @@ from typing import Protocol
 from raftd.consistency import StateHashes
 from raftd.core import Message, MsgType
 from raftd.identity import Identity
+from raftd.settings import Limits, Tuning
 from raftd.transport.peer import PROTOCOL_VERSION
 
 
@@ -54,7 +55,10 @@ class MemoryNetwork:
             identity: Identity,
             on_unreachable: Callable[[int], None],
             hashes: StateHashes,
+            limits: Limits,
+            tuning: Tuning,
         ) -> MemoryPeer:
+            # No queue to bound and no writes to time: a batch goes at the next turn of the loop.
             return MemoryPeer(self, sender, peer, identity, on_unreachable, hashes)
 
         return make

@@ -21,26 +21,14 @@ from raftd.identity import Identity
 from raftd.pb import peer_pb2 as pb
 from raftd.pb import peer_pb2_grpc
 from raftd.pipe import details_of
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 
 from .codec import message_to_pb
 
 log = logging.getLogger("raftd.transport")
 
-QUEUE_LIMIT = 4096
-BATCH_LIMIT = 512
-# Entry bytes per write, beyond one message: a write of 1 MiB entries by the dozen would hold up the
-# heartbeats behind it for longer than an election timeout (and outgrow MAX_MESSAGE_BYTES).
-BATCH_BYTES = 4 * 1024 * 1024
-WRITE_DEADLINE_S = 2.0
-SNAPSHOT_CHUNK_BYTES = 1024 * 1024
-SNAPSHOT_DEADLINE_S = 10.0
-SNAPSHOT_MIN_RATE = 1024 * 1024  # bytes/s: a transfer slower than this is given up and retried
-CLOSE_WAIT_S = 1.0
-STATUS_WAIT_S = 1.0  # for an ended call's status (PeerClient._failure)
 # A peer that says no (another cluster; a caller's address not a member's): worth a warning, not a debug line.
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
-BACKOFF_MIN_S = 0.05
-BACKOFF_MAX_S = 1.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 PROTOCOL_VERSION = 3  # MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks
 
@@ -75,18 +63,23 @@ class PeerClient:
         identity: Identity,
         on_unreachable: Callable[[int], None],
         hashes: StateHashes | None = None,
+        limits: Limits = DEFAULTS,
+        tuning: Tuning = TUNING,
     ) -> None:
+        """limits: the queue's bound (max_peer_queue); tuning: the writes' sizes and timings (peer_*,
+        snapshot_*)."""
         self.peer = peer
         self.address = address
         self.identity = identity  # read at each write: the cluster id is learnt while running
         self.hashes = hashes or StateHashes()  # likewise: its newest hash goes with every write
         self.on_unreachable = on_unreachable
+        self.tuning = tuning
         # Shared with the client calls this node forwards to the peer (RaftNode.channel_to), so never
         # closed before the end; the Raft traffic moves to a channel of its own after a refusal.
         self.channel = _channel(address)
         self._raft_channel = self.channel
         self._stub = peer_pb2_grpc.RaftPeerStub(self._raft_channel)
-        self._queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_LIMIT)
+        self._queue: asyncio.Queue[Message] = asyncio.Queue(limits.max_peer_queue)
         self._carried: Message | None = None  # taken from the queue, but beyond the last batch's bytes
         self._task: asyncio.Task[None] | None = None
         self._writing_since: float | None = None  # when the write in flight started
@@ -111,7 +104,8 @@ class PeerClient:
             self._queue.get_nowait()
 
     async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
+        tuning = self.tuning
+        backoff = tuning.peer_backoff_min_s
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
@@ -130,11 +124,13 @@ class PeerClient:
                     )
                     self._writing_since = loop.time()
                     if self._watchdog is None:
-                        self._watchdog = loop.call_at(self._writing_since + WRITE_DEADLINE_S, self._watch)
+                        self._watchdog = loop.call_at(
+                            self._writing_since + tuning.peer_write_timeout_s, self._watch
+                        )
                     await stream.write(request)
                     self._writing_since = None
                     self.reachable = True
-                    backoff = BACKOFF_MIN_S
+                    backoff = tuning.peer_backoff_min_s
                     batch = await self._next_batch()
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, asyncio.CancelledError) as e:
                 if isinstance(e, asyncio.CancelledError):
@@ -158,22 +154,21 @@ class PeerClient:
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                backoff = min(backoff * 2, tuning.peer_backoff_max_s)
 
-    @staticmethod
     async def _failure(
-        stream: grpc.aio.StreamUnaryCall[pb.MessageBatch, pb.StepResponse], e: BaseException
+        self, stream: grpc.aio.StreamUnaryCall[pb.MessageBatch, pb.StepResponse], e: BaseException
     ) -> tuple[grpc.StatusCode | None, str]:
         """The status a failed write ended in, if the call has one, and why in one line (the config's
         address goes with it; a gRPC error's repr spans a dozen)."""
         if isinstance(e, grpc.RpcError):
             return e.code(), details_of(e)
         if isinstance(e, asyncio.CancelledError):
-            return None, f"a write took over {WRITE_DEADLINE_S:g}s"
+            return None, f"a write took over {self.tuning.peer_write_timeout_s:g}s"
         # InvalidStateError: grpc.aio's write on a call that has ended, with its status waiting to be read
         # (bounded all the same: the sender must never wait on a status that does not come).
         try:
-            async with asyncio.timeout(STATUS_WAIT_S):
+            async with asyncio.timeout(self.tuning.peer_status_wait_s):
                 code: grpc.StatusCode = await stream.code()
                 details: str = await stream.details()
         except TimeoutError:
@@ -192,9 +187,9 @@ class PeerClient:
             await old.close(grace=None)
 
     def _watch(self) -> None:
-        """Give up a write in flight for over WRITE_DEADLINE_S (a peer that stopped reading), else wait for
-        the deadline of the one in flight now. One timer serves every write: a timer per write, cancelled
-        when it completed, left thousands of dead entries in the event loop's heap under load.
+        """Give up a write in flight for over Tuning.peer_write_timeout_s (a peer that stopped reading), else
+        wait for the deadline of the one in flight now. One timer serves every write: a timer per write,
+        cancelled when it completed, left thousands of dead entries in the event loop's heap under load.
 
         It cancels the sender task, as asyncio.timeout would: cancelling only the call does not end a
         write still waiting for the stream to open (grpc.aio waits for that outside its cancellation
@@ -202,7 +197,7 @@ class PeerClient:
         self._watchdog = None
         if self._writing_since is None or self._task is None:
             return
-        due = self._writing_since + WRITE_DEADLINE_S
+        due = self._writing_since + self.tuning.peer_write_timeout_s
         loop = asyncio.get_running_loop()
         if loop.time() >= due:
             self._expired = True
@@ -219,16 +214,18 @@ class PeerClient:
         assert m.snapshot is not None
         data = m.snapshot.data
         header = message_to_pb(Message(m.type, m.to, m.frm, m.term, snapshot=Snapshot(m.snapshot.meta)))
+        tuning = self.tuning
 
         async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
             yield pb.SnapshotChunk(
                 cluster=self.identity.name, cluster_id=self.identity.id, header=header, total_size=len(data)
             )
             view = memoryview(data)
-            for start in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                yield pb.SnapshotChunk(data=bytes(view[start : start + SNAPSHOT_CHUNK_BYTES]))
+            step = tuning.snapshot_chunk_bytes
+            for start in range(0, len(data), step):
+                yield pb.SnapshotChunk(data=bytes(view[start : start + step]))
 
-        deadline = SNAPSHOT_DEADLINE_S + len(data) / SNAPSHOT_MIN_RATE
+        deadline = tuning.snapshot_timeout_s + len(data) / tuning.snapshot_min_rate
         try:
             await self._stub.InstallSnapshot(chunks(), timeout=deadline)
         except grpc.aio.AioRpcError as e:
@@ -237,14 +234,16 @@ class PeerClient:
         return True
 
     async def _next_batch(self) -> list[Message]:
-        """What is queued, up to BATCH_LIMIT messages and BATCH_BYTES of entries (at least one message)."""
+        """What is queued, up to Tuning.peer_batch_messages messages and peer_batch_bytes of entries (at
+        least one message)."""
         first, self._carried = self._carried or await self._queue.get(), None
         batch = [first]
         size = _entry_bytes(first)
-        while len(batch) < BATCH_LIMIT and not self._queue.empty():
+        most, most_bytes = self.tuning.peer_batch_messages, self.tuning.peer_batch_bytes
+        while len(batch) < most and not self._queue.empty():
             m = self._queue.get_nowait()
             size += _entry_bytes(m)
-            if size > BATCH_BYTES:
+            if size > most_bytes:
                 self._carried = m  # the next batch's first
                 break
             batch.append(m)
@@ -257,7 +256,7 @@ class PeerClient:
         if self._task is not None:
             self._task.cancel()
             # Bounded: shutting down must never hang on a peer.
-            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
+            await asyncio.wait({self._task}, timeout=self.tuning.peer_close_wait_s)
         if self._raft_channel is not self.channel:
             await self._raft_channel.close(grace=None)
         await self.channel.close(grace=None)

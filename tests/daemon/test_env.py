@@ -31,6 +31,7 @@ def conf(tmp_path: Path) -> Path:
         ("RAFTD_ELECTION_TIMEOUT", "abc", "--election-timeout wants MIN-MAX in ms"),
         ("RAFTD_RESTORE", "no-such-backup.bak", "no-such-backup.bak"),
         ("RAFTD_MAX_SNAPSHOT_BYTES", "0", "--max-snapshot-bytes"),
+        ("RAFTD_MAX_PEER_QUEUE", "0", "--max-peer-queue"),
     ],
 )
 def test_each_option_s_variable_is_read(
@@ -78,6 +79,7 @@ def test_an_unknown_variable_is_a_warning_and_the_node_starts(tmp_path: Path, co
             "raftd: error: --heartbeat-interval: 'x' is not a valid integer",
         ),
         (["0", "--bogus"], "raftd: error: No such option '--bogus'"),
+        (["0", "--max-peer-queue", "0"], "raftd: error: --max-peer-queue: 0 is not in the range x>=1"),
         ([], "raftd: error: Missing argument 'ID'"),
     ],
 )
