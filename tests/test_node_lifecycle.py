@@ -17,6 +17,7 @@ from raftd.errors import TargetUnreachable, Unavailable
 from raftd.kv import Command, Image, KVStore, Op, encode
 from raftd.node import RaftNode
 from raftd.server import _hand_over
+from raftd.settings import TUNING
 from raftd.storage import PersistedState, SqliteStorage
 from tests.nodes import follower, leader, release_node, running
 
@@ -328,6 +329,8 @@ def test_a_hand_over_skipped_for_an_unreachable_target_does_not_read_as_a_failur
     """Stopping a whole cluster logged "Leadership hand-over failed: node 2 is unreachable" (issue 17)."""
 
     class Stopping:
+        tuning = TUNING  # how long the hand-over may take (shutdown_transfer_s)
+
         def is_leader(self) -> bool:
             return True
 
