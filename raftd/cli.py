@@ -31,7 +31,7 @@ from raftd.errors import FatalError
 from raftd.kv.store import MAX_SESSION_LIMIT
 from raftd.restore import restore
 from raftd.server import StartupError, serve
-from raftd.settings import Limits
+from raftd.settings import MAX_REQUEST_FIELD_BYTES, Limits
 from raftd.storage import StorageError
 
 EXIT_CONFIG = 2
@@ -51,6 +51,8 @@ ENV = {
     "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
     "--max-peer-queue": "RAFTD_MAX_PEER_QUEUE",
     "--max-sessions": "RAFTD_MAX_SESSIONS",
+    "--max-key-bytes": "RAFTD_MAX_KEY_BYTES",
+    "--max-value-bytes": "RAFTD_MAX_VALUE_BYTES",
     "--max-streams": "RAFTD_MAX_STREAMS",
     "--max-stream-requests": "RAFTD_MAX_STREAM_REQUESTS",
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
@@ -196,6 +198,22 @@ def _one_line(e: click.ClickException) -> str:
     "the same.",
 )
 @click.option(
+    "--max-key-bytes",
+    type=click.IntRange(min=1, max=MAX_REQUEST_FIELD_BYTES),
+    default=Limits.max_key_bytes,
+    show_default=True,
+    envvar=ENV["--max-key-bytes"],
+    help="The longest key a request may carry; a longer one is refused (INVALID_ARGUMENT).",
+)
+@click.option(
+    "--max-value-bytes",
+    type=click.IntRange(min=1, max=MAX_REQUEST_FIELD_BYTES),
+    default=Limits.max_value_bytes,
+    show_default=True,
+    envvar=ENV["--max-value-bytes"],
+    help="The longest value a write may carry; a longer one is refused (INVALID_ARGUMENT).",
+)
+@click.option(
     "--max-streams",
     type=click.IntRange(min=1),
     default=Limits.max_streams,
@@ -283,6 +301,8 @@ def node(
     max_snapshot_bytes: int,
     max_peer_queue: int,
     max_sessions: int,
+    max_key_bytes: int,
+    max_value_bytes: int,
     max_streams: int,
     max_stream_requests: int,
     max_stream_bytes: int,
@@ -312,6 +332,8 @@ def node(
             max_snapshot_bytes=max_snapshot_bytes,
             max_peer_queue=max_peer_queue,
             max_sessions=max_sessions,
+            max_key_bytes=max_key_bytes,
+            max_value_bytes=max_value_bytes,
             max_streams=max_streams,
             max_stream_requests=max_stream_requests,
             max_stream_bytes=max_stream_bytes,

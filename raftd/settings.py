@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from raftd.kv.store import MAX_SESSION_LIMIT, MAX_SESSIONS
 
+# The most --max-key-bytes and --max-value-bytes may be: an answer carries a whole value, and with its few
+# bytes of framing it must fit in a message of gRPC's default 4 MiB, all that the original project's
+# clients take (raftctl takes 8 MiB, and a put carries a key and a value). Beyond gRPC's 64 MiB peer
+# messages, an entry could never even reach a follower.
+MAX_REQUEST_FIELD_BYTES = 4 * 1024 * 1024 - 1024
+
 
 def _check_positive(settings: Limits | Tuning, may_be_zero: set[str] | frozenset[str] = frozenset()) -> None:
     """Both settings objects refuse what would make a node misbehave (a zero tick, a negative bound); a few
@@ -37,6 +43,13 @@ class Limits:
     # Exactly-once sessions the cluster keeps (the least recently used goes). Replicated: the leader's
     # value becomes the cluster's (an Op.SESSION_LIMIT entry), so give every node the same.
     max_sessions: int = MAX_SESSIONS
+    # The longest key and value a request may carry; a longer one is INVALID_ARGUMENT before it reaches the
+    # log. They bound what one write makes every node hold, in its log, its state and its answers, as
+    # etcd's --max-request-bytes does. Keys name things: 4 KiB is ample. 1 MiB values are what etcd
+    # promises to take, and writes of them still leave heartbeats their turn (docs/operations.md, "Large
+    # values"). Each is at most MAX_REQUEST_FIELD_BYTES.
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1024 * 1024
     # KV.Stream calls served at once, over all connections; one more is refused (RESOURCE_EXHAUSTED) and
     # raftd's clients fall back to unary calls. A follower's forwarding stream to the leader counts too.
     max_streams: int = 256
@@ -62,6 +75,9 @@ class Limits:
         _check_positive(self, may_be_zero={"corrupt_check_interval_s"})  # the one that 0 turns off
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")
+        for name in ("max_key_bytes", "max_value_bytes"):
+            if getattr(self, name) > MAX_REQUEST_FIELD_BYTES:
+                raise ValueError(f"{name} is at most {MAX_REQUEST_FIELD_BYTES}, not {getattr(self, name)}")
 
 
 DEFAULTS = Limits()
@@ -148,7 +164,7 @@ class Tuning:
     # late, so that the requests of a stuck stream expire in a few rounds, not one each.
     stream_expiry_grain_s: float = 1.0
     # One ResponseBatch of a stream carries at most this many bytes of values, unless one value alone is
-    # more (raftctl takes 8 MiB messages, and a value is at most 1 MiB). Once that much
+    # more (raftctl takes 8 MiB messages, and a value is at most MAX_REQUEST_FIELD_BYTES). Once that much
     # waits to go out, a read's value is fetched only as its answer is sent: the answers queued behind a
     # client that stops reading hold no values.
     response_batch_bytes: int = 1024 * 1024

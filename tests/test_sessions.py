@@ -16,7 +16,7 @@ from raftd.kv import Command, Op
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pipe import UNKNOWN
-from raftd.settings import Limits
+from raftd.settings import DEFAULTS, Limits
 
 from .nodes import commit_all, leader, logged, release_node
 
@@ -49,7 +49,7 @@ def test_an_expired_session_s_write_fails_as_session_expired_with_an_unknown_out
         node.peer_speaks(2, 2)
         node.peer_speaks(3, 2)
         fut = node.propose_nowait(
-            put_command(pb.PutRequest(key=b"k", value=b"v", session=_session(7, False)))
+            put_command(pb.PutRequest(key=b"k", value=b"v", session=_session(7, False)), DEFAULTS)
         )
         await commit_all(node)
         with pytest.raises(SessionExpired):
@@ -73,11 +73,11 @@ def _session(seq: int, first: bool | None) -> pb.WriteSession:
 
 def test_a_client_that_does_not_say_is_first_at_seq_1() -> None:
     """Clients written before WriteSession.first number their writes from 1."""
-    assert put_command(pb.PutRequest(key=b"k", session=_session(1, None))).first is True
-    assert put_command(pb.PutRequest(key=b"k", session=_session(2, None))).first is False
-    assert put_command(pb.PutRequest(key=b"k", session=_session(1, False))).first is False
-    assert put_command(pb.PutRequest(key=b"k", session=_session(9, True))).first is True
-    assert put_command(pb.PutRequest(key=b"k")).first is None  # no session, nothing to check
+    assert put_command(pb.PutRequest(key=b"k", session=_session(1, None)), DEFAULTS).first is True
+    assert put_command(pb.PutRequest(key=b"k", session=_session(2, None)), DEFAULTS).first is False
+    assert put_command(pb.PutRequest(key=b"k", session=_session(1, False)), DEFAULTS).first is False
+    assert put_command(pb.PutRequest(key=b"k", session=_session(9, True)), DEFAULTS).first is True
+    assert put_command(pb.PutRequest(key=b"k"), DEFAULTS).first is None  # no session, nothing to check
 
 
 def test_the_leader_makes_its_session_limit_the_cluster_s(tmp_path: Path) -> None:

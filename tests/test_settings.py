@@ -16,7 +16,7 @@ from raftd.consistency import StateHashes
 from raftd.core import Message, MsgType
 from raftd.identity import Identity
 from raftd.node import RaftNode
-from raftd.settings import DEFAULTS, Limits, Tuning
+from raftd.settings import DEFAULTS, MAX_REQUEST_FIELD_BYTES, Limits, Tuning
 from raftd.storage import MemoryStorage
 from raftd.transport.base import Peer
 from raftd.transport.memory import MemoryNetwork
@@ -35,6 +35,13 @@ def test_a_limit_of_zero_is_refused_except_where_zero_turns_a_check_off() -> Non
     assert Limits(corrupt_check_interval_s=0).corrupt_check_interval_s == 0
     with pytest.raises(ValueError, match="corrupt_check_interval_s must be a positive number"):
         Limits(corrupt_check_interval_s=-1)
+
+
+def test_a_key_or_value_limit_stays_within_what_clients_take() -> None:
+    assert Limits(max_key_bytes=MAX_REQUEST_FIELD_BYTES, max_value_bytes=MAX_REQUEST_FIELD_BYTES)
+    for name in ("max_key_bytes", "max_value_bytes"):
+        with pytest.raises(ValueError, match=f"{name} is at most {MAX_REQUEST_FIELD_BYTES}, not"):
+            Limits(**{name: MAX_REQUEST_FIELD_BYTES + 1})
 
 
 def test_the_peer_backoff_starts_no_higher_than_it_ends() -> None:

@@ -34,12 +34,10 @@ from raftd.pipe import (
     RequestError,
     never_connected,
 )
-from raftd.settings import Tuning
+from raftd.settings import Limits, Tuning
 
 T = TypeVar("T")
 
-MAX_KEY_BYTES = 4096
-MAX_VALUE_BYTES = 1024 * 1024
 # Set on a request a follower passed to the leader: it is never passed on a second time, so two nodes with
 # stale views of each other cannot bounce a request back and forth.
 FORWARDED = (("x-raftd-forwarded", "1"),)
@@ -141,21 +139,21 @@ def check_text(what: str, raw: bytes, limit: int) -> bytes:
     return raw
 
 
-def check_key(key: bytes) -> bytes:
+def check_key(key: bytes, limits: Limits) -> bytes:
     if not key:
         raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, "the key is empty")
-    return check_text("the key", key, MAX_KEY_BYTES)
+    return check_text("the key", key, limits.max_key_bytes)
 
 
-def put_command(request: pb.PutRequest) -> Command:
+def put_command(request: pb.PutRequest, limits: Limits) -> Command:
     """A Put checked and ready for the log (its session makes a retried write apply once)."""
-    key = check_key(request.key)
-    value = check_text("the value", request.value, MAX_VALUE_BYTES)
+    key = check_key(request.key, limits)
+    value = check_text("the value", request.value, limits.max_value_bytes)
     return Command(Op.PUT, key, value, *_session(request.session))
 
 
-def delete_command(request: pb.DeleteRequest) -> Command:
-    key = check_key(request.key)
+def delete_command(request: pb.DeleteRequest, limits: Limits) -> Command:
+    key = check_key(request.key, limits)
     return Command(Op.DELETE, key, b"", *_session(request.session))
 
 

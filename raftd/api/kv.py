@@ -56,7 +56,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PutResponse:
         try:
-            cmd = put_command(request)
+            cmd = put_command(request, self.node.limits)
         except RequestFailed as e:
             raise failure(e, write=True) from None
         index, _ = await write(self.calls, self.forwarder, context, cmd, request)
@@ -67,7 +67,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteResponse:
         try:
-            cmd = delete_command(request)
+            cmd = delete_command(request, self.node.limits)
         except RequestFailed as e:
             raise failure(e, write=True) from None
         index, existed = await write(self.calls, self.forwarder, context, cmd, request)
@@ -77,7 +77,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     async def Get(
         self, request: pb.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetResponse:
-        key = check_key(request.key)
+        key = check_key(request.key, self.node.limits)
         value, index = await read(self.calls, context, key, request.local)
         return pb.GetResponse(found=value is not None, value=value or b"", index=index)
 

@@ -18,7 +18,7 @@ from raftd.pb import kv_pb2, raft_pb2_grpc
 from raftd.pb import raft_pb2 as pb
 from raftd.pipe import UNKNOWN
 
-from .common import MAX_KEY_BYTES, MAX_VALUE_BYTES, Calls, Forwarder, RequestFailed, grpc_errors, read, write
+from .common import Calls, Forwarder, RequestFailed, grpc_errors, read, write
 from .kv import suspend
 
 log = logging.getLogger("raftd.api")
@@ -67,7 +67,8 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         proposed; an unknown outcome is a gRPC error."""
         log.info("Command from client: setval %s %s", clip(request.key), clip(request.value))
         key, value = request.key.encode(), request.value.encode()
-        if not key or len(key) > MAX_KEY_BYTES or len(value) > MAX_VALUE_BYTES:
+        limits = self.node.limits
+        if not key or len(key) > limits.max_key_bytes or len(value) > limits.max_value_bytes:
             return pb.SetValResponse(verdict=False)
         put = kv_pb2.PutRequest(key=key, value=value)
         try:
@@ -85,7 +86,7 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
     ) -> pb.GetValResponse:
         log.info("Command from client: getval %s", clip(request.key))
         key = request.key.encode()
-        if not key or len(key) > MAX_KEY_BYTES:
+        if not key or len(key) > self.node.limits.max_key_bytes:
             return pb.GetValResponse(verdict=False)
         value, _ = await read(self.calls, context, key, local=False)
         if value is None:

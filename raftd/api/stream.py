@@ -51,9 +51,9 @@ class StreamSession:
     """One Stream call: the reader serves requests, callbacks queue answers, the writer sends them."""
 
     def __init__(self, node: RaftNode, limits: Limits, tuning: Tuning) -> None:
-        """limits: what the stream may hold (max_stream_*, max_batch_requests, stream_write_timeout_s);
-        tuning: its answers' size and its requests' deadline (response_batch_bytes, max_deadline_s,
-        stream_expiry_grain_s)."""
+        """limits: what the stream may hold (max_stream_*, max_batch_requests, stream_write_timeout_s, the
+        request checks); tuning: its answers' size and its requests' deadline (response_batch_bytes,
+        max_deadline_s, stream_expiry_grain_s)."""
         self.node = node
         self.limits = limits
         self.tuning = tuning
@@ -221,11 +221,11 @@ class StreamSession:
             kind = request.WhichOneof("op")
             try:
                 if kind == "put":
-                    self._propose(request.id, kind, put_command(request.put))
+                    self._propose(request.id, kind, put_command(request.put, self.limits))
                 elif kind == "delete":
-                    self._propose(request.id, kind, delete_command(request.delete))
+                    self._propose(request.id, kind, delete_command(request.delete, self.limits))
                 elif kind == "get":
-                    key = check_key(request.get.key)
+                    key = check_key(request.get.key, self.limits)
                     if request.get.local:
                         self._local_read(request.id, key)
                     else:

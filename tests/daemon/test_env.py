@@ -32,6 +32,8 @@ def conf(tmp_path: Path) -> Path:
         ("RAFTD_RESTORE", "no-such-backup.bak", "no-such-backup.bak"),
         ("RAFTD_MAX_SNAPSHOT_BYTES", "0", "--max-snapshot-bytes"),
         ("RAFTD_MAX_PEER_QUEUE", "0", "--max-peer-queue"),
+        ("RAFTD_MAX_KEY_BYTES", "0", "--max-key-bytes"),
+        ("RAFTD_MAX_VALUE_BYTES", "4193281", "--max-value-bytes"),
     ],
 )
 def test_each_option_s_variable_is_read(
@@ -80,6 +82,15 @@ def test_an_unknown_variable_is_a_warning_and_the_node_starts(tmp_path: Path, co
         ),
         (["0", "--bogus"], "raftd: error: No such option '--bogus'"),
         (["0", "--max-peer-queue", "0"], "raftd: error: --max-peer-queue: 0 is not in the range x>=1"),
+        (
+            ["0", "--max-key-bytes", "0"],
+            "raftd: error: --max-key-bytes: 0 is not in the range 1<=x<=4193280",
+        ),
+        (
+            # Beyond it an answer carrying the value would not fit the original client's 4 MiB messages.
+            ["0", "--max-value-bytes", "4193281"],
+            "raftd: error: --max-value-bytes: 4193281 is not in the range 1<=x<=4193280",
+        ),
         ([], "raftd: error: Missing argument 'ID'"),
     ],
 )
