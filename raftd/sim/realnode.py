@@ -191,7 +191,9 @@ class DiskExecutor(Executor):
         return future
 
     def _run(self, future: Future[T], job: Callable[[], T]) -> None:
-        if self.dead:
+        # A job whose waiter gave up while it queued (the node stopped) is skipped, as a thread pool skips
+        # it; setting its result would raise.
+        if self.dead or future.cancelled():
             future.cancel()
             return
         self.storage.on_disk_thread = True
