@@ -7,21 +7,25 @@ virtual (the loop jumps to its next timer when nothing is ready), and every rand
 seed, so a seed replays (within one Python hash seed: run with PYTHONHASHSEED=0, as `python -m raftd.sim
 --real` does).
 
-Faults: messages dropped, duplicated and delayed; nodes cut off and healed; nodes crashed (their loop
-cancelled wherever it waits, what they saved kept), some of them right after a save, before anything that
-follows it (the messages that depend on it) runs, and restarted from their storage; on some seeds a slow
-disk, whose saves block the loop (a save on the loop's thread) or finish later (a job on the disk's
-thread). Clients put and read through the node's own API; some puts carry an exactly-once session and are
-retried, as raftctl retries them, while their outcome is unknown. Checks: election safety, state machine
-safety (every node applies the same entry at an index), exactly-once (no session write changes a node's
-state machine twice), linearizability of the clients' puts and reads (raftd.testing.linearizability), and
-progress once the faults stop.
+Faults: messages dropped, duplicated and delayed; nodes cut off and healed; nodes crashed (RaftNode.halt:
+their loop cancelled wherever it waits, what they saved kept), some of them right after a save, before
+anything that follows it (the messages that depend on it) runs, and restarted from their storage; nodes
+suspended and leadership handed over, through the node methods that the Suspend and TransferLeader calls
+use; on some seeds a slow disk, whose saves block the loop (a save on the loop's thread) or finish later (a
+job on the disk's thread). Clients put and read through the node's own API; some puts carry an
+exactly-once session and are retried, as raftctl retries them, while their outcome is unknown; a write a
+node took and then refused is read back. Checks: election safety, state machine safety (every node
+applies the same entry at an index), exactly-once (no session write changes a node's state machine twice),
+linearizability of the clients' puts and reads (raftd.testing.linearizability), and progress once the
+faults stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
+import itertools
 import random
 import selectors
 import tempfile
@@ -106,8 +110,12 @@ class Params:
     drop: float = 0.05
     duplicate: float = 0.02
     max_delay_s: float = 0.03
-    cut_every_s: float = 1.0  # on average, a node cut off (or the cut healed)
-    crash_every_s: float = 1.5  # on average, a node crashed (restarted 0.2 - 1 s later)
+    # Faults of each kind come once per so many seconds on average (math.inf: never).
+    cut_every_s: float = 1.0  # a node cut off (or the cut healed)
+    crash_every_s: float = 1.5  # a node crashed (restarted 0.2 - 1 s later)
+    suspend_every_s: float = 3.0  # a node suspended (RaftNode.suspend, as the Suspend RPC does)
+    suspend_s: tuple[float, float] = (0.2, 1.5)  # for how long (the RPC takes whole seconds: runs are short)
+    transfer_every_s: float = 3.0  # the leader asked to hand over (RaftNode.transfer_leader)
     # Of those crashes, the share that waits for the node's next save and lands right after it (or after
     # SAVE_CRASH_WAIT_S, if no save comes).
     crash_after_save: float = 0.5
@@ -359,6 +367,9 @@ class RealNodeSim:
             "crashes": 0,
             "crashes_after_save": 0,
             "cuts": 0,
+            "suspensions": 0,
+            "transfers": 0,
+            "transfers_done": 0,
             "puts_ok": 0,
             "gets_ok": 0,
             "unknown": 0,
@@ -433,28 +444,77 @@ class RealNodeSim:
 
     # -- faults -------------------------------------------------------------------------------------
     async def _nemesis(self, until: float) -> None:
+        """Faults of each kind at their own average rate (Params' *_every_s), each at a random node."""
         loop = asyncio.get_running_loop()
         p = self.params
+        faults = (
+            (1 / p.crash_every_s, self._crash_fault),
+            (1 / p.cut_every_s, self._cut_fault),
+            (1 / p.suspend_every_s, self._suspend_fault),
+            (1 / p.transfer_every_s, self._transfer_fault),
+        )
+        edges = list(itertools.accumulate(rate for rate, _ in faults))
         while loop.time() < until:
-            pause = self.rng.expovariate(1 / p.cut_every_s + 1 / p.crash_every_s)
+            pause = self.rng.expovariate(edges[-1])
             if loop.time() + pause >= until:
                 await asyncio.sleep(until - loop.time())
                 return
             await asyncio.sleep(pause)
             i = self.rng.randrange(NODES)
-            crash_share = p.cut_every_s / (p.cut_every_s + p.crash_every_s)  # the shorter mean, the likelier
-            if self.rng.random() < crash_share:
-                if self.nodes[i] is not None and self.rng.random() < p.crash_after_save:
-                    armed = self.storages[i].after_save = functools.partial(self._crash_after_save, i)
-                    loop.call_later(SAVE_CRASH_WAIT_S, self._crash_unless_saved, i, armed)
-                    continue
-                self._crash(i)
-                loop.call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
-            elif to_core(i) in self.network.cut:
-                self.network.cut.discard(to_core(i))
-            elif len(self.network.cut) < NODES // 2:
-                self.stats["cuts"] += 1
-                self.network.cut.add(to_core(i))
+            kind = bisect.bisect(edges, self.rng.random() * edges[-1])
+            faults[min(kind, len(faults) - 1)][1](i)  # min: a draw that rounds up to the top edge
+
+    def _crash_fault(self, i: int) -> None:
+        """Crash node i now, or (some of the time) right after its next save; restart it later."""
+        loop = asyncio.get_running_loop()
+        if self.nodes[i] is not None and self.rng.random() < self.params.crash_after_save:
+            armed = self.storages[i].after_save = functools.partial(self._crash_after_save, i)
+            loop.call_later(SAVE_CRASH_WAIT_S, self._crash_unless_saved, i, armed)
+            return
+        self._crash(i)
+        loop.call_later(self.rng.uniform(0.2, 1.0), self._restart, i)
+
+    def _cut_fault(self, i: int) -> None:
+        """Cut node i off, or heal its cut; a majority stays connected."""
+        if to_core(i) in self.network.cut:
+            self.network.cut.discard(to_core(i))
+        elif len(self.network.cut) < NODES // 2:
+            self.stats["cuts"] += 1
+            self.network.cut.add(to_core(i))
+
+    def _suspend_fault(self, i: int) -> None:
+        """Suspend node i, or half of the time the leader (whose writes in flight are the ones at stake), as
+        the daemon's Suspend call does (RaftNode.suspend): it fails what it holds by the rule (writes in
+        its log as unknown, the rest refused), refuses clients, and comes back from disk."""
+        leaders = [n for n in self.nodes.values() if n is not None and n.is_leader()]
+        node = leaders[0] if leaders and self.rng.random() < 0.5 else self.nodes[i]
+        if node is None:
+            return
+        try:
+            node.suspend(self.rng.uniform(*self.params.suspend_s))
+        except Unavailable:  # suspended already
+            return
+        self.stats["suspensions"] += 1
+
+    def _transfer_fault(self, i: int) -> None:
+        """Ask the leader to hand leadership over to another node (node i, unless that is the leader), as
+        raftctl transfer-leader does."""
+        leaders = [n for n in self.nodes.values() if n is not None and n.is_leader()]
+        if not leaders:
+            return
+        leader = leaders[0]
+        target = i if i != leader.me.id else (i + 1) % NODES
+        self.stats["transfers"] += 1
+        asyncio.get_running_loop().create_task(self._transfer(leader, target))
+
+    async def _transfer(self, leader: RaftNode, target: int) -> None:
+        """RaftNode.transfer_leader with a caller's deadline: the leader's answer (a new leader, a refusal,
+        the target unreachable) or none."""
+        try:
+            await asyncio.wait_for(leader.transfer_leader(target), self.params.op_timeout_s)
+        except (NotLeader, Unavailable, TimeoutError):
+            return
+        self.stats["transfers_done"] += 1
 
     def _restart(self, i: int) -> None:
         if self.nodes[i] is None:
@@ -462,15 +522,23 @@ class RealNodeSim:
 
     # -- clients ------------------------------------------------------------------------------------
     async def _client(self, client: int, until: float) -> None:
+        """Random puts and reads. After a write that a node took and then refused, the client reads its key
+        until a read answers: a refusal promises the write never applies, and should it apply after all,
+        the read sees its unique value before another write is likely to hide it."""
         loop = asyncio.get_running_loop()
         rng = random.Random(self.seed * 31 + client)
         process = client
         session = _Session(f"c{client}")
         session.renew()
+        recheck: str | None = None
         while loop.time() < until:
             await asyncio.sleep(rng.uniform(0.001, 0.05))
             node = self._pick(rng)
             if node is None:
+                continue
+            if recheck is not None:
+                if await self._get(node, process, recheck):
+                    recheck = None
                 continue
             key = rng.choice(KEYS)
             if rng.random() < 0.5:
@@ -482,6 +550,8 @@ class RealNodeSim:
                     status = await self._put(node, process, key)
                 if status == "info":
                     process += self.params.clients  # Jepsen's rule: its op may still land, so a new process
+                elif status == "withdrawn":
+                    recheck = key
             else:
                 await self._get(node, process, key)
 
@@ -499,10 +569,12 @@ class RealNodeSim:
         return op
 
     async def _attempt(self, node: RaftNode, cmd: Command) -> tuple[str, int | None]:
-        """One attempt of a write at node: ("ok" | "refused" | "unknown" | "expired", the leader it names).
+        """One attempt of a write at node: ("ok" | "refused" | "withdrawn" | "unknown" | "expired", the
+        leader it names).
 
         "refused": the node says the write never applies (raftd.node's Unavailable and NotLeader); these
-        are taken at their word, so the history checks them too. "unknown": it may have applied.
+        are taken at their word, so the history checks them too. "withdrawn": refused likewise, but after
+        the node took the write (its answer, not its door). "unknown": it may have applied.
         """
         try:
             fut = node.propose_nowait(cmd)
@@ -514,17 +586,18 @@ class RealNodeSim:
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.params.op_timeout_s)
         except NotLeader as e:  # gathered, then dropped by the core before it reached the log
-            return "refused", e.leader.id if e.leader is not None else None
+            return "withdrawn", e.leader.id if e.leader is not None else None
         except (OutcomeUnknown, TimeoutError):
             return "unknown", None
         except Unavailable:  # never proposed, or another leader's entry took its index
-            return "refused", None
+            return "withdrawn", None
         except SessionExpired:
             return "expired", None
         return "ok", None
 
     async def _put(self, node: RaftNode, process: int, key: str) -> str:
-        """A put without a session: one attempt, as a retry could apply it twice."""
+        """A put without a session: one attempt, as a retry could apply it twice. Returns its status in
+        the history, or "withdrawn" for a fail that the node had taken."""
         loop = asyncio.get_running_loop()
         op = self._new_put(process, key)
         assert op.value is not None
@@ -532,8 +605,9 @@ class RealNodeSim:
         if outcome == "ok":
             op.status, op.ret = "ok", loop.time()
             self.stats["puts_ok"] += 1
-        elif outcome == "refused":
+        elif outcome in ("refused", "withdrawn"):
             op.status, op.ret = "fail", loop.time()  # it never applies
+            return "fail" if outcome == "refused" else outcome
         else:
             op.status = "info"  # may have applied: the checker allows both
             self.stats["unknown"] += 1
@@ -545,7 +619,7 @@ class RealNodeSim:
         """A put with a session, retried with the same (client_id, seq) (possibly at another node, with
         raftctl's backoff) until an attempt answers or the attempts run out. One op in the history: it
         is called when the first attempt is, ok when any attempt answers, fail when every attempt was
-        refused, else unknown."""
+        refused, else unknown. Returns that status, or "withdrawn" for a fail that a node had taken."""
         loop = asyncio.get_running_loop()
         op = self._new_put(process, key)
         assert op.value is not None
@@ -554,7 +628,7 @@ class RealNodeSim:
         # reached the log, and a retry that said "not first" would then be refused.
         first = not session.live
         cmd = Command(Op.PUT, key.encode(), op.value.encode(), session.client_id, session.seq, first)
-        maybe_applied = False
+        maybe_applied = withdrawn = False
         backoff = 0.025
         target: RaftNode | None = node
         hint: int | None = None
@@ -574,17 +648,20 @@ class RealNodeSim:
                 return op.status
             if outcome == "unknown":
                 maybe_applied = session.live = True
+            elif outcome == "withdrawn":
+                withdrawn = True
             elif outcome == "expired":  # this attempt never applies; the session is gone for good
                 session.renew()
                 break
         if maybe_applied:
             op.status = "info"
             self.stats["unknown"] += 1
-        else:
-            op.status, op.ret = "fail", loop.time()
-        return op.status
+            return op.status
+        op.status, op.ret = "fail", loop.time()
+        return "withdrawn" if withdrawn else op.status
 
-    async def _get(self, node: RaftNode, process: int, key: str) -> None:
+    async def _get(self, node: RaftNode, process: int, key: str) -> bool:
+        """A linearizable read; whether it answered."""
         loop = asyncio.get_running_loop()
         op = HistoryOp(process, "get", key, None, loop.time())
         self.history.append(op)
@@ -594,11 +671,12 @@ class RealNodeSim:
             await asyncio.wait_for(asyncio.shield(barrier), self.params.op_timeout_s)
         except (NotLeader, Unavailable, TimeoutError):
             op.status, op.ret = "fail", loop.time()  # a read that answers nothing changed nothing
-            return
+            return False
         value = node.kv.get(key.encode())
         op.status, op.ret = "ok", loop.time()
         op.output = value.decode() if value is not None else None
         self.stats["gets_ok"] += 1
+        return True
 
     # -- the run ------------------------------------------------------------------------------------
     async def _main(self) -> None:
