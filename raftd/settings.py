@@ -132,9 +132,9 @@ class Tuning:
     # the stream is dropped and opened again. Several election timeouts (200-400 ms by default), so a
     # merely slow peer keeps its stream.
     peer_write_timeout_s: float = 2.0
-    # A failed stream is opened again after a pause that starts here and doubles up to the maximum: the
-    # same range as gRPC's own reconnection backoff (raftd.transport.peer.CHANNEL_OPTIONS), so that a
-    # peer that is down costs one attempt a second.
+    # A failed stream is opened again after a pause that starts here and doubles up to the maximum, and a
+    # peer's channel reconnects over the same range (raftd.transport.peer._channel), so that a peer that
+    # is down costs one attempt a second.
     peer_backoff_min_s: float = 0.05
     peer_backoff_max_s: float = 1.0
     # How long a sender waits for the status of a call that ended under its write (to log why): the

@@ -5,6 +5,7 @@ never opens the stream."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,7 +15,6 @@ from raftd.core import Entry, Message, MsgType
 from raftd.identity import Identity
 from raftd.pb import peer_pb2, peer_pb2_grpc
 from raftd.settings import TUNING, Tuning
-from raftd.transport import peer as peer_module
 from raftd.transport.peer import PeerClient
 
 DEADLINE_S = 0.3
@@ -67,11 +67,11 @@ def test_a_write_the_follower_never_takes_fails_at_its_deadline() -> None:
     asyncio.run(main())
 
 
-def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline() -> None:
     """A listener that accepts the connection and never speaks HTTP/2: the first write waits for the stream
     to open, which cancelling the call alone does not end."""
-    slow_connect = [("grpc.initial_reconnect_backoff_ms", 20_000), ("grpc.min_reconnect_backoff_ms", 20_000)]
-    monkeypatch.setattr(peer_module, "CHANNEL_OPTIONS", slow_connect)
+    # The channel's reconnection waits out the senders' backoff: no second connection within the test.
+    slow_connect = dataclasses.replace(SHORT_DEADLINE, peer_backoff_min_s=20.0, peer_backoff_max_s=20.0)
 
     async def main() -> None:
         held: list[asyncio.StreamWriter] = []
@@ -82,7 +82,7 @@ def test_a_write_on_a_stream_that_never_opens_fails_at_its_deadline(monkeypatch:
         listener = await asyncio.start_server(mute, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
         reports: list[int] = []
-        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append, tuning=SHORT_DEADLINE)
+        client = PeerClient(2, f"127.0.0.1:{port}", Identity("c"), reports.append, tuning=slow_connect)
         client.start()
         client.send(_append(1))
         loop = asyncio.get_running_loop()

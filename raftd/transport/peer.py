@@ -35,9 +35,6 @@ PROTOCOL_VERSION = 3  # MessageBatch.version: 1 cluster id entries, 2 session-ch
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.min_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
 ]
@@ -47,11 +44,18 @@ def _entry_bytes(m: Message) -> int:
     return sum(len(e.data) for e in m.entries)
 
 
-def _channel(address: str) -> grpc.aio.Channel:
+def _channel(address: str, tuning: Tuning) -> grpc.aio.Channel:
     """A channel that owns its connection, so that a new channel is a new connection (PeerClient.
-    _reconnect): by default gRPC shares connections among channels to the same address."""
+    _reconnect): by default gRPC shares connections among channels to the same address. It reconnects
+    on the senders' own backoff range."""
+    low, high = round(tuning.peer_backoff_min_s * 1000), round(tuning.peer_backoff_max_s * 1000)
+    backoff = [
+        ("grpc.initial_reconnect_backoff_ms", low),
+        ("grpc.min_reconnect_backoff_ms", low),
+        ("grpc.max_reconnect_backoff_ms", high),
+    ]
     return grpc.aio.insecure_channel(
-        address, options=[*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        address, options=[*CHANNEL_OPTIONS, *backoff, ("grpc.use_local_subchannel_pool", 1)]
     )
 
 
@@ -76,7 +80,7 @@ class PeerClient:
         self.tuning = tuning
         # Shared with the client calls this node forwards to the peer (RaftNode.channel_to), so never
         # closed before the end; the Raft traffic moves to a channel of its own after a refusal.
-        self.channel = _channel(address)
+        self.channel = _channel(address, tuning)
         self._raft_channel = self.channel
         self._stub = peer_pb2_grpc.RaftPeerStub(self._raft_channel)
         self._queue: asyncio.Queue[Message] = asyncio.Queue(limits.max_peer_queue)
@@ -181,7 +185,7 @@ class PeerClient:
         it was cut (Docker rewrites a container's /etc/hosts when it leaves a network), and gRPC keeps a
         working connection for good, refused calls or not."""
         old = self._raft_channel
-        self._raft_channel = _channel(self.address)
+        self._raft_channel = _channel(self.address, self.tuning)
         self._stub = peer_pb2_grpc.RaftPeerStub(self._raft_channel)
         if old is not self.channel:  # the shared one may carry forwarded client calls: it stays
             await old.close(grace=None)
