@@ -18,7 +18,8 @@ Modes (--modes, all by default), each for --seconds:
           dict (the generated servicers; no Raft, no disk), loaded by raftctl/unary_load.py, the driver
           `make bench` loads raftd with, from this process: put and get at 1 and 64 clients.
 
-`make bench` runs the relay and unary floors in its own run, through floor_relay_p50() and unary_floor().
+`make bench` runs the relay floor in its own run through floor_relay_p50(), and the unary floor through
+unary_server(), in rounds that alternate with the unary rows it holds raftd's to.
 Like raftd, it runs on gRPC's older polling engine (raftd/grpcenv.py) unless GRPC_EXPERIMENTS says
 otherwise (GRPC_EXPERIMENTS= for gRPC's default one), and so does every process it starts.
 Run: [GRPC_EXPERIMENTS=...] .venv/bin/python bench/floor.py [--seconds 5] [--modes relay,unary]
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from raftd.grpcenv import POLL_ENGINE
@@ -275,14 +277,20 @@ async def serve_unary(port: int) -> None:
     await server.wait_for_termination()
 
 
+@dataclass(frozen=True)
+class UnaryServer:
+    address: str  # HOST:PORT
+    pid: int  # `make bench` stops the process (SIGSTOP) while it measures raftd, so that it takes no CPU
+
+
 @contextlib.contextmanager
-def unary_server() -> Iterator[str]:
-    """A DictServer in a process of its own, as raftd is: yields its address (the driver waits until it
-    listens) and kills it on the way out."""
+def unary_server() -> Iterator[UnaryServer]:
+    """A DictServer in a process of its own, as raftd is (the driver waits until it listens); killed on the
+    way out."""
     port = free_ports(1)[0]
     proc = subprocess.Popen([sys.executable, __file__, "--unary-server", str(port)])
     try:
-        yield f"127.0.0.1:{port}"
+        yield UnaryServer(f"127.0.0.1:{port}", proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -298,8 +306,8 @@ def unary_floor(
 ) -> BenchResult:
     """op at concurrency against a fresh DictServer, from this process, by `make bench`'s unary driver."""
     cfg = UnaryConfig(op, concurrency, seconds, warmup, keys, value_size)
-    with unary_server() as address:
-        return asyncio.run(run_unary(address, cfg))
+    with unary_server() as server:
+        return asyncio.run(run_unary(server.address, cfg))
 
 
 def unary_row(r: BenchResult) -> str:

@@ -3,15 +3,20 @@
 Starts three real `python -m raftd` processes with default settings on free 127.0.0.1 ports, data dirs in
 a temporary directory, and measures, in this order:
 
-0. the floors, before any node starts (bench/floor.py, loaded from this checkout): the relay's median
-   (a single write's gRPC and fsync shape with no Raft), and the unary floor, one grpc.aio process serving
-   KV's Put and Get from a dict, loaded at 64 clients by the unary driver below;
+0. the relay floor, before any node starts (bench/floor.py, loaded from this checkout): the median of a
+   single write's gRPC and fsync shape with no Raft;
 1. writes and linearizable reads at concurrency 1, 16, 64, 256 (`raftctl bench` in-process);
 1b. one unary call per operation, as clients other than raftctl make them (raftctl/unary_load.py: one
    channel to one node, no retries, no leader following): KV Put to the leader at 1 and 64 clients,
    linearizable KV Get, RaftService SetVal and GetVal to the leader at 64, KV Put and Get to a follower at
    64 (it forwards the writes and asks the leader for the read index); each row at 64 with its ratio to
-   the unary floor of its kind (a write's or a read's), the issue's target being at least 0.7x;
+   the unary floor of its kind (a write's or a read's), the issue's target being at least 0.7x. The
+   unary floor is one grpc.aio process serving KV's Put and Get from a dict (bench/floor.py), loaded by
+   the same driver. Each row at 64 runs in BENCH_UNARY_ROUNDS rounds, each a floor run right before a
+   run of the row: the machine's speed drifts by a third over minutes here, which a floor measured once
+   at the start put into every ratio. While the floor runs the nodes are stopped (SIGSTOP), and while
+   raftd runs the floor's process is, so that nothing else takes CPU either way. The row shows its
+   median round, and the median of the rounds' ratios;
 2. failover: under a steady write load, SIGKILL the leader; the window runs from the kill to the first
    acknowledged write *issued after* the kill (a write issued after the kill cannot be answered by the dead
    leader, so the figure never flatters: it is high by at most one write's latency); then restart the
@@ -28,7 +33,8 @@ set one (the single-client write's is its p50 within 1.4x the relay floor's: rep
 progress goes to stderr. Every node is killed at the end, also on Ctrl-C, SIGTERM or an exception.
 Environment knobs (defaults in brackets): BENCH_SECONDS [5] and BENCH_WARMUP [1] per run (the floors'
 too), BENCH_CONCURRENCY [1,16,64,256], BENCH_KEYS [1000], BENCH_VALUE_SIZE [16], BENCH_UNARY [1; 0 skips
-the unary rows and the unary floor], BENCH_FLOOR [1; 0 skips the floors, and so the ratios to them],
+the unary rows and the unary floor], BENCH_UNARY_ROUNDS [3], BENCH_FLOOR [1; 0 skips the floors, and
+so the ratios to them],
 BENCH_FAILOVER_TRIALS [10], BENCH_FAILOVER_WRITERS [4], BENCH_IDLE_SECONDS [10], BENCH_LOAD_KEYS
 [1000000; 0 skips the load], BENCH_LOAD_CONCURRENCY [256], BENCH_LARGE_MIB [80; 0 skips the large
 values], BENCH_LARGE_CLIENTS [16], BENCH_KEEP_DIR [0].
@@ -49,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -197,6 +203,7 @@ class Settings:
     keys: int = 1000
     value_size: int = 16
     unary: bool = True
+    unary_rounds: int = 3
     floor: bool = True
     failover_trials: int = 10
     failover_writers: int = 4
@@ -217,6 +224,7 @@ class Settings:
             keys=env_int(env, "BENCH_KEYS", d.keys),
             value_size=env_int(env, "BENCH_VALUE_SIZE", d.value_size),
             unary=env_bool(env, "BENCH_UNARY", d.unary),
+            unary_rounds=max(1, env_int(env, "BENCH_UNARY_ROUNDS", d.unary_rounds)),
             floor=env_bool(env, "BENCH_FLOOR", d.floor),
             failover_trials=env_int(env, "BENCH_FAILOVER_TRIALS", d.failover_trials),
             failover_writers=env_int(env, "BENCH_FAILOVER_WRITERS", d.failover_writers),
@@ -232,7 +240,8 @@ class Settings:
 @dataclass(frozen=True)
 class UnaryRun:
     node: str  # "leader" or "follower": where every call of the run went
-    result: BenchResult
+    result: BenchResult  # the run of the median round, or the only run
+    ratios: tuple[float, ...] = ()  # each round's ops/s over its floor run's, in the order run
 
 
 @dataclass(frozen=True)
@@ -255,7 +264,7 @@ class Report:
     facts: dict[str, str] = field(default_factory=dict)
     runs: list[BenchResult] = field(default_factory=list)
     relay_p50_ms: float | None = None  # bench/floor.py's relay: the floor under a single-client write
-    unary_floors: dict[str, BenchResult] = field(default_factory=dict)  # by op, at UNARY_CLIENTS
+    unary_floors: dict[str, list[BenchResult]] = field(default_factory=dict)  # every run, by op
     unary: list[UnaryRun] = field(default_factory=list)
     failover_ms: list[float] = field(default_factory=list)
     election_ms: list[float] = field(default_factory=list)  # kill -> a survivor names a new leader
@@ -311,15 +320,21 @@ def _run_row(r: BenchResult, relay_p50_ms: float | None) -> list[str]:
     return [f"{name}, {_clients(r.concurrency)}", *_figures(r), notes, target]
 
 
-def _unary_row(run: UnaryRun, floors: Mapping[str, BenchResult]) -> list[str]:
+def median_run(runs: Sequence[BenchResult]) -> BenchResult:
+    """The run whose ops/s is the median (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r.ops_per_s)[(len(runs) - 1) // 2]
+
+
+def _unary_row(run: UnaryRun) -> list[str]:
     r = run.result
     notes = f"client CPU {r.client_cpu_percent:.0f}%"
     target = ""
     if r.concurrency == UNARY_CLIENTS:
-        floor = floors.get(FLOOR_OF[r.workload])
-        ratio = r.ops_per_s / floor.ops_per_s if floor and floor.ops_per_s else None
+        ratio = statistics.median_low(run.ratios) if run.ratios else None
         if ratio is not None:
             notes += f"; {times(ratio)} the {FLOOR_NAMES[FLOOR_OF[r.workload]]} floor"
+            if len(run.ratios) > 1:
+                notes += f" (median of {len(run.ratios)} rounds: {', '.join(times(x) for x in run.ratios)})"
         target = target_cell(
             f">= {UNARY_FLOOR_TARGET:g}x the floor",
             None if ratio is None else ratio >= UNARY_FLOOR_TARGET,
@@ -339,10 +354,14 @@ def render_report(report: Report) -> str:
         p50 = report.relay_p50_ms
         note = "bench/floor.py relay: a write's gRPC streams and fsyncs over 3 processes, no Raft"
         rows.append(["relay floor, 1 client", f"p50 {p50:.2f} ms", fmt_ms(p50), "-", "-", "-", "-", note, ""])
-    for op, r in report.unary_floors.items():
+    for op, runs in report.unary_floors.items():
+        r = median_run(runs)
         note = f"client CPU {r.client_cpu_percent:.0f}%; bench/floor.py unary: one grpc.aio process, a dict"
+        if len(runs) > 1:
+            low, high = min(x.ops_per_s for x in runs), max(x.ops_per_s for x in runs)
+            note += f"; the median of {len(runs)} runs ({low:,.0f} - {high:,.0f} ops/s), the nodes stopped"
         rows.append([f"unary floor, {FLOOR_NAMES[op]}, {_clients(r.concurrency)}", *_figures(r), note, ""])
-    rows += [_unary_row(run, report.unary_floors) for run in report.unary]
+    rows += [_unary_row(run) for run in report.unary]
     if report.failover_ms:
         ms = report.failover_ms
         median = statistics.median(ms)
@@ -566,39 +585,73 @@ def floor_module() -> ModuleType:
     if not FLOOR_PY.exists() or spec is None or spec.loader is None:
         raise RuntimeError(f"no {FLOOR_PY} to measure the floors with (BENCH_FLOOR=0 runs without them)")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 def _floors(s: Settings, report: Report) -> None:
-    """The floors, measured before any node starts, so that nothing else shares the cores meanwhile."""
-    floor = floor_module()
-    report.relay_p50_ms = floor.floor_relay_p50(s.seconds)
+    """The relay floor, measured before any node starts, so that nothing else shares the cores meanwhile."""
+    report.relay_p50_ms = floor_module().floor_relay_p50(s.seconds)
     log(f"relay floor: p50 {report.relay_p50_ms:.2f} ms")
-    if not s.unary:
-        return
-    for op in FLOOR_NAMES:
-        r = floor.unary_floor(op, UNARY_CLIENTS, s.seconds, s.warmup, s.keys, s.value_size)
-        report.unary_floors[op] = r
-        log(
-            f"unary floor {op} c={UNARY_CLIENTS}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
-            f"{r.errors} errors"
-        )
+
+
+@contextlib.contextmanager
+def stopped(pids: Sequence[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) meanwhile: idle ones still wake for timers and heartbeats."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 async def _unary(cluster: BenchCluster, s: Settings, report: Report) -> None:
-    """UNARY_PLAN: each run's calls all go to one node, as from a client that follows no leader."""
-    leader = await asyncio.to_thread(cluster.wait_leader)
-    nodes = {"leader": leader, "follower": (leader + 1) % cluster.n}
-    for op, node, clients in UNARY_PLAN:
-        cfg = UnaryConfig(op, clients, s.seconds, s.warmup, s.keys, s.value_size)
-        r = await run_unary(cluster.address(nodes[node]), cfg)
-        report.unary.append(UnaryRun(node, r))
-        log(
-            f"unary {op} to the {node} c={clients}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
-            f"{r.errors} errors" + (f" (first: {r.first_error})" if r.first_error else "")
-        )
-        cluster.check_alive()
+    """UNARY_PLAN: each run's calls all go to one node, as from a client that follows no leader. A row at
+    UNARY_CLIENTS runs in rounds, each after a floor run of its kind (module docstring, 1b)."""
+    floor = floor_module() if s.floor else None
+    with floor.unary_server() if floor is not None else contextlib.nullcontext() as server:
+        for op, node, clients in UNARY_PLAN:
+            rounds = s.unary_rounds if server is not None and clients == UNARY_CLIENTS else 1
+            runs: list[BenchResult] = []
+            ratios: list[float] = []
+            for _ in range(rounds):
+                f = None
+                if server is not None and clients == UNARY_CLIENTS:
+                    f = await _unary_floor_run(server.address, cluster, FLOOR_OF[op], s)
+                    report.unary_floors.setdefault(FLOOR_OF[op], []).append(f)
+                leader = await asyncio.to_thread(cluster.wait_leader)
+                target = leader if node == "leader" else (leader + 1) % cluster.n
+                cfg = UnaryConfig(op, clients, s.seconds, s.warmup, s.keys, s.value_size)
+                with stopped([server.pid] if server is not None else []):
+                    r = await run_unary(cluster.address(target), cfg)
+                log(
+                    f"unary {op} to the {node} c={clients}: {r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, "
+                    f"{r.errors} errors" + (f" (first: {r.first_error})" if r.first_error else "")
+                )
+                runs.append(r)
+                if f is not None and f.ops_per_s:
+                    ratios.append(r.ops_per_s / f.ops_per_s)
+                cluster.check_alive()
+            middle = median_run(runs) if not ratios else runs[_median_index(ratios)]
+            report.unary.append(UnaryRun(node, middle, tuple(ratios)))
+
+
+def _median_index(values: Sequence[float]) -> int:
+    """Where the median value is (the lower middle one of an even count, as statistics.median_low)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    return order[(len(values) - 1) // 2]
+
+
+async def _unary_floor_run(address: str, cluster: BenchCluster, op: str, s: Settings) -> BenchResult:
+    cfg = UnaryConfig(op, UNARY_CLIENTS, s.seconds, s.warmup, s.keys, s.value_size)
+    with stopped([cluster.pid(i) for i in range(cluster.n)]):
+        r = await run_unary(address, cfg)
+    figures = f"{r.ops_per_s:,.0f} ops/s, p50 {r.p50_ms:.2f} ms, {r.errors} errors"
+    log(f"unary floor {op} c={UNARY_CLIENTS}: {figures}")
+    return r
 
 
 def _first_ack_after(acks: list[tuple[float, float]], start: int, issued_after: float) -> float | None:
