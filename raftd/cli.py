@@ -50,6 +50,7 @@ ENV = {
     "--snapshot-entries": "RAFTD_SNAPSHOT_ENTRIES",
     "--max-snapshot-bytes": "RAFTD_MAX_SNAPSHOT_BYTES",
     "--max-peer-queue": "RAFTD_MAX_PEER_QUEUE",
+    "--max-peer-lookup-waiters": "RAFTD_MAX_PEER_LOOKUP_WAITERS",
     "--max-sessions": "RAFTD_MAX_SESSIONS",
     "--max-key-bytes": "RAFTD_MAX_KEY_BYTES",
     "--max-value-bytes": "RAFTD_MAX_VALUE_BYTES",
@@ -188,6 +189,15 @@ def _one_line(e: click.ClickException) -> str:
     "(Raft sends them again).",
 )
 @click.option(
+    "--max-peer-lookup-waiters",
+    type=click.IntRange(min=1),
+    default=Limits.max_peer_lookup_waiters,
+    show_default=True,
+    envvar=ENV["--max-peer-lookup-waiters"],
+    help="Peer calls from unknown addresses held up at once while the members' names are looked up again "
+    "(--peer-check members); more are refused at once.",
+)
+@click.option(
     "--max-sessions",
     type=click.IntRange(min=1, max=MAX_SESSION_LIMIT),
     default=Limits.max_sessions,
@@ -300,6 +310,7 @@ def node(
     snapshot_entries: int,
     max_snapshot_bytes: int,
     max_peer_queue: int,
+    max_peer_lookup_waiters: int,
     max_sessions: int,
     max_key_bytes: int,
     max_value_bytes: int,
@@ -331,6 +342,7 @@ def node(
             snapshot_entries=snapshot_entries,
             max_snapshot_bytes=max_snapshot_bytes,
             max_peer_queue=max_peer_queue,
+            max_peer_lookup_waiters=max_peer_lookup_waiters,
             max_sessions=max_sessions,
             max_key_bytes=max_key_bytes,
             max_value_bytes=max_value_bytes,

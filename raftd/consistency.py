@@ -14,8 +14,7 @@ import hashlib
 from collections import OrderedDict
 
 from raftd.kv import Image, encode_to
-
-KEPT = 16  # own hashes kept, newest last: a peer's report of an older index is too late to compare
+from raftd.settings import Tuning
 
 
 class _Digest:
@@ -41,7 +40,8 @@ def state_hash(image: Image) -> int:
 class StateHashes:
     """This node's hashes of its state and its peers' reports, and the alarms their differences raise."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: int = Tuning.state_hashes_kept) -> None:
+        self.kept = kept  # own hashes kept, newest last: a peer's report of an older one is too late
         self.own: OrderedDict[int, int] = OrderedDict()  # index -> hash
         self.latest = (0, 0)  # (index, hash) sent to peers; (0, 0) before the first
         self._reports: dict[int, tuple[int, int]] = {}  # peer -> its newest report not compared yet
@@ -50,7 +50,7 @@ class StateHashes:
     def record(self, index: int, value: int) -> list[tuple[int, str]]:
         """Our hash at index; returns the alarms it raises with reports that waited for it."""
         self.own[index] = value
-        while len(self.own) > KEPT:
+        while len(self.own) > self.kept:
             self.own.popitem(last=False)
         if index > self.latest[0]:
             self.latest = (index, value)

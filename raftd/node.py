@@ -183,7 +183,8 @@ class RaftNode:
         self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
         self._limit_proposed = 0  # the term in which it last proposed a session limit
-        self.hashes = StateHashes()  # the cross-node consistency check (raftd.consistency)
+        # The cross-node consistency check (raftd.consistency).
+        self.hashes = StateHashes(self.tuning.state_hashes_kept)
         self._next_hash_check = 0.0  # when the leader next proposes one
         self._hashing = False  # a hash of the state is being taken (_may_hash)
         self.snapshots = Snapshots(self)  # policy and transfer (raftd.snapshots)

@@ -47,7 +47,11 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         self.refused: set[tuple[str, str]] = set()  # (name, id) pairs whose traffic was refused and logged
         self.max_snapshot_bytes = node.limits.max_snapshot_bytes
         self.max_refusals_logged = node.tuning.max_refusals_logged
-        self.members = MemberAddresses(n.host for n in node.cluster.nodes) if check_callers else None
+        self.members = (
+            MemberAddresses((n.host for n in node.cluster.nodes), None, node.limits, node.tuning)
+            if check_callers
+            else None
+        )
         self.strangers: set[str] = set()  # callers refused and logged
 
     async def _check_caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:

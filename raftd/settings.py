@@ -40,6 +40,10 @@ class Limits:
     # tolerates (the leader sends again from its log). Entries in flight to a peer are bounded in bytes by
     # the core (8 MiB), so this bounds the small messages: as etcd's rafthttp, whose buffer is 4,096 too.
     max_peer_queue: int = 4096
+    # Peer calls from addresses not known to be a member's, held up at once while the members' names are
+    # looked up again (--peer-check members: a member may come back with a new address); more are refused
+    # at once, so that strangers in a crowd hold no more than this.
+    max_peer_lookup_waiters: int = 64
     # Exactly-once sessions the cluster keeps (the least recently used goes). Replicated: the leader's
     # value becomes the cluster's (an Op.SESSION_LIMIT entry), so give every node the same.
     max_sessions: int = MAX_SESSIONS
@@ -120,6 +124,9 @@ class Tuning:
     # The log since the last snapshot is compacted once it outweighs the image, but not below this: a small
     # state would otherwise be snapshotted several times a second under load.
     min_snapshot_log_bytes: int = 1024 * 1024
+    # Own state hashes kept for the consistency check (raftd.consistency): a peer's report of an index older
+    # than these is too late to compare, and at one check a minute they cover a quarter of an hour.
+    state_hashes_kept: int = 16
 
     # -- the peer senders (raftd.transport.peer) ------------------------------------------------------
     # Messages per write of a peer stream, at most: a full queue (Limits.max_peer_queue, 4,096) goes out in
@@ -168,6 +175,9 @@ class Tuning:
     # waits to go out, a read's value is fetched only as its answer is sent: the answers queued behind a
     # client that stops reading hold no values.
     response_batch_bytes: int = 1024 * 1024
+    # Bytes per message of a Backup stream: far below gRPC's 4 MiB default, which the original clients
+    # keep, and large enough that a gigabyte takes a thousand messages.
+    backup_chunk_bytes: int = 1024 * 1024
 
     # -- the server (raftd.server) ---------------------------------------------------------------------
     # A leader told to stop hands leadership to a follower first, for at most this long: a hand-over takes
@@ -179,6 +189,14 @@ class Tuning:
     # Foreign clusters and strangers' addresses remembered so that each is logged once (they retry every
     # second): a set that grew with every new caller would be memory a stranger makes the node hold.
     max_refusals_logged: int = 64
+    # The peer check (--peer-check members, raftd.transport.gate): a caller not among the members' known
+    # addresses waits at most peer_lookup_wait_s for their names to be looked up again; a stranger calling
+    # in a loop costs one lookup per host per peer_lookup_interval_s, not one per call; and addresses found
+    # are looked up again after peer_addresses_ttl_s, in the background (a member's old address may go to
+    # someone else).
+    peer_lookup_wait_s: float = 2.0
+    peer_lookup_interval_s: float = 1.0
+    peer_addresses_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check_positive(self)

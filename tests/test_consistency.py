@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from raftd.consistency import KEPT, StateHashes, state_hash
+from raftd.consistency import StateHashes, state_hash
 from raftd.kv import Command, KVStore, Op, encode
 from raftd.node import RaftNode
 from raftd.settings import Limits
@@ -64,11 +64,11 @@ def test_a_report_from_ahead_waits_until_this_node_has_hashed_that_index() -> No
 
 
 def test_reports_of_indexes_no_longer_kept_are_not_compared() -> None:
-    h = StateHashes()
-    for i in range(1, KEPT + 2):
+    h = StateHashes(kept=4)
+    for i in range(1, 6):
         h.record(i, i)
     assert h.report(2, 1, 999) is None and h.alarms == {}, "index 1 is forgotten: nothing to compare"
-    assert h.report(2, KEPT + 1, 999) is not None
+    assert h.report(2, 2, 999) is not None
 
 
 def test_the_leader_has_every_replica_hash_its_state_once_every_peer_can(tmp_path: Path) -> None:

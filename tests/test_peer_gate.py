@@ -14,12 +14,15 @@ import pytest
 from raftd.core import Message, MsgType
 from raftd.pb import peer_pb2
 from raftd.server import PeerService
-from raftd.transport import gate
+from raftd.settings import Limits, Tuning
 from raftd.transport.codec import message_to_pb
 from raftd.transport.gate import MemberAddresses, caller_address
 
 from .nodes import follower, release_node
 from .test_snapshot_limit import Aborted, Context
+
+# Names looked up again for every caller not among the known addresses, not at most once a second.
+ALWAYS_LOOK_UP = Tuning(peer_lookup_interval_s=1e-9)
 
 
 @pytest.mark.parametrize(
@@ -85,14 +88,14 @@ def test_a_loopback_caller_is_a_member_when_a_member_is_on_loopback() -> None:
     asyncio.run(main())
 
 
-def test_strangers_held_up_by_a_hanging_lookup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gate, "MAX_WAITING", 3)
-    monkeypatch.setattr(gate, "LOOKUP_WAIT_S", 0.5)
+def test_strangers_held_up_by_a_hanging_lookup_are_bounded() -> None:
+    """--max-peer-lookup-waiters of them wait; the rest are refused at once."""
 
     async def main() -> None:
         resolver = Resolver({})
         resolver.hang.add("n0")
-        members = MemberAddresses(["n0"], resolver)
+        limits = Limits(max_peer_lookup_waiters=3)
+        members = MemberAddresses(["n0"], resolver, limits, Tuning(peer_lookup_wait_s=0.5))
         loop = asyncio.get_running_loop()
         started = loop.time()
         calls = [asyncio.ensure_future(members.allows(f"ipv4:10.6.6.{i}:1")) for i in range(10)]
@@ -106,14 +109,13 @@ def test_strangers_held_up_by_a_hanging_lookup_are_bounded(monkeypatch: pytest.M
     asyncio.run(main())
 
 
-def test_a_member_back_with_a_new_address_is_let_in_after_a_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_member_back_with_a_new_address_is_let_in_after_a_lookup() -> None:
     """A container or pod that restarts comes back with a new address: a caller not among the known ones
     has the names looked up again (at most once a second), then is judged."""
-    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
 
     async def main() -> None:
         resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
-        members = MemberAddresses(["n0", "n1"], resolver)
+        members = MemberAddresses(["n0", "n1"], resolver, tuning=ALWAYS_LOOK_UP)
         assert await members.allows("ipv4:10.0.0.2:1")
         assert not await members.allows("ipv4:10.0.0.9:1")
         resolver.answers["n1"] = ["10.0.0.9"]
@@ -134,14 +136,13 @@ def test_strangers_calling_in_a_loop_cost_one_lookup_per_second_not_one_per_call
     asyncio.run(main())
 
 
-def test_a_failed_lookup_keeps_the_last_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_lookup_keeps_the_last_addresses() -> None:
     """A member cut off from the network has no name in some resolvers (Docker's) until it is back; the
     others' addresses, and its own last one, stay valid meanwhile."""
-    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
 
     async def main() -> None:
         resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
-        members = MemberAddresses(["n0", "n1"], resolver)
+        members = MemberAddresses(["n0", "n1"], resolver, tuning=ALWAYS_LOOK_UP)
         assert await members.allows("ipv4:10.0.0.1:1")
         del resolver.answers["n1"]
         assert not await members.allows("ipv4:10.6.6.6:1")  # a lookup of both, n1's failing
@@ -150,18 +151,15 @@ def test_a_failed_lookup_keeps_the_last_addresses(monkeypatch: pytest.MonkeyPatc
     asyncio.run(main())
 
 
-def test_a_hanging_lookup_holds_up_no_known_member_and_a_stranger_only_briefly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_hanging_lookup_holds_up_no_known_member_and_a_stranger_only_briefly() -> None:
     """A resolver that never answers for one name: the known members go on at once, a stranger is refused
-    after LOOKUP_WAIT_S, and no second lookup of that name starts while the first one hangs (they would
-    pile up on the executor's few threads, and every caller would wait behind them)."""
-    monkeypatch.setattr(gate, "MIN_LOOKUP_INTERVAL_S", 0.0)
-    monkeypatch.setattr(gate, "LOOKUP_WAIT_S", 0.05)
+    after Tuning.peer_lookup_wait_s, and no second lookup of that name starts while the first one hangs
+    (they would pile up on the executor's few threads, and every caller would wait behind them)."""
 
     async def main() -> None:
         resolver = Resolver({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"]})
-        members = MemberAddresses(["n0", "n1"], resolver)
+        tuning = Tuning(peer_lookup_interval_s=1e-9, peer_lookup_wait_s=0.05)
+        members = MemberAddresses(["n0", "n1"], resolver, tuning=tuning)
         assert await members.allows("ipv4:10.0.0.1:1")
         resolver.hang.add("n1")
         loop = asyncio.get_running_loop()

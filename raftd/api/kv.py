@@ -37,8 +37,6 @@ from .stream import StreamSession
 
 log = logging.getLogger("raftd.api")
 
-BACKUP_CHUNK_BYTES = 1024 * 1024
-
 
 class KVService(kv_pb2_grpc.KVServicer):
     """One unary call per operation; concurrent calls share proposals, fsyncs and ReadIndex rounds in the
@@ -171,8 +169,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         except RequestFailed as e:
             await context.abort(e.code, e.message)
         raw = pack(node.identity.name, meta.index, meta.term, image)
-        for start in range(0, len(raw), BACKUP_CHUNK_BYTES):
-            yield pb.BackupChunk(data=raw[start : start + BACKUP_CHUNK_BYTES])
+        size = node.tuning.backup_chunk_bytes
+        for start in range(0, len(raw), size):
+            yield pb.BackupChunk(data=raw[start : start + size])
 
     @grpc_errors
     async def TransferLeader(

@@ -16,16 +16,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 
-# A stranger (or a member with a new address) waits this long for the members' names to be looked up.
-LOOKUP_WAIT_S = 2.0
-# Names are looked up again at most this often because of callers not found among them: a stranger that
-# calls in a loop costs the resolver one lookup per host per second, not one per call.
-MIN_LOOKUP_INTERVAL_S = 1.0
-# Callers at most held up at once waiting for a lookup; more are refused at once (strangers in a crowd).
-MAX_WAITING = 64
-# Addresses found are used this long, then looked up again in the background (a member's old address may
-# go to someone else).
-ADDRESSES_TTL_S = 30.0
+from raftd.settings import DEFAULTS, Limits, Tuning
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What the kernel picks as the source of a connection to a loopback address, unless the caller binds one.
@@ -59,8 +50,16 @@ class MemberAddresses:
     """The addresses the members' hosts resolve to, kept per host: a failed lookup keeps the host's last
     addresses, so a resolver's hiccup does not shut a member out."""
 
-    def __init__(self, hosts: Iterable[str], resolve: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        hosts: Iterable[str],
+        resolve: Resolver | None = None,
+        limits: Limits = DEFAULTS,
+        tuning: Tuning | None = None,
+    ) -> None:
         self._resolver = resolve or _getaddrinfo
+        self._max_waiting = limits.max_peer_lookup_waiters
+        self._tuning = tuning or Tuning()
         self._found: dict[str, frozenset[Address]] = {}
         self._names: list[str] = []
         self._lookups: dict[str, asyncio.Task[None]] = {}
@@ -90,17 +89,18 @@ class MemberAddresses:
             return False
         loop = asyncio.get_running_loop()
         since = loop.time() - self._looked_up_at
+        tuning = self._tuning
         if self._known(address):
-            if since > ADDRESSES_TTL_S:
+            if since > tuning.peer_addresses_ttl_s:
                 self._look_up(loop)  # in the background: a member is not kept waiting
             return True
-        if since > MIN_LOOKUP_INTERVAL_S:
+        if since > tuning.peer_lookup_interval_s:
             self._look_up(loop)
         pending = [t for t in self._lookups.values() if not t.done()]
-        if pending and self._waiting < MAX_WAITING:
+        if pending and self._waiting < self._max_waiting:  # more are refused at once (Limits)
             self._waiting += 1
             try:
-                await asyncio.wait(pending, timeout=LOOKUP_WAIT_S)
+                await asyncio.wait(pending, timeout=tuning.peer_lookup_wait_s)
             finally:
                 self._waiting -= 1
         return self._known(address)
