@@ -40,8 +40,7 @@ from raftd.core import (
     Role,
     SnapshotMeta,
     SoftState,
-    Step,
-    ready_steps,
+    handle_ready,
 )
 from raftd.errors import FatalError, NotLeader, TargetUnreachable, Unavailable
 from raftd.events import NodeEvents, OriginalLines
@@ -60,10 +59,6 @@ T = TypeVar("T")
 
 
 MAX_SUSPEND_S = 3600
-
-# The Ready's steps as plain names: an enum member's attribute lookup costs about 50 ns in Python 3.11,
-# and the loop compares a few per step.
-_PERSIST, _SEND, _APPLY, _ADVANCE, _READS = Step.PERSIST, Step.SEND, Step.APPLY, Step.ADVANCE, Step.READS
 
 
 def to_core(node_id: int) -> int:
@@ -104,6 +99,47 @@ def ticks_to_count(owed: int, due: int, waited: int) -> int:
     80 puts of 1 MiB at once cost an election when a busy leader's heartbeats came late.
     """
     return min(owed, due, waited + 1)
+
+
+class _NodeIO:
+    """The daemon's steps of a Ready: sqlite (on the disk thread when busy), gRPC senders, the KV store.
+    The core walks them in the contract's order (raftd.core.handle_ready), as it does the simulator's."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def persist(self, rd: Ready) -> None:
+        await self.node._persist(rd)
+
+    async def send(self, rd: Ready) -> None:
+        self.node._send(rd.messages)
+        if rd.entries if rd.send_early else rd.committed_entries:
+            # Early (dissertation 10.2.1): the senders put the appends on the wire before the save blocks
+            # this thread, so followers write their copies while the leader writes its own. Late: a
+            # follower's acknowledgement of the entries just written must not wait for it to apply the
+            # previous batch.
+            await asyncio.sleep(0)
+
+    async def install(self, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        node = self.node
+        node.kv = await node.snapshots.install(rd.snapshot)
+
+    def apply(self, rd: Ready) -> None:
+        self.node._apply(rd.committed_entries)
+
+    def reads(self, rd: Ready) -> None:
+        self.node.pending.confirm(rd.read_states, self.node.kv.applied)
+
+    def advance(self, rd: Ready) -> None:
+        node = self.node
+        if rd.soft_state is not None:
+            node._on_soft_state(rd.soft_state)
+        if rd.hard_state is not None:
+            node._on_hard_state(rd.hard_state)
+        node.raw.advance()
 
 
 class RaftNode:
@@ -185,6 +221,7 @@ class RaftNode:
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
+        self._io = _NodeIO(self)  # how this node carries out a Ready's steps (raftd.core.handle_ready)
         self._next_hash_check = 0.0  # when the leader next proposes one
         self._hashing = False  # a hash of the state is being taken (_may_hash)
         self.snapshots = Snapshots(self)  # policy and transfer (raftd.snapshots)
@@ -473,31 +510,7 @@ class RaftNode:
         # Not once stopping: stop() waits for this loop to end, then shuts the threads down, and the server
         # closes the storage.
         while not self.stopping and self.raw.has_ready():
-            rd = self.raw.ready()
-            for step in ready_steps(rd):  # the commonest steps first: thousands of Readies a second
-                if step is _PERSIST:
-                    await self._persist(rd)
-                elif step is _SEND:
-                    self._send(rd.messages)
-                    if rd.entries if rd.send_early else rd.committed_entries:
-                        # Early (dissertation 10.2.1): the senders put the appends on the wire before the
-                        # save blocks this thread, so followers write their copies while the leader writes
-                        # its own. Late: a follower's acknowledgement of the entries just written must not
-                        # wait for it to apply the previous batch.
-                        await asyncio.sleep(0)
-                elif step is _APPLY:
-                    self._apply(rd.committed_entries)
-                elif step is _ADVANCE:
-                    if rd.soft_state is not None:
-                        self._on_soft_state(rd.soft_state)
-                    if rd.hard_state is not None:
-                        self._on_hard_state(rd.hard_state)
-                    self.raw.advance()
-                elif step is _READS:
-                    self.pending.confirm(rd.read_states, self.kv.applied)
-                else:
-                    assert step is Step.INSTALL and rd.snapshot is not None
-                    self.kv = await self.snapshots.install(rd.snapshot)
+            await handle_ready(self.raw.ready(), self._io)
         if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
         self.snapshots.maybe_take()

@@ -4,7 +4,7 @@ from .log import LogError, RaftLog
 from .quorum import VoteResult, committed_index, majority, vote_result
 from .raft import Config, Raft
 from .rawnode import RawNode, Status
-from .steps import Step, ready_steps
+from .steps import ReadyIO, Step, handle_ready, ready_steps, run_now
 from .types import (
     NONE,
     Entry,
@@ -34,6 +34,7 @@ __all__ = [
     "RawNode",
     "ReadState",
     "Ready",
+    "ReadyIO",
     "Role",
     "Snapshot",
     "SnapshotMeta",
@@ -42,7 +43,9 @@ __all__ = [
     "Step",
     "VoteResult",
     "committed_index",
+    "handle_ready",
     "majority",
     "ready_steps",
+    "run_now",
     "vote_result",
 ]

@@ -35,8 +35,8 @@ from raftd.core import (
     Role,
     Snapshot,
     SnapshotMeta,
-    Step,
-    ready_steps,
+    handle_ready,
+    run_now,
 )
 
 from .checker import Checker, Violation
@@ -204,6 +204,56 @@ class SimNode:
         return self.raw is not None
 
 
+class _Crashed(Exception):
+    """A node crashed in the middle of a Ready: the steps after the crash never run."""
+
+
+class _SimIO:
+    """One node's steps of a Ready (raftd.core.handle_ready): the simulated disk and network, and a crash,
+    now and then, right after the save (durable, but nothing sent or applied unless sent early) or right
+    after a leader's early send (the messages left, its own write is lost)."""
+
+    def __init__(self, sim: Simulation, n: SimNode, old_commit: int) -> None:
+        self.sim = sim
+        self.n = n
+        self.old_commit = old_commit
+
+    async def persist(self, rd: Ready) -> None:
+        sim, n = self.sim, self.n
+        assert n.raw is not None
+        sim._persist(n, rd)
+        if rd.hard_state is not None and rd.hard_state.commit > self.old_commit:
+            sim.check.observe_commit(n.id, n.raw, self.old_commit, rd.hard_state.commit)
+        self._maybe_crash()
+
+    async def send(self, rd: Ready) -> None:
+        for m in rd.messages:
+            self.sim._send(self.n, m)
+        if rd.send_early:
+            self._maybe_crash()
+
+    async def install(self, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        self.n._load_snapshot(rd.snapshot)
+        self.sim.check.observe_snapshot_install(self.n.id, rd.snapshot.meta.index, self.n.digest)
+
+    def apply(self, rd: Ready) -> None:
+        self.sim._apply(self.n, rd)
+
+    def reads(self, rd: Ready) -> None:
+        self.sim._note_reads(self.n, rd)
+
+    def advance(self, rd: Ready) -> None:
+        self.sim._release_reads(self.n, rd)
+        assert self.n.raw is not None
+        self.n.raw.advance()
+
+    def _maybe_crash(self) -> None:
+        if self.sim.rng.random() < self.sim.params.crash_mid_ready:
+            self.sim._crash(self.n)
+            raise _Crashed
+
+
 class Simulation:
     def __init__(self, seed: int, nodes: int, ticks: int, lost_tail: bool = False) -> None:
         self.seed = seed
@@ -274,34 +324,11 @@ class Simulation:
     # -- one node's Ready ---------------------------------------------------------------------------
     def _process_ready(self, n: SimNode) -> None:
         assert n.raw is not None
-        raw = n.raw
-        old_commit = n.disk.hard.commit
-        rd = raw.ready()
-        for step in ready_steps(rd):  # the Ready contract, as the daemon follows it
-            if step is Step.SEND:
-                for m in rd.messages:
-                    self._send(n, m)
-            elif step is Step.PERSIST:
-                self._persist(n, rd)
-                if rd.hard_state is not None and rd.hard_state.commit > old_commit:
-                    self.check.observe_commit(n.id, raw, old_commit, rd.hard_state.commit)
-            elif step is Step.INSTALL:
-                assert rd.snapshot is not None
-                n._load_snapshot(rd.snapshot)
-                self.check.observe_snapshot_install(n.id, rd.snapshot.meta.index, n.digest)
-            elif step is Step.APPLY:
-                self._apply(n, rd)
-            elif step is Step.READS:
-                self._note_reads(n, rd)
-            elif step is Step.ADVANCE:
-                self._release_reads(n, rd)
-                raw.advance()
-            crash_point = step is Step.PERSIST or (step is Step.SEND and rd.send_early)
-            if crash_point and self.rng.random() < self.params.crash_mid_ready:
-                # After a leader's early send: its write is lost after the messages left. After the save:
-                # durable, but (unless sent early) no message sent and nothing applied.
-                self._crash(n)
-                return
+        io = _SimIO(self, n, n.disk.hard.commit)
+        try:
+            run_now(handle_ready(n.raw.ready(), io))  # the Ready contract, as the daemon follows it
+        except _Crashed:
+            return
         self._maybe_compact(n)
 
     def _persist(self, n: SimNode, rd: Ready) -> None:

@@ -84,8 +84,8 @@ from raftd.core import (
     Ready,
     Role,
     SnapshotMeta,
-    Step,
-    ready_steps,
+    handle_ready,
+    run_now,
 )
 
 SEPARATOR = "----"
@@ -161,6 +161,36 @@ class NodeOptions:
     check_quorum: bool = True
     max_inflight: int = 64
     seed: int = 0
+
+
+class _ScriptIO:
+    """The golden environment's steps of a Ready (raftd.core.handle_ready): a disk of lists, mailboxes, and
+    a record of what each node applied. Installing a snapshot and serving reads do nothing here: the
+    transcript shows them, and this environment keeps no state machine."""
+
+    def __init__(self, env: Env, node_id: int) -> None:
+        self.env = env
+        self.node_id = node_id
+
+    async def persist(self, rd: Ready) -> None:
+        self.env.persist(self.node_id, rd)
+
+    async def send(self, rd: Ready) -> None:
+        for m in rd.messages:
+            self.env.inbox[m.to].append(m)
+
+    async def install(self, rd: Ready) -> None:
+        pass
+
+    def apply(self, rd: Ready) -> None:
+        for e in rd.committed_entries:
+            self.env.apply(self.node_id, e)
+
+    def reads(self, rd: Ready) -> None:
+        pass
+
+    def advance(self, rd: Ready) -> None:
+        self.env.nodes[self.node_id].advance()
 
 
 class Env:
@@ -354,18 +384,7 @@ class Env:
             self.emit(f"  {fmt_msg(m)}")
         for rs in rd.read_states:
             self.emit(f"  read-state: index={rs.index} ctx={fmt_data(rs.context)}")
-        for step in ready_steps(rd):  # the Ready contract, as every driver follows it
-            if step is Step.PERSIST:
-                self.persist(node_id, rd)
-            elif step is Step.SEND:
-                for m in rd.messages:
-                    self.inbox[m.to].append(m)
-            elif step is Step.APPLY:
-                for e in rd.committed_entries:
-                    self.apply(node_id, e)
-            elif step is Step.ADVANCE:
-                node.advance()
-            # INSTALL and READS: the transcript above shows them; this environment keeps no state machine.
+        run_now(handle_ready(rd, _ScriptIO(self, node_id)))  # the Ready contract, as every driver follows it
 
     def persist(self, node_id: int, rd: Ready) -> None:
         disk = self.disks[node_id]
