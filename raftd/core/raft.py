@@ -42,8 +42,11 @@ _TERMLESS = frozenset({MsgType.READ_INDEX, MsgType.TRANSFER_LEADER})
 @dataclass(frozen=True, slots=True)
 class Config:
     id: int
-    peers: tuple[int, ...]  # every voter, this node included
+    peers: tuple[int, ...]  # every voter, this node included unless it is a learner
     rng: random.Random
+    # Members that receive the log and snapshots but never vote, campaign or count toward a quorum: a node
+    # catching up before it is promoted (dissertation 4.2.1).
+    learners: tuple[int, ...] = ()
     election_tick: int = 10
     # Election timeouts are drawn from [election_tick, max_election_tick); None means 2 * election_tick.
     max_election_tick: int | None = None
@@ -60,10 +63,15 @@ class Config:
     def validate(self) -> None:
         if self.id == NONE:
             raise ValueError("node id 0 is reserved for 'nobody'")
-        if self.id not in self.peers:
+        if self.id not in self.peers and self.id not in self.learners:
             raise ValueError(f"node {self.id} is not in its own peer list {list(self.peers)}")
-        if len(set(self.peers)) != len(self.peers):
-            raise ValueError(f"duplicate ids in peer list {list(self.peers)}")
+        if not self.peers:
+            raise ValueError("a cluster needs at least one voter")
+        members = self.peers + self.learners
+        if len(set(members)) != len(members):
+            raise ValueError(f"duplicate ids among voters {list(self.peers)}, learners {list(self.learners)}")
+        if NONE in members:
+            raise ValueError("node id 0 is reserved for 'nobody'")
         if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
         if self.max_election_tick is not None and self.max_election_tick <= self.election_tick:
@@ -86,7 +94,10 @@ class Raft:
         config.validate()
         self.cfg = config
         self.id = config.id
-        self.peers = tuple(sorted(config.peers))
+        self.peers = tuple(sorted(config.peers))  # the voters
+        self.learners = tuple(sorted(config.learners))
+        # Everyone the leader replicates to (and tracks progress of): voters, then learners.
+        self.members = self.peers + self.learners
         self.rng = config.rng
         self.log = RaftLog(snapshot, list(entries))
         if not self.log.snapshot_meta.index <= hard_state.commit <= self.log.last_index():
@@ -138,7 +149,7 @@ class Raft:
         self.verified = 0
         self.prs = {
             p: Progress(self.log.last_index() + 1, self.cfg.max_inflight, self.cfg.max_inflight_bytes)
-            for p in self.peers
+            for p in self.members
         }
         self.prs[self.id].match = self.log.stabled
         self.read_only = ReadOnly()
@@ -207,7 +218,7 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
-        if self.election_elapsed >= self.randomized_election_timeout:
+        if self.election_elapsed >= self.randomized_election_timeout and self.promotable():
             self.election_elapsed = 0
             self.step(Message(MsgType.HUP))
 
@@ -224,6 +235,10 @@ class Raft:
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat()
+
+    def promotable(self) -> bool:
+        """Whether this node may campaign (and so lead): a voter; a learner never does."""
+        return self.id in self.peers
 
     def _quorum_active(self) -> bool:
         """Check-quorum (6.2): did a majority reach us since the last check? Resets the window."""
@@ -324,12 +339,12 @@ class Raft:
     def _bcast_append(self, send_if_empty: bool = True) -> None:
         """send_if_empty=False after a commit: unlike etcd, no append for the new commit index alone; it
         rides on the next append or heartbeat (as in the paper), which halves the messages per write."""
-        for p in self.peers:
+        for p in self.members:
             if p != self.id:
                 self._send_append(p, send_if_empty)
 
     def _bcast_heartbeat(self, context: bytes = b"") -> None:
-        for p in self.peers:
+        for p in self.members:
             if p != self.id:
                 # Never tell a follower to commit past what it is known to hold.
                 commit = min(self.prs[p].match, self.log.committed)
@@ -392,7 +407,7 @@ class Raft:
             self._step_candidate(m)
 
     def _hup(self, transfer: bool) -> None:
-        if self.role is Role.LEADER:
+        if self.role is Role.LEADER or not self.promotable():
             return
         if self.cfg.pre_vote and not transfer:
             self._campaign(MsgType.PRE_VOTE, transfer)
@@ -530,8 +545,8 @@ class Raft:
             self.lead_transferee = NONE
 
     def _handle_transfer_leader(self, target: int, pr: Progress) -> None:
-        if target == self.lead_transferee:
-            return
+        if target == self.lead_transferee or target not in self.peers:
+            return  # under way already, or a learner, which never campaigns
         # 3.10: stop taking proposals, bring the target up to date, then tell it to campaign now.
         self.lead_transferee = target
         self.election_elapsed = 0

@@ -161,6 +161,7 @@ class NodeOptions:
     check_quorum: bool = True
     max_inflight: int = 64
     seed: int = 0
+    learners: tuple[int, ...] = ()  # the nodes that never vote (the last ones of add-nodes N)
 
 
 class _ScriptIO:
@@ -272,7 +273,8 @@ class Env:
         o = self.opts
         return Config(
             id=node_id,
-            peers=tuple(self.ids),
+            peers=tuple(i for i in self.ids if i not in o.learners),
+            learners=o.learners,
             rng=random.Random(f"{o.seed}/{node_id}/{self.incarnation[node_id]}"),
             election_tick=o.election,
             heartbeat_tick=o.heartbeat,
@@ -286,7 +288,11 @@ class Env:
         if self.nodes:
             raise ScriptError("add-nodes may be used once (membership changes are not modelled)")
         if len(args) != 1:
-            raise ScriptError("add-nodes N [key=value...]")
+            raise ScriptError("add-nodes N [learners=K] [key=value...]")
+        n = int(args[0])
+        learners = int(kw.pop("learners", 0))
+        if not 0 <= learners < n:
+            raise ScriptError("learners=K: at least one of the N nodes must vote")
 
         def flag(key: str, default: bool) -> bool:
             value = kw.pop(key, str(default).lower())
@@ -301,10 +307,11 @@ class Env:
             check_quorum=flag("check-quorum", True),
             max_inflight=int(kw.pop("max-inflight", 64)),
             seed=int(kw.pop("seed", 0)),
+            learners=tuple(range(n - learners + 1, n + 1)),
         )
         if kw:
             raise ScriptError(f"unknown add-nodes options {sorted(kw)}")
-        self.ids = list(range(1, int(args[0]) + 1))
+        self.ids = list(range(1, n + 1))
         for i in self.ids:
             self.incarnation[i] = 0
             self.disks[i] = Disk()
@@ -315,6 +322,7 @@ class Env:
         self.emit(
             f"nodes {' '.join(map(str, self.ids))}: election={o.election} heartbeat={o.heartbeat} "
             f"pre-vote={str(o.pre_vote).lower()} check-quorum={str(o.check_quorum).lower()}"
+            + (f" learners={' '.join(map(str, o.learners))}" if o.learners else "")
         )
 
     def cmd_campaign(self, args: list[str], kw: dict[str, str]) -> None:
@@ -461,8 +469,8 @@ class Env:
         for i in self.node_ids(args):
             r = self.nodes[i].raft
             self.emit(
-                f"{i}: {r.role.value} term={r.term} vote={r.vote} lead={r.lead} "
-                f"commit={r.log.committed} applied={r.log.applied} last={r.log.last_index()}"
+                f"{i}: {r.role.value}{'' if r.promotable() else ' (learner)'} term={r.term} vote={r.vote} "
+                f"lead={r.lead} commit={r.log.committed} applied={r.log.applied} last={r.log.last_index()}"
             )
             if r.role is Role.LEADER:
                 for p, pr in sorted(r.prs.items()):
