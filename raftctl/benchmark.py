@@ -322,7 +322,13 @@ def _run_row(r: BenchResult, relay_p50_ms: float | None) -> list[str]:
 
 def median_run(runs: Sequence[BenchResult]) -> BenchResult:
     """The run whose ops/s is the median (the lower middle one of an even count)."""
-    return sorted(runs, key=lambda r: r.ops_per_s)[(len(runs) - 1) // 2]
+    return runs[_median_index([r.ops_per_s for r in runs])]
+
+
+def _median_index(values: Sequence[float]) -> int:
+    """Where the median value is (the lower middle one of an even count, as statistics.median_low)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    return order[(len(values) - 1) // 2]
 
 
 def _unary_row(run: UnaryRun) -> list[str]:
@@ -614,12 +620,12 @@ async def _unary(cluster: BenchCluster, s: Settings, report: Report) -> None:
     floor = floor_module() if s.floor else None
     with floor.unary_server() if floor is not None else contextlib.nullcontext() as server:
         for op, node, clients in UNARY_PLAN:
-            rounds = s.unary_rounds if server is not None and clients == UNARY_CLIENTS else 1
+            paired = server is not None and clients == UNARY_CLIENTS
             runs: list[BenchResult] = []
-            ratios: list[float] = []
-            for _ in range(rounds):
+            measured: list[tuple[float, BenchResult]] = []  # (ratio to its floor run, run)
+            for _ in range(s.unary_rounds if paired else 1):
                 f = None
-                if server is not None and clients == UNARY_CLIENTS:
+                if server is not None and paired:
                     f = await _unary_floor_run(server.address, cluster, FLOOR_OF[op], s)
                     report.unary_floors.setdefault(FLOOR_OF[op], []).append(f)
                 leader = await asyncio.to_thread(cluster.wait_leader)
@@ -632,17 +638,12 @@ async def _unary(cluster: BenchCluster, s: Settings, report: Report) -> None:
                     f"{r.errors} errors" + (f" (first: {r.first_error})" if r.first_error else "")
                 )
                 runs.append(r)
-                if f is not None and f.ops_per_s:
-                    ratios.append(r.ops_per_s / f.ops_per_s)
+                if f is not None and f.ops_per_s:  # a floor run with no answer gives no ratio
+                    measured.append((r.ops_per_s / f.ops_per_s, r))
                 cluster.check_alive()
-            middle = median_run(runs) if not ratios else runs[_median_index(ratios)]
-            report.unary.append(UnaryRun(node, middle, tuple(ratios)))
-
-
-def _median_index(values: Sequence[float]) -> int:
-    """Where the median value is (the lower middle one of an even count, as statistics.median_low)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    return order[(len(values) - 1) // 2]
+            ratios = tuple(ratio for ratio, _ in measured)
+            middle = measured[_median_index(ratios)][1] if measured else median_run(runs)
+            report.unary.append(UnaryRun(node, middle, ratios))
 
 
 async def _unary_floor_run(address: str, cluster: BenchCluster, op: str, s: Settings) -> BenchResult:

@@ -16,7 +16,7 @@ import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 
-from raftd.settings import DEFAULTS, Limits, Tuning
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # What the kernel picks as the source of a connection to a loopback address, unless the caller binds one.
@@ -55,11 +55,11 @@ class MemberAddresses:
         hosts: Iterable[str],
         resolve: Resolver | None = None,
         limits: Limits = DEFAULTS,
-        tuning: Tuning | None = None,
+        tuning: Tuning = TUNING,
     ) -> None:
         self._resolver = resolve or _getaddrinfo
         self._max_waiting = limits.max_peer_lookup_waiters
-        self._tuning = tuning or Tuning()
+        self._tuning = tuning
         self._found: dict[str, frozenset[Address]] = {}
         self._names: list[str] = []
         self._lookups: dict[str, asyncio.Task[None]] = {}
