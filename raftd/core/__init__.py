@@ -7,6 +7,10 @@ from .rawnode import RawNode, Status
 from .steps import ReadyIO, Step, handle_ready, ready_steps, run_now
 from .types import (
     NONE,
+    ConfChange,
+    ConfChangeRefused,
+    ConfChangeType,
+    ConfState,
     Entry,
     HardState,
     Message,
@@ -22,6 +26,10 @@ from .types import (
 
 __all__ = [
     "NONE",
+    "ConfChange",
+    "ConfChangeRefused",
+    "ConfChangeType",
+    "ConfState",
     "Config",
     "Entry",
     "HardState",

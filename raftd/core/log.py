@@ -7,7 +7,7 @@ to reach into storage.
 
 from __future__ import annotations
 
-from .types import Entry, Snapshot, SnapshotMeta
+from .types import ConfState, Entry, Snapshot, SnapshotMeta
 
 
 class LogError(Exception):
@@ -162,7 +162,7 @@ class RaftLog:
         self.stabled = snapshot.meta.index
         self.pending_snapshot = snapshot
 
-    def compact(self, index: int) -> None:
+    def compact(self, index: int, conf: ConfState | None = None) -> None:
         """Drop entries up to index, which the owner has covered with a snapshot of its state machine."""
         if index <= self.snapshot_meta.index:
             return
@@ -171,4 +171,4 @@ class RaftLog:
         term = self.term(index)
         assert term is not None
         del self.entries[: index - self.snapshot_meta.index]
-        self.snapshot_meta = SnapshotMeta(index, term)
+        self.snapshot_meta = SnapshotMeta(index, term, conf)

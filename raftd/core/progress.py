@@ -30,6 +30,12 @@ class Progress:
         self.pending_snapshot = 0
         # Heard from within the current check-quorum window.
         self.recent_active = False
+        # Heard from within the window before it: a membership change asks whether a member is reachable,
+        # and the current window may have only just begun.
+        self.active_before = False
+
+    def reachable(self) -> bool:
+        return self.recent_active or self.active_before
 
     def __repr__(self) -> str:
         return f"Progress(match={self.match}, next={self.next}, state={self.state.value})"

@@ -8,7 +8,7 @@ owner through RawNode.ready(). Section numbers refer to the Raft paper (5.x) and
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import quorum
@@ -19,6 +19,10 @@ from .types import (
     CAMPAIGN_TRANSFER,
     LOCAL_MESSAGES,
     NONE,
+    ConfChange,
+    ConfChangeRefused,
+    ConfChangeType,
+    ConfState,
     Entry,
     HardState,
     Message,
@@ -41,12 +45,19 @@ _TERMLESS = frozenset({MsgType.READ_INDEX, MsgType.TRANSFER_LEADER})
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """peers and learners: the membership as of the snapshot the node starts from (or the cluster's first,
+    without one); the snapshot's own record of it (SnapshotMeta.conf) takes precedence, and the membership
+    changes in the log after it apply on top (Raft.conf_state)."""
+
     id: int
     peers: tuple[int, ...]  # every voter, this node included unless it is a learner
     rng: random.Random
     # Members that receive the log and snapshots but never vote, campaign or count toward a quorum: a node
     # catching up before it is promoted (dissertation 4.2.1).
     learners: tuple[int, ...] = ()
+    # Which entries carry membership changes, and which: the owner encodes them (propose_conf_change), so
+    # it decodes them. None: no entry does.
+    conf_change_of: Callable[[bytes], ConfChange | None] | None = None
     election_tick: int = 10
     # Election timeouts are drawn from [election_tick, max_election_tick); None means 2 * election_tick.
     max_election_tick: int | None = None
@@ -59,6 +70,9 @@ class Config:
     max_inflight_bytes: int = 8 << 20
     max_entries_per_msg: int = 512
     max_bytes_per_msg: int = 1 << 20
+    # A learner is promoted only once its log is within this many entries of the commit index: a voter far
+    # behind could not help commit anything for a while, and with a small cluster would stall it.
+    max_learner_lag: int = 1000
 
     def validate(self) -> None:
         if self.id == NONE:
@@ -80,6 +94,8 @@ class Config:
             raise ValueError("flow-control limits must be positive")
         if self.max_inflight_bytes < 0:
             raise ValueError("max_inflight_bytes must be 0 (no limit) or positive")
+        if self.max_learner_lag < 0:
+            raise ValueError("max_learner_lag must be 0 or positive")
 
 
 class Raft:
@@ -94,12 +110,18 @@ class Raft:
         config.validate()
         self.cfg = config
         self.id = config.id
-        self.peers = tuple(sorted(config.peers))  # the voters
-        self.learners = tuple(sorted(config.learners))
-        # Everyone the leader replicates to (and tracks progress of): voters, then learners.
-        self.members = self.peers + self.learners
         self.rng = config.rng
         self.log = RaftLog(snapshot, list(entries))
+        # The membership is the latest in the log, committed or not (dissertation 4.1): the one as of the
+        # log's snapshot, then each change in the entries after it, as (index, membership after it).
+        self._base_conf = self.log.snapshot_meta.conf or ConfState(
+            tuple(sorted(config.peers)), tuple(sorted(config.learners))
+        )
+        self._confs: list[tuple[int, ConfState]] = []
+        self.peers = self._base_conf.voters
+        self.learners = self._base_conf.learners
+        # Everyone the leader replicates to (and tracks progress of): voters, then learners.
+        self.members = self.peers + self.learners
         if not self.log.snapshot_meta.index <= hard_state.commit <= self.log.last_index():
             raise ValueError(
                 f"persisted commit {hard_state.commit} is outside the log "
@@ -107,6 +129,7 @@ class Raft:
             )
         self.log.commit_to(hard_state.commit)
         self.log.applied_to(max(applied, self.log.snapshot_meta.index))
+        self._rescan_conf(self.log.snapshot_meta.index, switch=False)
         # Invariant: vote is NONE or the node granted its one vote of `term` to it, durably.
         self.term = hard_state.term
         self.vote = hard_state.vote
@@ -147,13 +170,15 @@ class Raft:
         self.votes = {}
         # Invariant: our log matches the current leader's up to verified (0 until it sends an AppendEntries).
         self.verified = 0
-        self.prs = {
-            p: Progress(self.log.last_index() + 1, self.cfg.max_inflight, self.cfg.max_inflight_bytes)
-            for p in self.members
-        }
+        # Our own progress is kept even when we are not a member: a leader that removed itself leads on
+        # until the change commits, and its own copy of the log still advances.
+        self.prs = {p: self._new_progress() for p in (*self.members, self.id)}
         self.prs[self.id].match = self.log.stabled
         self.read_only = ReadOnly()
         self.pending_reads = []
+
+    def _new_progress(self) -> Progress:
+        return Progress(self.log.last_index() + 1, self.cfg.max_inflight, self.cfg.max_inflight_bytes)
 
     def become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -198,6 +223,10 @@ class Raft:
                 self.cfg.heartbeat_tick - self.heartbeat_elapsed,
                 self.cfg.election_tick - self.election_elapsed,
             )
+        elif not self.promotable():
+            # A learner's (or a removed node's) election timer never fires: nothing is ever due, but the
+            # owner still wakes now and then to count.
+            due = self.randomized_election_timeout
         else:
             due = self.randomized_election_timeout - self.election_elapsed
         return max(1, due)
@@ -244,6 +273,7 @@ class Raft:
         """Check-quorum (6.2): did a majority reach us since the last check? Resets the window."""
         active = {p for p, pr in self.prs.items() if p == self.id or pr.recent_active}
         for p, pr in self.prs.items():
+            pr.active_before = pr.recent_active
             pr.recent_active = p == self.id
         return quorum.vote_result(self.peers, {p: True for p in active}) is quorum.VoteResult.WON
 
@@ -260,18 +290,151 @@ class Raft:
         self._append_entries(datas)
         return first
 
+    # -- membership -------------------------------------------------------------------------------------
+    def conf_state(self) -> ConfState:
+        return ConfState(self.peers, self.learners)
+
+    def propose_conf_change(self, cc: ConfChange, data: bytes) -> int:
+        """Append a membership change, encoded by the owner as data (Config.conf_change_of decodes it);
+        returns its index. It takes effect on each node as the node appends it. Raises ProposalDropped
+        off-leader, ConfChangeRefused when the change must not be made (now, or ever)."""
+        if self.role is not Role.LEADER:
+            raise ProposalDropped(f"not the leader (leader is {self.lead or 'unknown'})")
+        if self.lead_transferee != NONE:
+            raise ProposalDropped(f"leadership is being transferred to {self.lead_transferee}")
+        decode = self.cfg.conf_change_of
+        if decode is None or decode(data) != cc:
+            raise ValueError("the data of a membership change must decode to it (Config.conf_change_of)")
+        self._check_conf_change(cc)
+        if not self._committed_in_term():
+            # A change of an earlier term may be in the log uncommitted: single-server changes are safe only
+            # from a leader that has committed an entry of its own term (the 2015 correction on raft-dev).
+            raise ConfChangeRefused("this leader has not yet committed an entry of its term; retry shortly")
+        pending = self._last_conf_index()
+        if pending > self.log.committed:
+            raise ConfChangeRefused(
+                f"a membership change is in progress (log index {pending}); one at a time"
+            )
+        first = self.log.last_index() + 1
+        self._append_entries([data])
+        return first
+
+    def _check_conf_change(self, cc: ConfChange) -> None:
+        node = cc.node
+        voters = set(self.peers)
+        if node == NONE:
+            raise ConfChangeRefused("node id 0 is reserved", invalid=True)
+        if cc.type is ConfChangeType.ADD_LEARNER:
+            if node in self.members:
+                role = "voter" if node in voters else "learner"
+                raise ConfChangeRefused(f"node {node} is a {role} already", invalid=True)
+            return
+        if cc.type is ConfChangeType.ADD_VOTER:
+            if node in voters:
+                raise ConfChangeRefused(f"node {node} is a voter already", invalid=True)
+            if node in self.learners:  # promoted only once nearly caught up
+                behind = self.log.committed - self.prs[node].match
+                if behind > self.cfg.max_learner_lag:
+                    raise ConfChangeRefused(
+                        f"learner {node} is {behind} entries behind the commit index; it is promoted within "
+                        f"{self.cfg.max_learner_lag}"
+                    )
+            voters.add(node)
+        else:
+            if node not in self.members:
+                raise ConfChangeRefused(f"node {node} is not a member", invalid=True)
+            if node in voters and len(voters) == 1:
+                raise ConfChangeRefused(f"node {node} is the last voter")
+            voters.discard(node)
+        # etcd's strict reconfiguration check: the new voters must include a quorum heard from lately.
+        reachable = sorted(v for v in voters if v == self.id or (v in self.prs and self.prs[v].reachable()))
+        if len(reachable) < quorum.majority(len(voters)):
+            raise ConfChangeRefused(
+                f"after the change {len(voters)} voters would have {len(reachable)} reachable "
+                f"({', '.join(map(str, reachable))}); a quorum needs {quorum.majority(len(voters))}"
+            )
+
+    def _last_conf_index(self) -> int:
+        return self._confs[-1][0] if self._confs else 0
+
+    def _rescan_conf(self, after: int, switch: bool = True) -> None:
+        """The entries after index `after` changed (appended, or replaced by a leader's): find the changes
+        among them again, and switch to the membership they end with."""
+        confs = self._confs
+        while confs and confs[-1][0] > after:
+            confs.pop()
+        decode = self.cfg.conf_change_of
+        lo, hi = max(after + 1, self.log.first_index()), self.log.last_index() + 1
+        if decode is not None and lo < hi:
+            conf = confs[-1][1] if confs else self._base_conf
+            for e in self.log.slice(lo, hi):
+                cc = decode(e.data) if e.data else None
+                if cc is not None:
+                    conf = changed(conf, cc)
+                    confs.append((e.index, conf))
+        conf = confs[-1][1] if confs else self._base_conf
+        if switch:
+            self._switch_to(conf)
+        else:
+            self.peers, self.learners = conf.voters, conf.learners
+            self.members = self.peers + self.learners
+
+    def compact(self, index: int) -> None:
+        """Drop the log up to index (the owner holds a snapshot of it): the snapshot records the membership
+        as of index, which the changes after it build on."""
+        while self._confs and self._confs[0][0] <= index:
+            self._base_conf = self._confs.pop(0)[1]
+        self.log.compact(index, self._base_conf)
+
+    def _switch_to(self, cs: ConfState) -> None:
+        if cs == self.conf_state():
+            return
+        added = [p for p in cs.voters + cs.learners if p not in self.prs]
+        self.peers, self.learners = cs.voters, cs.learners
+        self.members = self.peers + self.learners
+        for p in added:
+            pr = self.prs[p] = self._new_progress()
+            pr.recent_active = True  # a grace window, as every member gets at an election (check-quorum)
+        for p in [p for p in self.prs if p not in self.members and p != self.id]:
+            del self.prs[p]
+        if self.lead_transferee not in self.peers:
+            self.lead_transferee = NONE
+        if self.role is Role.LEADER:
+            # Fewer voters may make a smaller quorum: what they hold may now be committed.
+            self._commit_and_bcast()
+            for p in added:
+                self._send_append(p)
+        elif self.role is not Role.FOLLOWER and not self.promotable():
+            self.become_follower(self.term, NONE)  # a campaign of a node no longer a voter ends
+
+    def _commit_and_bcast(self) -> None:
+        """Advance the commit index if a quorum allows, and tell the followers. A leader that removed
+        itself leads until that change commits (dissertation 4.2.2), then hands over and steps down."""
+        if not self._maybe_commit():
+            return
+        if self.promotable() or self.log.committed < self._last_conf_index():
+            self._bcast_append(send_if_empty=False)
+            return
+        self._bcast_append()  # the commit of the change, now: there is no next append to carry it
+        best = max(self.peers, key=lambda p: self.prs[p].match)
+        if self.prs[best].match == self.log.last_index():
+            # The most up-to-date remaining voter campaigns at once, rather than after an election timeout.
+            self._send(Message(MsgType.TIMEOUT_NOW, best))
+        self.become_follower(self.term, NONE)
+
     def _append_entries(self, datas: Sequence[bytes]) -> None:
         last = self.log.last_index()
         self.log.append([Entry(last + 1 + k, self.term, d) for k, d in enumerate(datas)])
         # Our own copy counts toward a quorum only once it is durable (on_persisted), so the owner may send
         # these entries to followers while it writes them (dissertation 10.2.1).
         self._bcast_append()
+        if self.cfg.conf_change_of is not None:
+            self._rescan_conf(last)  # a member added here gets its first append from the switch
 
     def on_persisted(self) -> None:
         """The owner made the log durable up to log.stabled: as leader, that is our own acknowledgement."""
-        leading = self.role is Role.LEADER
-        if leading and self.prs[self.id].maybe_update(self.log.stabled) and self._maybe_commit():
-            self._bcast_append(send_if_empty=False)
+        if self.role is Role.LEADER and self.prs[self.id].maybe_update(self.log.stabled):
+            self._commit_and_bcast()
 
     # -- sending ------------------------------------------------------------------------------------
     def _send(self, m: Message, *, term: int | None = None) -> None:
@@ -525,8 +688,9 @@ class Raft:
         caught_up = pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot
         if pr.state is ProgressState.PROBE or caught_up:
             pr.become_replicate()
-        if self._maybe_commit():
-            self._bcast_append(send_if_empty=False)
+        self._commit_and_bcast()
+        if self.role is not Role.LEADER:
+            return  # it removed itself, and that change just committed
         if was_paused:
             # A follower that was paused (probing, or a full window) hears from us now even when there is
             # nothing new: it learns the commit index (rare, so worth a message).
@@ -635,6 +799,8 @@ class Raft:
             return
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
+            if m.entries and self.cfg.conf_change_of is not None:
+                self._rescan_conf(m.index)
             self.verified = max(self.verified, last_new)
             self._send(Message(MsgType.APP_RESP, m.frm, index=last_new))
             return
@@ -658,4 +824,23 @@ class Raft:
         else:
             self.log.restore(m.snapshot)
             self.verified = meta.index
+            self._base_conf = meta.conf or self.conf_state()
+            self._confs = []
+            self._switch_to(self._base_conf)
             self._send(Message(MsgType.APP_RESP, m.frm, index=self.log.last_index()))
+
+
+def changed(conf: ConfState, cc: ConfChange) -> ConfState:
+    """The membership after cc. Total, as every node must reach the same one from the same log: a change
+    the leader would have refused (a voter made a learner, the last voter removed) changes nothing."""
+    voters, learners = set(conf.voters), set(conf.learners)
+    if cc.type is ConfChangeType.ADD_LEARNER:
+        if cc.node not in voters:
+            learners.add(cc.node)
+    elif cc.type is ConfChangeType.ADD_VOTER:
+        learners.discard(cc.node)
+        voters.add(cc.node)
+    elif voters != {cc.node}:
+        voters.discard(cc.node)
+        learners.discard(cc.node)
+    return ConfState(tuple(sorted(voters)), tuple(sorted(learners)))

@@ -9,6 +9,8 @@ from .raft import Config, Raft
 from .types import (
     LOCAL_MESSAGES,
     NONE,
+    ConfChange,
+    ConfState,
     Entry,
     HardState,
     Message,
@@ -18,6 +20,16 @@ from .types import (
     Role,
     SnapshotMeta,
     SoftState,
+)
+
+_ANSWERS = frozenset(
+    {
+        MsgType.APP_RESP,
+        MsgType.HEARTBEAT_RESP,
+        MsgType.VOTE_RESP,
+        MsgType.PRE_VOTE_RESP,
+        MsgType.READ_INDEX_RESP,
+    }
 )
 
 
@@ -61,10 +73,12 @@ class RawNode:
         return self.raft.ticks_until_due()
 
     def step(self, m: Message) -> None:
-        """Feed a message from the network. Local-only kinds and strangers' messages are refused."""
+        """Feed a message from the network. Local-only kinds are refused, and answers from non-members are
+        dropped. Other messages from a non-member are taken: a leader that removed itself leads, and sends,
+        until its removal commits (dissertation 4.2.2)."""
         if m.type in LOCAL_MESSAGES:
             raise ValueError(f"{m.type.value} is a local message and cannot come from the network")
-        if m.frm not in self.raft.prs:
+        if m.type in _ANSWERS and m.frm not in self.raft.prs:
             return
         self.raft.step(m)
 
@@ -78,6 +92,15 @@ class RawNode:
     def propose_batch(self, datas: Sequence[bytes]) -> int:
         """Append many commands in one go (one AppendEntries per follower); returns the first index."""
         return self.raft.propose(datas)
+
+    def propose_conf_change(self, cc: ConfChange, data: bytes) -> int:
+        """Append a membership change the owner encoded as data (Raft.propose_conf_change); returns its
+        index. Every node switches to the new membership as it appends the entry."""
+        return self.raft.propose_conf_change(cc, data)
+
+    def conf_state(self) -> ConfState:
+        """The membership: the latest in the log, committed or not."""
+        return self.raft.conf_state()
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point; it comes back as a ReadState carrying context.
@@ -104,8 +127,13 @@ class RawNode:
         self.raft.step(Message(MsgType.SNAP_STATUS, frm=node, reject=not ok))
 
     def compact(self, index: int) -> None:
-        """The owner has a snapshot covering index: drop the log up to it."""
-        self.raft.log.compact(index)
+        """The owner has a snapshot covering index: drop the log up to it. The log's snapshot records the
+        membership as of index (SnapshotMeta.conf), and a follower that installs it takes that membership."""
+        self.raft.compact(index)
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The position and membership of the log's snapshot: what the owner stores with its image."""
+        return self.raft.log.snapshot_meta
 
     # -- output -------------------------------------------------------------------------------------
     def has_ready(self) -> bool:

@@ -66,10 +66,36 @@ class HardState:
     commit: int = 0
 
 
+class ConfChangeType(enum.Enum):
+    ADD_LEARNER = "add-learner"
+    ADD_VOTER = "add-voter"  # a new voter, or a learner promoted
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """One membership change (single-server changes, dissertation 4.1): it travels in a log entry whose data
+    the owner encodes (and decodes: Config.conf_change_of), and takes effect on each node as soon as the
+    node appends it, committed or not."""
+
+    type: ConfChangeType
+    node: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """The membership: who votes, and who only receives the log."""
+
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     index: int = 0
     term: int = 0
+    # The membership as of index; None when the owner gave none (then installing it changes no membership).
+    conf: ConfState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +172,13 @@ class Ready:
 
 class ProposalDropped(Exception):
     """A proposal the node cannot take now: no leader known, or a leadership transfer under way."""
+
+
+class ConfChangeRefused(Exception):
+    """A membership change the leader will not propose, so it never applies. invalid: the request itself is
+    wrong (an unknown or duplicate id); otherwise the moment is (a change pending, a learner far behind,
+    a quorum that would be lost), and the same request may succeed later."""
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid

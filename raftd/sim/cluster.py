@@ -402,13 +402,14 @@ class Simulation:
         raw = n.raw
         if raw.applied - raw.snapshot_index < self.params.compact_every:
             return
-        meta = SnapshotMeta(raw.applied, raw.log_term(raw.applied) or 0)
         d = n.disk
-        del d.entries[: meta.index - d.snapshot.meta.index]
-        del d.crcs[: meta.index - d.snapshot.meta.index]
+        old = d.snapshot.meta.index
+        raw.compact(raw.applied)
+        meta = raw.snapshot_meta()  # with the membership as of its index
+        del d.entries[: meta.index - old]
+        del d.crcs[: meta.index - old]
         d.snapshot = Snapshot(meta, json.dumps({"kv": n.kv, "digest": n.digest}).encode())
         d.synced = None  # raftd fsyncs an image and the database that adopts it
-        n.raw.compact(meta.index)
 
     # -- faults and clients -------------------------------------------------------------------------
     def _crash(self, n: SimNode) -> None:

@@ -19,9 +19,10 @@ file that passes is exactly a fixed point of rewriting.
 
 Commands (ids are node ids, >= 1)
 ---------------------------------
-``add-nodes N [election=10] [heartbeat=1] [pre-vote=true] [check-quorum=true] [max-inflight=64]
-[seed=0]``
-    Create nodes 1..N, all voters. Each node's Config gets ``random.Random(f"{seed}/{id}/{incarnation}")``.
+``add-nodes N [learners=0] [election=10] [heartbeat=1] [pre-vote=true] [check-quorum=true]
+[max-inflight=64] [max-learner-lag=1000] [seed=0]``
+    Create nodes 1..N, voters but for the last ``learners``. Each node's Config gets
+    ``random.Random(f"{seed}/{id}/{incarnation}")``.
 ``campaign ID``                       the node starts an election now (pre-vote first if enabled).
 ``tick ID [N]``                       N ticks (default 1).
 ``tick-election ID``                  tick until the node's election timer fires once: its randomized
@@ -29,6 +30,12 @@ Commands (ids are node ids, >= 1)
                                       leader. Prints how many ticks that took.
 ``tick-heartbeat ID``                 heartbeat_tick ticks.
 ``propose ID DATA``                   propose DATA (no spaces) on the node.
+``propose-conf-change ID TYPE NODE``  propose a membership change on the node (TYPE: add-learner,
+                                      add-voter, remove); it takes effect on each node as that node appends
+                                      it, and the command's output ends with each membership that changed
+                                      (``conf of ID now: ...``).
+``add-node ID from=N``                start a new, empty node ID with node N's current membership (which
+                                      must name ID): a node joining after add-learner.
 ``read-index ID CTX``                 ask the node for a ReadIndex with context CTX.
 ``transfer-leadership from=ID to=ID`` ask node ``from`` to hand leadership to ``to``.
 ``process-ready [ID...]``             take each node's Ready, print it, persist hard state and entries to
@@ -43,7 +50,8 @@ Commands (ids are node ids, >= 1)
 ``raft-log ID``                       the node's in-memory log.
 ``restart ID``                        crash the node and rebuild it from its persisted hard state and
                                       entries only (unpersisted entries and unsent messages are lost; the
-                                      state machine is rebuilt by re-applying committed entries).
+                                      state machine is rebuilt by re-applying committed entries, and the
+                                      membership is read from the log again).
 
 Output notation
 ---------------
@@ -73,7 +81,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftd.core import (
+    ConfChange,
+    ConfChangeRefused,
+    ConfChangeType,
     Config,
+    ConfState,
     Entry,
     HardState,
     LogError,
@@ -137,6 +149,25 @@ def fmt_msg(m: Message) -> str:
     return " ".join(parts)
 
 
+def fmt_conf(conf: ConfState) -> str:
+    return f"voters={' '.join(map(str, conf.voters))} learners={' '.join(map(str, conf.learners)) or '-'}"
+
+
+CONF_PREFIX = b"conf:"
+
+
+def encode_conf_change(cc: ConfChange) -> bytes:
+    """This environment's encoding of a change in an entry (the core leaves entries' data to the owner)."""
+    return CONF_PREFIX + f"{cc.type.value}:{cc.node}".encode()
+
+
+def decode_conf_change(data: bytes) -> ConfChange | None:
+    if not data.startswith(CONF_PREFIX):
+        return None
+    kind, node = data[len(CONF_PREFIX) :].decode().split(":")
+    return ConfChange(ConfChangeType(kind), int(node))
+
+
 # -- the simulated cluster --------------------------------------------------------------------------
 
 
@@ -160,8 +191,8 @@ class NodeOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     max_inflight: int = 64
+    max_learner_lag: int = 1000
     seed: int = 0
-    learners: tuple[int, ...] = ()  # the nodes that never vote (the last ones of add-nodes N)
 
 
 class _ScriptIO:
@@ -178,7 +209,8 @@ class _ScriptIO:
 
     async def send(self, rd: Ready) -> None:
         for m in rd.messages:
-            self.env.inbox[m.to].append(m)
+            if m.to in self.env.inbox:  # a member not started yet (add-node) gets nothing
+                self.env.inbox[m.to].append(m)
 
     async def install(self, rd: Ready) -> None:
         pass
@@ -203,6 +235,7 @@ class Env:
         self.nodes: dict[int, RawNode] = {}
         self.disks: dict[int, Disk] = {}
         self.incarnation: dict[int, int] = {}
+        self.boot_conf: dict[int, ConfState] = {}  # each node's membership when it was created
         self.inbox: dict[int, list[Message]] = {}
         self.isolated: set[int] = set()
         self.applied: dict[int, list[Entry]] = {}
@@ -217,6 +250,8 @@ class Env:
             "tick-election": self.cmd_tick_election,
             "tick-heartbeat": self.cmd_tick_heartbeat,
             "propose": self.cmd_propose,
+            "propose-conf-change": self.cmd_propose_conf_change,
+            "add-node": self.cmd_add_node,
             "read-index": self.cmd_read_index,
             "transfer-leadership": self.cmd_transfer_leadership,
             "process-ready": self.cmd_process_ready,
@@ -240,10 +275,14 @@ class Env:
         args = [w for w in rest if "=" not in w]
         kwargs = dict(w.split("=", 1) for w in rest if "=" in w)
         self.out = []
+        confs = {i: n.conf_state() for i, n in self.nodes.items()}
         try:
             handler(args, kwargs)
-        except (ProposalDropped, LogError, ValueError, RuntimeError) as exc:
+        except (ProposalDropped, ConfChangeRefused, LogError, ValueError, RuntimeError) as exc:
             self.emit(f"error: {type(exc).__name__}: {exc}")
+        for i, n in self.nodes.items():
+            if i in confs and n.conf_state() != confs[i]:
+                self.emit(f"conf of {i} now: {fmt_conf(n.conf_state())}")
         self.check_safety()
         if not self.out:
             self.emit("ok")
@@ -271,22 +310,25 @@ class Env:
 
     def config(self, node_id: int) -> Config:
         o = self.opts
+        conf = self.boot_conf[node_id]
         return Config(
             id=node_id,
-            peers=tuple(i for i in self.ids if i not in o.learners),
-            learners=o.learners,
+            peers=conf.voters,
+            learners=conf.learners,
             rng=random.Random(f"{o.seed}/{node_id}/{self.incarnation[node_id]}"),
             election_tick=o.election,
             heartbeat_tick=o.heartbeat,
             pre_vote=o.pre_vote,
             check_quorum=o.check_quorum,
             max_inflight=o.max_inflight,
+            max_learner_lag=o.max_learner_lag,
+            conf_change_of=decode_conf_change,
         )
 
     # -- commands: setup and input ---------------------------------------------------------------------
     def cmd_add_nodes(self, args: list[str], kw: dict[str, str]) -> None:
         if self.nodes:
-            raise ScriptError("add-nodes may be used once (membership changes are not modelled)")
+            raise ScriptError("add-nodes may be used once (a node joins later with add-node)")
         if len(args) != 1:
             raise ScriptError("add-nodes N [learners=K] [key=value...]")
         n = int(args[0])
@@ -306,24 +348,42 @@ class Env:
             pre_vote=flag("pre-vote", True),
             check_quorum=flag("check-quorum", True),
             max_inflight=int(kw.pop("max-inflight", 64)),
+            max_learner_lag=int(kw.pop("max-learner-lag", 1000)),
             seed=int(kw.pop("seed", 0)),
-            learners=tuple(range(n - learners + 1, n + 1)),
         )
         if kw:
             raise ScriptError(f"unknown add-nodes options {sorted(kw)}")
-        self.ids = list(range(1, n + 1))
-        for i in self.ids:
-            self.incarnation[i] = 0
-            self.disks[i] = Disk()
-            self.inbox[i] = []
-            self.applied[i] = []
-            self.nodes[i] = RawNode(self.config(i))
+        ids = list(range(1, n + 1))
+        conf = ConfState(tuple(ids[: n - learners]), tuple(ids[n - learners :]))
+        for i in ids:
+            self._create(i, conf)
         o = self.opts
         self.emit(
             f"nodes {' '.join(map(str, self.ids))}: election={o.election} heartbeat={o.heartbeat} "
             f"pre-vote={str(o.pre_vote).lower()} check-quorum={str(o.check_quorum).lower()}"
-            + (f" learners={' '.join(map(str, o.learners))}" if o.learners else "")
+            + (f" learners={' '.join(map(str, conf.learners))}" if conf.learners else "")
         )
+
+    def _create(self, node_id: int, conf: ConfState) -> None:
+        self.ids.append(node_id)
+        self.incarnation[node_id] = 0
+        self.boot_conf[node_id] = conf
+        self.disks[node_id] = Disk()
+        self.inbox[node_id] = []
+        self.applied[node_id] = []
+        self.nodes[node_id] = RawNode(self.config(node_id))
+
+    def cmd_add_node(self, args: list[str], kw: dict[str, str]) -> None:
+        if len(args) != 1 or set(kw) != {"from"}:
+            raise ScriptError("add-node ID from=N")
+        node_id = int(args[0])
+        if node_id in self.nodes:
+            raise ScriptError(f"node {node_id} exists")
+        conf = self.nodes[self.node_ids([kw["from"]])[0]].conf_state()
+        if node_id not in conf.voters + conf.learners:
+            raise ScriptError(f"node {kw['from']}'s membership does not name {node_id}")
+        self._create(node_id, conf)
+        self.emit(f"node {node_id}: {fmt_conf(conf)}")
 
     def cmd_campaign(self, args: list[str], kw: dict[str, str]) -> None:
         self.nodes[self.one_id(args)].campaign()
@@ -356,6 +416,14 @@ class Env:
         if len(args) != 2:
             raise ScriptError("propose ID DATA")
         index = self.nodes[self.node_ids(args[:1])[0]].propose(args[1].encode())
+        self.emit(f"ok index={index}")
+
+    def cmd_propose_conf_change(self, args: list[str], kw: dict[str, str]) -> None:
+        if len(args) != 3:
+            raise ScriptError("propose-conf-change ID TYPE NODE")
+        node = self.nodes[self.node_ids(args[:1])[0]]
+        cc = ConfChange(ConfChangeType(args[1]), int(args[2]))
+        index = node.propose_conf_change(cc, encode_conf_change(cc))
         self.emit(f"ok index={index}")
 
     def cmd_read_index(self, args: list[str], kw: dict[str, str]) -> None:
@@ -468,8 +536,9 @@ class Env:
     def cmd_status(self, args: list[str], kw: dict[str, str]) -> None:
         for i in self.node_ids(args):
             r = self.nodes[i].raft
+            kind = "" if r.promotable() else " (learner)" if r.id in r.learners else " (not a member)"
             self.emit(
-                f"{i}: {r.role.value}{'' if r.promotable() else ' (learner)'} term={r.term} vote={r.vote} "
+                f"{i}: {r.role.value}{kind} term={r.term} vote={r.vote} "
                 f"lead={r.lead} commit={r.log.committed} applied={r.log.applied} last={r.log.last_index()}"
             )
             if r.role is Role.LEADER:

@@ -186,6 +186,8 @@ class Network:
             self.process(i)
 
     def _blocked(self, m: Message) -> bool:
+        if m.to not in self.nodes:  # a member added by a change, not running here
+            return True
         if m.to in self.down or m.frm in self.down:
             return True
         if m.to in self.isolated or m.frm in self.isolated:
