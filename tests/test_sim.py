@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from raftd.core import Entry, HardState, Message, MsgType, quorum
+from raftd.core import Entry, HardState, Message, MsgType, Role, quorum
 from raftd.core.log import RaftLog
 from raftd.core.raft import _RESPONSE_OF, Raft
 from raftd.core.read_only import ReadRequest
@@ -43,6 +43,21 @@ def test_faults_actually_happen() -> None:
             totals[k] = totals.get(k, 0) + v
     for key in ("proposed", "reads_ok", "crashes", "partitions", "snapshots_sent"):
         assert totals[key] > 0, key
+
+
+def test_membership_changes_happen() -> None:
+    """The membership nemesis adds learners, promotes and removes members in a third of the seeds or more,
+    and a member whose removal committed is shut down (test_seeds_pass: the histories stay safe)."""
+    totals: dict[str, int] = {}
+    promoted = 0
+    for seed in range(40):
+        sim = Simulation(seed, 3 if seed % 2 == 0 else 5, 300)
+        for k, v in sim.run().items():
+            totals[k] = totals.get(k, 0) + v
+        leaders = [n.raw for n in sim.nodes.values() if n.raw is not None and n.raw.role is Role.LEADER]
+        promoted += any(v > sim.params.nodes for r in leaders for v in r.conf_state().voters)
+    assert totals["conf_changes"] > 20 and totals["removed"] > 5, totals
+    assert promoted > 0, "no learner was ever promoted to a voter"
 
 
 def test_damaged_disks_are_injected_and_every_damage_is_detected() -> None:

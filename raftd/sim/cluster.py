@@ -1,8 +1,11 @@
 """A seeded, deterministic cluster simulation: virtual time, a hostile network, crashes from disk.
 
 One PRNG drives everything (delays, drops, duplicates, partitions, crashes, client traffic), so a seed
-replays exactly. Time runs in units; every node ticks once per UNITS_PER_TICK units, and a message takes
-one or more units, so deliveries land between ticks and reorder freely.
+replays exactly. Membership changes (MembershipNemesis) draw from a PRNG of their own: a leader adds a
+learner under a fresh id, promotes a learner or removes a member, and a member whose removal committed is
+shut down for good, as raftd stops one ("removed from the cluster"). Time runs in units; every node
+ticks once per UNITS_PER_TICK units, and a message takes one or more units, so deliveries land between
+ticks and reorder freely.
 
 Some seeds also get a damaged disk on a minority of nodes (DiskFaults, from a PRNG of its own): bits that
 flip at rest, a write torn by a crash, and fsyncs of the log database that lied (lost at the crash; the
@@ -24,7 +27,11 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from raftd.core import (
+    ConfChange,
+    ConfChangeRefused,
+    ConfChangeType,
     Config,
+    ConfState,
     Entry,
     HardState,
     Message,
@@ -36,6 +43,7 @@ from raftd.core import (
     Snapshot,
     SnapshotMeta,
     handle_ready,
+    quorum,
     run_now,
 )
 
@@ -85,6 +93,21 @@ class Params:
             transfer=rng.choice([0.0, 0.001]),
             compact_every=rng.choice([8, 30, 1000]),
         )
+
+
+CONF_PREFIX = b"conf:"
+
+
+def encode_conf_change(cc: ConfChange) -> bytes:
+    """The simulator's (and the golden scripts') entry encoding of a membership change."""
+    return CONF_PREFIX + f"{cc.type.value}:{cc.node}".encode()
+
+
+def decode_conf_change(data: bytes) -> ConfChange | None:
+    if not data.startswith(CONF_PREFIX):
+        return None
+    kind, node = data[len(CONF_PREFIX) :].decode().split(":")
+    return ConfChange(ConfChangeType(kind), int(node))
 
 
 def _digest(prev: str, e: Entry) -> str:
@@ -153,12 +176,15 @@ class PendingRead:
 
 
 class SimNode:
-    def __init__(self, node_id: int, params: Params, peers: tuple[int, ...], seed: int) -> None:
+    def __init__(self, node_id: int, params: Params, conf: ConfState, seed: int) -> None:
+        """conf: the membership it starts with (the cluster's first, or the one it was added under)."""
         self.id = node_id
         self.config = Config(
             node_id,
-            peers,
+            conf.voters,
             random.Random(seed * 1009 + node_id),
+            learners=conf.learners,
+            conf_change_of=decode_conf_change,
             election_tick=ELECTION_TICK,
             heartbeat_tick=1,
             pre_vote=params.pre_vote,
@@ -176,6 +202,7 @@ class SimNode:
         self.reads: dict[bytes, PendingRead] = {}
         self.confirmed: list[tuple[int, bytes]] = []  # (read index, context) waiting for apply
         self.seen_leading = -1
+        self.removed = False  # its removal committed: shut down for good
         self.start()
 
     def start(self) -> bool:
@@ -263,8 +290,10 @@ class Simulation:
         self.disk_rng = random.Random(seed * 7919 + 1)
         self.disk_faults = DiskFaults.draw(self.disk_rng, lost_tail)
         peers = tuple(range(1, nodes + 1))
-        self.nodes = {i: SimNode(i, self.params, peers, seed) for i in peers}
+        self.nodes = {i: SimNode(i, self.params, ConfState(peers), seed) for i in peers}
         self.faulty = set(peers[: (nodes - 1) // 2]) if self.disk_faults else set()
+        # Membership changes have a PRNG of their own, as disk faults do.
+        self.members = MembershipNemesis(random.Random(seed * 104729 + 3), nodes, self.faulty)
         self.check = Checker()
         self.now = 0
         self.queue: list[tuple[int, float, int, Message]] = []
@@ -276,6 +305,7 @@ class Simulation:
         self.stats = {
             "proposed": 0, "reads_ok": 0, "crashes": 0, "partitions": 0, "snapshots_sent": 0,
             "disk_lies": 0, "bit_flips": 0, "torn_writes": 0, "damage_detected": 0,
+            "conf_changes": 0, "conf_refused": 0, "removed": 0,
         }  # fmt: skip
 
     # -- the network --------------------------------------------------------------------------------
@@ -312,8 +342,8 @@ class Simulation:
     def _deliver_due(self) -> None:
         while self.queue and self.queue[0][0] <= self.now:
             *_, m = heapq.heappop(self.queue)
-            dst = self.nodes[m.to]
-            if dst.raw is None or (m.frm, m.to) in self.blocked:
+            dst = self.nodes.get(m.to)  # None: a member added by a change that was undone
+            if dst is None or dst.raw is None or (m.frm, m.to) in self.blocked:
                 self._lost(m)
                 continue
             dst.raw.step(m)
@@ -366,7 +396,7 @@ class Simulation:
     def _apply(self, n: SimNode, rd: Ready) -> None:
         for e in rd.committed_entries:
             write = None
-            if e.data:
+            if e.data and not e.data.startswith(CONF_PREFIX):
                 key, _, value = e.data.decode().partition("=")
                 n.kv[key] = value
                 write = (key, value)
@@ -427,6 +457,7 @@ class Simulation:
 
     def _random_events(self) -> None:
         p, rng = self.params, self.rng
+        self._membership()
         live = [n for n in self.nodes.values() if n.alive]
         if live and rng.random() < p.propose:
             n = rng.choice(live)
@@ -453,7 +484,8 @@ class Simulation:
         for node_id, at in list(self.restart_at.items()):
             if at <= self.now:
                 del self.restart_at[node_id]
-                self._boot(self.nodes[node_id])
+                if not self.nodes[node_id].removed:
+                    self._boot(self.nodes[node_id])
         if self.heal_at >= 0 and self.now >= self.heal_at:
             self.blocked.clear()
             self.heal_at = -1
@@ -465,6 +497,33 @@ class Simulation:
                 leader = leaders[0]
                 assert leader.raw is not None
                 leader.raw.transfer_leader(rng.choice([i for i in self.nodes if i != leader.id]))
+
+    def _membership(self) -> None:
+        """Now and then the leader proposes a change; a node it adds starts empty with the leader's
+        membership (as `raftd --join` would); a member whose removal committed is shut down for good."""
+        leaders = [n.raw for n in self.nodes.values() if n.raw is not None and n.raw.role is Role.LEADER]
+        if not leaders:
+            return
+        leader = max(leaders, key=lambda r: r.term)
+        conf = leader.conf_state()
+        for n in self.nodes.values():
+            if n.id not in conf.voters + conf.learners and not n.removed and self.members.gone(n.id, leader):
+                n.removed = True
+                n.raw = None
+                self.restart_at.pop(n.id, None)
+                self.stats["removed"] += 1
+        cc = self.members.next_change(conf)
+        if cc is None:
+            return
+        try:
+            index = leader.propose_conf_change(cc, encode_conf_change(cc))
+        except (ConfChangeRefused, ProposalDropped):
+            self.stats["conf_refused"] += 1
+            return
+        self.stats["conf_changes"] += 1
+        self.members.proposed(cc, index)
+        if cc.type is ConfChangeType.ADD_LEARNER:
+            self.nodes[cc.node] = SimNode(cc.node, self.params, leader.conf_state(), self.seed)
 
     def _flip_a_bit(self) -> None:
         """Damage at rest: seen when the node next boots (a running node serves from memory)."""
@@ -537,7 +596,7 @@ class Simulation:
     def _heal_and_check_progress(self) -> None:
         self.blocked.clear()
         for n in self.nodes.values():
-            if n.raw is None and not n.damaged:
+            if n.raw is None and not n.damaged and not n.removed:
                 self._boot(n)
         self.restart_at.clear()
         self.params = Params(
@@ -565,10 +624,64 @@ class Simulation:
                     proposer = (leaders[0].id, leaders[0].term)
                 except ProposalDropped:
                     pass
-            min_applied = min(n.raw.applied for n in live if n.raw is not None)
+            # Every member of the newest leader's membership; a node removed, or added by a change that was
+            # undone, is left behind, as it should be.
+            newest = max(leaders, key=lambda r: r.term) if leaders else None
+            conf = newest.conf_state() if newest is not None else None
+            members = [n for n in live if conf is None or n.id in conf.voters + conf.learners]
+            min_applied = min(n.raw.applied for n in members if n.raw is not None)
             if any(i <= min_applied and self.check.applied.get(i, (0, b""))[1] == marker for i in tried):
                 return
         raise Violation(
             f"liveness: no leader committed a new entry on every node within {bound // UNITS_PER_TICK} "
             "ticks after all faults healed"
         )
+
+
+class MembershipNemesis:
+    """Which change a leader tries next: add a learner under an id never used, promote a learner, or remove
+    a member, each now and then at a rate drawn per seed (none for a third of the seeds)."""
+
+    def __init__(self, rng: random.Random, nodes: int, faulty: set[int]) -> None:
+        """faulty: the nodes whose damaged disks may keep them down for good; the voters left healthy must
+        stay a quorum, or no run could make progress once healed."""
+        self.rng = rng
+        self.faulty = faulty
+        self.rate = rng.choice([0.0, 0.002, 0.01])
+        self.next_id = nodes + 1
+        self.max_ids = nodes + 3  # a run adds at most three nodes
+        self.removals: dict[int, int] = {}  # node -> index of its newest proposed removal
+
+    def next_change(self, conf: ConfState) -> ConfChange | None:
+        rng = self.rng
+        if self.rate == 0.0 or rng.random() >= self.rate:
+            return None
+        kind = rng.choice(list(ConfChangeType))
+        if kind is ConfChangeType.ADD_LEARNER:
+            if self.next_id > self.max_ids:
+                return None
+            return ConfChange(kind, self.next_id)
+        if kind is ConfChangeType.ADD_VOTER:
+            return ConfChange(kind, rng.choice(conf.learners)) if conf.learners else None
+        # Never below three voters, and never so that the damaged ones could be half of them: a run must
+        # stay able to lose a node and go on.
+        voters = [
+            v
+            for v in conf.voters
+            if len(conf.voters) > 3
+            and len([w for w in conf.voters if w != v and w not in self.faulty])
+            >= quorum.majority(len(conf.voters) - 1)
+        ]
+        candidates = list(conf.learners) + voters
+        return ConfChange(kind, rng.choice(candidates)) if candidates else None
+
+    def proposed(self, cc: ConfChange, index: int) -> None:
+        if cc.type is ConfChangeType.ADD_LEARNER:
+            self.next_id += 1
+        elif cc.type is ConfChangeType.REMOVE:
+            self.removals[cc.node] = index
+
+    def gone(self, node: int, leader: RawNode) -> bool:
+        """Whether node's removal is committed, as far as this leader knows (it does not name node)."""
+        index = self.removals.get(node)
+        return index is not None and leader.committed >= index

@@ -99,6 +99,7 @@ from raftd.core import (
     handle_ready,
     run_now,
 )
+from raftd.sim.cluster import decode_conf_change, encode_conf_change
 
 SEPARATOR = "----"
 
@@ -151,21 +152,6 @@ def fmt_msg(m: Message) -> str:
 
 def fmt_conf(conf: ConfState) -> str:
     return f"voters={' '.join(map(str, conf.voters))} learners={' '.join(map(str, conf.learners)) or '-'}"
-
-
-CONF_PREFIX = b"conf:"
-
-
-def encode_conf_change(cc: ConfChange) -> bytes:
-    """This environment's encoding of a change in an entry (the core leaves entries' data to the owner)."""
-    return CONF_PREFIX + f"{cc.type.value}:{cc.node}".encode()
-
-
-def decode_conf_change(data: bytes) -> ConfChange | None:
-    if not data.startswith(CONF_PREFIX):
-        return None
-    kind, node = data[len(CONF_PREFIX) :].decode().split(":")
-    return ConfChange(ConfChangeType(kind), int(node))
 
 
 # -- the simulated cluster --------------------------------------------------------------------------
