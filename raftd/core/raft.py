@@ -382,9 +382,12 @@ class Raft:
     def compact(self, index: int) -> None:
         """Drop the log up to index (the owner holds a snapshot of it): the snapshot records the membership
         as of index, which the changes after it build on."""
-        while self._confs and self._confs[0][0] <= index:
-            self._base_conf = self._confs.pop(0)[1]
-        self.log.compact(index, self._base_conf)
+        covered = [c for c in self._confs if c[0] <= index]
+        base = covered[-1][1] if covered else self._base_conf
+        self.log.compact(index, base)  # first: it refuses an index beyond the applied one
+        if self.log.snapshot_meta.index == index:
+            self._base_conf = base
+            del self._confs[: len(covered)]
 
     def _switch_to(self, cs: ConfState) -> None:
         if cs == self.conf_state():
@@ -725,7 +728,8 @@ class Raft:
             # alone: a single node commits its own entries only once they are durable).
             self.pending_reads.append(m)
             return
-        if len(self.peers) == 1:
+        if self.peers == (self.id,):
+            # Alone: nobody else can lead. (A leader that removed itself, with one voter left, is not.)
             self._answer_read(ReadRequest(self.log.committed, m.context, m.frm))
             return
         if self.read_only.add(self.log.committed, m.context, m.frm):

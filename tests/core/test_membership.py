@@ -15,6 +15,7 @@ from raftd.core import (
     ConfState,
     Entry,
     HardState,
+    LogError,
     Message,
     MsgType,
     Raft,
@@ -138,3 +139,27 @@ def test_a_restart_from_a_snapshot_takes_its_membership_over_the_configs() -> No
     )
     assert r.conf_state() == ConfState((1, 2, 3))
     assert Raft(Config(1, (1, 2, 3), random.Random(1)), HardState(1, 1, 5), meta).conf_state() == meta.conf
+
+
+def test_a_leader_that_removed_itself_confirms_reads_with_the_voter_left() -> None:
+    """Voters 1 and 2, and leader 1 removing itself: node 2 alone is a quorum of the new membership and may
+    elect itself at any moment, so a read on node 1 waits for node 2's answer to a heartbeat round."""
+    net = Network((1, 2), conf_change_of=decode_conf_change)
+    net.elect(1)
+    net.tick_all(1)
+    propose(net, 1, REMOVE, 1)
+    net.isolate(2)
+    net.nodes[1].read_index(b"r")
+    net.process(1)
+    assert net.read_states[1] == []
+    assert net.queued_of(MsgType.HEARTBEAT, frm=1, to=2)
+
+
+def test_compacting_beyond_the_applied_index_changes_no_membership() -> None:
+    net = network()
+    propose(net, 1, ADD_LEARNER, 4)
+    leader = net.nodes[1]
+    with pytest.raises(LogError, match="beyond the applied index"):
+        leader.compact(leader.raft.log.last_index())
+    assert leader.conf_state() == ConfState((1, 2, 3), (4,))
+    assert leader.raft._confs, "the change is still in the log's tail"
