@@ -118,10 +118,6 @@ class Raft:
             tuple(sorted(config.peers)), tuple(sorted(config.learners))
         )
         self._confs: list[tuple[int, ConfState]] = []
-        self.peers = self._base_conf.voters
-        self.learners = self._base_conf.learners
-        # Everyone the leader replicates to (and tracks progress of): voters, then learners.
-        self.members = self.peers + self.learners
         if not self.log.snapshot_meta.index <= hard_state.commit <= self.log.last_index():
             raise ValueError(
                 f"persisted commit {hard_state.commit} is outside the log "
@@ -376,8 +372,12 @@ class Raft:
         if switch:
             self._switch_to(conf)
         else:
-            self.peers, self.learners = conf.voters, conf.learners
-            self.members = self.peers + self.learners
+            self._set_members(conf)
+
+    def _set_members(self, cs: ConfState) -> None:
+        self.peers, self.learners = cs.voters, cs.learners
+        # Everyone the leader replicates to (and tracks progress of): voters, then learners.
+        self.members = self.peers + self.learners
 
     def compact(self, index: int) -> None:
         """Drop the log up to index (the owner holds a snapshot of it): the snapshot records the membership
@@ -393,8 +393,7 @@ class Raft:
         if cs == self.conf_state():
             return
         added = [p for p in cs.voters + cs.learners if p not in self.prs]
-        self.peers, self.learners = cs.voters, cs.learners
-        self.members = self.peers + self.learners
+        self._set_members(cs)
         for p in added:
             pr = self.prs[p] = self._new_progress()
             pr.recent_active = True  # a grace window, as every member gets at an election (check-quorum)
