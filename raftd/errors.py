@@ -16,6 +16,11 @@ class Unavailable(Exception):
     it has not applied and never will. Safe to retry."""
 
 
+class LeaderChanging(Unavailable):
+    """No leader is known, or the leader changed under a read: refused, and worth retrying once a leader
+    is known (the unary services do so within the call's deadline, as etcd's server does)."""
+
+
 class OutcomeUnknown(Unavailable):
     """The write was proposed, but this node can no longer tell whether it commits: it may have applied,
     or may still apply (suspended, stopped or deposed with it in the log)."""

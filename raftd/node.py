@@ -42,7 +42,7 @@ from raftd.core import (
     SoftState,
     handle_ready,
 )
-from raftd.errors import FatalError, NotLeader, TargetUnreachable, Unavailable
+from raftd.errors import FatalError, LeaderChanging, NotLeader, TargetUnreachable, Unavailable
 from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
@@ -169,6 +169,9 @@ class RaftNode:
         self.identity = Identity(storage.cluster_name, storage.cluster_id)
         self.addresses = {to_core(n.id): n for n in cluster.nodes}
         lo, hi = cluster.election_timeout_ms
+        # How long a request waits for a leader to be elected: two elections' worth, so that a client is
+        # not refused during a routine one, nor held long by a node cut off from a quorum.
+        self.leader_wait_s = 2 * hi / 1000
         self.config = Config(
             self.id,
             tuple(self.addresses),
@@ -451,7 +454,7 @@ class RaftNode:
             try:
                 self.raw.read_index(ctx)
             except ProposalDropped:
-                pending.refuse_reads(Unavailable("no leader known"))
+                pending.refuse_reads(LeaderChanging("no leader known"))
             else:
                 now = asyncio.get_running_loop().time()
                 pending.start_round(ctx, now, now + self.tuning.read_confirm_s)
@@ -841,10 +844,25 @@ class RaftNode:
         """read_barrier() as a future, which any number of reads that arrived before it may share."""
         self._check_serving()
         if self.leader() is None:
-            raise Unavailable("no leader known")
+            raise LeaderChanging("no leader known")
         fut, first = self.pending.add_read(asyncio.get_running_loop().time())
         self._wake_for(first, self.pending.reads_since)
         return fut
+
+    async def wait_for_leader(self, limit: float) -> bool:
+        """Whether a leader is known, waiting up to leader_wait_s (or limit, if shorter) for an election."""
+        self._check_serving()
+        if self.leader() is not None:
+            return True
+        fut = self.pending.add_leader_waiter()
+        try:
+            async with asyncio.timeout(min(limit, self.leader_wait_s)):
+                await fut
+        except TimeoutError:
+            return False
+        finally:
+            fut.cancel()
+        return self.leader() is not None
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
         self._check_serving()

@@ -20,7 +20,7 @@ from typing import Any
 
 from raftd import testhooks
 from raftd.core import Entry, ReadState
-from raftd.errors import OutcomeUnknown, SessionExpired, Unavailable
+from raftd.errors import LeaderChanging, OutcomeUnknown, SessionExpired, Unavailable
 from raftd.kv import Result
 
 
@@ -173,7 +173,7 @@ class Pending:
         rounds, self.read_wait = self.read_wait, {}
         _fail(
             [f for fs in rounds.values() for f in fs],
-            Unavailable("leadership changed during the read; retry"),
+            LeaderChanging("leadership changed during the read; retry"),
         )
         if leader is not None:
             waiters, self.leader_waiters = self.leader_waiters, []

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from raftd.core import ReadState
-from raftd.errors import Unavailable
+from raftd.api import common
+from raftd.core import Message, MsgType, ReadState
+from raftd.errors import LeaderChanging, Unavailable
+from raftd.node import RaftNode
 from raftd.settings import TUNING, Tuning
 from tests.nodes import follower, release_node, running
 
@@ -118,5 +120,84 @@ def test_a_round_that_is_not_answered_in_time_stops_holding_reads_back(tmp_path:
             assert len(node.pending.read_wait) == 2 and not node.pending.reads, (
                 "a round of its own once the first is old"
             )
+
+    asyncio.run(main())
+
+
+def _lose_the_leader(node: RaftNode) -> None:
+    """The follower hears nothing for an election timeout and campaigns: it knows no leader until one is
+    elected (its pre-vote requests go nowhere)."""
+    for _ in range(2 * node.config.max_election_tick):
+        node.raw.tick()
+    assert node.leader() is None
+
+
+async def _hear_leader(node: RaftNode) -> None:
+    node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=3, term=node.raw.raft.term)])
+    node._take_input()
+    await node._drain_ready()
+    assert node.leader() is not None and node.leader().id == 2
+
+
+async def _confirm_round(node: RaftNode) -> None:
+    """Answer the ReadIndex round that the node forwarded, once it has started one."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+        node._take_input()
+        if node.pending.read_wait:
+            break
+    (ctx,) = node.pending.read_wait
+    node.pending.confirm([ReadState(0, ctx)], node.kv.applied)
+
+
+def test_a_read_waits_out_an_election_instead_of_failing(tmp_path: Path) -> None:
+    """A unary Get during an election failed at once with "no leader known": clients that do not retry
+    (any generated from proto/) saw errors whenever a leader changed (2,000 connections at once cost one)."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        _lose_the_leader(node)
+        read = asyncio.ensure_future(common._barrier(node))
+        await asyncio.sleep(0.05)
+        assert not read.done(), "the read waits for a leader"
+        await _hear_leader(node)
+        await _confirm_round(node)
+        await asyncio.wait_for(read, 5)
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_read_cut_short_by_a_change_of_leader_is_asked_again(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = follower(tmp_path)
+        read = asyncio.ensure_future(common._barrier(node))
+        await asyncio.sleep(0)
+        node._take_input()
+        (old,) = node.pending.read_wait
+        node.deliver([Message(MsgType.HEARTBEAT, to=1, frm=3, term=node.raw.raft.term + 1)])
+        node._take_input()
+        await node._drain_ready()  # node 2 leads now: the round asked of node 1 is void
+        await asyncio.sleep(0)
+        assert not read.done(), "the read is asked again of the new leader, not failed"
+        node.pending.round_started -= TUNING.read_round_hold_s
+        await _confirm_round(node)
+        assert old not in node.pending.read_wait
+        await asyncio.wait_for(read, 5)
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_read_gives_up_when_no_leader_is_elected_in_time(tmp_path: Path) -> None:
+    """Bounded (two elections' worth, RaftNode.leader_wait_s): a node cut off from a quorum says so."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        node.leader_wait_s = 0.05
+        _lose_the_leader(node)
+        with pytest.raises(LeaderChanging, match="no leader known"):
+            await asyncio.wait_for(common._barrier(node), 5)
+        release_node(node)
 
     asyncio.run(main())

@@ -19,14 +19,14 @@ from raftd.api.kv import KVService
 from raftd.api.seed import SeedService
 from raftd.config import NodeAddr
 from raftd.core import Entry, Message, MsgType
-from raftd.errors import OutcomeUnknown, Unavailable
+from raftd.errors import NotLeader, OutcomeUnknown, Unavailable
 from raftd.kv import Command, Op, Result
 from raftd.launcher import free_ports
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from raftd.settings import Tuning
-from tests.nodes import leader, release_node
+from tests.nodes import follower, leader, release_node
 from tests.test_pipe import _AnsweringCall, _BreakingCall, _FakeCall, _FakeStub
 
 
@@ -410,5 +410,41 @@ def test_a_forward_that_cannot_connect_says_so_in_its_own_words() -> None:
             NOT_APPLIED,
         )
         await forwarder.close()
+
+    asyncio.run(main())
+
+
+def test_a_unary_write_waits_out_an_election_before_it_is_proposed(tmp_path: Path) -> None:
+    """Refused at once with "no leader known" before: a client that does not retry failed its write for
+    every election. Not proposed while it waits, so waiting keeps the "not applied" promise."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        for _ in range(2 * node.config.max_election_tick):  # hears nothing, campaigns: no leader known
+            node.raw.tick()
+        await node._drain_ready()
+        assert node.leader() is None
+        proposing = asyncio.ensure_future(common._propose(node, Command(Op.PUT, b"k", b"v"), 10))
+        await asyncio.sleep(0.05)
+        assert not proposing.done() and not node.pending.proposals
+        term = node.raw.raft.term
+        node.deliver([Message(MsgType.PRE_VOTE_RESP, to=1, frm=2, term=term + 1)])
+        node._take_input()
+        await node._drain_ready()
+        node.deliver([Message(MsgType.VOTE_RESP, to=1, frm=2, term=node.raw.raft.term)])
+        node._take_input()
+        await node._drain_ready()
+        assert node.is_leader()
+        await asyncio.wait_for(proposing, 5)
+        assert len(node.pending.proposals) == 1, "proposed once a leader (this node) was elected"
+
+        node.leader_wait_s = 0.05
+        for _ in range(2 * node.config.max_election_tick):  # check-quorum: no follower answers
+            node.raw.tick()
+        await node._drain_ready()
+        assert node.leader() is None
+        with pytest.raises(NotLeader):
+            await common._propose(node, Command(Op.PUT, b"k", b"v"), 10)
+        release_node(node)
 
     asyncio.run(main())

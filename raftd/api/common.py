@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import grpc
 
 from raftd.config import NodeAddr
-from raftd.errors import NotLeader, OutcomeUnknown, SessionExpired, Unavailable
-from raftd.kv import Command, Op
+from raftd.errors import LeaderChanging, NotLeader, OutcomeUnknown, SessionExpired, Unavailable
+from raftd.kv import Command, Op, Result
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
@@ -278,7 +278,7 @@ async def write(
     calls.start()
     try:
         try:
-            future = calls.node.propose_nowait(cmd)
+            future = await _propose(calls.node, cmd, time_left(context, calls.node.tuning))
         except NotLeader as e:
             if e.leader is None or was_forwarded(context):
                 raise
@@ -306,12 +306,37 @@ async def read(
     try:
         if not local:
             async with asyncio.timeout(time_left(context, calls.node.tuning)):
-                await calls.node.read_barrier_nowait()
+                await _barrier(calls.node)
         return calls.node.local_read(key)
     except Exception as e:
         raise failure(e, write=False) from None
     finally:
         calls.end()
+
+
+async def _propose(node: RaftNode, cmd: Command, limit: float) -> asyncio.Future[Result]:
+    """propose_nowait, after waiting out an election when no leader is known: the write is not proposed
+    yet, so waiting changes nothing it promises, and a client that does not retry is not refused during a
+    routine election. NotLeader(None) still when none is elected within limit."""
+    try:
+        return node.propose_nowait(cmd)
+    except NotLeader as e:
+        if e.leader is not None or not await node.wait_for_leader(limit):
+            raise
+    return node.propose_nowait(cmd)
+
+
+async def _barrier(node: RaftNode) -> None:
+    """A ReadIndex barrier that outlasts elections: a read has no effect, so one refused for want of a
+    leader, or cut short by a change of leader, is asked again once a leader is known (up to the caller's
+    deadline, which the caller keeps)."""
+    while True:
+        try:
+            await node.read_barrier_nowait()
+            return
+        except LeaderChanging:
+            if not await node.wait_for_leader(node.tuning.max_deadline_s):
+                raise
 
 
 async def on_leader(
