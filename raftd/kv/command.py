@@ -22,6 +22,7 @@ class Op(enum.IntEnum):
     CLUSTER_ID = 3  # value: the cluster's random id (raftd.identity); the store itself ignores it
     SESSION_LIMIT = 4  # value: how many sessions the store keeps, in decimal (raftd --max-sessions)
     HASH_CHECK = 5  # the replicas hash their state here (raftd.consistency); the store itself ignores it
+    MEMBER = 6  # value: a membership change or record (raftd.kv.members)
 
 
 class CommandError(ValueError):

@@ -15,6 +15,11 @@ b"RAFTDKV3" is the same with a u32 session limit after the header, written only 
 default (an Op.SESSION_LIMIT entry changed it), so that a node of an earlier release, which reads only
 RAFTDKV2, can take a snapshot from a newer one for as long as that limit is unchanged.
 
+b"RAFTDKV4" is RAFTDKV3 (its session limit always present) with the membership record (raftd.kv.members)
+after the sessions, written only when the cluster has recorded one:
+    u32 n_members, per member: u64 id u8 learner u16 len(address) address u16 len(incarnation) incarnation
+(in ascending id order).
+
 Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
 values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
 """
@@ -22,6 +27,7 @@ values, in insertion order, then the same sessions and checksum) stay readable: 
 from __future__ import annotations
 
 import array
+import dataclasses
 import io
 import itertools
 import struct
@@ -32,17 +38,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .members import Member
 from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of
 from .table import keys as bucket_keys
 
 MAGIC = b"RAFTDKV2"
 MAGIC_V1 = b"RAFTDKV1"
 MAGIC_V3 = b"RAFTDKV3"
+MAGIC_V4 = b"RAFTDKV4"
 DEFAULT_SESSION_LIMIT = 10_000  # raftd.kv.store.MAX_SESSIONS: an image with another limit is a RAFTDKV3
 _LIMIT = struct.Struct("<I")
 _HEADER = struct.Struct("<IIII")
 _COUNTS_V1 = struct.Struct("<II")
 _SESSION = struct.Struct("<QQB")
+_MEMBER = struct.Struct("<QB")
 _CRC = struct.Struct("<I")
 SLICE = 20_000  # keys per pass when reading an earlier version's image: bounds the offset lists
 BUCKET_SLICE = 4_096  # buckets per join when encoding: a few MB at most
@@ -61,6 +70,7 @@ class Image:
     count: int
     sessions: OrderedDict[bytes, tuple[int, int, bool]]  # client -> (seq, index, existed), LRU order
     session_limit: int = DEFAULT_SESSION_LIMIT
+    members: dict[int, Member] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(
@@ -123,7 +133,9 @@ def encode_to(image: Image, out: BinaryIO) -> int:
         size += out.write(part)
 
     header = _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used))
-    if image.session_limit == DEFAULT_SESSION_LIMIT:
+    if image.members:
+        put(MAGIC_V4 + header + _LIMIT.pack(image.session_limit))
+    elif image.session_limit == DEFAULT_SESSION_LIMIT:
         put(MAGIC + header)
     else:
         put(MAGIC_V3 + header + _LIMIT.pack(image.session_limit))
@@ -132,6 +144,8 @@ def encode_to(image: Image, out: BinaryIO) -> int:
     for start in range(0, len(used), BUCKET_SLICE):
         put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
     put(_encode_sessions(image.sessions))
+    if image.members:
+        put(_encode_members(image.members))
     return size + out.write(_CRC.pack(crc))
 
 
@@ -142,9 +156,19 @@ def _encode_sessions(sessions: OrderedDict[bytes, tuple[int, int, bool]]) -> byt
     )
 
 
+def _encode_members(members: dict[int, Member]) -> bytes:
+    parts = [_LIMIT.pack(len(members))]
+    for node, m in sorted(members.items()):
+        address, incarnation = m.address.encode(), m.incarnation.encode()
+        parts.append(_MEMBER.pack(node, m.learner) + struct.pack("<H", len(address)) + address)
+        parts.append(struct.pack("<H", len(incarnation)) + incarnation)
+    return b"".join(parts)
+
+
 def verify(raw: bytes) -> None:
     """Check the magic and the checksum without decoding: cheap enough to run before accepting an image."""
-    if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith((MAGIC, MAGIC_V1, MAGIC_V3)):
+    known = (MAGIC, MAGIC_V1, MAGIC_V3, MAGIC_V4)
+    if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith(known):
         raise ImageError("not a raftd state image")
     if zlib.crc32(memoryview(raw)[: -_CRC.size]) != _CRC.unpack(raw[-_CRC.size :])[0]:
         raise ImageError("checksum mismatch: the image is corrupt")
@@ -163,13 +187,13 @@ def decode(raw: bytes) -> Image:
 
 
 def _decode_v2(raw: bytes, end: int) -> Image:
-    """A RAFTDKV2 or RAFTDKV3 image."""
+    """A RAFTDKV2, RAFTDKV3 or RAFTDKV4 image."""
     view = memoryview(raw)[:end]  # in place: a copy of the body would cost the image's size again
     pos = len(MAGIC)
     bits, count, n_sessions, n_used = _HEADER.unpack_from(view, pos)
     pos += _HEADER.size
     session_limit = DEFAULT_SESSION_LIMIT
-    if raw.startswith(MAGIC_V3):
+    if raw.startswith((MAGIC_V3, MAGIC_V4)):
         (session_limit,) = _LIMIT.unpack_from(view, pos)
         pos += _LIMIT.size
         if session_limit == 0:
@@ -194,10 +218,44 @@ def _decode_v2(raw: bytes, end: int) -> Image:
         seen += _check_bucket(b, bucket)
     if seen != count:
         raise ImageError(f"{seen} keys where the header says {count}")
-    sessions = _decode_sessions(raw, view, bounds[-1], end, n_sessions)
+    sessions, pos = _decode_sessions(raw, view, bounds[-1], end, n_sessions)
     if len(sessions) > session_limit:
         raise ImageError(f"{len(sessions)} sessions where the limit is {session_limit}")
-    return Image(buckets, count, sessions, session_limit)
+    members: dict[int, Member] = {}
+    if raw.startswith(MAGIC_V4):
+        members, pos = _decode_members(raw, view, pos)
+    if pos != end:
+        raise ImageError(f"{end - pos} unexpected trailing bytes")
+    return Image(buckets, count, sessions, session_limit, members)
+
+
+def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, Member], int]:
+    (n,) = _LIMIT.unpack_from(view, pos)
+    pos += _LIMIT.size
+    members: dict[int, Member] = {}
+
+    def text() -> str:
+        nonlocal pos
+        (size,) = struct.unpack_from("<H", view, pos)
+        pos += 2
+        start, pos = pos, pos + size
+        if pos > len(view):
+            raise ImageError("truncated member")
+        try:
+            return raw[start:pos].decode()
+        except UnicodeDecodeError as e:
+            raise ImageError(f"malformed member: {e}") from e
+
+    for _ in range(n):
+        node, learner = _MEMBER.unpack_from(view, pos)
+        pos += _MEMBER.size
+        address = text()
+        if node in members or learner > 1 or (members and node < max(members)):
+            raise ImageError("malformed membership")
+        members[node] = Member(address, bool(learner), text())
+    if not members:
+        raise ImageError("an empty membership record")
+    return members, pos
 
 
 def _check_bucket(b: int, bucket: bytes) -> int:
@@ -218,7 +276,7 @@ def _check_bucket(b: int, bucket: bytes) -> int:
 
 def _decode_sessions(
     raw: bytes, view: memoryview, pos: int, end: int, n_sessions: int
-) -> OrderedDict[bytes, tuple[int, int, bool]]:
+) -> tuple[OrderedDict[bytes, tuple[int, int, bool]], int]:
     sessions: OrderedDict[bytes, tuple[int, int, bool]] = OrderedDict()
     for _ in range(n_sessions):
         (size,) = struct.unpack_from("<H", view, pos)
@@ -232,9 +290,7 @@ def _decode_sessions(
         if client in sessions or existed > 1:
             raise ImageError("malformed sessions")
         sessions[client] = (seq, index, bool(existed))
-    if pos != end:
-        raise ImageError(f"{end - pos} unexpected trailing bytes")
-    return sessions
+    return sessions, pos
 
 
 def _decode_v1(raw: bytes, end: int) -> Image:
@@ -262,4 +318,7 @@ def _decode_v1(raw: bytes, end: int) -> Image:
             m.put(raw[ka:kb], raw[va:vb])
     if len(m) != n:
         raise ImageError("duplicate keys")
-    return Image(m.buckets, m.count, _decode_sessions(raw, view, pos, end, n_sessions))
+    sessions, pos = _decode_sessions(raw, view, pos, end, n_sessions)
+    if pos != end:
+        raise ImageError(f"{end - pos} unexpected trailing bytes")
+    return Image(m.buckets, m.count, sessions)

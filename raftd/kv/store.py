@@ -8,6 +8,7 @@ from typing import Protocol
 
 from .command import Command, CommandError, Op
 from .image import DEFAULT_SESSION_LIMIT, Image, decode
+from .members import Member, MemberChange, applied
 from .table import PackedMap
 
 # Sessions kept until an Op.SESSION_LIMIT entry says otherwise. The limit is replicated state, not a
@@ -31,6 +32,7 @@ class StateMachine(Protocol):
 
     applied: int  # the index of the last entry applied
     session_limit: int  # exactly-once sessions kept (an Op.SESSION_LIMIT entry sets it)
+    members: dict[int, Member]  # the membership record (raftd.kv.members); empty: the cluster map's
 
     def apply(self, index: int, cmd: Command) -> Result: ...
 
@@ -55,6 +57,7 @@ class KVStore:
         # evicting the least recently used client; eviction depends only on the log, so replicas agree.
         self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
         self.session_limit = MAX_SESSIONS
+        self.members: dict[int, Member] = {}
         self.applied = 0
 
     def apply(self, index: int, cmd: Command) -> Result:
@@ -64,6 +67,9 @@ class KVStore:
         if cmd.op is Op.SESSION_LIMIT:
             self.session_limit = parse_limit(cmd.value)
             self._evict()
+            return Result(index, existed=False)
+        if cmd.op is Op.MEMBER:
+            self.members = applied(self.members, MemberChange.decode(cmd))
             return Result(index, existed=False)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
@@ -98,7 +104,8 @@ class KVStore:
     def image(self) -> Image:
         """A copy of the state, cheap to take here (a list of bucket references) and encoded elsewhere."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
-        return Image(list(self.data.buckets), self.data.count, sessions, self.session_limit)
+        members = dict(self.members)
+        return Image(list(self.data.buckets), self.data.count, sessions, self.session_limit, members)
 
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt.
@@ -107,6 +114,7 @@ class KVStore:
         self.data = PackedMap(image.buckets, image.count)
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.session_limit = image.session_limit
+        self.members = dict(image.members)
         self.applied = index
 
 
