@@ -29,7 +29,10 @@ from raftd.config import ClusterConfig, NodeAddr
 from raftd.consistency import StateHashes, state_hash
 from raftd.core import (
     NONE,
+    ConfChange,
+    ConfChangeType,
     Config,
+    ConfState,
     Entry,
     HardState,
     Message,
@@ -46,6 +49,8 @@ from raftd.errors import FatalError, LeaderChanging, NotLeader, TargetUnreachabl
 from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
+from raftd.kv.command import op_of
+from raftd.kv.members import Change, Member, MemberChange
 from raftd.pending import Pending
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
@@ -68,6 +73,34 @@ def to_core(node_id: int) -> int:
 
 def from_core(core_id: int) -> int:
     return core_id - 1
+
+
+_CORE_CHANGES = {
+    Change.ADD_LEARNER: ConfChangeType.ADD_LEARNER,
+    Change.ADD_VOTER: ConfChangeType.ADD_VOTER,
+    Change.REMOVE: ConfChangeType.REMOVE,
+}
+
+
+def conf_change_of(data: bytes) -> ConfChange | None:
+    """Config.conf_change_of: what an Op.MEMBER entry changes of who votes or listens, in core ids. An entry
+    that does not decode changes nothing here: applying it stops the node as corrupt."""
+    if op_of(data) != Op.MEMBER:
+        return None
+    try:
+        mc = MemberChange.decode(Command.decode(data))
+    except CommandError:
+        return None
+    kind = _CORE_CHANGES.get(mc.change)
+    return ConfChange(kind, to_core(mc.node)) if kind is not None else None
+
+
+def conf_of(members: dict[int, Member]) -> ConfState | None:
+    """The core's membership for a recorded one (None when none is recorded: the cluster map stands)."""
+    if not members:
+        return None
+    voters = tuple(to_core(i) for i, m in members.items() if not m.learner)
+    return ConfState(voters, tuple(to_core(i) for i, m in members.items() if m.learner))
 
 
 @dataclass(frozen=True)
@@ -180,6 +213,7 @@ class RaftNode:
             election_tick=max(1, round(lo / 1000 / tick_s)),
             max_election_tick=max(2, round(hi / 1000 / tick_s)),
             heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / tick_s)),
+            conf_change_of=conf_change_of,
         )
         self.transport = transport
         self.peers: dict[int, Peer] = {}
@@ -246,6 +280,10 @@ class RaftNode:
     def _boot(self, state: PersistedState, kv: StateMachine) -> None:
         """(Re)build all volatile state from what _load read: at start and when a suspension ends."""
         snap = state.snapshot.meta if state.snapshot is not None else None
+        if snap is not None and snap.conf is None:
+            # The image's membership record is the membership as of its index (storage keeps the position
+            # alone; the image is checksummed with everything else the snapshot holds).
+            snap = dataclasses.replace(snap, conf=conf_of(kv.members))
         hard_state = state.hard_state
         if snap is not None and hard_state.commit < snap.index:
             # A local snapshot is saved without the commit index, whose save is deferred to the next write
@@ -910,7 +948,9 @@ class RaftNode:
         term = self.raw.log_term(index)
         if term is None:
             raise Unavailable("the log moved on while the backup was taken; retry")
-        image = self.kv.image()
+        # A backup seeds a new cluster (raftd --restore), whose membership is its own map's, as etcd's
+        # snapshot restore takes --initial-cluster: the data goes, the membership record does not.
+        image = dataclasses.replace(self.kv.image(), members={})
         data = await asyncio.get_running_loop().run_in_executor(self.cpu, encode, image)
         return SnapshotMeta(index, term), data
 

@@ -43,6 +43,9 @@ def test_a_malformed_membership_entry_is_a_corrupt_entry(value: bytes) -> None:
 
 
 def test_changes_apply_in_order_and_never_fail() -> None:
+    assert applied({}, MemberChange(Change.ADD_LEARNER, 3, "h:4")) == {}, (
+        "nothing before the bootstrap record"
+    )
     m = applied({}, MemberChange(Change.BOOTSTRAP, members=THREE))
     assert m == dict(THREE)
     assert applied(m, MemberChange(Change.BOOTSTRAP, members=THREE[:1])) == m, "recorded once"

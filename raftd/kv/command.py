@@ -25,6 +25,11 @@ class Op(enum.IntEnum):
     MEMBER = 6  # value: a membership change or record (raftd.kv.members)
 
 
+def op_of(data: bytes) -> int:
+    """The op number of an encoded command, without decoding it (0 for an empty entry)."""
+    return data[0] & _OP_BITS if data else 0
+
+
 class CommandError(ValueError):
     """An entry that does not decode: corrupt data or a foreign writer."""
 

@@ -97,13 +97,16 @@ def _flag(value: object) -> bool:
 def applied(members: Mapping[int, Member], mc: MemberChange) -> dict[int, Member]:
     """The record after one change. Deterministic, and total: the core validated the change when the leader
     proposed it, so a change that no longer fits (a member already gone) changes nothing rather than
-    stopping the replicas."""
+    stopping the replicas. Before the bootstrap record nothing is recorded: a record of the changes alone
+    would misstate the membership (raftd.node.conf_of), so changes wait for it (the admin API refuses
+    them until then)."""
+    if mc.change is Change.BOOTSTRAP:
+        return dict(members) if members else dict(sorted(mc.members))
+    if not members:
+        return {}
     out = dict(members)
     old = out.get(mc.node)
-    if mc.change is Change.BOOTSTRAP:
-        if not out:
-            out = dict(mc.members)
-    elif mc.change is Change.ADD_LEARNER:
+    if mc.change is Change.ADD_LEARNER:
         if old is None:
             out[mc.node] = Member(mc.address, True, mc.incarnation)
     elif mc.change is Change.ADD_VOTER:

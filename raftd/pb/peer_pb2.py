@@ -24,29 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13raftd/pb/peer.proto\x12\x08raftd.v1\"2\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"+\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\">\n\x08Snapshot\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.raftd.v1.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x81\x02\n\x07Message\x12\x1f\n\x04type\x18\x01 \x01(\x0e\x32\x11.raftd.v1.MsgType\x12\n\n\x02to\x18\x02 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12 \n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x0f.raftd.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0b \x01(\x0c\x12$\n\x08snapshot\x18\x0c \x01(\x0b\x32\x12.raftd.v1.Snapshot\"\x91\x01\n\x0cMessageBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.raftd.v1.Message\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x12\n\nhash_index\x18\x05 \x01(\x04\x12\x12\n\nstate_hash\x18\x06 \x01(\x06\"\x0e\n\x0cStepResponse\"y\n\rSnapshotChunk\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12!\n\x06header\x18\x02 \x01(\x0b\x32\x11.raftd.v1.Message\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\ncluster_id\x18\x05 \x01(\t*\xec\x01\n\x07MsgType\x12\x18\n\x14MSG_TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41PP\x10\x01\x12\x0c\n\x08\x41PP_RESP\x10\x02\x12\x08\n\x04VOTE\x10\x03\x12\r\n\tVOTE_RESP\x10\x04\x12\x0c\n\x08PRE_VOTE\x10\x05\x12\x11\n\rPRE_VOTE_RESP\x10\x06\x12\x08\n\x04SNAP\x10\x07\x12\r\n\tHEARTBEAT\x10\x08\x12\x12\n\x0eHEARTBEAT_RESP\x10\t\x12\x13\n\x0fTRANSFER_LEADER\x10\n\x12\x0f\n\x0bTIMEOUT_NOW\x10\x0b\x12\x0e\n\nREAD_INDEX\x10\x0c\x12\x13\n\x0fREAD_INDEX_RESP\x10\r2\x8c\x01\n\x08RaftPeer\x12:\n\x06Stream\x12\x16.raftd.v1.MessageBatch\x1a\x16.raftd.v1.StepResponse(\x01\x12\x44\n\x0fInstallSnapshot\x12\x17.raftd.v1.SnapshotChunk\x1a\x16.raftd.v1.StepResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13raftd/pb/peer.proto\x12\x08raftd.v1\"2\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\x04\x12\x10\n\x08learners\x18\x02 \x03(\x04\"N\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12!\n\x04\x63onf\x18\x03 \x01(\x0b\x32\x13.raftd.v1.ConfState\">\n\x08Snapshot\x12$\n\x04meta\x18\x01 \x01(\x0b\x32\x16.raftd.v1.SnapshotMeta\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x81\x02\n\x07Message\x12\x1f\n\x04type\x18\x01 \x01(\x0e\x32\x11.raftd.v1.MsgType\x12\n\n\x02to\x18\x02 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x10\n\x08log_term\x18\x05 \x01(\x04\x12\r\n\x05index\x18\x06 \x01(\x04\x12 \n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x0f.raftd.v1.Entry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0b \x01(\x0c\x12$\n\x08snapshot\x18\x0c \x01(\x0b\x32\x12.raftd.v1.Snapshot\"\x91\x01\n\x0cMessageBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12#\n\x08messages\x18\x02 \x03(\x0b\x32\x11.raftd.v1.Message\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x12\n\nhash_index\x18\x05 \x01(\x04\x12\x12\n\nstate_hash\x18\x06 \x01(\x06\"\x0e\n\x0cStepResponse\"y\n\rSnapshotChunk\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12!\n\x06header\x18\x02 \x01(\x0b\x32\x11.raftd.v1.Message\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x12\n\ncluster_id\x18\x05 \x01(\t*\xec\x01\n\x07MsgType\x12\x18\n\x14MSG_TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03\x41PP\x10\x01\x12\x0c\n\x08\x41PP_RESP\x10\x02\x12\x08\n\x04VOTE\x10\x03\x12\r\n\tVOTE_RESP\x10\x04\x12\x0c\n\x08PRE_VOTE\x10\x05\x12\x11\n\rPRE_VOTE_RESP\x10\x06\x12\x08\n\x04SNAP\x10\x07\x12\r\n\tHEARTBEAT\x10\x08\x12\x12\n\x0eHEARTBEAT_RESP\x10\t\x12\x13\n\x0fTRANSFER_LEADER\x10\n\x12\x0f\n\x0bTIMEOUT_NOW\x10\x0b\x12\x0e\n\nREAD_INDEX\x10\x0c\x12\x13\n\x0fREAD_INDEX_RESP\x10\r2\x8c\x01\n\x08RaftPeer\x12:\n\x06Stream\x12\x16.raftd.v1.MessageBatch\x1a\x16.raftd.v1.StepResponse(\x01\x12\x44\n\x0fInstallSnapshot\x12\x17.raftd.v1.SnapshotChunk\x1a\x16.raftd.v1.StepResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftd.pb.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MSGTYPE']._serialized_start=742
-  _globals['_MSGTYPE']._serialized_end=978
+  _globals['_MSGTYPE']._serialized_start=824
+  _globals['_MSGTYPE']._serialized_end=1060
   _globals['_ENTRY']._serialized_start=33
   _globals['_ENTRY']._serialized_end=83
-  _globals['_SNAPSHOTMETA']._serialized_start=85
-  _globals['_SNAPSHOTMETA']._serialized_end=128
-  _globals['_SNAPSHOT']._serialized_start=130
-  _globals['_SNAPSHOT']._serialized_end=192
-  _globals['_MESSAGE']._serialized_start=195
-  _globals['_MESSAGE']._serialized_end=452
-  _globals['_MESSAGEBATCH']._serialized_start=455
-  _globals['_MESSAGEBATCH']._serialized_end=600
-  _globals['_STEPRESPONSE']._serialized_start=602
-  _globals['_STEPRESPONSE']._serialized_end=616
-  _globals['_SNAPSHOTCHUNK']._serialized_start=618
-  _globals['_SNAPSHOTCHUNK']._serialized_end=739
-  _globals['_RAFTPEER']._serialized_start=981
-  _globals['_RAFTPEER']._serialized_end=1121
+  _globals['_CONFSTATE']._serialized_start=85
+  _globals['_CONFSTATE']._serialized_end=130
+  _globals['_SNAPSHOTMETA']._serialized_start=132
+  _globals['_SNAPSHOTMETA']._serialized_end=210
+  _globals['_SNAPSHOT']._serialized_start=212
+  _globals['_SNAPSHOT']._serialized_end=274
+  _globals['_MESSAGE']._serialized_start=277
+  _globals['_MESSAGE']._serialized_end=534
+  _globals['_MESSAGEBATCH']._serialized_start=537
+  _globals['_MESSAGEBATCH']._serialized_end=682
+  _globals['_STEPRESPONSE']._serialized_start=684
+  _globals['_STEPRESPONSE']._serialized_end=698
+  _globals['_SNAPSHOTCHUNK']._serialized_start=700
+  _globals['_SNAPSHOTCHUNK']._serialized_end=821
+  _globals['_RAFTPEER']._serialized_start=1063
+  _globals['_RAFTPEER']._serialized_end=1203
 # @@protoc_insertion_point(module_scope)

@@ -87,22 +87,54 @@ class Entry(_message.Message):
 Global___Entry: _TypeAlias = Entry  # noqa: Y015
 
 @_typing.final
+class ConfState(_message.Message):
+    """The membership as of a snapshot's index, in core ids: a node that installs it takes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOTERS_FIELD_NUMBER: _builtins.int
+    LEARNERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def learners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        voters: _abc.Iterable[_builtins.int] | None = ...,
+        learners: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["learners", b"learners", "voters", b"voters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfState: _TypeAlias = ConfState  # noqa: Y015
+
+@_typing.final
 class SnapshotMeta(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INDEX_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
+    CONF_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     term: _builtins.int
+    @_builtins.property
+    def conf(self) -> Global___ConfState:
+        """absent: the sender knew none (a cluster still on its bootstrap membership)"""
+
     def __init__(
         self,
         *,
         index: _builtins.int = ...,
         term: _builtins.int = ...,
+        conf: Global___ConfState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conf", b"conf"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conf", b"conf", "index", b"index", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

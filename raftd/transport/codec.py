@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raftd.core import Entry, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.core import ConfState, Entry, Message, MsgType, Snapshot, SnapshotMeta
 from raftd.pb import peer_pb2 as pb
 
 _TO_PB = {t: pb.MsgType.Value(t.name) for t in MsgType if t.name in pb.MsgType.keys()}  # noqa: SIM118 (protobuf enum wrapper)
@@ -29,9 +29,10 @@ def message_to_pb(m: Message) -> pb.Message:
     setattr(out, "from", m.frm)  # "from" is a Python keyword
     if m.snapshot is not None:
         s = m.snapshot
-        out.snapshot.CopyFrom(
-            pb.Snapshot(meta=pb.SnapshotMeta(index=s.meta.index, term=s.meta.term), data=s.data)
-        )
+        meta = pb.SnapshotMeta(index=s.meta.index, term=s.meta.term)
+        if s.meta.conf is not None:
+            meta.conf.CopyFrom(pb.ConfState(voters=s.meta.conf.voters, learners=s.meta.conf.learners))
+        out.snapshot.CopyFrom(pb.Snapshot(meta=meta, data=s.data))
     return out
 
 
@@ -42,7 +43,10 @@ def message_from_pb(p: pb.Message) -> Message:
     snapshot = None
     if p.HasField("snapshot"):
         meta = p.snapshot.meta
-        snapshot = Snapshot(SnapshotMeta(meta.index, meta.term), p.snapshot.data)
+        conf = (
+            ConfState(tuple(meta.conf.voters), tuple(meta.conf.learners)) if meta.HasField("conf") else None
+        )
+        snapshot = Snapshot(SnapshotMeta(meta.index, meta.term, conf), p.snapshot.data)
     return Message(
         kind,
         p.to,
