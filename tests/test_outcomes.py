@@ -448,3 +448,30 @@ def test_a_unary_write_waits_out_an_election_before_it_is_proposed(tmp_path: Pat
         release_node(node)
 
     asyncio.run(main())
+
+
+def test_a_write_that_finds_no_leader_is_refused_before_its_deadline(tmp_path: Path) -> None:
+    """The wait for an election takes half the time left: a call that ran into its deadline instead would
+    leave the client unsure whether the write applied (the five-node container test's write with three
+    nodes down came back "may have applied")."""
+
+    async def main() -> None:
+        node = follower(tmp_path)
+        for _ in range(2 * node.config.max_election_tick):
+            node.raw.tick()
+        await node._drain_ready()
+        assert node.leader() is None
+        async with Served(node) as s:
+            assert await failed(s.kv.Put(kv_pb2.PutRequest(key=b"b", value=b"2"), timeout=1)) == (
+                grpc.StatusCode.UNAVAILABLE,
+                NOT_APPLIED,
+            )
+            reply = await s.seed.SetVal(raft_pb2.SetValRequest(key="a", value="1"), timeout=1)
+            assert reply.verdict is False
+            assert await failed(s.kv.Get(kv_pb2.GetRequest(key=b"a"), timeout=1)) == (
+                grpc.StatusCode.UNAVAILABLE,
+                None,
+            )
+        release_node(node)
+
+    asyncio.run(main())

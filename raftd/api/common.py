@@ -305,8 +305,9 @@ async def read(
     calls.start()
     try:
         if not local:
-            async with asyncio.timeout(time_left(context, calls.node.tuning)):
-                await _barrier(calls.node)
+            limit = time_left(context, calls.node.tuning)
+            async with asyncio.timeout(limit):
+                await _barrier(calls.node, limit)
         return calls.node.local_read(key)
     except Exception as e:
         raise failure(e, write=False) from None
@@ -317,25 +318,29 @@ async def read(
 async def _propose(node: RaftNode, cmd: Command, limit: float) -> asyncio.Future[Result]:
     """propose_nowait, after waiting out an election when no leader is known: the write is not proposed
     yet, so waiting changes nothing it promises, and a client that does not retry is not refused during a
-    routine election. NotLeader(None) still when none is elected within limit."""
+    routine election. NotLeader(None) still when none is elected in time. The wait takes half the call's
+    time left at most, so that the refusal reaches the caller before its deadline: a call that ends at its
+    deadline leaves the caller unsure whether the write applied."""
     try:
         return node.propose_nowait(cmd)
     except NotLeader as e:
-        if e.leader is not None or not await node.wait_for_leader(limit):
+        if e.leader is not None or not await node.wait_for_leader(limit / 2):
             raise
     return node.propose_nowait(cmd)
 
 
-async def _barrier(node: RaftNode) -> None:
+async def _barrier(node: RaftNode, limit: float) -> None:
     """A ReadIndex barrier that outlasts elections: a read has no effect, so one refused for want of a
-    leader, or cut short by a change of leader, is asked again once a leader is known (up to the caller's
-    deadline, which the caller keeps)."""
+    leader, or cut short by a change of leader, is asked again once a leader is known. As for writes, each
+    wait takes half the time left at most, so that "no leader known" comes back before the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
     while True:
         try:
             await node.read_barrier_nowait()
             return
         except LeaderChanging:
-            if not await node.wait_for_leader(node.tuning.max_deadline_s):
+            if not await node.wait_for_leader((deadline - loop.time()) / 2):
                 raise
 
 
