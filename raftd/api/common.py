@@ -18,7 +18,7 @@ import grpc
 
 from raftd.config import NodeAddr
 from raftd.errors import LeaderChanging, NotLeader, OutcomeUnknown, SessionExpired, Unavailable
-from raftd.kv import Command, Op, Result
+from raftd.kv import Command, Op
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
@@ -278,7 +278,7 @@ async def write(
     calls.start()
     try:
         try:
-            future = await _propose(calls.node, cmd, time_left(context, calls.node.tuning))
+            future = calls.node.propose_nowait(cmd)
         except NotLeader as e:
             if e.leader is None or was_forwarded(context):
                 raise
@@ -315,24 +315,12 @@ async def read(
         calls.end()
 
 
-async def _propose(node: RaftNode, cmd: Command, limit: float) -> asyncio.Future[Result]:
-    """propose_nowait, after waiting out an election when no leader is known: the write is not proposed
-    yet, so waiting changes nothing it promises, and a client that does not retry is not refused during a
-    routine election. NotLeader(None) still when none is elected in time. The wait takes half the call's
-    time left at most, so that the refusal reaches the caller before its deadline: a call that ends at its
-    deadline leaves the caller unsure whether the write applied."""
-    try:
-        return node.propose_nowait(cmd)
-    except NotLeader as e:
-        if e.leader is not None or not await node.wait_for_leader(limit / 2):
-            raise
-    return node.propose_nowait(cmd)
-
-
 async def _barrier(node: RaftNode, limit: float) -> None:
     """A ReadIndex barrier that outlasts elections: a read has no effect, so one refused for want of a
-    leader, or cut short by a change of leader, is asked again once a leader is known. As for writes, each
-    wait takes half the time left at most, so that "no leader known" comes back before the deadline."""
+    leader, or cut short by a change of leader, is asked again once a leader is known. Each wait takes half
+    the time left at most, so that "no leader known" comes back before the deadline. Writes do not wait
+    (yet): the five-node container test's write with three nodes down then came back "may have applied"
+    on fresh-clone CI runs, for a reason not found."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
     while True:
