@@ -18,7 +18,7 @@ class Unavailable(Exception):
 
 class LeaderChanging(Unavailable):
     """No leader is known, or the leader changed under a read: refused, and worth retrying once a leader
-    is known (the unary services do so within the call's deadline, as etcd's server does)."""
+    is known (unary reads do so within the call's deadline, as etcd's server does)."""
 
 
 class OutcomeUnknown(Unavailable):

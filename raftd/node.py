@@ -202,8 +202,8 @@ class RaftNode:
         self.identity = Identity(storage.cluster_name, storage.cluster_id)
         self.addresses = {to_core(n.id): n for n in cluster.nodes}
         lo, hi = cluster.election_timeout_ms
-        # How long a request waits for a leader to be elected: two elections' worth, so that a client is
-        # not refused during a routine one, nor held long by a node cut off from a quorum.
+        # How long a read waits for a leader to be elected (raftd.api.common): two elections' worth, so that
+        # a client is not refused during a routine one, nor held long by a node cut off from a quorum.
         self.leader_wait_s = 2 * hi / 1000
         self.config = Config(
             self.id,

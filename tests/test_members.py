@@ -98,5 +98,10 @@ def test_a_damaged_membership_record_is_refused() -> None:
     assert bad != body
     with pytest.raises(ImageError, match="membership"):
         decode(bad + zlib.crc32(bad).to_bytes(4, "little"))
+    # Node 1's record under node 0's id: each id once, in ascending order.
+    twice = body.replace(b"\x01" + b"\x00" * 8 + b"\x03\x00h:2", b"\x00" * 9 + b"\x03\x00h:2")
+    assert twice != body
+    with pytest.raises(ImageError, match="membership"):
+        decode(twice + zlib.crc32(twice).to_bytes(4, "little"))
     with pytest.raises(ImageError, match="checksum"):
         decode(raw[:-10] + b"\xff" + raw[-9:])

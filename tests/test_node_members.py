@@ -24,6 +24,7 @@ from raftd.kv.image import decode
 from raftd.kv.members import Change, Member, MemberChange
 from raftd.node import RaftNode, conf_change_of, conf_of
 from raftd.pb import peer_pb2 as pb
+from raftd.storage import SqliteStorage
 from raftd.transport.codec import message_from_pb, message_to_pb
 from tests.nodes import commit_all, follower, leader, release_node
 
@@ -61,16 +62,16 @@ def test_a_leader_proposes_a_member_entry_and_takes_the_change_when_it_appends_i
 def test_a_restart_takes_the_membership_from_the_snapshot_s_record(tmp_path: Path) -> None:
     """The cluster map lists nodes 0-2; the record says node 2 left and node 3 joined as a learner."""
     node = follower(tmp_path)
-    storage = node.storage
+    name = node.storage.cluster_name
     release_node(node)
     kv = KVStore()
     record = ((0, Member("h:1")), (1, Member("h:2")), (3, Member("h:4", learner=True)))
     kv.apply(1, MemberChange(Change.BOOTSTRAP, members=record).command())
     kv.apply(2, Command(Op.PUT, b"k", b"v"))
-    again = type(storage).open(tmp_path / "data", storage.cluster_name, 0)
+    again = SqliteStorage.open(tmp_path / "data", name, 0)
     again.save(HardState(1, 0, 2), [], Snapshot(SnapshotMeta(2, 1), encode(kv.image())))
     again.close()
-    node = RaftNode(node.cluster, 0, type(storage).open(tmp_path / "data", storage.cluster_name, 0))
+    node = RaftNode(node.cluster, 0, SqliteStorage.open(tmp_path / "data", name, 0))
     assert node.raw.conf_state() == ConfState((1, 2), (4,))
     assert node.kv.members == dict(record)
     release_node(node)

@@ -250,7 +250,7 @@ def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, M
         node, learner = _MEMBER.unpack_from(view, pos)
         pos += _MEMBER.size
         address = text()
-        if node in members or learner > 1 or (members and node < max(members)):
+        if learner > 1 or (members and node <= next(reversed(members))):  # ascending, each id once
             raise ImageError("malformed membership")
         members[node] = Member(address, bool(learner), text())
     if not members:

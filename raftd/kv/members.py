@@ -12,6 +12,7 @@ readable encoding costs nothing there.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 from collections.abc import Mapping
@@ -113,12 +114,12 @@ def applied(members: Mapping[int, Member], mc: MemberChange) -> dict[int, Member
         if old is None:
             out[mc.node] = Member(mc.address, False, mc.incarnation)
         else:
-            out[mc.node] = Member(old.address, False, old.incarnation)
+            out[mc.node] = dataclasses.replace(old, learner=False)
     elif mc.change is Change.REMOVE:
         out.pop(mc.node, None)
     elif mc.change is Change.UPDATE:
         if old is not None:
-            out[mc.node] = Member(mc.address, old.learner, old.incarnation)
+            out[mc.node] = dataclasses.replace(old, address=mc.address)
     elif old is not None and not old.incarnation:  # INCARNATION: set once, never replaced
-        out[mc.node] = Member(old.address, old.learner, mc.incarnation)
+        out[mc.node] = dataclasses.replace(old, incarnation=mc.incarnation)
     return dict(sorted(out.items()))
