@@ -53,3 +53,16 @@ class NotLeader(Exception):
 
 class FatalError(Exception):
     """The node cannot go on safely (its disk failed); it must stop."""
+
+
+# Why a peer refuses a node's traffic for good (raftd.node.RaftNode.peer_refusal): the refused node stops.
+REMOVED = "removed from the cluster"
+WRONG_INCARNATION = "this id belongs to another data directory; rejoin under a new id"
+
+
+class Removed(Exception):
+    """This node was removed from the cluster: it stops with exit status 0, and stays out when restarted
+    (its data directory records it), rather than restarting in a loop."""
+
+    def __init__(self) -> None:
+        super().__init__(REMOVED)

@@ -17,7 +17,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,6 +30,7 @@ from raftd.consistency import StateHashes, state_hash
 from raftd.core import (
     NONE,
     ConfChange,
+    ConfChangeRefused,
     ConfChangeType,
     Config,
     ConfState,
@@ -45,13 +46,22 @@ from raftd.core import (
     SoftState,
     handle_ready,
 )
-from raftd.errors import FatalError, LeaderChanging, NotLeader, TargetUnreachable, Unavailable
+from raftd.errors import (
+    REMOVED,
+    WRONG_INCARNATION,
+    FatalError,
+    LeaderChanging,
+    NotLeader,
+    Removed,
+    TargetUnreachable,
+    Unavailable,
+)
 from raftd.events import NodeEvents, OriginalLines
 from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
 from raftd.kv.command import op_of
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.pending import Pending
+from raftd.pending import Pending, Proposal
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
 from raftd.storage import PersistedState, Storage, StorageError
@@ -95,6 +105,12 @@ def conf_change_of(data: bytes) -> ConfChange | None:
     return ConfChange(kind, to_core(mc.node)) if kind is not None else None
 
 
+def node_addr(node_id: int, address: str) -> NodeAddr:
+    """A member's HOST:PORT as the cluster map's entry would be."""
+    host, _, port = address.rpartition(":")
+    return NodeAddr(node_id, host.strip("[]") if host.startswith("[") else host, int(port))
+
+
 def conf_of(members: dict[int, Member]) -> ConfState | None:
     """The core's membership for a recorded one (None when none is recorded: the cluster map stands)."""
     if not members:
@@ -116,10 +132,21 @@ class NodeStatus:
     applied_index: int
     last_log_index: int
     suspended: bool
-    peers: tuple[tuple[int, str, int], ...]  # (id, address, match index; 0 unless this node leads)
+    peers: tuple[tuple[int, str, int], ...]  # (id, address, match index; 0 unless this node leads), members
     cluster: str
     cluster_id: str
     alarms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """One member as the services show it (config ids)."""
+
+    id: int
+    address: str
+    learner: bool
+    incarnation: str
+    match_index: int
 
 
 def ticks_to_count(owed: int, due: int, waited: int) -> int:
@@ -159,6 +186,8 @@ class _NodeIO:
         assert rd.snapshot is not None
         node = self.node
         node.kv = await node.snapshots.install(rd.snapshot)
+        node._learn(node.kv.members.items(), ())
+        node._sync_peers()
 
     def apply(self, rd: Ready) -> None:
         self.node._apply(rd.committed_entries)
@@ -200,14 +229,22 @@ class RaftNode:
         self.id = to_core(node_id)
         self.storage = storage
         self.identity = Identity(storage.cluster_name, storage.cluster_id)
+        # Where each node known to this one listens, by core id: the map's, then the membership record's
+        # and its entries' as they are appended (_learn). Who is a member is the core's to say.
         self.addresses = {to_core(n.id): n for n in cluster.nodes}
+        # The membership the log starts from: the cluster's bootstrap voters as this data directory
+        # recorded them (raftd.server), not whatever the map says at this restart.
+        record = storage.record
+        voters = record.voters if record.voters is not None else tuple(n.id for n in cluster.nodes)
+        # Who watches the record's addresses (the peer gate, raftd.transport.gate).
+        self.on_addresses: list[Callable[[list[str]], None]] = []
         lo, hi = cluster.election_timeout_ms
         # How long a read waits for a leader to be elected (raftd.api.common): two elections' worth, so that
         # a client is not refused during a routine one, nor held long by a node cut off from a quorum.
         self.leader_wait_s = 2 * hi / 1000
         self.config = Config(
             self.id,
-            tuple(self.addresses),
+            tuple(to_core(v) for v in voters),
             # Seeded from the clock: ties between nodes' timeouts must differ between runs and nodes.
             rng or random.Random(time.time_ns() ^ self.id),
             election_tick=max(1, round(lo / 1000 / tick_s)),
@@ -237,7 +274,7 @@ class RaftNode:
         self.unreachable: set[int] = set()
         self.aborted_transfers: list[int] = []  # targets whose transfer_leader() gave up
         self._background: set[asyncio.Task[None]] = set()
-        self._fatal: FatalError | None = None
+        self._fatal: FatalError | Removed | None = None  # why run() must end, set off the loop
         self._runner: asyncio.Task[None] | None = None  # the task in run()
         self._alarm: asyncio.TimerHandle | None = None  # when run() wakes without input (_set_alarm)
         # The disk's thread, and one to encode large images: CPU work that must not run on the loop
@@ -255,6 +292,13 @@ class RaftNode:
         # a node of the previous release on an entry it cannot read.
         self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
+        self._record_proposed = 0  # the term in which it last proposed the bootstrap membership record
+        # Each peer's data directory, from its traffic (for the bootstrap record), and the term in which
+        # this node last proposed recording one.
+        self._incarnations: dict[int, str] = {self.id: storage.record.incarnation}
+        self._incarnation_proposed: dict[int, int] = {}
+        self._synced_conf: ConfState | None = None  # the membership the peer senders were last made for
+        self._leaving = False  # this node's removal applied: it stops shortly (_leave)
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
@@ -292,6 +336,7 @@ class RaftNode:
             hard_state = dataclasses.replace(hard_state, commit=snap.index)
         self.raw = RawNode(self.config, hard_state, snap, state.entries, applied=0)
         self.kv = kv
+        self._learn(kv.members.items(), state.entries)
         # The state machine holds only the image until the log after it is applied again: no read is
         # served before it reaches the commit index this node had stored ("possibly stale" must never
         # mean "empty").
@@ -304,19 +349,9 @@ class RaftNode:
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
-        for peer_id, addr in self.addresses.items():
-            if peer_id != self.id:
-                client = self.transport(
-                    peer_id,
-                    addr.address,
-                    self.identity,
-                    self._report_unreachable,
-                    self.hashes,
-                    self.limits,
-                    self.tuning,
-                )
-                client.start()
-                self.peers[peer_id] = client
+        if self.storage.record.removed:
+            raise Removed()
+        self._sync_peers()
         for observer in self.observers:
             observer.started(self.raw.term)
         self.spawn(self._trim_memory())
@@ -496,6 +531,8 @@ class RaftNode:
             else:
                 now = asyncio.get_running_loop().time()
                 pending.start_round(ctx, now, now + self.tuning.read_confirm_s)
+        for change in pending.take_changes():
+            self._propose_change(change)
         for target in self.transfers:
             self.raw.transfer_leader(target)
         self.transfers.clear()
@@ -551,7 +588,12 @@ class RaftNode:
         # Not once stopping: stop() waits for this loop to end, then shuts the threads down, and the server
         # closes the storage.
         while not self.stopping and self.raw.has_ready():
-            await handle_ready(self.raw.ready(), self._io)
+            rd = self.raw.ready()
+            if rd.entries:
+                # Before anything is sent: a learner is replicated to as soon as its addition is appended.
+                self._learn((), rd.entries)
+            self._sync_peers()
+            await handle_ready(rd, self._io)
         if self._reads_due():
             self.wake.set()  # the round they waited for is over: start theirs
         self.snapshots.maybe_take()
@@ -635,6 +677,10 @@ class RaftNode:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
+            elif cmd is not None and cmd.op is Op.MEMBER:
+                mc = MemberChange.decode(cmd)
+                if mc.change is Change.REMOVE and mc.node == self.me.id and self.kv.members:
+                    self._leave()
             elif cmd is not None and cmd.op is Op.HASH_CHECK and self._may_hash():
                 self._hashing = True
                 # The copy now, at this index: the task starts only after the whole batch has applied.
@@ -645,6 +691,7 @@ class RaftNode:
                 pending.applied(e, result)
         self.snapshots.applied(size)
         self._maybe_propose_session_limit()
+        self._maybe_propose_record()
         self.pending.release(self.kv.applied)
 
     def _expire_reads(self, now: float) -> None:
@@ -674,15 +721,20 @@ class RaftNode:
             observer.changed()
 
     def peer_speaks(self, core_id: int, version: int) -> None:
-        """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks."""
+        """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks,
+        3 hash checks, 4 membership entries."""
         if core_id not in self.addresses or self._peer_versions.get(core_id, 0) >= version:
             return
         self._peer_versions[core_id] = version
         self._maybe_propose_cluster_id()
         self._maybe_propose_session_limit()
+        self._maybe_propose_record()
 
     def _peers_speak(self, version: int) -> bool:
-        return all(self._peer_versions.get(p, 0) >= version for p in self.addresses if p != self.id)
+        conf = self.raw.conf_state()
+        return all(
+            self._peer_versions.get(p, 0) >= version for p in conf.voters + conf.learners if p != self.id
+        )
 
     def _maybe_propose_cluster_id(self) -> None:
         """A new (or upgraded) cluster's leader names it (raftd.identity), once every peer has shown that
@@ -715,6 +767,242 @@ class RaftNode:
         except (NotLeader, Unavailable):
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    # -- membership ---------------------------------------------------------------------------------
+    def _learn(self, members: Iterable[tuple[int, Member]], entries: Iterable[Entry]) -> None:
+        """Take members' addresses from a record and from Op.MEMBER entries as they are appended: a node
+        added is reached before its entry applies (it must catch up first)."""
+        learned = {to_core(i): m.address for i, m in members}
+        for e in entries:
+            if e.data and op_of(e.data) == Op.MEMBER:
+                try:
+                    mc = MemberChange.decode(Command.decode(e.data))
+                except CommandError:
+                    continue  # applying it stops the node as corrupt
+                learned.update((to_core(i), m.address) for i, m in mc.members)
+                if mc.address:
+                    learned[to_core(mc.node)] = mc.address
+        changed = False
+        for core_id, address in learned.items():
+            known = self.addresses.get(core_id)
+            if core_id != self.id and address and (known is None or known.address != address):
+                try:
+                    self.addresses[core_id] = node_addr(from_core(core_id), address)
+                except ValueError:
+                    continue
+                changed = True
+        if changed:
+            self._synced_conf = None  # a sender's address may have moved
+            hosts = [a.host for a in self.addresses.values()]
+            for watch in self.on_addresses:
+                watch(hosts)
+
+    def _sync_peers(self) -> None:
+        """One sender per member but this node, made and dropped as the membership changes."""
+        conf = self.raw.conf_state()
+        if conf == self._synced_conf:
+            return
+        self._synced_conf = conf
+        want = {p for p in conf.voters + conf.learners if p != self.id and p in self.addresses}
+        for core_id, client in list(self.peers.items()):
+            if core_id not in want or client.address != self.addresses[core_id].address:
+                del self.peers[core_id]
+                self.spawn(client.close())
+        for core_id in sorted(want - set(self.peers)):
+            client = self.transport(
+                core_id,
+                self.addresses[core_id].address,
+                self.identity,
+                self._report_unreachable,
+                self.hashes,
+                self.limits,
+                self.tuning,
+            )
+            client.incarnation = self.storage.record.incarnation
+            client.on_refused = self._refused
+            client.start()
+            self.peers[core_id] = client
+
+    def is_member(self, core_id: int) -> bool:
+        conf = self.raw.conf_state()
+        return core_id in conf.voters or core_id in conf.learners
+
+    def peer_refusal(self, core_id: int, incarnation: str) -> str | None:
+        """Why a peer's traffic is refused for good, or None to take it (per batch: cheap).
+
+        A member whose id the record gives another data directory (a wiped node back under its old id:
+        it might vote twice in a term), or a node the cluster removed (it never got the entry that
+        removed it, and would otherwise campaign on). The refused node stops (_refused)."""
+        members = self.kv.members
+        if not members:
+            if incarnation:
+                self._incarnations[core_id] = incarnation  # for the bootstrap record
+            return None
+        node = from_core(core_id)
+        member = members.get(node)
+        if member is None:
+            return REMOVED if node < self.kv.next_member_id else None
+        if incarnation and member.incarnation != incarnation:
+            if member.incarnation:
+                return WRONG_INCARNATION
+            self._maybe_record_incarnation(node, incarnation)
+        return None
+
+    def _refused(self, why: str) -> None:
+        """A peer refused this node's traffic for good (peer_refusal)."""
+        if self._fatal is not None or self.stopping:
+            return
+        if why.startswith(REMOVED):
+            try:
+                self._record_removed()
+            except FatalError as e:
+                self._fatal = e
+            else:
+                self._fatal = Removed()
+        else:
+            self._fatal = FatalError(WRONG_INCARNATION)
+        self.wake.set()
+
+    def _record_removed(self) -> None:
+        record = self.storage.record
+        if not record.removed:
+            try:
+                self.storage.save_record(dataclasses.replace(record, removed=True))
+            except StorageError as e:
+                raise FatalError(str(e)) from e
+
+    def _leave(self) -> None:
+        """This node's removal applied: say so on disk, then stop once the messages of this Ready are out
+        (a leader that removed itself hands over first: raftd.core)."""
+        if self._leaving:
+            return
+        self._leaving = True
+        self._record_removed()
+        log.warning("This node was removed from the cluster; it stops")
+
+        def stop() -> None:
+            if self._fatal is None:
+                self._fatal = Removed()
+            self.wake.set()
+
+        asyncio.get_running_loop().call_later(self.tuning.leave_grace_s, stop)
+
+    def _maybe_propose_record(self) -> None:
+        """The first leader that can records the cluster's membership (Change.BOOTSTRAP): the map's,
+        which the core runs on until then, with each member's address and data directory. Only once every
+        member speaks protocol 4: a node of the previous release would stop on the entry. Changes wait
+        for it (change_member)."""
+        if self.kv.members or not self.is_leader() or self._record_proposed == self.raw.term:
+            return
+        if not self._peers_speak(4) or self.raw.committed > self.kv.applied:
+            return
+        conf = self.raw.conf_state()
+        members = tuple(
+            (
+                from_core(p),
+                Member(self.addresses[p].address, p in conf.learners, self._incarnations.get(p, "")),
+            )
+            for p in sorted(conf.voters + conf.learners)
+        )
+        self._record_proposed = self.raw.term
+        try:
+            fut = self.propose_nowait(MemberChange(Change.BOOTSTRAP, members=members).command())
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _maybe_record_incarnation(self, node: int, incarnation: str) -> None:
+        """A member's first traffic since the record names no data directory for it (a bootstrap member
+        the record was made without, a new member's first words): the leader records it, once."""
+        term = self.raw.term
+        if not self.is_leader() or self._incarnation_proposed.get(node) == term:
+            return
+        self._incarnation_proposed[node] = term
+        try:
+            fut = self.propose_nowait(
+                MemberChange(Change.INCARNATION, node, incarnation=incarnation).command()
+            )
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def members(self) -> list[MemberView]:
+        """The membership as this node's core has it, with the record's addresses and data directories."""
+        st = self.raw.status()
+        conf = self.raw.conf_state()
+        out = []
+        for core_id in sorted(conf.voters + conf.learners):
+            node = from_core(core_id)
+            addr = self.addresses.get(core_id)
+            recorded = self.kv.members.get(node)
+            out.append(
+                MemberView(
+                    node,
+                    addr.address if addr is not None else "",
+                    core_id in conf.learners,
+                    recorded.incarnation if recorded is not None else "",
+                    st.match.get(core_id, 0),
+                )
+            )
+        return out
+
+    def membership_recorded(self) -> bool:
+        """Whether the cluster's membership record has applied here (changes are refused until then)."""
+        return bool(self.kv.members)
+
+    def bootstrap_voters(self) -> tuple[int, ...]:
+        return tuple(from_core(p) for p in self.config.peers)
+
+    def new_member_id(self) -> int:
+        """An id never given to a member of this cluster (the record's high-water mark), nor named by this
+        node's map."""
+        known = [from_core(p) for p in self.addresses] + list(self.bootstrap_voters())
+        return max(self.kv.next_member_id, max(known, default=-1) + 1)
+
+    async def change_member(self, change: Change, node: int, address: str = "") -> int:
+        """Propose one membership change on this leader and wait until it applies here; the member's id.
+
+        Refused before it is proposed (it never applies): NotLeader, Unavailable, ConfChangeRefused. Once
+        proposed, a failure is OutcomeUnknown, as a write's is."""
+        self._check_serving()
+        if not self.is_leader():
+            raise NotLeader(self.leader())
+        if not self.kv.members:
+            raise ConfChangeRefused(
+                "the cluster has not recorded its membership yet (its leader does once every member runs a "
+                "release that can); retry shortly"
+            )
+        members = self.kv.members
+        if change is Change.ADD_LEARNER:
+            taken = [m for m in self.members() if m.address == address]
+            if taken:
+                raise ConfChangeRefused(f"node {taken[0].id} listens at {address} already", invalid=True)
+            node = self.new_member_id()
+        elif change is Change.UPDATE and node not in members:
+            raise ConfChangeRefused(f"node {node} is not a member", invalid=True)
+        elif change is Change.ADD_VOTER and node in members:
+            address = members[node].address
+        mc = MemberChange(change, node, address)
+        data = mc.command().encode()
+        fut = self.pending.add_change(data)
+        self.wake.set()
+        await fut
+        return node
+
+    def _propose_change(self, change: Proposal) -> None:
+        """On the loop: a membership change into the log, or refused (it never applies)."""
+        conf = conf_change_of(change.data)
+        try:
+            if conf is not None:
+                index = self.raw.propose_conf_change(conf, change.data)
+            else:
+                index = self.raw.propose_batch([change.data])
+        except ConfChangeRefused as e:
+            self.pending.refuse([change], e)
+        except ProposalDropped:
+            self.pending.refuse([change], NotLeader(self.leader()))
+        else:
+            self.pending.proposed([change], index, self.raw.term)
 
     def _maybe_propose_hash_check(self, now: float) -> None:
         """Every --corrupt-check-interval, the leader has every replica hash its state at one index."""
@@ -820,10 +1108,7 @@ class RaftNode:
             applied_index=self.kv.applied,
             last_log_index=st.last_index,
             suspended=self.suspended,
-            peers=tuple(
-                (addr.id, addr.address, st.match.get(core_id, 0))
-                for core_id, addr in sorted(self.addresses.items())
-            ),
+            peers=tuple((m.id, m.address, m.match_index) for m in self.members()),
             cluster=self.identity.name,
             cluster_id=self.identity.id,
             alarms=tuple(self.hashes.alarms.values()),
@@ -834,8 +1119,8 @@ class RaftNode:
         return self.raw.term
 
     def member(self, node_id: int) -> NodeAddr | None:
-        """The cluster map's entry for node_id; None when the cluster has no such node."""
-        return self.addresses.get(to_core(node_id))
+        """Where member node_id listens; None when the cluster has no such member."""
+        return self.addresses.get(to_core(node_id)) if self.is_member(to_core(node_id)) else None
 
     def channel_to(self, node_id: int) -> grpc.aio.Channel:
         """The long-lived channel to another node, which client calls forwarded to it share."""
@@ -918,7 +1203,7 @@ class RaftNode:
         self._check_serving()
         if not self.is_leader():
             raise NotLeader(self.leader())
-        if to_core(target) not in self.addresses:
+        if not self.is_member(to_core(target)):
             raise ValueError(f"no node {target} in the cluster")
         if to_core(target) == self.id:
             return target
@@ -950,7 +1235,7 @@ class RaftNode:
             raise Unavailable("the log moved on while the backup was taken; retry")
         # A backup seeds a new cluster (raftd --restore), whose membership is its own map's, as etcd's
         # snapshot restore takes --initial-cluster: the data goes, the membership record does not.
-        image = dataclasses.replace(self.kv.image(), members={})
+        image = dataclasses.replace(self.kv.image(), members={}, next_member_id=0)
         data = await asyncio.get_running_loop().run_in_executor(self.cpu, encode, image)
         return SnapshotMeta(index, term), data
 

@@ -54,6 +54,7 @@ class Pending:
         self.round_started = 0.0
         self.confirmed: list[tuple[int, list[asyncio.Future[int]]]] = []  # (read index, futures)
         self.leader_waiters: list[asyncio.Future[int]] = []
+        self.changes: list[Proposal] = []  # membership changes not yet proposed (refused on failure)
 
     # -- writes -------------------------------------------------------------------------------------
     def add_write(self, data: bytes, now: float) -> tuple[asyncio.Future[Result], bool]:
@@ -108,6 +109,17 @@ class Pending:
         than at the caller's deadline, so that it can retry (with its session) or read."""
         waiting, self.waiting = self.waiting, {}
         _fail([f for _, f in waiting.values()], OutcomeUnknown(f"{reason}; the write may have applied"))
+
+    def add_change(self, data: bytes) -> asyncio.Future[Result]:
+        """A membership change to propose at the loop's next turn (RaftNode._propose_change); once proposed
+        it waits in `waiting` as a write does."""
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.changes.append(Proposal(data, fut))
+        return fut
+
+    def take_changes(self) -> list[Proposal]:
+        changes, self.changes = self.changes, []
+        return changes
 
     # -- reads --------------------------------------------------------------------------------------
     def add_read(self, now: float) -> tuple[asyncio.Future[int], bool]:
@@ -190,6 +202,8 @@ class Pending:
         futures += [f for fs in self.read_wait.values() for f in fs]
         futures += [f for _, fs in self.confirmed for f in fs]
         futures += self.leader_waiters
+        futures += [c.future for c in self.changes]
+        self.changes = []
         self.proposals = []
         self.reads = []
         self.read_wait = {}

@@ -72,6 +72,13 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
         if self.members is not None:
             self.members.close()
 
+    def _log_refusal(self, who: str, refusal: str) -> None:
+        """Once per sender and reason: a refused node stops, but one that does not (an earlier release)
+        retries every second."""
+        if (who, refusal) not in self.refused and len(self.refused) < self.max_refusals_logged:
+            self.refused.add((who, refusal))
+            log.warning("Refused peer traffic from %s: %s", who, refusal)
+
     async def _check_cluster(
         self, name: str, cluster_id: str, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
@@ -96,6 +103,11 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                if messages:
+                    refusal = self.node.peer_refusal(messages[0].frm, batch.incarnation)
+                    if refusal is not None:
+                        self._log_refusal(f"node {messages[0].frm - 1}", refusal)
+                        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
                 if batch.version and messages:
                     self.node.peer_speaks(messages[0].frm, batch.version)
                 if batch.hash_index and messages:

@@ -118,6 +118,9 @@ class Tuning:
     transfer_check_s: float = 0.05
     # How long stop() waits for the loop to finish its Ready (installing a large image takes seconds).
     stop_wait_s: float = 10.0
+    # How long a node whose removal applied runs on before it stops: long enough for its last messages
+    # (a leader's commit of its own removal, and its hand-over) to go out.
+    leave_grace_s: float = 0.5
     # How often freed heap pages go back to the system (raftd.malloc): after 2,000 connections came and
     # went, glibc kept their buffers and the node's RSS stayed at twice its level.
     trim_interval_s: float = 5.0

@@ -9,7 +9,7 @@ import pytest
 
 from raftd.kv import Command, CommandError, KVStore, Op
 from raftd.kv.image import MAGIC, MAGIC_V4, ImageError, decode, encode
-from raftd.kv.members import Change, Member, MemberChange, applied
+from raftd.kv.members import Change, Member, MemberChange, applied, next_id
 
 THREE = ((0, Member("h:1", False, "a")), (1, Member("h:2", False, "b")), (2, Member("h:3", False, "")))
 
@@ -105,3 +105,25 @@ def test_a_damaged_membership_record_is_refused() -> None:
         decode(twice + zlib.crc32(twice).to_bytes(4, "little"))
     with pytest.raises(ImageError, match="checksum"):
         decode(raw[:-10] + b"\xff" + raw[-9:])
+
+
+def test_ids_are_never_given_twice() -> None:
+    """The record keeps the lowest id never given: a removed member's id stays taken, in images too."""
+    kv = KVStore()
+    kv.apply(1, MemberChange(Change.BOOTSTRAP, members=THREE).command())
+    assert kv.next_member_id == 3
+    kv.apply(2, MemberChange(Change.ADD_LEARNER, 5, "h:6").command())
+    kv.apply(3, MemberChange(Change.REMOVE, 5).command())
+    assert 5 not in kv.members and kv.next_member_id == 6
+    other = KVStore()
+    other.restore(3, encode(kv.image()))
+    assert other.next_member_id == 6
+    assert next_id(6, MemberChange(Change.UPDATE, 1, "h:9")) == 6
+
+
+def test_an_image_that_would_give_an_id_again_is_refused() -> None:
+    kv = KVStore()
+    kv.apply(1, MemberChange(Change.BOOTSTRAP, members=THREE).command())
+    kv.next_member_id = 2  # below member 2: a writer's bug
+    with pytest.raises(ImageError, match="give a member's id again"):
+        decode(encode(kv.image()))

@@ -3,6 +3,7 @@ can show (reopen, SIGKILL, locking, refusing foreign, newer or damaged databases
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ from typing import BinaryIO
 import pytest
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
-from raftd.storage import MemoryStorage, PersistedState, SqliteStorage, Storage, StorageError
+from raftd.storage import DirRecord, MemoryStorage, PersistedState, SqliteStorage, Storage, StorageError
 from raftd.storage.checksum import VOTE_FILE, entry_crc, hard_state_crc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -305,11 +306,10 @@ def test_layout_pragmas_and_meta(tmp_path: Path) -> None:
         assert s._conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
         assert (data / "LOCK").read_text() == f"{os.getpid()}\n"
     conn = sqlite3.connect(data / "raft.db")
-    assert dict(conn.execute("SELECT key, value FROM meta")) == {
-        "schema_version": 2,
-        "cluster": "prod",
-        "node_id": 2,
-    }
+    meta = dict(conn.execute("SELECT key, value FROM meta"))
+    record = meta.pop("record")
+    assert meta == {"schema_version": 2, "cluster": "prod", "node_id": 2}
+    assert DirRecord.load(record) == s.record and len(s.record.incarnation) == 16
     columns = [(r[1], r[2], r[3], r[5]) for r in conn.execute("PRAGMA table_info(entries)")]
     assert columns == [
         ("idx", "INTEGER", 0, 1),
@@ -669,3 +669,40 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StorageError, match="log entry 2 is damaged"), open_store(tmp_path) as s:
         s.load()
+
+
+def test_the_directory_record_is_drawn_once_and_kept(tmp_path: Path) -> None:
+    """The incarnation is the directory's for good: a reopen keeps it, another directory gets another."""
+    with open_store(tmp_path / "a") as s:
+        first = s.record
+        s.save_record(dataclasses.replace(first, voters=(0, 1, 2), removed=True))
+    with open_store(tmp_path / "a") as s:
+        assert s.record == dataclasses.replace(first, voters=(0, 1, 2), removed=True)
+    with open_store(tmp_path / "b") as s:
+        assert s.record.incarnation != first.incarnation
+
+
+def test_a_directory_of_an_earlier_release_gets_its_record_on_first_open(tmp_path: Path) -> None:
+    with open_store(tmp_path) as s:
+        s.save(HardState(1, 1, 0), [Entry(1, 1, b"x")])
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'record'")  # as a release before records wrote it
+    conn.close()
+    with open_store(tmp_path) as s:
+        drawn = s.record
+        assert drawn.voters is None and not drawn.removed and s.load().entries == [Entry(1, 1, b"x")]
+    with open_store(tmp_path) as s:
+        assert s.record == drawn
+
+
+def test_a_damaged_directory_record_stops_the_node(tmp_path: Path) -> None:
+    with open_store(tmp_path):
+        pass
+    conn = sqlite3.connect(tmp_path / "raft.db")
+    with conn:
+        conn.execute("UPDATE meta SET value = replace(value, 'false', 'true ') WHERE key = 'record'")
+    conn.close()
+    with pytest.raises(StorageError, match="membership record is damaged"):
+        open_store(tmp_path)
+    assert DirRecord.load(DirRecord(voters=(1,)).dump()).voters == (1,)

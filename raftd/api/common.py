@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from raftd.config import NodeAddr
+from raftd.core import ConfChangeRefused
 from raftd.errors import LeaderChanging, NotLeader, OutcomeUnknown, SessionExpired, Unavailable
 from raftd.kv import Command, Op
 from raftd.node import RaftNode
@@ -187,6 +188,9 @@ def failure(e: BaseException, *, write: bool) -> RequestFailed:
     elif isinstance(e, NotLeader):
         hinted = not_leader(e.leader)
         code, message, outcome, leader = hinted.code, hinted.message, NOT_APPLIED, hinted.leader
+    elif isinstance(e, ConfChangeRefused):
+        code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
+        message, outcome = str(e), NOT_APPLIED
     elif isinstance(e, SessionExpired):
         code, message, outcome = grpc.StatusCode.FAILED_PRECONDITION, str(e), UNKNOWN
     elif isinstance(e, OutcomeUnknown):
@@ -337,8 +341,12 @@ async def on_leader(
     context: grpc.aio.ServicerContext[Any, Any],
     local: Callable[[], Awaitable[T]],
     forward: Callable[[grpc.aio.Channel, float], Awaitable[T]],
+    *,
+    write: bool = False,
 ) -> T:
-    """Run local() here when leading, else forward() to the leader (admin calls, which change no key)."""
+    """Run local() here when leading, else forward() to the leader (admin calls, which change no key).
+    write: local() changes the cluster (a membership change), so its failure says whether it may have
+    applied, and a forward's failure passes the leader's answer on (unknown when it broke once sent)."""
     try:
         try:
             return await asyncio.wait_for(local(), time_left(context, node.tuning))
@@ -348,11 +356,20 @@ async def on_leader(
             channel = node.channel_to(e.leader.id)
             return await forward(channel, time_left(context, node.tuning))
     except grpc.aio.AioRpcError as err:
-        if never_connected(err.details() or ""):
-            raise RequestFailed(err.code(), "the leader is unreachable") from None
-        raise RequestFailed(err.code(), err.details() or err.code().name) from None
+        details = err.details() or err.code().name
+        unreached = never_connected(details)
+        outcome: Outcome | None = None
+        if write:
+            trailers: tuple[tuple[str, str | bytes], ...] = tuple(err.trailing_metadata() or ())
+            told = next((v for k, v in trailers if k == OUTCOME_KEY), None)
+            outcome = NOT_APPLIED if unreached else told if told in (NOT_APPLIED, UNKNOWN) else UNKNOWN
+            if outcome == UNKNOWN and "may have applied" not in details:
+                details += "; the change may have applied"
+        raise RequestFailed(
+            err.code(), "the leader is unreachable" if unreached else details, outcome
+        ) from None
     except Exception as e:
-        raise failure(e, write=False) from None
+        raise failure(e, write=write) from None
 
 
 async def on_node(node: RaftNode, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T]) -> T:

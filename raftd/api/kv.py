@@ -9,8 +9,10 @@ from typing import Any
 import grpc
 
 from raftd.backup import pack
+from raftd.config import ConfigError, parse_endpoints
 from raftd.errors import Unavailable
-from raftd.node import MAX_SUSPEND_S, RaftNode
+from raftd.kv.members import Change
+from raftd.node import MAX_SUSPEND_S, MemberView, RaftNode
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
 from raftd.pipe import NOT_APPLIED, OUTCOME_KEY
@@ -192,6 +194,109 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             return await stub.TransferLeader(request, timeout=timeout, metadata=FORWARDED)
 
         return await on_leader(self.node, context, local, forward)
+
+    # -- membership ---------------------------------------------------------------------------------
+    @grpc_errors
+    async def MemberList(
+        self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberListResponse:
+        """Served by any node from what it has: a joining node asks whichever member it reaches."""
+        node = self.node
+        lo, hi = node.cluster.election_timeout_ms
+        leader = node.leader()
+        return pb.MemberListResponse(
+            members=[_member_pb(m) for m in node.members()],
+            cluster=node.identity.name,
+            cluster_id=node.identity.id,
+            bootstrap_voters=node.bootstrap_voters(),
+            election_timeout_min_ms=lo,
+            election_timeout_max_ms=hi,
+            heartbeat_interval_ms=node.cluster.heartbeat_interval_ms,
+            leader_id=leader.id if leader is not None else -1,
+            recorded=node.membership_recorded(),
+        )
+
+    @grpc_errors
+    async def MemberAdd(
+        self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberChangeResponse:
+        try:
+            (address,) = parse_endpoints(request.address)
+        except (ConfigError, ValueError):
+            raise RequestFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"address {request.address[:80]!r} is not one HOST:PORT",
+                NOT_APPLIED,
+            ) from None
+        return await self._change(context, "add", Change.ADD_LEARNER, -1, address, request)
+
+    @grpc_errors
+    async def MemberPromote(
+        self, request: pb.MemberPromoteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberChangeResponse:
+        return await self._change(context, "promote", Change.ADD_VOTER, request.id, "", request)
+
+    @grpc_errors
+    async def MemberRemove(
+        self, request: pb.MemberRemoveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberChangeResponse:
+        return await self._change(context, "remove", Change.REMOVE, request.id, "", request)
+
+    @grpc_errors
+    async def MemberUpdate(
+        self, request: pb.MemberUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberChangeResponse:
+        try:
+            (address,) = parse_endpoints(request.address)
+        except (ConfigError, ValueError):
+            raise RequestFailed(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"address {request.address[:80]!r} is not one HOST:PORT",
+                NOT_APPLIED,
+            ) from None
+        return await self._change(context, "update", Change.UPDATE, request.id, address, request)
+
+    async def _change(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        verb: str,
+        change: Change,
+        node_id: int,
+        address: str,
+        request: Any,
+    ) -> pb.MemberChangeResponse:
+        """On the leader (forwarded there from a follower): propose, wait until applied, answer with the
+        membership after it."""
+        node = self.node
+        if change is not Change.ADD_LEARNER and node_id < 0:
+            raise RequestFailed(
+                grpc.StatusCode.INVALID_ARGUMENT, f"node id {node_id} is negative", NOT_APPLIED
+            )
+        log.info("Command from client: member %s %s", verb, address if node_id < 0 else node_id)
+
+        async def local() -> pb.MemberChangeResponse:
+            before = {m.id: m for m in node.members()}
+            changed = await node.change_member(change, node_id, address)
+            after = node.members()
+            member = next((m for m in after if m.id == changed), None) or before.get(changed)
+            return pb.MemberChangeResponse(
+                member=_member_pb(member) if member is not None else pb.Member(id=changed, address=address),
+                members=[_member_pb(m) for m in after],
+            )
+
+        async def forward(channel: grpc.aio.Channel, timeout: float) -> pb.MemberChangeResponse:
+            stub = kv_pb2_grpc.AdminStub(channel)
+            method = getattr(stub, f"Member{verb.capitalize()}")
+            answer: pb.MemberChangeResponse = await method(request, timeout=timeout, metadata=FORWARDED)
+            return answer
+
+        return await on_leader(node, context, local, forward, write=True)
+
+
+def _member_pb(m: MemberView) -> pb.Member:
+    return pb.Member(
+        id=m.id, address=m.address, learner=m.learner, incarnation=m.incarnation, match_index=m.match_index
+    )
 
 
 def suspend(node: RaftNode, period: int) -> None:

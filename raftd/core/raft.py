@@ -50,7 +50,7 @@ class Config:
     changes in the log after it apply on top (Raft.conf_state)."""
 
     id: int
-    peers: tuple[int, ...]  # every voter, this node included unless it is a learner
+    peers: tuple[int, ...]  # every voter, this node included unless it is a learner or outside (joining)
     rng: random.Random
     # Members that receive the log and snapshots but never vote, campaign or count toward a quorum: a node
     # catching up before it is promoted (dissertation 4.2.1).
@@ -77,8 +77,6 @@ class Config:
     def validate(self) -> None:
         if self.id == NONE:
             raise ValueError("node id 0 is reserved for 'nobody'")
-        if self.id not in self.peers and self.id not in self.learners:
-            raise ValueError(f"node {self.id} is not in its own peer list {list(self.peers)}")
         if not self.peers:
             raise ValueError("a cluster needs at least one voter")
         members = self.peers + self.learners

@@ -17,8 +17,9 @@ RAFTDKV2, can take a snapshot from a newer one for as long as that limit is unch
 
 b"RAFTDKV4" is RAFTDKV3 (its session limit always present) with the membership record (raftd.kv.members)
 after the sessions, written only when the cluster has recorded one:
-    u32 n_members, per member: u64 id u8 learner u16 len(address) address u16 len(incarnation) incarnation
-(in ascending id order).
+    u32 n_members u64 next_id, per member: u64 id u8 learner u16 len(address) address
+    u16 len(incarnation) incarnation
+(in ascending id order; next_id: the lowest id never given to a member).
 
 Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
 values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
@@ -52,6 +53,7 @@ _HEADER = struct.Struct("<IIII")
 _COUNTS_V1 = struct.Struct("<II")
 _SESSION = struct.Struct("<QQB")
 _MEMBER = struct.Struct("<QB")
+_ID = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 SLICE = 20_000  # keys per pass when reading an earlier version's image: bounds the offset lists
 BUCKET_SLICE = 4_096  # buckets per join when encoding: a few MB at most
@@ -71,6 +73,7 @@ class Image:
     sessions: OrderedDict[bytes, tuple[int, int, bool]]  # client -> (seq, index, existed), LRU order
     session_limit: int = DEFAULT_SESSION_LIMIT
     members: dict[int, Member] = dataclasses.field(default_factory=dict)
+    next_member_id: int = 0  # the lowest id never given to a member (raftd.kv.members.next_id)
 
     @classmethod
     def of(
@@ -145,7 +148,7 @@ def encode_to(image: Image, out: BinaryIO) -> int:
         put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
     put(_encode_sessions(image.sessions))
     if image.members:
-        put(_encode_members(image.members))
+        put(_encode_members(image.members, image.next_member_id))
     return size + out.write(_CRC.pack(crc))
 
 
@@ -156,8 +159,8 @@ def _encode_sessions(sessions: OrderedDict[bytes, tuple[int, int, bool]]) -> byt
     )
 
 
-def _encode_members(members: dict[int, Member]) -> bytes:
-    parts = [_LIMIT.pack(len(members))]
+def _encode_members(members: dict[int, Member], next_member_id: int) -> bytes:
+    parts = [_LIMIT.pack(len(members)), _ID.pack(next_member_id)]
     for node, m in sorted(members.items()):
         address, incarnation = m.address.encode(), m.incarnation.encode()
         parts.append(_MEMBER.pack(node, m.learner) + struct.pack("<H", len(address)) + address)
@@ -222,16 +225,19 @@ def _decode_v2(raw: bytes, end: int) -> Image:
     if len(sessions) > session_limit:
         raise ImageError(f"{len(sessions)} sessions where the limit is {session_limit}")
     members: dict[int, Member] = {}
+    next_member_id = 0
     if raw.startswith(MAGIC_V4):
-        members, pos = _decode_members(raw, view, pos)
+        members, next_member_id, pos = _decode_members(raw, view, pos)
     if pos != end:
         raise ImageError(f"{end - pos} unexpected trailing bytes")
-    return Image(buckets, count, sessions, session_limit, members)
+    return Image(buckets, count, sessions, session_limit, members, next_member_id)
 
 
-def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, Member], int]:
+def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, Member], int, int]:
     (n,) = _LIMIT.unpack_from(view, pos)
     pos += _LIMIT.size
+    (next_member_id,) = _ID.unpack_from(view, pos)
+    pos += _ID.size
     members: dict[int, Member] = {}
 
     def text() -> str:
@@ -255,7 +261,9 @@ def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, M
         members[node] = Member(address, bool(learner), text())
     if not members:
         raise ImageError("an empty membership record")
-    return members, pos
+    if next_member_id <= next(reversed(members)):
+        raise ImageError("a membership record that would give a member's id again")
+    return members, next_member_id, pos
 
 
 def _check_bucket(b: int, bucket: bytes) -> int:

@@ -123,3 +123,10 @@ def applied(members: Mapping[int, Member], mc: MemberChange) -> dict[int, Member
     elif old is not None and not old.incarnation:  # INCARNATION: set once, never replaced
         out[mc.node] = dataclasses.replace(old, incarnation=mc.incarnation)
     return dict(sorted(out.items()))
+
+
+def next_id(current: int, mc: MemberChange) -> int:
+    """The lowest id never given to a member, after one change: ids are never reused (a removed member's
+    id would otherwise come back with a new data directory and an old one's votes)."""
+    ids = [i for i, _ in mc.members] if mc.change is Change.BOOTSTRAP else [mc.node]
+    return max(current, *(i + 1 for i in ids)) if ids else current

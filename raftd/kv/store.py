@@ -8,7 +8,7 @@ from typing import Protocol
 
 from .command import Command, CommandError, Op
 from .image import DEFAULT_SESSION_LIMIT, Image, decode
-from .members import Member, MemberChange, applied
+from .members import Member, MemberChange, applied, next_id
 from .table import PackedMap
 
 # Sessions kept until an Op.SESSION_LIMIT entry says otherwise. The limit is replicated state, not a
@@ -33,6 +33,7 @@ class StateMachine(Protocol):
     applied: int  # the index of the last entry applied
     session_limit: int  # exactly-once sessions kept (an Op.SESSION_LIMIT entry sets it)
     members: dict[int, Member]  # the membership record (raftd.kv.members); empty: the cluster map's
+    next_member_id: int  # the lowest id never given to a member
 
     def apply(self, index: int, cmd: Command) -> Result: ...
 
@@ -58,6 +59,7 @@ class KVStore:
         self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
         self.session_limit = MAX_SESSIONS
         self.members: dict[int, Member] = {}
+        self.next_member_id = 0
         self.applied = 0
 
     def apply(self, index: int, cmd: Command) -> Result:
@@ -69,7 +71,10 @@ class KVStore:
             self._evict()
             return Result(index, existed=False)
         if cmd.op is Op.MEMBER:
-            self.members = applied(self.members, MemberChange.decode(cmd))
+            mc = MemberChange.decode(cmd)
+            self.members = applied(self.members, mc)
+            if self.members:
+                self.next_member_id = next_id(self.next_member_id, mc)
             return Result(index, existed=False)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
@@ -105,7 +110,14 @@ class KVStore:
         """A copy of the state, cheap to take here (a list of bucket references) and encoded elsewhere."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
         members = dict(self.members)
-        return Image(list(self.data.buckets), self.data.count, sessions, self.session_limit, members)
+        return Image(
+            list(self.data.buckets),
+            self.data.count,
+            sessions,
+            self.session_limit,
+            members,
+            self.next_member_id,
+        )
 
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt.
@@ -115,6 +127,7 @@ class KVStore:
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.session_limit = image.session_limit
         self.members = dict(image.members)
+        self.next_member_id = image.next_member_id
         self.applied = index
 
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11raftd/pb/kv.proto\x12\x08raftd.v1\"L\n\x0cWriteSession\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\x05\x66irst\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_first\"Q\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\'\n\x07session\x18\x03 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"\x1c\n\x0bPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05local\x18\x02 \x01(\x08\":\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\"E\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"0\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\"\x12\n\x10GetLeaderRequest\"E\n\x11GetLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\">\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\"\x8e\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x08 \x01(\x04\x12#\n\x05peers\x18\t \x03(\x0b\x32\x14.raftd.v1.PeerStatus\x12\x11\n\tsuspended\x18\n \x01(\x08\x12\x0f\n\x07\x63luster\x18\x0b \x01(\t\x12\x12\n\ncluster_id\x18\x0c \x01(\t\x12\x0e\n\x06\x61larms\x18\r \x03(\t\" \n\x0eSuspendRequest\x12\x0e\n\x06period\x18\x01 \x01(\x05\"\x11\n\x0fSuspendResponse\"*\n\x15TransferLeaderRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\x05\"J\n\x16TransferLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rBackupRequest\"\x1b\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x90\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x03put\x18\x02 \x01(\x0b\x32\x14.raftd.v1.PutRequestH\x00\x12#\n\x03get\x18\x03 \x01(\x0b\x32\x14.raftd.v1.GetRequestH\x00\x12)\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x17.raftd.v1.DeleteRequestH\x00\x42\x04\n\x02op\"Z\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.raftd.v1.Outcome\x12\x0e\n\x06leader\x18\x04 \x01(\t\"\xba\x01\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x03put\x18\x02 \x01(\x0b\x32\x15.raftd.v1.PutResponseH\x00\x12$\n\x03get\x18\x03 \x01(\x0b\x32\x15.raftd.v1.GetResponseH\x00\x12*\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x18.raftd.v1.DeleteResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.raftd.v1.ErrorH\x00\x42\x08\n\x06result\"3\n\x0cRequestBatch\x12#\n\x08requests\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Request\"6\n\rResponseBatch\x12%\n\tresponses\x18\x01 \x03(\x0b\x32\x12.raftd.v1.Response*P\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13OUTCOME_NOT_APPLIED\x10\x01\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x02\x32\xe8\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.raftd.v1.PutRequest\x1a\x15.raftd.v1.PutResponse\x12\x32\n\x03Get\x12\x14.raftd.v1.GetRequest\x1a\x15.raftd.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.raftd.v1.DeleteRequest\x1a\x18.raftd.v1.DeleteResponse\x12=\n\x06Stream\x12\x16.raftd.v1.RequestBatch\x1a\x17.raftd.v1.ResponseBatch(\x01\x30\x01\x32\xdb\x02\n\x05\x41\x64min\x12\x44\n\tGetLeader\x12\x1a.raftd.v1.GetLeaderRequest\x1a\x1b.raftd.v1.GetLeaderResponse\x12;\n\x06Status\x12\x17.raftd.v1.StatusRequest\x1a\x18.raftd.v1.StatusResponse\x12>\n\x07Suspend\x12\x18.raftd.v1.SuspendRequest\x1a\x19.raftd.v1.SuspendResponse\x12S\n\x0eTransferLeader\x12\x1f.raftd.v1.TransferLeaderRequest\x1a .raftd.v1.TransferLeaderResponse\x12:\n\x06\x42\x61\x63kup\x12\x17.raftd.v1.BackupRequest\x1a\x15.raftd.v1.BackupChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11raftd/pb/kv.proto\x12\x08raftd.v1\"L\n\x0cWriteSession\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x12\n\x05\x66irst\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x08\n\x06_first\"Q\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\'\n\x07session\x18\x03 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"\x1c\n\x0bPutResponse\x12\r\n\x05index\x18\x01 \x01(\x04\"(\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05local\x18\x02 \x01(\x08\":\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05index\x18\x03 \x01(\x04\"E\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\'\n\x07session\x18\x02 \x01(\x0b\x32\x16.raftd.v1.WriteSession\"0\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\r\n\x05index\x18\x02 \x01(\x04\"\x12\n\x10GetLeaderRequest\"E\n\x11GetLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\">\n\nPeerStatus\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0bmatch_index\x18\x03 \x01(\x04\"\x8e\x02\n\x0eStatusResponse\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x11\n\tleader_id\x18\x05 \x01(\x05\x12\x14\n\x0c\x63ommit_index\x18\x06 \x01(\x04\x12\x15\n\rapplied_index\x18\x07 \x01(\x04\x12\x16\n\x0elast_log_index\x18\x08 \x01(\x04\x12#\n\x05peers\x18\t \x03(\x0b\x32\x14.raftd.v1.PeerStatus\x12\x11\n\tsuspended\x18\n \x01(\x08\x12\x0f\n\x07\x63luster\x18\x0b \x01(\t\x12\x12\n\ncluster_id\x18\x0c \x01(\t\x12\x0e\n\x06\x61larms\x18\r \x03(\t\" \n\x0eSuspendRequest\x12\x0e\n\x06period\x18\x01 \x01(\x05\"\x11\n\x0fSuspendResponse\"*\n\x15TransferLeaderRequest\x12\x11\n\ttarget_id\x18\x01 \x01(\x05\"J\n\x16TransferLeaderResponse\x12\x11\n\tleader_id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x0f\n\rBackupRequest\"\x1b\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"`\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07learner\x18\x03 \x01(\x08\x12\x13\n\x0bincarnation\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\"\x13\n\x11MemberListRequest\"\xfc\x01\n\x12MemberListResponse\x12!\n\x07members\x18\x01 \x03(\x0b\x32\x10.raftd.v1.Member\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x18\n\x10\x62ootstrap_voters\x18\x04 \x03(\x05\x12\x1f\n\x17\x65lection_timeout_min_ms\x18\x05 \x01(\r\x12\x1f\n\x17\x65lection_timeout_max_ms\x18\x06 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x07 \x01(\r\x12\x11\n\tleader_id\x18\x08 \x01(\x05\x12\x10\n\x08recorded\x18\t \x01(\x08\"#\n\x10MemberAddRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\"\n\x14MemberPromoteRequest\x12\n\n\x02id\x18\x01 \x01(\x05\"!\n\x13MemberRemoveRequest\x12\n\n\x02id\x18\x01 \x01(\x05\"2\n\x13MemberUpdateRequest\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"[\n\x14MemberChangeResponse\x12 \n\x06member\x18\x01 \x01(\x0b\x32\x10.raftd.v1.Member\x12!\n\x07members\x18\x02 \x03(\x0b\x32\x10.raftd.v1.Member\"\x90\x01\n\x07Request\x12\n\n\x02id\x18\x01 \x01(\x04\x12#\n\x03put\x18\x02 \x01(\x0b\x32\x14.raftd.v1.PutRequestH\x00\x12#\n\x03get\x18\x03 \x01(\x0b\x32\x14.raftd.v1.GetRequestH\x00\x12)\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x17.raftd.v1.DeleteRequestH\x00\x42\x04\n\x02op\"Z\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x07outcome\x18\x03 \x01(\x0e\x32\x11.raftd.v1.Outcome\x12\x0e\n\x06leader\x18\x04 \x01(\t\"\xba\x01\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\x04\x12$\n\x03put\x18\x02 \x01(\x0b\x32\x15.raftd.v1.PutResponseH\x00\x12$\n\x03get\x18\x03 \x01(\x0b\x32\x15.raftd.v1.GetResponseH\x00\x12*\n\x06\x64\x65lete\x18\x04 \x01(\x0b\x32\x18.raftd.v1.DeleteResponseH\x00\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x0f.raftd.v1.ErrorH\x00\x42\x08\n\x06result\"3\n\x0cRequestBatch\x12#\n\x08requests\x18\x01 \x03(\x0b\x32\x11.raftd.v1.Request\"6\n\rResponseBatch\x12%\n\tresponses\x18\x01 \x03(\x0b\x32\x12.raftd.v1.Response*P\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x17\n\x13OUTCOME_NOT_APPLIED\x10\x01\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x02\x32\xe8\x01\n\x02KV\x12\x32\n\x03Put\x12\x14.raftd.v1.PutRequest\x1a\x15.raftd.v1.PutResponse\x12\x32\n\x03Get\x12\x14.raftd.v1.GetRequest\x1a\x15.raftd.v1.GetResponse\x12;\n\x06\x44\x65lete\x12\x17.raftd.v1.DeleteRequest\x1a\x18.raftd.v1.DeleteResponse\x12=\n\x06Stream\x12\x16.raftd.v1.RequestBatch\x1a\x17.raftd.v1.ResponseBatch(\x01\x30\x01\x32\xdc\x05\n\x05\x41\x64min\x12\x44\n\tGetLeader\x12\x1a.raftd.v1.GetLeaderRequest\x1a\x1b.raftd.v1.GetLeaderResponse\x12;\n\x06Status\x12\x17.raftd.v1.StatusRequest\x1a\x18.raftd.v1.StatusResponse\x12>\n\x07Suspend\x12\x18.raftd.v1.SuspendRequest\x1a\x19.raftd.v1.SuspendResponse\x12S\n\x0eTransferLeader\x12\x1f.raftd.v1.TransferLeaderRequest\x1a .raftd.v1.TransferLeaderResponse\x12:\n\x06\x42\x61\x63kup\x12\x17.raftd.v1.BackupRequest\x1a\x15.raftd.v1.BackupChunk0\x01\x12G\n\nMemberList\x12\x1b.raftd.v1.MemberListRequest\x1a\x1c.raftd.v1.MemberListResponse\x12G\n\tMemberAdd\x12\x1a.raftd.v1.MemberAddRequest\x1a\x1e.raftd.v1.MemberChangeResponse\x12O\n\rMemberPromote\x12\x1e.raftd.v1.MemberPromoteRequest\x1a\x1e.raftd.v1.MemberChangeResponse\x12M\n\x0cMemberRemove\x12\x1d.raftd.v1.MemberRemoveRequest\x1a\x1e.raftd.v1.MemberChangeResponse\x12M\n\x0cMemberUpdate\x12\x1d.raftd.v1.MemberUpdateRequest\x1a\x1e.raftd.v1.MemberChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftd.pb.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1646
-  _globals['_OUTCOME']._serialized_end=1726
+  _globals['_OUTCOME']._serialized_start=2273
+  _globals['_OUTCOME']._serialized_end=2353
   _globals['_WRITESESSION']._serialized_start=31
   _globals['_WRITESESSION']._serialized_end=107
   _globals['_PUTREQUEST']._serialized_start=109
@@ -69,18 +69,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BACKUPREQUEST']._serialized_end=1078
   _globals['_BACKUPCHUNK']._serialized_start=1080
   _globals['_BACKUPCHUNK']._serialized_end=1107
-  _globals['_REQUEST']._serialized_start=1110
-  _globals['_REQUEST']._serialized_end=1254
-  _globals['_ERROR']._serialized_start=1256
-  _globals['_ERROR']._serialized_end=1346
-  _globals['_RESPONSE']._serialized_start=1349
-  _globals['_RESPONSE']._serialized_end=1535
-  _globals['_REQUESTBATCH']._serialized_start=1537
-  _globals['_REQUESTBATCH']._serialized_end=1588
-  _globals['_RESPONSEBATCH']._serialized_start=1590
-  _globals['_RESPONSEBATCH']._serialized_end=1644
-  _globals['_KV']._serialized_start=1729
-  _globals['_KV']._serialized_end=1961
-  _globals['_ADMIN']._serialized_start=1964
-  _globals['_ADMIN']._serialized_end=2311
+  _globals['_MEMBER']._serialized_start=1109
+  _globals['_MEMBER']._serialized_end=1205
+  _globals['_MEMBERLISTREQUEST']._serialized_start=1207
+  _globals['_MEMBERLISTREQUEST']._serialized_end=1226
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=1229
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=1481
+  _globals['_MEMBERADDREQUEST']._serialized_start=1483
+  _globals['_MEMBERADDREQUEST']._serialized_end=1518
+  _globals['_MEMBERPROMOTEREQUEST']._serialized_start=1520
+  _globals['_MEMBERPROMOTEREQUEST']._serialized_end=1554
+  _globals['_MEMBERREMOVEREQUEST']._serialized_start=1556
+  _globals['_MEMBERREMOVEREQUEST']._serialized_end=1589
+  _globals['_MEMBERUPDATEREQUEST']._serialized_start=1591
+  _globals['_MEMBERUPDATEREQUEST']._serialized_end=1641
+  _globals['_MEMBERCHANGERESPONSE']._serialized_start=1643
+  _globals['_MEMBERCHANGERESPONSE']._serialized_end=1734
+  _globals['_REQUEST']._serialized_start=1737
+  _globals['_REQUEST']._serialized_end=1881
+  _globals['_ERROR']._serialized_start=1883
+  _globals['_ERROR']._serialized_end=1973
+  _globals['_RESPONSE']._serialized_start=1976
+  _globals['_RESPONSE']._serialized_end=2162
+  _globals['_REQUESTBATCH']._serialized_start=2164
+  _globals['_REQUESTBATCH']._serialized_end=2215
+  _globals['_RESPONSEBATCH']._serialized_start=2217
+  _globals['_RESPONSEBATCH']._serialized_end=2271
+  _globals['_KV']._serialized_start=2356
+  _globals['_KV']._serialized_end=2588
+  _globals['_ADMIN']._serialized_start=2591
+  _globals['_ADMIN']._serialized_end=3323
 # @@protoc_insertion_point(module_scope)

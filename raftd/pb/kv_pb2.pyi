@@ -490,6 +490,220 @@ class BackupChunk(_message.Message):
 Global___BackupChunk: _TypeAlias = BackupChunk  # noqa: Y015
 
 @_typing.final
+class Member(_message.Message):
+    """Membership (docs/operations.md, "Changing the membership"). Ids are config ids, never given twice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    LEARNER_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    MATCH_INDEX_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    address: _builtins.str
+    """HOST:PORT, where peers and clients reach it"""
+    learner: _builtins.bool
+    """receives the log, does not vote until promoted"""
+    incarnation: _builtins.str
+    """the member's data directory; empty until it has spoken"""
+    match_index: _builtins.int
+    """the leader's view of its log; 0 on followers"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        address: _builtins.str = ...,
+        learner: _builtins.bool = ...,
+        incarnation: _builtins.str = ...,
+        match_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "incarnation", b"incarnation", "learner", b"learner", "match_index", b"match_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class MemberListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberListRequest: _TypeAlias = MemberListRequest  # noqa: Y015
+
+@_typing.final
+class MemberListResponse(_message.Message):
+    """Everything a node needs to join (raftd ID --join): the cluster as the answering node applied it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_VOTERS_FIELD_NUMBER: _builtins.int
+    ELECTION_TIMEOUT_MIN_MS_FIELD_NUMBER: _builtins.int
+    ELECTION_TIMEOUT_MAX_MS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    cluster_id: _builtins.str
+    election_timeout_min_ms: _builtins.int
+    election_timeout_max_ms: _builtins.int
+    heartbeat_interval_ms: _builtins.int
+    leader_id: _builtins.int
+    """-1 when no leader is known"""
+    recorded: _builtins.bool
+    """False until the cluster has recorded its membership (its first leader does, once every node runs a
+    release that can): changes are refused until then.
+    """
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    @_builtins.property
+    def bootstrap_voters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """the membership the log starts from"""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        cluster: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
+        bootstrap_voters: _abc.Iterable[_builtins.int] | None = ...,
+        election_timeout_min_ms: _builtins.int = ...,
+        election_timeout_max_ms: _builtins.int = ...,
+        heartbeat_interval_ms: _builtins.int = ...,
+        leader_id: _builtins.int = ...,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_voters", b"bootstrap_voters", "cluster", b"cluster", "cluster_id", b"cluster_id", "election_timeout_max_ms", b"election_timeout_max_ms", "election_timeout_min_ms", b"election_timeout_min_ms", "heartbeat_interval_ms", b"heartbeat_interval_ms", "leader_id", b"leader_id", "members", b"members", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberListResponse: _TypeAlias = MemberListResponse  # noqa: Y015
+
+@_typing.final
+class MemberAddRequest(_message.Message):
+    """A new member, always as a learner: it catches up, then is promoted (MemberPromote or --auto-promote)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberAddRequest: _TypeAlias = MemberAddRequest  # noqa: Y015
+
+@_typing.final
+class MemberPromoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberPromoteRequest: _TypeAlias = MemberPromoteRequest  # noqa: Y015
+
+@_typing.final
+class MemberRemoveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberRemoveRequest: _TypeAlias = MemberRemoveRequest  # noqa: Y015
+
+@_typing.final
+class MemberUpdateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberUpdateRequest: _TypeAlias = MemberUpdateRequest  # noqa: Y015
+
+@_typing.final
+class MemberChangeResponse(_message.Message):
+    """The change has committed and applied on the node that answers (the leader); members as after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """the member added, promoted, removed or updated"""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def __init__(
+        self,
+        *,
+        member: Global___Member | None = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberChangeResponse: _TypeAlias = MemberChangeResponse  # noqa: Y015
+
+@_typing.final
 class Request(_message.Message):
     """One request on a Stream. The id is the client's choice, unique among its requests in flight on that
     stream: answers come back in completion order, not in request order, and the id pairs them up.

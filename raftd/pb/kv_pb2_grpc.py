@@ -262,6 +262,31 @@ class AdminStub:
                 request_serializer=raftd_dot_pb_dot_kv__pb2.BackupRequest.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_kv__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.MemberList = channel.unary_unary(
+                '/raftd.v1.Admin/MemberList',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.MemberListResponse.FromString,
+                _registered_method=True)
+        self.MemberAdd = channel.unary_unary(
+                '/raftd.v1.Admin/MemberAdd',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.MemberAddRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.MemberPromote = channel.unary_unary(
+                '/raftd.v1.Admin/MemberPromote',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.MemberRemove = channel.unary_unary(
+                '/raftd.v1.Admin/MemberRemove',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.MemberRemoveRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.MemberUpdate = channel.unary_unary(
+                '/raftd.v1.Admin/MemberUpdate',
+                request_serializer=raftd_dot_pb_dot_kv__pb2.MemberUpdateRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -298,6 +323,39 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MemberList(self, request, context):
+        """Membership changes run on the leader, one at a time. A refusal is INVALID_ARGUMENT (a wrong request)
+        or FAILED_PRECONDITION (a wrong moment: another change pending, a learner behind, no quorum left);
+        an outcome not known carries raftd-outcome: unknown, as a write's does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberAdd(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberPromote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberUpdate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -325,6 +383,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=raftd_dot_pb_dot_kv__pb2.BackupRequest.FromString,
                     response_serializer=raftd_dot_pb_dot_kv__pb2.BackupChunk.SerializeToString,
+            ),
+            'MemberList': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberList,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.MemberListRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.MemberListResponse.SerializeToString,
+            ),
+            'MemberAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberAdd,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.MemberAddRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'MemberPromote': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberPromote,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'MemberRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberRemove,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.MemberRemoveRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'MemberUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberUpdate,
+                    request_deserializer=raftd_dot_pb_dot_kv__pb2.MemberUpdateRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +545,141 @@ class Admin:
             '/raftd.v1.Admin/Backup',
             raftd_dot_pb_dot_kv__pb2.BackupRequest.SerializeToString,
             raftd_dot_pb_dot_kv__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftd.v1.Admin/MemberList',
+            raftd_dot_pb_dot_kv__pb2.MemberListRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.MemberListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftd.v1.Admin/MemberAdd',
+            raftd_dot_pb_dot_kv__pb2.MemberAddRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberPromote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftd.v1.Admin/MemberPromote',
+            raftd_dot_pb_dot_kv__pb2.MemberPromoteRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftd.v1.Admin/MemberRemove',
+            raftd_dot_pb_dot_kv__pb2.MemberRemoveRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftd.v1.Admin/MemberUpdate',
+            raftd_dot_pb_dot_kv__pb2.MemberUpdateRequest.SerializeToString,
+            raftd_dot_pb_dot_kv__pb2.MemberChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,15 @@ class AdminStub:
     TransferLeader: _grpc.UnaryUnaryMultiCallable[_kv_pb2.TransferLeaderRequest, _kv_pb2.TransferLeaderResponse]
     Backup: _grpc.UnaryStreamMultiCallable[_kv_pb2.BackupRequest, _kv_pb2.BackupChunk]
     """A consistent image of the whole store as of a linearizable read point, taken on the leader."""
+    MemberList: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MemberListRequest, _kv_pb2.MemberListResponse]
+    """Membership changes run on the leader, one at a time. A refusal is INVALID_ARGUMENT (a wrong request)
+    or FAILED_PRECONDITION (a wrong moment: another change pending, a learner behind, no quorum left);
+    an outcome not known carries raftd-outcome: unknown, as a write's does.
+    """
+    MemberAdd: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MemberAddRequest, _kv_pb2.MemberChangeResponse]
+    MemberPromote: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MemberPromoteRequest, _kv_pb2.MemberChangeResponse]
+    MemberRemove: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MemberRemoveRequest, _kv_pb2.MemberChangeResponse]
+    MemberUpdate: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MemberUpdateRequest, _kv_pb2.MemberChangeResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -107,6 +116,15 @@ class AdminAsyncStub(AdminStub):
     TransferLeader: _aio.UnaryUnaryMultiCallable[_kv_pb2.TransferLeaderRequest, _kv_pb2.TransferLeaderResponse]  # type: ignore[assignment]
     Backup: _aio.UnaryStreamMultiCallable[_kv_pb2.BackupRequest, _kv_pb2.BackupChunk]  # type: ignore[assignment]
     """A consistent image of the whole store as of a linearizable read point, taken on the leader."""
+    MemberList: _aio.UnaryUnaryMultiCallable[_kv_pb2.MemberListRequest, _kv_pb2.MemberListResponse]  # type: ignore[assignment]
+    """Membership changes run on the leader, one at a time. A refusal is INVALID_ARGUMENT (a wrong request)
+    or FAILED_PRECONDITION (a wrong moment: another change pending, a learner behind, no quorum left);
+    an outcome not known carries raftd-outcome: unknown, as a write's does.
+    """
+    MemberAdd: _aio.UnaryUnaryMultiCallable[_kv_pb2.MemberAddRequest, _kv_pb2.MemberChangeResponse]  # type: ignore[assignment]
+    MemberPromote: _aio.UnaryUnaryMultiCallable[_kv_pb2.MemberPromoteRequest, _kv_pb2.MemberChangeResponse]  # type: ignore[assignment]
+    MemberRemove: _aio.UnaryUnaryMultiCallable[_kv_pb2.MemberRemoveRequest, _kv_pb2.MemberChangeResponse]  # type: ignore[assignment]
+    MemberUpdate: _aio.UnaryUnaryMultiCallable[_kv_pb2.MemberUpdateRequest, _kv_pb2.MemberChangeResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -144,5 +162,44 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_kv_pb2.BackupChunk], _abc.AsyncIterator[_kv_pb2.BackupChunk]]:
         """A consistent image of the whole store as of a linearizable read point, taken on the leader."""
+
+    @_abc_1.abstractmethod
+    def MemberList(
+        self,
+        request: _kv_pb2.MemberListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MemberListResponse, _abc.Awaitable[_kv_pb2.MemberListResponse]]:
+        """Membership changes run on the leader, one at a time. A refusal is INVALID_ARGUMENT (a wrong request)
+        or FAILED_PRECONDITION (a wrong moment: another change pending, a learner behind, no quorum left);
+        an outcome not known carries raftd-outcome: unknown, as a write's does.
+        """
+
+    @_abc_1.abstractmethod
+    def MemberAdd(
+        self,
+        request: _kv_pb2.MemberAddRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MemberChangeResponse, _abc.Awaitable[_kv_pb2.MemberChangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MemberPromote(
+        self,
+        request: _kv_pb2.MemberPromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MemberChangeResponse, _abc.Awaitable[_kv_pb2.MemberChangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MemberRemove(
+        self,
+        request: _kv_pb2.MemberRemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MemberChangeResponse, _abc.Awaitable[_kv_pb2.MemberChangeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MemberUpdate(
+        self,
+        request: _kv_pb2.MemberUpdateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MemberChangeResponse, _abc.Awaitable[_kv_pb2.MemberChangeResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

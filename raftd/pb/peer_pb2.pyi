@@ -225,13 +225,15 @@ class MessageBatch(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     HASH_INDEX_FIELD_NUMBER: _builtins.int
     STATE_HASH_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     """The sender's cluster name and id (raftd/identity.py): a node refuses traffic from another cluster."""
     cluster_id: _builtins.str
     """empty until the sender has applied it"""
     version: _builtins.int
     """The sender's peer protocol: 0 before cluster ids, 1 with them, 2 with session-checked writes
-    (raftd/kv/command.py), 3 with hash check entries (raftd/consistency.py). A leader proposes an entry of a newer kind only once every peer has shown a
+    (raftd/kv/command.py), 3 with hash check entries (raftd/consistency.py), 4 with membership entries
+    (raftd/kv/members.py). A leader proposes an entry of a newer kind only once every peer has shown a
     version that can apply it, since a node of an earlier release would stop on it.
     """
     hash_index: _builtins.int
@@ -239,6 +241,10 @@ class MessageBatch(_message.Message):
     (raftd/consistency.py); 0 before the first.
     """
     state_hash: _builtins.int
+    incarnation: _builtins.str
+    """The sender's data directory (raftd.storage.DirRecord): a receiver whose membership record names
+    another one for the sender's id refuses the traffic, so a wiped node cannot vote under its old id.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
     def __init__(
@@ -250,10 +256,11 @@ class MessageBatch(_message.Message):
         version: _builtins.int = ...,
         hash_index: _builtins.int = ...,
         state_hash: _builtins.int = ...,
+        incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cluster_id", b"cluster_id", "hash_index", b"hash_index", "messages", b"messages", "state_hash", b"state_hash", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "cluster_id", b"cluster_id", "hash_index", b"hash_index", "incarnation", b"incarnation", "messages", b"messages", "state_hash", b"state_hash", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

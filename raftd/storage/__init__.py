@@ -1,7 +1,7 @@
 """Durable Raft state: hard state, log and snapshot. SqliteStorage for nodes, MemoryStorage for tests."""
 
-from .base import PersistedState, Storage, StorageError
+from .base import DirRecord, PersistedState, Storage, StorageError
 from .memory import MemoryStorage
 from .sqlite import SqliteStorage
 
-__all__ = ["MemoryStorage", "PersistedState", "SqliteStorage", "Storage", "StorageError"]
+__all__ = ["DirRecord", "MemoryStorage", "PersistedState", "SqliteStorage", "Storage", "StorageError"]

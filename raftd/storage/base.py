@@ -6,8 +6,11 @@ test written against one holds for the other.
 
 from __future__ import annotations
 
+import json
+import secrets
+import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
@@ -26,9 +29,60 @@ class PersistedState:
     entries: list[Entry]  # contiguous, starting right after the snapshot's index (or at 1)
 
 
+@dataclass(frozen=True)
+class DirRecord:
+    """What a data directory knows of its place in the cluster, beside the log (raftd.node):
+
+    incarnation: drawn when the directory is made (or first opened by a release that has them), so a
+    wiped node that comes back under its old id is told apart from the member that held it;
+    voters: the cluster's bootstrap voters, the membership the log starts from (None until recorded);
+    removed: this node was removed from the cluster, and stays out;
+    joined: how a node that joined a running cluster found it (raftd.join), for its restarts."""
+
+    incarnation: str = field(default_factory=lambda: secrets.token_hex(8))
+    voters: tuple[int, ...] | None = None
+    removed: bool = False
+    joined: dict[str, object] | None = None
+
+    def dump(self) -> str:
+        """The stored form: a crc32 of the JSON before it, so damage is caught on reading."""
+        doc = json.dumps(
+            {
+                "incarnation": self.incarnation,
+                "voters": self.voters,
+                "removed": self.removed,
+                "joined": self.joined,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return f"{zlib.crc32(doc.encode()):08x}:{doc}"
+
+    @classmethod
+    def load(cls, text: str) -> DirRecord:
+        """ValueError when damaged."""
+        crc, _, doc = text.partition(":")
+        if not crc or f"{zlib.crc32(doc.encode()):08x}" != crc:
+            raise ValueError("checksum mismatch")
+        d = json.loads(doc)
+        voters = d["voters"]
+        if not isinstance(d["incarnation"], str) or not isinstance(d["removed"], bool):
+            raise ValueError("malformed")
+        if voters is not None and not all(isinstance(v, int) for v in voters):
+            raise ValueError("malformed voters")
+        joined = d["joined"]
+        if joined is not None and not isinstance(joined, dict):
+            raise ValueError("malformed join record")
+        return cls(d["incarnation"], tuple(voters) if voters is not None else None, d["removed"], joined)
+
+
 class Storage(Protocol):
     cluster_name: str  # the name the store was created with
     cluster_id: str  # raftd.identity's id, "" until recorded
+    record: DirRecord  # this directory's place in the cluster
+
+    def save_record(self, record: DirRecord) -> None:
+        """Durable when this returns."""
 
     def load(self) -> PersistedState: ...
 

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
-from .base import LogShape, PersistedState, StorageError, plan_save
+from .base import DirRecord, LogShape, PersistedState, StorageError, plan_save
 
 
 class MemoryStorage:
@@ -24,6 +24,11 @@ class MemoryStorage:
         self._closed = False
         self.cluster_name = "memory"
         self.cluster_id = ""
+        self.record = DirRecord()
+
+    def save_record(self, record: DirRecord) -> None:
+        self._check_open()
+        self.record = record
 
     def record_cluster_id(self, cluster_id: str) -> None:
         self._check_open()

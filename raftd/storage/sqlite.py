@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from raftd.core.types import Entry, HardState, Snapshot, SnapshotMeta
 
-from .base import LogShape, PersistedState, StorageError, plan_save, shape_of, state_problem
+from .base import DirRecord, LogShape, PersistedState, StorageError, plan_save, shape_of, state_problem
 from .checksum import RECOVER, VoteRecord, entry_crc, hard_state_crc, snapshot_crc
 
 # 2: every row carries a crc (raftd/storage/checksum.py); version 1 files are migrated in place on open.
@@ -58,6 +58,15 @@ class SqliteStorage:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         self.cluster_name: str = meta["cluster"]  # as created: may differ from the map's derived name now
         self.cluster_id: str = meta.get("cluster_id", "")  # raftd.identity; "" until applied
+        stored = meta.get("record")
+        try:
+            self.record = DirRecord.load(stored) if stored is not None else DirRecord()
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(
+                f"{db}: the directory's membership record is damaged ({e}); {RECOVER}"
+            ) from None
+        if stored is None:  # a new directory, or one of a release before incarnations: drawn now, once
+            self.save_record(self.record)
 
     @classmethod
     def open(cls, data_dir: Path, cluster: str, node_id: int, *, name_given: bool = True) -> SqliteStorage:
@@ -232,6 +241,15 @@ class SqliteStorage:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('cluster_id', ?)", (cluster_id,)
                 )
             self.cluster_id = cluster_id
+
+    def save_record(self, record: DirRecord) -> None:
+        with self._mutex:
+            conn = self._open_conn()
+            with self._transaction(conn, "cannot save the directory's membership record"):
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('record', ?)", (record.dump(),)
+                )
+            self.record = record
 
     @contextlib.contextmanager
     def _transaction(self, conn: sqlite3.Connection, what: str) -> Iterator[None]:

@@ -18,6 +18,11 @@ class Peer(Protocol):
 
     reachable: bool  # False since a send to it failed, until one succeeds
     dropped: int  # messages dropped because the queue to it was full
+    address: str  # HOST:PORT
+    # The sender's data directory, sent with its traffic; and who to tell when the peer refuses that
+    # traffic for good (raftd.errors.REMOVED, WRONG_INCARNATION). Set by the node after making the peer.
+    incarnation: str
+    on_refused: Callable[[str], None]
 
     def start(self) -> None: ...
 

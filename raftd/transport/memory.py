@@ -31,6 +31,8 @@ class Receiver(Protocol):
 
     def peer_state_hash(self, core_id: int, index: int, value: int) -> None: ...
 
+    def peer_refusal(self, core_id: int, incarnation: str) -> str | None: ...
+
 
 class MemoryNetwork:
     """The nodes by core id, and which of them are cut off from every other."""
@@ -59,7 +61,7 @@ class MemoryNetwork:
             tuning: Tuning,
         ) -> MemoryPeer:
             # No queue to bound and no writes to time: a batch goes at the next turn of the loop.
-            return MemoryPeer(self, sender, peer, identity, on_unreachable, hashes)
+            return MemoryPeer(self, sender, peer, identity, on_unreachable, hashes, address)
 
         return make
 
@@ -81,8 +83,12 @@ class MemoryPeer:
         identity: Identity,
         on_unreachable: Callable[[int], None],
         hashes: StateHashes,
+        address: str = "",
     ) -> None:
         self.network = network
+        self.address = address
+        self.incarnation = ""
+        self.on_refused: Callable[[str], None] = lambda why: None
         self.sender = sender
         self.peer = peer
         self.identity = identity
@@ -128,6 +134,10 @@ class MemoryPeer:
     def _arrive(self, batch: list[Message], hashed: tuple[int, int]) -> None:
         node = self.network.nodes.get(self.peer)
         if node is None:  # it crashed meanwhile
+            return
+        refusal = node.peer_refusal(self.sender, self.incarnation)
+        if refusal is not None:
+            self.on_refused(refusal)
             return
         node.peer_speaks(self.sender, PROTOCOL_VERSION)
         if hashed[0]:

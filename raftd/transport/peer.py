@@ -17,6 +17,7 @@ import grpc
 
 from raftd.consistency import StateHashes
 from raftd.core import Message, MsgType, Snapshot
+from raftd.errors import REMOVED, WRONG_INCARNATION
 from raftd.identity import Identity
 from raftd.pb import peer_pb2 as pb
 from raftd.pb import peer_pb2_grpc
@@ -29,8 +30,11 @@ log = logging.getLogger("raftd.transport")
 
 # A peer that says no (another cluster; a caller's address not a member's): worth a warning, not a debug line.
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+# Refusals for good (raftd.node.RaftNode.peer_refusal): the node is told, and stops.
+FINAL_REFUSALS = (REMOVED, WRONG_INCARNATION)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-PROTOCOL_VERSION = 3  # MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks
+# MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks, 4 membership entries
+PROTOCOL_VERSION = 4
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -91,6 +95,8 @@ class PeerClient:
         self._expired = False  # the watchdog cancelled the sender: its write took too long
         self.dropped = 0
         self.reachable = True
+        self.incarnation = ""
+        self.on_refused: Callable[[str], None] = lambda why: None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.peer}")
@@ -125,6 +131,7 @@ class PeerClient:
                         messages=[message_to_pb(m) for m in batch],
                         hash_index=self.hashes.latest[0],
                         state_hash=self.hashes.latest[1],
+                        incarnation=self.incarnation,
                     )
                     self._writing_since = loop.time()
                     if self._watchdog is None:
@@ -147,6 +154,8 @@ class PeerClient:
                 self._writing_since = None
                 code, why = await self._failure(stream, e)
                 stream.cancel()
+                if code is grpc.StatusCode.FAILED_PRECONDITION and why.startswith(FINAL_REFUSALS):
+                    self.on_refused(why)
                 if self.reachable:
                     if code in REFUSALS:
                         log.warning("Peer at %s refuses our traffic: %s", self.address, why)
