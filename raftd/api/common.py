@@ -360,7 +360,7 @@ async def on_leader(
         unreached = never_connected(details)
         outcome: Outcome | None = None
         if write:
-            trailers: tuple[tuple[str, str | bytes], ...] = tuple(err.trailing_metadata() or ())
+            trailers: Any = err.trailing_metadata() or ()  # grpc.aio.Metadata: (key, value) pairs
             told = next((v for k, v in trailers if k == OUTCOME_KEY), None)
             outcome = NOT_APPLIED if unreached else told if told in (NOT_APPLIED, UNKNOWN) else UNKNOWN
             if outcome == UNKNOWN and "may have applied" not in details:
