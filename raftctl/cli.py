@@ -45,6 +45,7 @@ from raftctl.exits import (
 from raftctl.render import alarm_lines, leader_line, status_json, status_table, unreachable_summary
 from raftd.backup import BackupError, unpack
 from raftd.config import ConfigError, load_cluster, parse_endpoints
+from raftd.pb import kv_pb2 as pb
 
 ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
 DEFAULT_CONFIG = "config.conf"
@@ -429,6 +430,128 @@ def snapshot_save(s: Settings, path: Path) -> None:
             "bytes": len(raw),
             "cluster": backup.cluster,
         },
+    )
+
+
+@main.group(epilog=COMMAND_EPILOG, invoke_without_command=True)
+@click.pass_context
+def member(ctx: click.Context) -> None:
+    """Membership: list, add (as a learner), promote, remove, update (docs/operations.md)."""
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        (address,) = parse_endpoints(value)
+    except (ConfigError, ValueError):
+        raise click.BadParameter(f"{value!r} is not one HOST:PORT") from None
+    return address
+
+
+def _role(m: pb.Member) -> str:
+    return "learner" if m.learner else "voter"
+
+
+def member_doc(m: pb.Member) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "address": m.address,
+        "role": _role(m),
+        "incarnation": m.incarnation or None,
+        "match_index": m.match_index,
+    }
+
+
+def members_table(members: list[pb.Member], leader_id: int) -> str:
+    rows = [["ID", "ADDRESS", "ROLE", "MATCH", "INCARNATION"]]
+    for m in members:
+        role = _role(m) + (" (leader)" if m.id == leader_id else "")
+        rows.append([str(m.id), m.address, role, str(m.match_index), m.incarnation or "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+@member.command("list", epilog=COMMAND_EPILOG)
+@global_options
+@pass_settings
+def member_list(s: Settings) -> None:
+    """The members, their roles and (from the leader) how far each has the log."""
+    with s.client() as c:
+        r = c.member_list()
+    s.emit(
+        members_table(list(r.members), r.leader_id),
+        {
+            "cluster": r.cluster,
+            "cluster_id": r.cluster_id,
+            "leader_id": r.leader_id if r.leader_id >= 0 else None,
+            "recorded": r.recorded,
+            "members": [member_doc(m) for m in r.members],
+        },
+    )
+
+
+@member.command("add", epilog=COMMAND_EPILOG)
+@global_options
+@click.argument("address", metavar="HOST:PORT", callback=_address)
+@pass_settings
+def member_add(s: Settings, address: str) -> None:
+    """Add a node at HOST:PORT as a learner; prints its new id and how to start it.
+
+    Start the node with `raftd ID --join ENDPOINTS`; once it has caught up, `raftctl member promote ID`
+    makes it a voter (or start it with --auto-promote)."""
+    with s.client() as c:
+        r = c.member_add(address)
+    joined = ",".join(s.endpoints.addresses)
+    s.emit(
+        f"Added node {r.member.id} at {r.member.address} as a learner. Start it with:\n"
+        f"  raftd {r.member.id} --join {joined}",
+        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+    )
+
+
+@member.command("promote", epilog=COMMAND_EPILOG)
+@global_options
+@click.argument("node_id", metavar="ID", type=int)
+@pass_settings
+def member_promote(s: Settings, node_id: int) -> None:
+    """Make learner ID a voter; refused (exit 5) while it is more than --max-learner-lag entries behind."""
+    with s.client() as c:
+        r = c.member_promote(node_id)
+    s.emit(
+        f"Promoted node {node_id} to voter",
+        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+    )
+
+
+@member.command("remove", epilog=COMMAND_EPILOG)
+@global_options
+@click.argument("node_id", metavar="ID", type=int)
+@pass_settings
+def member_remove(s: Settings, node_id: int) -> None:
+    """Remove member ID; it stops with "removed from the cluster". Its id is never given again."""
+    with s.client() as c:
+        r = c.member_remove(node_id)
+    s.emit(
+        f"Removed node {node_id}",
+        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+    )
+
+
+@member.command("update", epilog=COMMAND_EPILOG)
+@global_options
+@click.argument("node_id", metavar="ID", type=int)
+@click.argument("address", metavar="HOST:PORT", callback=_address)
+@pass_settings
+def member_update(s: Settings, node_id: int, address: str) -> None:
+    """Record that member ID now listens at HOST:PORT."""
+    with s.client() as c:
+        r = c.member_update(node_id, address)
+    s.emit(
+        f"Updated node {node_id}: {address}",
+        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
     )
 
 

@@ -485,6 +485,61 @@ class Client(_Routing):
         )
         return Leader(response.leader_id, response.address, response.term)
 
+    # -- membership ---------------------------------------------------------------------------------
+    def member_list(self) -> pb.MemberListResponse:
+        """The membership, as the leader has it (with each member's match index)."""
+        return self._call(
+            "member list",
+            lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberList(pb.MemberListRequest(), timeout=t),
+        )
+
+    def member_add(self, address: str) -> pb.MemberChangeResponse:
+        """Add a learner at address (HOST:PORT); the answer names the id the cluster gave it."""
+        request = pb.MemberAddRequest(address=address)
+        return self._change(
+            "member add", lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberAdd(request, timeout=t)
+        )
+
+    def member_promote(self, node_id: int) -> pb.MemberChangeResponse:
+        request = pb.MemberPromoteRequest(id=node_id)
+        return self._change(
+            "member promote", lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberPromote(request, timeout=t)
+        )
+
+    def member_remove(self, node_id: int) -> pb.MemberChangeResponse:
+        request = pb.MemberRemoveRequest(id=node_id)
+        return self._change(
+            "member remove", lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberRemove(request, timeout=t)
+        )
+
+    def member_update(self, node_id: int, address: str) -> pb.MemberChangeResponse:
+        request = pb.MemberUpdateRequest(id=node_id, address=address)
+        return self._change(
+            "member update", lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberUpdate(request, timeout=t)
+        )
+
+    def _change(
+        self, what: str, rpc: Callable[[grpc.Channel, float], pb.MemberChangeResponse]
+    ) -> pb.MemberChangeResponse:
+        """A membership change has no session to make a retry apply once (a second add would add a second
+        learner): it is retried only while refused, and an attempt that may have applied ends the call."""
+
+        def once(channel: grpc.Channel, timeout: float) -> pb.MemberChangeResponse:
+            try:
+                return rpc(channel, timeout)
+            except grpc.RpcError as e:
+                details = details_of(e)
+                if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise InvalidArgument(f"{what}: {details}") from None
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise ServerError(f"{what}: {details}") from None
+                if may_have_applied(e):
+                    suffix = "" if "may have applied" in details else "; the change may have applied"
+                    raise OutcomeUnknown(f"{what}: {details}{suffix}") from None
+                raise
+
+        return self._call(what, once)
+
     def backup(self) -> bytes:
         """A backup file's bytes: the whole store as of a linearizable read point, taken on the leader."""
 

@@ -27,7 +27,8 @@ from raftd.config import (
     load_cluster,
     timing_problem,
 )
-from raftd.errors import FatalError
+from raftd.errors import FatalError, Removed
+from raftd.join import JoinError, prepare
 from raftd.kv.store import MAX_SESSION_LIMIT
 from raftd.restore import restore
 from raftd.server import StartupError, serve
@@ -62,6 +63,9 @@ ENV = {
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--peer-check": "RAFTD_PEER_CHECK",
     "--restore": "RAFTD_RESTORE",
+    "--join": "RAFTD_JOIN",
+    "--auto-promote": "RAFTD_AUTO_PROMOTE",
+    "--max-learner-lag": "RAFTD_MAX_LEARNER_LAG",
 }
 
 
@@ -296,6 +300,27 @@ def _one_line(e: click.ClickException) -> str:
     help="Seed an empty data directory from a backup (raftctl snapshot save), then run. Give every node "
     "of the new cluster the same file.",
 )
+@click.option(
+    "--join",
+    metavar="HOST:PORT[,...]",
+    envvar=ENV["--join"],
+    help="Join a running cluster through these members, after `raftctl member add` gave this node its id; "
+    "--config is not read. The cluster found is kept in the data directory for restarts.",
+)
+@click.option(
+    "--auto-promote",
+    is_flag=True,
+    envvar=ENV["--auto-promote"],
+    help="As a learner, ask to be made a voter once caught up (instead of `raftctl member promote`).",
+)
+@click.option(
+    "--max-learner-lag",
+    type=click.IntRange(min=0),
+    default=Limits.max_learner_lag,
+    show_default=True,
+    envvar=ENV["--max-learner-lag"],
+    help="Promoting a learner is refused while it is more than this many entries behind the commit index.",
+)
 @click.version_option(package_name="raftd")
 def node(
     node_id: int,
@@ -322,18 +347,28 @@ def node(
     corrupt_check_interval: float,
     peer_check: str,
     restore_path: Path | None,
+    join: str | None,
+    auto_promote: bool,
+    max_learner_lag: int,
 ) -> None:
-    """Run raftd node ID of the cluster described by --config."""
+    """Run raftd node ID of the cluster described by --config (or found through --join)."""
     _warn_unknown_env(dict(os.environ))
     malloc.tune()  # before any thread starts: the settings shape every arena
+    data = data_dir or Path("data") / f"node-{node_id}"
     try:
-        cluster = load_cluster(config_path)
+        if join is not None:
+            if restore_path is not None:
+                raise ConfigError("--join and --restore do not go together: a joining node is sent the data")
+            cluster = prepare(data, node_id, join)
+        else:
+            cluster = load_cluster(config_path)
         cluster.node(node_id)
         cluster = _override_timeouts(cluster, election_timeout, heartbeat_interval)
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG)
+    except (JoinError, StorageError) as e:
+        _fail(str(e), EXIT_FAILURE)
     logs.setup(node_id, log_format, log_level, log_timestamps)
-    data = data_dir or Path("data") / f"node-{node_id}"
     try:
         if restore_path is not None:
             backup = restore(restore_path, data, cluster.name, node_id)
@@ -352,8 +387,23 @@ def node(
             max_batch_requests=max_batch_requests,
             stream_write_timeout_s=stream_write_timeout,
             corrupt_check_interval_s=corrupt_check_interval,
+            max_learner_lag=max_learner_lag,
         )
-        asyncio.run(serve(cluster, node_id, data, listen, limits, check_peers=peer_check == "members"))
+        asyncio.run(
+            serve(
+                cluster,
+                node_id,
+                data,
+                listen,
+                limits,
+                check_peers=peer_check == "members",
+                auto_promote=auto_promote,
+            )
+        )
+    except Removed as e:
+        # Not a failure: the cluster let this node go. Exit 0, so that a restart policy on failure does
+        # not bring it back, and the data directory keeps it out should something restart it anyway.
+        click.echo(f"raftd: {e}", err=True)
     except (StartupError, StorageError, FatalError, BackupError) as e:
         _fail(str(e), EXIT_FAILURE)
 

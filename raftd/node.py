@@ -251,6 +251,7 @@ class RaftNode:
             max_election_tick=max(2, round(hi / 1000 / tick_s)),
             heartbeat_tick=max(1, round(cluster.heartbeat_interval_ms / 1000 / tick_s)),
             conf_change_of=conf_change_of,
+            max_learner_lag=limits.max_learner_lag,
         )
         self.transport = transport
         self.peers: dict[int, Peer] = {}

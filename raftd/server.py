@@ -20,11 +20,11 @@ from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
 from raftd.core import MsgType, Snapshot
-from raftd.errors import TargetUnreachable
+from raftd.errors import Removed, TargetUnreachable
 from raftd.events import NodeEvents
 from raftd.kv import ImageError, verify
 from raftd.node import RaftNode
-from raftd.pb import kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
+from raftd.pb import kv_pb2, kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.settings import DEFAULTS, Limits
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
@@ -193,14 +193,23 @@ async def serve(
     listen: str | None = None,
     limits: Limits = DEFAULTS,
     check_peers: bool = True,
+    auto_promote: bool = False,
 ) -> None:
-    """Run until SIGTERM/SIGINT; raises StartupError, StorageError or FatalError for the caller to report.
+    """Run until SIGTERM/SIGINT; raises StartupError, StorageError, FatalError or Removed for the caller
+    to report.
 
-    check_peers: take peer calls from the members' addresses only (raftd.transport.gate).
+    check_peers: take peer calls from the members' addresses only (raftd.transport.gate). auto_promote:
+    a learner asks the leader to make it a voter once it has caught up.
     """
     me = cluster.node(node_id)
     storage = SqliteStorage.open(data_dir, cluster.name, node_id, name_given=cluster.named)
     try:
+        if storage.record.removed:
+            raise Removed()
+        if storage.record.voters is None:
+            # The membership the log starts from, for good: the map may be edited after changes.
+            voters = tuple(n.id for n in cluster.nodes)
+            storage.save_record(dataclasses.replace(storage.record, voters=voters))
         if storage.cluster_name != cluster.name:
             log.info(
                 "%s was created for cluster %r, when the map's addresses were others; it keeps that name",
@@ -211,6 +220,8 @@ async def serve(
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node, check_peers)
+        if peers.members is not None:
+            node.on_addresses.append(peers.members.set_hosts)
         # Stands in for the server in the generated registrations (typed for a real server only).
         guarded: Any = RefusingMalformed(server)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(peers, guarded)
@@ -232,9 +243,12 @@ async def serve(
         watch = _Health(node, health_servicer)
         node.observers.append(watch)
         watch.changed()
+        promoting = asyncio.get_running_loop().create_task(_auto_promote(node)) if auto_promote else None
         try:
             await _run_until_signal(node)
         finally:
+            if promoting is not None:
+                promoting.cancel()
             # Also when the node stops on a fatal error: a server left to the garbage collector after the
             # event loop closed prints a traceback ("Event loop is closed") under the one-line error.
             await forwarder.close()
@@ -245,6 +259,30 @@ async def serve(
     finally:
         storage.close()
     log.info("The server stops")
+
+
+async def _auto_promote(node: RaftNode) -> None:
+    """--auto-promote: while this node is a learner, ask the leader to promote it (refused while it is
+    behind: then it asks again), as the Kubernetes deployment's new pods do."""
+    while True:
+        await asyncio.sleep(node.tuning.auto_promote_interval_s)
+        me = next((m for m in node.members() if m.id == node.me.id), None)
+        if me is not None and not me.learner:
+            return
+        leader = node.leader()
+        if me is None or leader is None:
+            continue
+        try:
+            stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
+        except (KeyError, LookupError):
+            continue  # no sender to it yet
+        try:
+            await stub.MemberPromote(kv_pb2.MemberPromoteRequest(id=node.me.id), timeout=5.0)
+        except grpc.aio.AioRpcError as e:
+            log.debug("Promotion not yet: %s", e.details())
+        else:
+            log.info("Promoted to voter")
+            return
 
 
 async def _calls_finished(timeout: float) -> None:

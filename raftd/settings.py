@@ -74,9 +74,13 @@ class Limits:
     # 0: never. Each check costs every node a pass over its state on a worker thread (40 MB at a million
     # keys) and one log entry.
     corrupt_check_interval_s: float = 60.0
+    # A learner is promoted only once its log is within this many entries of the leader's commit index:
+    # a voter far behind would not help commit anything for a while, and in a small cluster would stall it.
+    max_learner_lag: int = 1000
 
     def __post_init__(self) -> None:
-        _check_positive(self, may_be_zero={"corrupt_check_interval_s"})  # the one that 0 turns off
+        # 0 turns the corruption check off, and promotes a learner only once it has every committed entry.
+        _check_positive(self, may_be_zero={"corrupt_check_interval_s", "max_learner_lag"})
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")
         for name in ("max_key_bytes", "max_value_bytes"):
@@ -121,6 +125,8 @@ class Tuning:
     # How long a node whose removal applied runs on before it stops: long enough for its last messages
     # (a leader's commit of its own removal, and its hand-over) to go out.
     leave_grace_s: float = 0.5
+    # How often a learner run with --auto-promote asks to be promoted (refused while it is behind).
+    auto_promote_interval_s: float = 1.0
     # How often freed heap pages go back to the system (raftd.malloc): after 2,000 connections came and
     # went, glibc kept their buffers and the node's RSS stayed at twice its level.
     trim_interval_s: float = 5.0
