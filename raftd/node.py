@@ -679,6 +679,7 @@ class RaftNode:
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             elif cmd is not None and cmd.op is Op.MEMBER:
+                self._synced_conf = None  # a removal applied: its sender goes (_sync_peers)
                 mc = MemberChange.decode(cmd)
                 if mc.change is Change.REMOVE and mc.node == self.me.id and self.kv.members:
                     self._leave()
@@ -799,12 +800,15 @@ class RaftNode:
                 watch(hosts)
 
     def _sync_peers(self) -> None:
-        """One sender per member but this node, made and dropped as the membership changes."""
+        """One sender per member but this node, made and dropped as the membership changes. A member
+        removed keeps its sender until the removal applies: a leader that removed itself leads until the
+        change commits, and needs its followers' answers for that."""
         conf = self.raw.conf_state()
         if conf == self._synced_conf:
             return
         self._synced_conf = conf
-        want = {p for p in conf.voters + conf.learners if p != self.id and p in self.addresses}
+        members = {*conf.voters, *conf.learners, *(to_core(i) for i in self.kv.members)}
+        want = {p for p in members if p != self.id and p in self.addresses}
         for core_id, client in list(self.peers.items()):
             if core_id not in want or client.address != self.addresses[core_id].address:
                 del self.peers[core_id]

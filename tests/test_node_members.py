@@ -5,12 +5,16 @@ between nodes, and backups leave it behind."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from raftd.config import load_cluster
 from raftd.core import (
     ConfChange,
+    ConfChangeRefused,
     ConfChangeType,
     ConfState,
     HardState,
@@ -19,14 +23,18 @@ from raftd.core import (
     Snapshot,
     SnapshotMeta,
 )
+from raftd.errors import REMOVED, WRONG_INCARNATION, FatalError, Removed
 from raftd.kv import Command, KVStore, Op, encode
 from raftd.kv.image import decode
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.node import RaftNode, conf_change_of, conf_of
+from raftd.node import RaftNode, conf_change_of, conf_of, to_core
 from raftd.pb import peer_pb2 as pb
-from raftd.storage import SqliteStorage
+from raftd.storage import MemoryStorage, SqliteStorage
+from raftd.transport import memory
 from raftd.transport.codec import message_from_pb, message_to_pb
+from raftd.transport.memory import MemoryNetwork
 from tests.nodes import commit_all, follower, leader, release_node
+from tests.test_memory_transport import WAIT_S, _applied_everywhere, _leader, _write, memory_cluster
 
 
 def test_the_core_sees_membership_entries_and_nothing_else_as_changes() -> None:
@@ -109,6 +117,164 @@ def test_a_backup_leaves_the_membership_record_behind(
         image = decode(data)
         assert image.members == {} and dict(image.items()) == {b"k": b"v"}
         assert node.kv.members, "the node's own record stays"
+        release_node(node)
+
+    asyncio.run(main())
+
+
+# -- the daemon's membership, on the in-memory transport ----------------------------------------------
+
+
+async def _until(what: str, check: Callable[[], object], timeout: float = WAIT_S) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def _lead(nodes: dict[int, RaftNode]) -> RaftNode:
+    live = {i for i, n in nodes.items() if not n.stopping}
+    return nodes[await _leader(nodes, live)]
+
+
+def _recorded(nodes: dict[int, RaftNode], ids: list[int]) -> bool:
+    return all(
+        sorted(n.kv.members) == ids and all(m.incarnation for m in n.kv.members.values())
+        for n in nodes.values()
+    )
+
+
+def test_the_first_leader_records_the_membership_once_every_member_can_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node of the previous release (peer protocol 3) would stop on a membership entry: none is proposed
+    while one is a member. Once all speak 4, the record names every member's address and data directory."""
+    monkeypatch.setattr(memory, "PROTOCOL_VERSION", 3)
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (_, nodes):
+            await _write(nodes, {0, 1, 2}, b"k", b"v")
+            await asyncio.sleep(0.3)  # heartbeats: time enough to propose a record it should not
+            assert all(not n.membership_recorded() for n in nodes.values())
+            monkeypatch.setattr(memory, "PROTOCOL_VERSION", 4)
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            for i, n in nodes.items():
+                assert n.kv.members[i].incarnation == n.storage.record.incarnation
+                assert n.kv.members[i].address == f"127.0.0.1:{1 + i}"
+                assert n.kv.next_member_id == 3
+
+    asyncio.run(main())
+
+
+def test_a_change_is_refused_until_the_membership_is_recorded(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        await commit_all(node)
+        with pytest.raises(ConfChangeRefused, match="not recorded its membership") as refused:
+            await node.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:9")
+        assert not refused.value.invalid, "a wrong moment, not a wrong request"
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def _joiner(tmp_path: Path, network: MemoryNetwork, node_id: int, voters: tuple[int, ...]) -> RaftNode:
+    """A node that joins: its own map lists it, its directory the cluster's bootstrap voters."""
+    conf = tmp_path / f"join-{node_id}.yaml"
+    conf.write_text(
+        "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
+        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(node_id + 1))
+    )
+    storage = MemoryStorage()
+    storage.save_record(dataclasses.replace(storage.record, voters=voters))
+    node = RaftNode(load_cluster(conf), node_id, storage, transport=network.transport(to_core(node_id)))
+    network.attach(to_core(node_id), node)
+    return node
+
+
+def test_a_learner_joins_is_promoted_and_a_removed_leader_stops_for_good(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (network, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            await _write(nodes, {0, 1, 2}, b"k", b"before")
+            first = await _lead(nodes)
+            added = await first.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4")
+            assert added == 3, "the lowest id never given"
+            joiner = nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
+            runner = asyncio.get_running_loop().create_task(joiner.run())
+            await _until("the learner to catch up", lambda: joiner.kv.get(b"k") == b"before")
+            assert [m.learner for m in first.members()] == [False, False, False, True]
+            assert not any(n.is_leader() for n in [joiner]), "a learner never leads"
+            await first.change_member(Change.ADD_VOTER, 3)
+            await _until("node 3's data directory in the record", lambda: _recorded(nodes, [0, 1, 2, 3]))
+            assert joiner.kv.members[3].incarnation == joiner.storage.record.incarnation
+
+            gone = first.me.id
+            await first.change_member(Change.REMOVE, gone)
+            await _until(
+                "the removed leader to stop", lambda: first._runner is not None and first._runner.done()
+            )
+            assert isinstance(first._runner.exception(), Removed)
+            assert first.storage.record.removed, "it stays out when restarted"
+            rest = {i for i in nodes if i != gone}
+            await _write(nodes, rest, b"k", b"after")
+            await _applied_everywhere(nodes, rest, b"k", b"after")
+            survivor = nodes[await _leader(nodes, rest)]
+            assert sorted(m.id for m in survivor.members()) == sorted(rest)
+            with pytest.raises(ConfChangeRefused, match="not a member") as again:
+                await survivor.change_member(Change.REMOVE, gone)
+            assert again.value.invalid
+            await joiner.stop()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_wiped_member_back_under_its_old_id_is_refused_and_stops(tmp_path: Path) -> None:
+    """Its new data directory has no memory of its vote: taking its traffic could let it vote twice in a
+    term. Its peers refuse it, and it stops with the message that says what to do."""
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (network, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            lead = await _lead(nodes)
+            wiped = next(i for i in nodes if nodes[i] is not lead)
+            await nodes[wiped].stop()
+            network.detach(to_core(wiped))
+            fresh = nodes[wiped] = RaftNode(
+                nodes[wiped].cluster, wiped, MemoryStorage(), transport=network.transport(to_core(wiped))
+            )
+            network.attach(to_core(wiped), fresh)
+            with pytest.raises(FatalError, match="belongs to another data directory; rejoin under a new id"):
+                await asyncio.wait_for(fresh.run(), WAIT_S)
+            await fresh.stop()
+            network.detach(to_core(wiped))
+            fresh.stopping = True
+            await _write(nodes, {i for i in nodes if i != wiped}, b"k", b"still served")
+
+    asyncio.run(main())
+
+
+def test_a_node_outside_the_record_is_told_it_was_removed_only_when_it_was(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        kv = node.kv
+        record = (
+            (0, Member("h:1", incarnation="a")),
+            (1, Member("h:2")),
+            (2, Member("h:3", incarnation="c")),
+        )
+        kv.apply(1, MemberChange(Change.BOOTSTRAP, members=record).command())
+        kv.apply(2, MemberChange(Change.ADD_LEARNER, 3, "h:4").command())
+        kv.apply(3, MemberChange(Change.REMOVE, 3).command())
+        assert node.peer_refusal(to_core(3), "d") == REMOVED
+        assert node.peer_refusal(to_core(4), "e") is None, "an id never given: a node that joins"
+        assert node.peer_refusal(to_core(2), "x") == WRONG_INCARNATION
+        assert node.peer_refusal(to_core(2), "c") is None
+        assert node.peer_refusal(to_core(2), "") is None, "a node of an earlier release sends none"
+        assert node.peer_refusal(to_core(1), "b") is None, "recorded on first hearing, not refused"
+        assert node._incarnation_proposed == {1: node.raw.term}
         release_node(node)
 
     asyncio.run(main())
