@@ -300,6 +300,7 @@ class RaftNode:
         self._incarnation_proposed: dict[int, int] = {}
         self._synced_conf: ConfState | None = None  # the membership the peer senders were last made for
         self._leaving = False  # this node's removal applied: it stops shortly (_leave)
+        self._next_probe = 0.0  # when a node outside the membership next asks whether it was removed
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
@@ -405,6 +406,8 @@ class RaftNode:
                 self.raw.tick()
             await self._drain_ready()
             self._maybe_propose_hash_check(now)
+            if now >= self._next_probe:
+                self._probe_if_outside(now)
 
     async def _trim_memory(self) -> None:
         """Every Tuning.trim_interval_s, hand the heap pages freed meanwhile back to the system.
@@ -852,6 +855,18 @@ class RaftNode:
                 return WRONG_INCARNATION
             self._maybe_record_incarnation(node, incarnation)
         return None
+
+    def _probe_if_outside(self, now: float) -> None:
+        """A node that appended its own removal never campaigns, and its leader sends it nothing more, so
+        it would never hear that the removal committed: while outside the membership, it says a word to
+        each member now and then (an answer the core drops from a non-member), and a member that applied
+        the removal refuses it (peer_refusal), which stops it. A node that joins says the same words, to
+        no effect, until its addition reaches it."""
+        self._next_probe = now + self.leader_wait_s
+        if not self.kv.members or self.is_member(self.id) or self.suspended:
+            return
+        for core_id, client in self.peers.items():
+            client.send(Message(MsgType.HEARTBEAT_RESP, to=core_id, frm=self.id, term=self.raw.term))
 
     def _refused(self, why: str) -> None:
         """A peer refused this node's traffic for good (peer_refusal)."""

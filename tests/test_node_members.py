@@ -278,3 +278,22 @@ def test_a_node_outside_the_record_is_told_it_was_removed_only_when_it_was(tmp_p
         release_node(node)
 
     asyncio.run(main())
+
+
+def test_a_removed_follower_that_appended_its_removal_learns_it_and_stops(tmp_path: Path) -> None:
+    """The leader's append carries the removal to the follower too, which then never campaigns, and the
+    leader sends it nothing more: without asking, it would sit outside the cluster for good."""
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (_, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            lead = await _lead(nodes)
+            gone = next(n for n in nodes.values() if n is not lead)
+            await lead.change_member(Change.REMOVE, gone.me.id)
+            await _until(
+                "the removed follower to stop", lambda: gone._runner is not None and gone._runner.done()
+            )
+            assert isinstance(gone._runner.exception(), Removed)
+            assert gone.storage.record.removed
+
+    asyncio.run(main())

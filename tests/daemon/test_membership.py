@@ -1,0 +1,211 @@
+"""Membership changes on real processes (issue 20), driven by raftctl as an operator would: a cluster grows
+from three nodes to five and back under writes, a removed node stops for good, a wiped node is refused
+under its old id and comes back under a new one, and wrong requests are refused with their exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from raftctl.client import Client, ClientError, OutcomeUnknown
+from raftd.launcher import free_ports
+
+from .cluster import HOST, Cluster, raftd_env, wait_until
+
+CTL_LIMIT_S = 30.0
+EXIT_WAIT_S = 20.0
+
+
+def ctl(c: Cluster, *args: str, endpoints: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    eps = ",".join(endpoints or [c.address(i) for i in c.alive()])
+    return subprocess.run(
+        [sys.executable, "-m", "raftctl", "--endpoints", eps, *args],
+        capture_output=True,
+        text=True,
+        timeout=CTL_LIMIT_S,
+        check=False,
+        cwd=c.root,
+    )
+
+
+def members(c: Cluster, endpoints: list[str] | None = None) -> dict[str, object]:
+    r = ctl(c, "-o", "json", "member", "list", endpoints=endpoints)
+    assert r.returncode == 0, r.stderr
+    doc: dict[str, object] = json.loads(r.stdout)
+    return doc
+
+
+def roles(c: Cluster, endpoints: list[str] | None = None) -> dict[int, str]:
+    listed = members(c, endpoints)["members"]
+    assert isinstance(listed, list)
+    return {m["id"]: m["role"] for m in listed}
+
+
+class Joiner:
+    """A node started with --join, beside the cluster's own processes."""
+
+    def __init__(self, c: Cluster, node_id: int, *extra: str) -> None:
+        self.dir = c.root / f"data-{node_id}"
+        self.err = c.root / f"node-{node_id}.err"
+        self.node_id = node_id
+        self.args = [str(node_id), "--join", ",".join(c.endpoints), "--data-dir", str(self.dir), *extra]
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen[bytes]:
+        with (self.dir.parent / f"node-{self.node_id}.out").open("ab") as out, self.err.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "raftd", *self.args], env=raftd_env(), stdout=out, stderr=err
+            )
+        return self.proc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def local_value(address: str, key: str) -> str | None:
+    """What the node at address has applied for key (a local read), None when it has not (or does not
+    answer yet)."""
+    with Client([address], timeout=2.0, pin=True) as client:
+        try:
+            return client.get(key, linearizable=False)
+        except ClientError:  # NotFound, or not listening yet
+            return None
+
+
+def added_id(r: subprocess.CompletedProcess[str]) -> int:
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["member"]["role"] == "learner"
+    return int(doc["member"]["id"])
+
+
+class Writer(threading.Thread):
+    """Unique values, one key per write, until stopped: every acknowledged one must be read back."""
+
+    def __init__(self, endpoints: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(endpoints, timeout=10.0)
+        self.acked: dict[str, str] = {}
+        self.unknown = 0
+        self.refused = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            n += 1
+            key, value = f"k{n}", f"v{n}"
+            try:
+                self.client.put(key, value)
+            except OutcomeUnknown:
+                self.unknown += 1
+            except ClientError:
+                self.refused += 1
+            else:
+                self.acked[key] = value
+            time.sleep(0.005)
+        self.client.close()
+
+
+def test_a_cluster_grows_to_five_and_shrinks_to_three_under_writes(tmp_path: Path) -> None:
+    with Cluster(tmp_path / "c") as c:
+        c.start_all()
+        wait_until("the membership record", lambda: members(c)["recorded"])
+        writer = Writer(c.endpoints)
+        writer.start()
+        joiners: list[Joiner] = []
+        try:
+            ports = free_ports(2)
+            new = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{ports[0]}"))
+            assert new == 3
+            joiners.append(Joiner(c, new))
+            # Promotion is the operator's: refused (5) while the learner is behind, then done.
+            wait_until("node 3's promotion", lambda: ctl(c, "member", "promote", "3").returncode == 0)
+            again = ctl(c, "member", "add", f"{HOST}:{ports[0]}")
+            assert again.returncode == 4 and "listens at" in again.stderr, "one member per address"
+            fifth = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{ports[1]}"))
+            assert fifth == 4
+            joiners.append(Joiner(c, fifth, "--auto-promote"))
+            wait_until("node 4 to promote itself", lambda: roles(c).get(4) == "voter")
+            assert roles(c) == dict.fromkeys(range(5), "voter")
+
+            # Back to three: the leader goes first, then another of the original nodes.
+            leader = c.wait_leader()
+            r = ctl(c, "member", "remove", str(leader))
+            assert r.returncode == 0, r.stderr
+            assert c.procs[leader].wait(EXIT_WAIT_S) == 0, "a removed node stops, and not as a failure"
+            assert "removed from the cluster" in c.stderr(leader)
+            other = next(i for i in range(3) if i != leader)
+            r = ctl(c, "member", "remove", str(other))
+            assert r.returncode == 0, r.stderr
+            assert c.procs[other].wait(EXIT_WAIT_S) == 0
+            left = sorted({0, 1, 2, 3, 4} - {leader, other})
+            eps = [c.address(i) for i in left if i < 3] + [f"{HOST}:{p}" for p in ports]
+            assert roles(c, eps) == dict.fromkeys(left, "voter")
+            time.sleep(0.5)
+        finally:
+            writer.stopping.set()
+            writer.join(30)
+        assert len(writer.acked) > 50, (len(writer.acked), writer.refused, writer.unknown)
+        with Client(eps, timeout=10.0) as client:
+            for key, value in writer.acked.items():
+                assert client.get(key) == value, key
+
+        # It stays out: restarted on its data directory, it says so and exits 0 at once.
+        c.start(leader)
+        assert c.procs[leader].wait(EXIT_WAIT_S) == 0
+        assert c.stderr(leader).count("removed from the cluster") >= 2
+        for j in joiners:
+            j.kill()
+
+
+def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tmp_path: Path) -> None:
+    with Cluster(tmp_path / "c") as c:
+        leader = c.start_all()
+        c.put_retrying(0, "k", "v")
+        wait_until(
+            "every member's data directory recorded",
+            lambda: all(
+                m["incarnation"]
+                for m in members(c)["members"]  # type: ignore[attr-defined]
+            ),
+        )
+        wiped = next(i for i in range(3) if i != leader)
+        c.kill(wiped)
+        shutil.rmtree(c.data_dir(wiped))
+        c.start(wiped)
+        assert c.procs[wiped].wait(EXIT_WAIT_S) == 1, c.dump_logs()
+        assert "this id belongs to another data directory; rejoin under a new id" in c.stderr(wiped)
+        c.put_retrying(leader, "k", "after")
+
+        # Wrong requests: a wrong request is 4, a wrong moment 5, a malformed address a usage error.
+        assert ctl(c, "member", "promote", "0").returncode == 4
+        assert ctl(c, "member", "remove", "9").returncode == 4
+        assert ctl(c, "member", "add", "no-port").returncode == 2
+        survivor = next(i for i in range(3) if i not in (leader, wiped))
+        quorumless = ctl(c, "member", "remove", str(survivor))
+        assert quorumless.returncode == 5 and "quorum" in quorumless.stderr, quorumless.stderr
+
+        # The documented way back: remove the old id, add the node anew, start it with --join.
+        assert ctl(c, "member", "remove", str(wiped)).returncode == 0
+        new = added_id(ctl(c, "-o", "json", "member", "add", c.address(wiped)))
+        assert new == 3, "ids are never given twice"
+        joiner = Joiner(c, new)
+        try:
+            wait_until("node 3 to catch up", lambda: local_value(c.address(wiped), "k") == "after")
+            wait_until("node 3's promotion", lambda: ctl(c, "member", "promote", "3").returncode == 0)
+            assert roles(c) == {leader: "voter", survivor: "voter", 3: "voter"}
+            # A restart with the same flags finds the cluster in its own data directory.
+            joiner.kill()
+            joiner.start()
+            c.put_retrying(leader, "k", "restarted")
+            wait_until("node 3 after its restart", lambda: local_value(c.address(wiped), "k") == "restarted")
+        finally:
+            joiner.kill()
