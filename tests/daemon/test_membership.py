@@ -5,6 +5,7 @@ under its old id and comes back under a new one, and wrong requests are refused 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,10 +13,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from raftctl.client import Client, ClientError, OutcomeUnknown
 from raftd.launcher import free_ports
+from raftd.storage import DirRecord
 
 from .cluster import HOST, Cluster, raftd_env, wait_until
+from .test_identity import _export, _meta
 
 CTL_LIMIT_S = 30.0
 EXIT_WAIT_S = 20.0
@@ -209,3 +214,54 @@ def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tm
             wait_until("node 3 after its restart", lambda: local_value(c.address(wiped), "k") == "restarted")
         finally:
             joiner.kill()
+
+
+# The last commit before membership changes in the daemon: its directories have no record, its nodes speak
+# peer protocol 3 and would stop on a membership entry.
+BEFORE_MEMBERSHIP = "3855c01e557e08756c27d5f1445713e57ca230a7"
+
+
+def test_a_cluster_of_the_previous_release_records_its_membership_once_every_node_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    old_code = tmp_path / "previous-release"
+    if not _export(BEFORE_MEMBERSHIP, old_code):
+        if os.environ.get("CI"):
+            pytest.fail(f"commit {BEFORE_MEMBERSHIP} is not in this clone (a shallow clone?)")
+        pytest.skip(
+            f"the upgrade test runs the previous release's code from git history, and this clone lacks "
+            f"commit {BEFORE_MEMBERSHIP} (a shallow clone: `git fetch --unshallow` brings it)"
+        )
+    old_env = {"PYTHONPATH": str(old_code)}
+    with Cluster(tmp_path / "c", env=old_env) as c:
+        c.start_all()
+        c.put_retrying(0, "k", "before")
+        for i in range(3):
+            assert c.terminate(i) == 0
+        assert all("record" not in _meta(c.data_dir(i) / "raft.db") for i in range(3))
+
+        c.start(2)  # still the previous release
+        c.env = {}
+        c.start(0)
+        c.start(1)
+        c.wait_leader()
+        c.put_retrying(0, "k", "during")
+        c.wait_value(2, "k", "during", local=True)
+        time.sleep(1.0)  # ten heartbeats: time enough for a leader to propose a record it should not
+        assert sorted(c.running()) == [0, 1, 2], c.dump_logs()
+        assert not members(c, [c.address(0)])["recorded"]
+        early = ctl(c, "member", "add", f"{HOST}:{free_ports(1)[0]}", endpoints=[c.address(0), c.address(1)])
+        assert early.returncode == 5 and "not recorded its membership" in early.stderr, early.stderr
+
+        assert c.terminate(2) == 0
+        c.start(2)
+        wait_until("the membership record", lambda: members(c)["recorded"])
+        wait_until(
+            "every member's data directory recorded",
+            lambda: all(m["incarnation"] for m in members(c)["members"]),  # type: ignore[attr-defined]
+        )
+        for i in range(3):
+            c.wait_value(i, "k", "during", local=True)
+            record = DirRecord.load(str(_meta(c.data_dir(i) / "raft.db")["record"]))
+            assert record.voters == (0, 1, 2) and not record.removed
+        assert roles(c) == dict.fromkeys(range(3), "voter")
