@@ -581,7 +581,7 @@ def test_a_flipped_bit_in_a_value_stops_the_load_naming_the_entry(tmp_path: Path
         s.load()
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'raft.db'}: log entry 2 is damaged"), message
-    assert "restore this node from a backup" in message and "\n" not in message
+    assert "replace this node: raftctl member remove ID" in message and "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,12 @@ from raftd.core.types import HardState
 from .base import StorageError
 
 VOTE_FILE = "raft.vote"
-# What a damaged file means for the operator, until membership changes offer replacing the node.
-RECOVER = "restore this node from a backup (raftd --restore) or re-seed it with an empty data directory"
+# What a damaged file means for the operator: the node is replaced, under a new id (docs/operations.md,
+# "Changing the membership"); an empty directory under the old id is refused once the cluster recorded it.
+RECOVER = (
+    "replace this node: raftctl member remove ID, then raftctl member add HOST:PORT and start the new "
+    "node with --join and an empty data directory"
+)
 
 _ENTRY = struct.Struct(">QQ")
 _HARD = struct.Struct(">QQQ")

@@ -183,7 +183,7 @@ def test_a_flipped_bit_in_a_stopped_followers_log_stops_it_instead_of_being_serv
         db.write_bytes(bytes(raw))
         line = _refused_start(c, follower)
         assert re.search(rf"{re.escape(str(db))}: log entry \d+ is damaged", line), line
-        assert "restore this node from a backup" in line
+        assert "replace this node: raftctl member remove ID" in line
         # The others go on, without it.
         c.put_retrying(leader, "after", "x")
 
