@@ -55,6 +55,10 @@ class ClusterConfig:
     heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS
     source: str = ""  # the file this came from, for messages
     named: bool = False  # the map gives the name; otherwise it is derived_name(nodes)
+    # The operator's word on where nodes listen, which wins at start over the addresses the cluster
+    # recorded (a map edited to move a node, as the original project did it); False for what a joining
+    # node was told (raftd.join), which the cluster's own record then overrides.
+    addresses_given: bool = True
 
     def node(self, node_id: int) -> NodeAddr:
         """The node with this id; a ConfigError naming the file when the map does not list it."""

@@ -45,6 +45,7 @@ def cluster_of(doc: dict[str, object], source: str) -> ClusterConfig:
         heartbeat_interval_ms=int(str(doc["heartbeat_interval_ms"])),
         source=source,
         named=True,
+        addresses_given=False,
     )
 
 

@@ -339,6 +339,12 @@ class RaftNode:
         self.raw = RawNode(self.config, hard_state, snap, state.entries, applied=0)
         self.kv = kv
         self._learn(kv.members.items(), state.entries)
+        if self.cluster.addresses_given:
+            # The map at this start wins for the nodes it lists: it is how an operator moves a node
+            # while the cluster is down (raftctl member update is the way while it runs).
+            for n in self.cluster.nodes:
+                if to_core(n.id) != self.id:
+                    self.addresses[to_core(n.id)] = n
         # The state machine holds only the image until the log after it is applied again: no read is
         # served before it reaches the commit index this node had stored ("possibly stale" must never
         # mean "empty").
@@ -1153,7 +1159,9 @@ class RaftNode:
         if self.suspended or self.stopping:
             return None
         lead = self.raw.lead
-        return self.addresses[lead] if lead != NONE else None
+        # A leader whose address this node has not learnt yet (its record arrives with the log) is no
+        # help to a client: as good as none known.
+        return self.addresses.get(lead) if lead != NONE else None
 
     def is_leader(self) -> bool:
         return not self.suspended and self.raw.role is Role.LEADER
@@ -1260,9 +1268,10 @@ class RaftNode:
         return SnapshotMeta(index, term), data
 
     def best_transfer_target(self) -> int | None:
-        """The most up-to-date follower, for handing over leadership on shutdown."""
+        """The most up-to-date voter, for handing over leadership on shutdown (a learner cannot lead)."""
         match = self.raw.status().match
-        candidates = [(m, p) for p, m in match.items() if p != self.id]
+        voters = self.raw.conf_state().voters
+        candidates = [(m, p) for p, m in match.items() if p != self.id and p in voters]
         if not candidates:
             return None
         return from_core(max(candidates)[1])

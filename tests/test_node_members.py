@@ -206,6 +206,7 @@ def test_a_learner_joins_is_promoted_and_a_removed_leader_stops_for_good(tmp_pat
             await _until("the learner to catch up", lambda: joiner.kv.get(b"k") == b"before")
             assert [m.learner for m in first.members()] == [False, False, False, True]
             assert not any(n.is_leader() for n in [joiner]), "a learner never leads"
+            assert first.best_transfer_target() != 3, "a shutdown hands leadership to a voter only"
             await first.change_member(Change.ADD_VOTER, 3)
             await _until("node 3's data directory in the record", lambda: _recorded(nodes, [0, 1, 2, 3]))
             assert joiner.kv.members[3].incarnation == joiner.storage.record.incarnation

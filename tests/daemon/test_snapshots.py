@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +15,10 @@ import pytest
 from raftd.config import load_cluster
 from raftd.core import Message, MsgType, Snapshot, SnapshotMeta
 from raftd.kv import Image, encode
-from raftd.pb import peer_pb2, peer_pb2_grpc
+from raftd.pb import kv_pb2, peer_pb2, peer_pb2_grpc
 from raftd.transport.codec import message_to_pb
 
-from .cluster import Cluster
+from .cluster import Cluster, raftd_env
 
 EVERY = 40  # --snapshot-entries: small, so a few hundred writes compact several times
 
@@ -96,19 +98,48 @@ def test_lagging_follower_catches_up_by_snapshot(cluster: Cluster) -> None:
     assert "Installed a snapshot at index" in cluster.log(lagging, mark), cluster.dump_logs()
 
 
-def test_wiped_follower_catches_up_by_snapshot(cluster: Cluster) -> None:
+def test_a_wiped_node_replaced_under_a_new_id_catches_up_by_snapshot(cluster: Cluster) -> None:
+    """A wiped node is not started again under its old id (its peers refuse it: test_membership.py): it is
+    replaced, and the new member, a learner, catches up by InstallSnapshot, then votes."""
     leader = cluster.wait_leader()
     expected = _write(cluster, 3 * EVERY)
     wiped = cluster.followers(leader)[0]
     cluster.kill(wiped)
     shutil.rmtree(cluster.data_dir(wiped))
     expected |= _write(cluster, 2 * EVERY, prefix="after")
+    admin = cluster.admin(leader)
+    admin.MemberRemove(kv_pb2.MemberRemoveRequest(id=wiped), timeout=10)
+    # The new member listens where the wiped one did, so the cluster's helpers reach it by that index.
+    added = admin.MemberAdd(kv_pb2.MemberAddRequest(address=cluster.address(wiped)), timeout=10).member
+    assert added.learner and added.id == 3
     mark = cluster.log_size(wiped)
-    _restart(cluster, wiped)
-    _wait_state(cluster, wiped, expected)
-    assert "Installed a snapshot at index" in cluster.log(wiped, mark), cluster.dump_logs()
-    # And it serves linearizable reads again.
-    assert cluster.get(wiped, "after0").found
+    members = ",".join(cluster.address(i) for i in range(3) if i != wiped)
+    command = [
+        sys.executable,
+        "-m",
+        "raftd",
+        str(added.id),
+        "--join",
+        members,
+        "--snapshot-entries",
+        str(EVERY),
+    ]
+    with cluster.out_path(wiped).open("ab") as out:
+        joiner = subprocess.Popen(
+            [*command, "--data-dir", str(cluster.root / "data-new")],
+            cwd=cluster.root,
+            env=raftd_env(),
+            stdout=out,
+        )
+    try:
+        _wait_state(cluster, wiped, expected)
+        assert "Installed a snapshot at index" in cluster.log(wiped, mark), cluster.dump_logs()
+        admin.MemberPromote(kv_pb2.MemberPromoteRequest(id=added.id), timeout=10)
+        # And it serves linearizable reads as a voter.
+        assert cluster.get(wiped, "after0").found
+    finally:
+        joiner.kill()
+        joiner.wait()
 
 
 def _install(c: Cluster, i: int, chunks: list[peer_pb2.SnapshotChunk]) -> grpc.RpcError:
