@@ -463,6 +463,11 @@ def member_doc(m: pb.Member) -> dict[str, object]:
     }
 
 
+def change_doc(r: pb.MemberChangeResponse) -> dict[str, object]:
+    """The JSON of a change's answer: the member changed, and the members after it."""
+    return {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]}
+
+
 def members_table(members: list[pb.Member], leader_id: int) -> str:
     rows = [["ID", "ADDRESS", "ROLE", "MATCH", "INCARNATION"]]
     for m in members:
@@ -508,7 +513,7 @@ def member_add(s: Settings, address: str) -> None:
     s.emit(
         f"Added node {r.member.id} at {r.member.address} as a learner. Start it with:\n"
         f"  raftd {r.member.id} --join {joined}",
-        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+        change_doc(r),
     )
 
 
@@ -522,7 +527,7 @@ def member_promote(s: Settings, node_id: int) -> None:
         r = c.member_promote(node_id)
     s.emit(
         f"Promoted node {node_id} to voter",
-        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+        change_doc(r),
     )
 
 
@@ -536,7 +541,7 @@ def member_remove(s: Settings, node_id: int) -> None:
         r = c.member_remove(node_id)
     s.emit(
         f"Removed node {node_id}",
-        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+        change_doc(r),
     )
 
 
@@ -551,7 +556,7 @@ def member_update(s: Settings, node_id: int, address: str) -> None:
         r = c.member_update(node_id, address)
     s.emit(
         f"Updated node {node_id}: {address}",
-        {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]},
+        change_doc(r),
     )
 
 
