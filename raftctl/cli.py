@@ -42,10 +42,19 @@ from raftctl.exits import (
     EXIT_USAGE,
     exit_code,
 )
-from raftctl.render import alarm_lines, leader_line, status_json, status_table, unreachable_summary
+from raftctl.render import (
+    alarm_lines,
+    change_doc,
+    change_line,
+    leader_line,
+    member_doc,
+    members_table,
+    status_json,
+    status_table,
+    unreachable_summary,
+)
 from raftd.backup import BackupError, unpack
 from raftd.config import ConfigError, load_cluster, parse_endpoints
-from raftd.pb import kv_pb2 as pb
 
 ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
 DEFAULT_CONFIG = "config.conf"
@@ -449,36 +458,6 @@ def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return address
 
 
-def _role(m: pb.Member) -> str:
-    return "learner" if m.learner else "voter"
-
-
-def member_doc(m: pb.Member) -> dict[str, object]:
-    return {
-        "id": m.id,
-        "address": m.address,
-        "role": _role(m),
-        "incarnation": m.incarnation or None,
-        "match_index": m.match_index,
-    }
-
-
-def change_doc(r: pb.MemberChangeResponse) -> dict[str, object]:
-    """The JSON of a change's answer: the member changed, and the members after it."""
-    return {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]}
-
-
-def members_table(members: list[pb.Member], leader_id: int) -> str:
-    rows = [["ID", "ADDRESS", "ROLE", "MATCH", "INCARNATION"]]
-    for m in members:
-        role = _role(m) + (" (leader)" if m.id == leader_id else "")
-        rows.append([str(m.id), m.address, role, str(m.match_index), m.incarnation or "-"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
 @member.command("list", epilog=COMMAND_EPILOG)
 @global_options
 @pass_settings
@@ -509,12 +488,7 @@ def member_add(s: Settings, address: str) -> None:
     makes it a voter (or start it with --auto-promote)."""
     with s.client() as c:
         r = c.member_add(address)
-    joined = ",".join(s.endpoints.addresses)
-    s.emit(
-        f"Added node {r.member.id} at {r.member.address} as a learner. Start it with:\n"
-        f"  raftd {r.member.id} --join {joined}",
-        change_doc(r),
-    )
+    s.emit(change_line("add", r, list(s.endpoints.addresses)), change_doc(r))
 
 
 @member.command("promote", epilog=COMMAND_EPILOG)
@@ -525,10 +499,7 @@ def member_promote(s: Settings, node_id: int) -> None:
     """Make learner ID a voter; refused (exit 5) while it is more than --max-learner-lag entries behind."""
     with s.client() as c:
         r = c.member_promote(node_id)
-    s.emit(
-        f"Promoted node {node_id} to voter",
-        change_doc(r),
-    )
+    s.emit(change_line("promote", r, []), change_doc(r))
 
 
 @member.command("remove", epilog=COMMAND_EPILOG)
@@ -539,10 +510,7 @@ def member_remove(s: Settings, node_id: int) -> None:
     """Remove member ID; it stops with "removed from the cluster". Its id is never given again."""
     with s.client() as c:
         r = c.member_remove(node_id)
-    s.emit(
-        f"Removed node {node_id}",
-        change_doc(r),
-    )
+    s.emit(change_line("remove", r, []), change_doc(r))
 
 
 @member.command("update", epilog=COMMAND_EPILOG)
@@ -554,10 +522,7 @@ def member_update(s: Settings, node_id: int, address: str) -> None:
     """Record that member ID now listens at HOST:PORT."""
     with s.client() as c:
         r = c.member_update(node_id, address)
-    s.emit(
-        f"Updated node {node_id}: {address}",
-        change_doc(r),
-    )
+    s.emit(change_line("update", r, []), change_doc(r))
 
 
 @main.command("transfer-leader", epilog=COMMAND_EPILOG)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from raftctl.client import Leader, NodeStatus
+from raftd.pb import kv_pb2 as pb
 
 STATUS_COLUMNS = (
     "ID",
@@ -83,3 +84,48 @@ def unreachable_summary(rows: list[NodeStatus]) -> str | None:
         return None
     details = "; ".join(f"{r.endpoint}: {r.error}" for r in down)
     return f"{len(down)} of {len(rows)} endpoints unreachable ({details})"
+
+
+def _role(m: pb.Member) -> str:
+    return "learner" if m.learner else "voter"
+
+
+def member_doc(m: pb.Member) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "address": m.address,
+        "role": _role(m),
+        "incarnation": m.incarnation or None,
+        "match_index": m.match_index,
+    }
+
+
+def change_doc(r: pb.MemberChangeResponse) -> dict[str, object]:
+    """The JSON of a change's answer: the member changed, and the members after it."""
+    return {"member": member_doc(r.member), "members": [member_doc(m) for m in r.members]}
+
+
+def change_line(verb: str, r: pb.MemberChangeResponse, endpoints: list[str]) -> str:
+    """What `member VERB` prints; an added node's line says how to start it."""
+    m = r.member
+    if verb == "add":
+        return (
+            f"Added node {m.id} at {m.address} as a learner. Start it with:\n"
+            f"  raftd {m.id} --join {','.join(endpoints)}"
+        )
+    if verb == "promote":
+        return f"Promoted node {m.id} to voter"
+    if verb == "remove":
+        return f"Removed node {m.id}"
+    return f"Updated node {m.id}: {m.address}"
+
+
+def members_table(members: list[pb.Member], leader_id: int) -> str:
+    rows = [["ID", "ADDRESS", "ROLE", "MATCH", "INCARNATION"]]
+    for m in members:
+        role = _role(m) + (" (leader)" if m.id == leader_id else "")
+        rows.append([str(m.id), m.address, role, str(m.match_index), m.incarnation or "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

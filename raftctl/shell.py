@@ -20,7 +20,14 @@ from typing import TextIO
 
 from raftctl.client import Client, ClientError, NotFound
 from raftctl.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, exit_code
-from raftctl.render import alarm_lines, leader_line, status_table, unreachable_summary
+from raftctl.render import (
+    alarm_lines,
+    change_line,
+    leader_line,
+    members_table,
+    status_table,
+    unreachable_summary,
+)
 from raftd.config import ConfigError, parse_endpoints
 
 PROMPT = "> "
@@ -106,6 +113,13 @@ class Shell:
                 "suspend PERIOD", "suspend the connected node for PERIOD seconds", 1, 1, self._suspend
             ),
             "status": _Command("status", "a table of every node's view", 0, 0, self._status),
+            "member": _Command(
+                "member list|add HOST:PORT|promote ID|remove ID|update ID HOST:PORT",
+                "the membership, and changes to it",
+                1,
+                3,
+                self._member,
+            ),
             "help": _Command("help", "this list", 0, 0, self._help),
             "quit": _Command("quit", "end the client (also Ctrl-D)", 0, 0, lambda _: False),
         }
@@ -231,6 +245,41 @@ class Shell:
         elif alarms := alarm_lines(rows):
             self._error("; ".join(alarms), EXIT_ERROR)
         return True
+
+    def _member(self, args: list[str]) -> bool:
+        verb, rest = args[0], args[1:]
+        arity = {"list": 0, "add": 1, "promote": 1, "remove": 1, "update": 2}
+        if arity.get(verb) != len(rest):
+            raise ShellError("usage: " + self.commands["member"].usage)
+        if verb == "list":
+            r = self.client.member_list()
+            self._say(members_table(list(r.members), r.leader_id))
+            return True
+        if verb == "add":
+            answer = self.client.member_add(self._address(rest[0]))
+        elif verb == "update":
+            answer = self.client.member_update(self._id(rest[0]), self._address(rest[1]))
+        elif verb == "promote":
+            answer = self.client.member_promote(self._id(rest[0]))
+        else:
+            answer = self.client.member_remove(self._id(rest[0]))
+        self._say(change_line(verb, answer, self.endpoints))
+        return True
+
+    @staticmethod
+    def _id(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ShellError(f"ID must be a whole number, not {text!r}") from None
+
+    @staticmethod
+    def _address(text: str) -> str:
+        try:
+            (address,) = parse_endpoints(text)
+        except (ConfigError, ValueError):
+            raise ShellError(f"{text!r} is not one HOST:PORT") from None
+        return address
 
     def _help(self, args: list[str]) -> bool:
         width = max(len(c.usage) for c in self.commands.values())

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -109,6 +110,19 @@ def node_addr(node_id: int, address: str) -> NodeAddr:
     """A member's HOST:PORT as the cluster map's entry would be."""
     host, _, port = address.rpartition(":")
     return NodeAddr(node_id, host.strip("[]") if host.startswith("[") else host, int(port))
+
+
+_CORE_NODE = re.compile(r"\b(node|learner) (\d+)\b")
+_CORE_LIST = re.compile(r"reachable \(([\d, ]*)\)")
+
+
+def in_config_ids(message: str) -> str:
+    """A core refusal's message with the config ids users know ("node 1" in the core is node 0)."""
+    message = _CORE_NODE.sub(lambda m: f"{m[1]} {from_core(int(m[2]))}", message)
+    return _CORE_LIST.sub(
+        lambda m: "reachable ({})".format(", ".join(str(from_core(int(i))) for i in m[1].split(", ") if i)),
+        message,
+    )
 
 
 def conf_of(members: dict[int, Member]) -> ConfState | None:
@@ -1024,7 +1038,7 @@ class RaftNode:
             else:
                 index = self.raw.propose_batch([change.data])
         except ConfChangeRefused as e:
-            self.pending.refuse([change], e)
+            self.pending.refuse([change], ConfChangeRefused(in_config_ids(str(e)), invalid=e.invalid))
         except ProposalDropped:
             self.pending.refuse([change], NotLeader(self.leader()))
         else:

@@ -27,7 +27,7 @@ from raftd.errors import REMOVED, WRONG_INCARNATION, FatalError, Removed
 from raftd.kv import Command, KVStore, Op, encode
 from raftd.kv.image import decode
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.node import RaftNode, conf_change_of, conf_of, to_core
+from raftd.node import RaftNode, conf_change_of, conf_of, in_config_ids, to_core
 from raftd.pb import peer_pb2 as pb
 from raftd.storage import MemoryStorage, SqliteStorage
 from raftd.transport import memory
@@ -298,3 +298,16 @@ def test_a_removed_follower_that_appended_its_removal_learns_it_and_stops(tmp_pa
             assert gone.storage.record.removed
 
     asyncio.run(main())
+
+
+def test_refusals_name_nodes_by_the_ids_users_know() -> None:
+    assert in_config_ids("node 1 is a voter already") == "node 0 is a voter already"
+    assert in_config_ids("learner 4 is 2000 entries behind") == "learner 3 is 2000 entries behind"
+    assert (
+        in_config_ids("2 voters would have 2 reachable (1, 3); a quorum")
+        == "2 voters would have 2 reachable (0, 2); a quorum"
+    )
+    assert (
+        in_config_ids("a membership change is in progress (log index 9)")
+        == "a membership change is in progress (log index 9)"
+    )

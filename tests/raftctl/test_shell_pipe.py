@@ -122,3 +122,17 @@ def test_a_script_learns_of_its_first_failed_line_and_can_stop_there(
     assert r.stdout == "None\n", "--stop-on-error stopped before the write"
     r = run_ctl(*e, cwd=tmp_path, input="getval pipe-absent\ndelete pipe-absent\n")
     assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_member_commands_in_the_shell(tmp_path: Path, cluster: Cluster) -> None:
+    """The one-shot `member` commands' lines, and their refusals, one line each with their exit codes."""
+    script = "member list\nmember promote 0\nmember add nowhere\nmember frob\nmember remove\n"
+    r = run_ctl("--cluster", str(cluster.config_path), cwd=tmp_path, input=script)
+    lines = r.stdout.splitlines()
+    assert lines[1].split() == ["ID", "ADDRESS", "ROLE", "MATCH", "INCARNATION"], r.stdout
+    assert sorted(int(line.split()[0]) for line in lines[2:5]) == [0, 1, 2]
+    errors = r.stderr.splitlines()
+    assert len(errors) == 4, r.stderr
+    assert "member promote: node 0 is a voter already" in errors[0] or "not recorded" in errors[0], errors
+    assert "is not one HOST:PORT" in errors[1] and "usage: member list" in errors[2], errors
+    assert r.returncode in (EXIT_INVALID, 5), "the first failure's code: a wrong request, or too early"
