@@ -56,7 +56,10 @@ def prepare(data_dir: Path, node_id: int, endpoints: str) -> ClusterConfig:
         with SqliteStorage.open(data_dir, "", node_id, name_given=False) as storage:
             joined = storage.record.joined
         if joined is not None:
-            return cluster_of(joined, source)
+            try:
+                return cluster_of(joined, source)
+            except (KeyError, ValueError, TypeError, AssertionError) as e:
+                raise JoinError(f"{data_dir}: the cluster recorded at its join is unreadable ({e})") from None
         raise JoinError(
             f"{data_dir} belongs to a node that did not join with --join; start it with its --config"
         )
