@@ -156,20 +156,22 @@ def test_a_cluster_grows_to_five_and_shrinks_to_three_under_writes(tmp_path: Pat
             eps = [c.address(i) for i in left if i < 3] + [f"{HOST}:{p}" for p in ports]
             assert roles(c, eps) == dict.fromkeys(left, "voter")
             time.sleep(0.5)
+            writer.stopping.set()
+            writer.join(30)
+            assert len(writer.acked) > 50, (len(writer.acked), writer.refused, writer.unknown)
+            with Client(eps, timeout=10.0) as client:
+                for key, value in writer.acked.items():
+                    assert client.get(key) == value, key
+
+            # It stays out: restarted on its data directory, it says so and exits 0 at once.
+            c.start(leader)
+            assert c.procs[leader].wait(EXIT_WAIT_S) == 0
+            assert c.stderr(leader).count("removed from the cluster") >= 2
         finally:
             writer.stopping.set()
             writer.join(30)
-        assert len(writer.acked) > 50, (len(writer.acked), writer.refused, writer.unknown)
-        with Client(eps, timeout=10.0) as client:
-            for key, value in writer.acked.items():
-                assert client.get(key) == value, key
-
-        # It stays out: restarted on its data directory, it says so and exits 0 at once.
-        c.start(leader)
-        assert c.procs[leader].wait(EXIT_WAIT_S) == 0
-        assert c.stderr(leader).count("removed from the cluster") >= 2
-        for j in joiners:
-            j.kill()
+            for j in joiners:  # not the cluster's processes: killed here, whatever happened
+                j.kill()
 
 
 def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tmp_path: Path) -> None:
