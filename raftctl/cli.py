@@ -54,7 +54,7 @@ from raftctl.render import (
     unreachable_summary,
 )
 from raftd.backup import BackupError, unpack
-from raftd.config import ConfigError, load_cluster, parse_endpoints
+from raftd.config import ConfigError, load_cluster, parse_address, parse_endpoints
 
 ENV_ENDPOINTS = "RAFTCTL_ENDPOINTS"
 DEFAULT_CONFIG = "config.conf"
@@ -452,10 +452,9 @@ def member(ctx: click.Context) -> None:
 
 def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
-        (address,) = parse_endpoints(value)
-    except (ConfigError, ValueError):
+        return parse_address(value)
+    except ConfigError:
         raise click.BadParameter(f"{value!r} is not one HOST:PORT") from None
-    return address
 
 
 @member.command("list", epilog=COMMAND_EPILOG)

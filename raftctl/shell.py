@@ -28,7 +28,7 @@ from raftctl.render import (
     status_table,
     unreachable_summary,
 )
-from raftd.config import ConfigError, parse_endpoints
+from raftd.config import ConfigError, parse_address
 
 PROMPT = "> "
 HISTORY_FILE = "~/.raftctl_history"
@@ -198,8 +198,8 @@ class Shell:
     def _connect(self, args: list[str]) -> bool:
         text = f"{args[0]}:{args[1]}" if len(args) == 2 else args[0]
         try:
-            (endpoint,) = parse_endpoints(text)
-        except (ConfigError, ValueError) as e:
+            endpoint = parse_address(text)
+        except ConfigError as e:
             raise ShellError(str(e)) from None
         old, self.client = self.client, Client([endpoint], self.timeout, pin=True)
         old.close()
@@ -276,10 +276,9 @@ class Shell:
     @staticmethod
     def _address(text: str) -> str:
         try:
-            (address,) = parse_endpoints(text)
-        except (ConfigError, ValueError):
+            return parse_address(text)
+        except ConfigError:
             raise ShellError(f"{text!r} is not one HOST:PORT") from None
-        return address
 
     def _help(self, args: list[str]) -> bool:
         width = max(len(c.usage) for c in self.commands.values())

@@ -131,6 +131,14 @@ def parse_endpoints(text: str) -> tuple[str, ...]:
     return tuple(endpoints)
 
 
+def parse_address(text: str) -> str:
+    """One HOST:PORT (where a member listens), checked as an endpoint is; ConfigError otherwise."""
+    endpoints = parse_endpoints(text)
+    if len(endpoints) != 1:
+        raise ConfigError(f"{text[:80]!r} is not one HOST:PORT")
+    return endpoints[0]
+
+
 # -- the seed's conf format ---------------------------------------------------------------------------
 
 

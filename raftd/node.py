@@ -863,7 +863,7 @@ class RaftNode:
         removed it, and would otherwise campaign on). The refused node stops (_refused)."""
         members = self.kv.members
         if not members:
-            if incarnation:
+            if incarnation and self.is_member(core_id):  # members only: a bounded map
                 self._incarnations[core_id] = incarnation  # for the bootstrap record
             return None
         node = from_core(core_id)

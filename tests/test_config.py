@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from raftd.config import ClusterConfig, ConfigError, NodeAddr, derived_name, load_cluster, parse_endpoints
+from raftd.config import (
+    ClusterConfig,
+    ConfigError,
+    NodeAddr,
+    derived_name,
+    load_cluster,
+    parse_address,
+    parse_endpoints,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_NODES = (
@@ -276,3 +284,11 @@ def test_parse_endpoints_errors(text: str, fragment: str) -> None:
         parse_endpoints(text)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_member_address_is_one_endpoint() -> None:
+    assert parse_address(" 127.0.0.1:5000 ") == "127.0.0.1:5000"
+    with pytest.raises(ConfigError, match="is not one HOST:PORT"):
+        parse_address("a:1,b:2")
+    with pytest.raises(ConfigError, match="is not HOST:PORT"):
+        parse_address("nowhere")

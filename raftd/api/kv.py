@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from raftd.backup import pack
-from raftd.config import ConfigError, parse_endpoints
+from raftd.config import ConfigError, parse_address
 from raftd.errors import Unavailable
 from raftd.kv.members import Change
 from raftd.node import MAX_SUSPEND_S, MemberView, RaftNode
@@ -220,14 +220,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     async def MemberAdd(
         self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MemberChangeResponse:
-        try:
-            (address,) = parse_endpoints(request.address)
-        except (ConfigError, ValueError):
-            raise RequestFailed(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"address {request.address[:80]!r} is not one HOST:PORT",
-                NOT_APPLIED,
-            ) from None
+        address = _address(request.address)
         return await self._change(context, "add", Change.ADD_LEARNER, -1, address, request)
 
     @grpc_errors
@@ -246,14 +239,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     async def MemberUpdate(
         self, request: pb.MemberUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MemberChangeResponse:
-        try:
-            (address,) = parse_endpoints(request.address)
-        except (ConfigError, ValueError):
-            raise RequestFailed(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"address {request.address[:80]!r} is not one HOST:PORT",
-                NOT_APPLIED,
-            ) from None
+        address = _address(request.address)
         return await self._change(context, "update", Change.UPDATE, request.id, address, request)
 
     async def _change(
@@ -291,6 +277,15 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             return answer
 
         return await on_leader(node, context, local, forward, write=True)
+
+
+def _address(text: str) -> str:
+    try:
+        return parse_address(text)
+    except ConfigError:
+        raise RequestFailed(
+            grpc.StatusCode.INVALID_ARGUMENT, f"address {text[:80]!r} is not one HOST:PORT", NOT_APPLIED
+        ) from None
 
 
 def _member_pb(m: MemberView) -> pb.Member:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import pytest
 
 from raftctl.benchmark import proc_rss_kib
 from raftd.launcher import HOST as HOST
@@ -305,3 +307,44 @@ def cluster_of(root: Path, n: int = 3, **kw: object) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+# -- earlier releases, for upgrade tests ------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def release_env(commit: str, dest: Path) -> dict[str, str]:
+    """The environment that runs raftd as of commit (exported from git history under dest). Skips when
+    this clone lacks the commit (a shallow clone), and fails under CI=true, which must run the test."""
+    if not _export(commit, dest):
+        if os.environ.get("CI"):
+            pytest.fail(f"commit {commit} is not in this clone (a shallow clone?)")
+        pytest.skip(
+            f"the upgrade test runs an earlier release's code from git history, and this clone lacks "
+            f"commit {commit} (a shallow clone: `git fetch --unshallow` brings it)"
+        )
+    return {"PYTHONPATH": str(dest)}
+
+
+def meta_of(db: Path) -> dict[str, object]:
+    """A node's database's meta table, read without taking its lock."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        conn.close()
+
+
+def _export(commit: str, dest: Path) -> bool:
+    """The raftd package as of commit, under dest; False when the clone does not have that commit."""
+    probe = subprocess.run(
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        return False
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "raftd"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return True

@@ -5,11 +5,8 @@ peers; a data directory of the previous release, named after its map's addresses
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -19,11 +16,10 @@ import pytest
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2
 
-from .cluster import Cluster, wait_until
+from .cluster import Cluster, meta_of, release_env, wait_until
 
 # The last commit before cluster ids: its data directories carry only the name derived from their map.
 PREVIOUS_RELEASE = "7da569492906dbd5d893b6186fa05aef1cc9c60c"
-REPO = Path(__file__).resolve().parents[2]
 ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
@@ -107,22 +103,14 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
     """Directories written before cluster ids start, keep their data, and get an id from the log, but
     only once no node of the previous release is left to stop on that entry: nodes are upgraded one at a
     time while the cluster serves."""
-    old_code = tmp_path / "previous-release"
-    if not _export(PREVIOUS_RELEASE, old_code):
-        if os.environ.get("CI"):
-            pytest.fail(f"commit {PREVIOUS_RELEASE} is not in this clone (a shallow clone?)")
-        pytest.skip(
-            f"the upgrade test runs the previous release's code from git history, and this clone lacks "
-            f"commit {PREVIOUS_RELEASE} (a shallow clone: `git fetch --unshallow` brings it)"
-        )
-    old_env = {"PYTHONPATH": str(old_code)}
+    old_env = release_env(PREVIOUS_RELEASE, tmp_path / "previous-release")
     with Cluster(tmp_path / "c", env=old_env) as c:
         c.start_all()
         c.put_retrying(0, "k", "before")
         for i in range(3):
             assert c.terminate(i) == 0
         for i in range(3):  # the old code's directories: a derived name, no id
-            meta = _meta(c.data_dir(i) / "raft.db")
+            meta = meta_of(c.data_dir(i) / "raft.db")
             assert meta["cluster"].startswith("c-") and "cluster_id" not in meta, meta
 
         c.env = old_env
@@ -142,7 +130,7 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
         time.sleep(1.0)  # ten heartbeats: time enough for a leader to propose an id it should not
         assert sorted(c.running()) == [0, 1, 2], c.dump_logs()
         assert {c.status(i).cluster_id for i in (0, 1)} == {""}
-        assert "cluster_id" not in _meta(c.data_dir(2) / "raft.db")
+        assert "cluster_id" not in meta_of(c.data_dir(2) / "raft.db")
 
         assert c.terminate(2) == 0
         c.start(2)
@@ -151,7 +139,7 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
         for i in range(3):
             c.wait_value(i, "k", "during", local=True)
             # Migrated in place: checksums on every row, and a vote record beside it (issue 19).
-            assert _meta(c.data_dir(i) / "raft.db")["schema_version"] == 2
+            assert meta_of(c.data_dir(i) / "raft.db")["schema_version"] == 2
             assert (c.data_dir(i) / "raft.vote").exists()
         c.put_retrying(1, "k", "after")
         c.wait_value(2, "k", "after", local=False)
@@ -159,26 +147,3 @@ def test_a_rolling_upgrade_from_the_previous_release(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             c.put(1, "s", "late", session=kv_pb2.WriteSession(client_id="unknown-2", seq=5, first=False))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
-def _meta(db: Path) -> dict[str, object]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    finally:
-        conn.close()
-
-
-def _export(commit: str, dest: Path) -> bool:
-    """The raftd package as of commit, under dest; False when the clone does not have that commit."""
-    probe = subprocess.run(
-        ["git", "-C", str(REPO), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        return False
-    dest.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit, "raftd"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return True

@@ -5,7 +5,6 @@ under its old id and comes back under a new one, and wrong requests are refused 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,15 +12,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from raftctl.client import Client, ClientError, OutcomeUnknown
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2
 from raftd.storage import DirRecord
 
-from .cluster import HOST, Cluster, raftd_env, wait_until
-from .test_identity import _export, _meta
+from .cluster import HOST, Cluster, meta_of, raftd_env, release_env, wait_until
 
 CTL_LIMIT_S = 30.0
 EXIT_WAIT_S = 20.0
@@ -227,21 +223,13 @@ BEFORE_MEMBERSHIP = "3855c01e557e08756c27d5f1445713e57ca230a7"
 def test_a_cluster_of_the_previous_release_records_its_membership_once_every_node_is_upgraded(
     tmp_path: Path,
 ) -> None:
-    old_code = tmp_path / "previous-release"
-    if not _export(BEFORE_MEMBERSHIP, old_code):
-        if os.environ.get("CI"):
-            pytest.fail(f"commit {BEFORE_MEMBERSHIP} is not in this clone (a shallow clone?)")
-        pytest.skip(
-            f"the upgrade test runs the previous release's code from git history, and this clone lacks "
-            f"commit {BEFORE_MEMBERSHIP} (a shallow clone: `git fetch --unshallow` brings it)"
-        )
-    old_env = {"PYTHONPATH": str(old_code)}
+    old_env = release_env(BEFORE_MEMBERSHIP, tmp_path / "previous-release")
     with Cluster(tmp_path / "c", env=old_env) as c:
         c.start_all()
         c.put_retrying(0, "k", "before")
         for i in range(3):
             assert c.terminate(i) == 0
-        assert all("record" not in _meta(c.data_dir(i) / "raft.db") for i in range(3))
+        assert all("record" not in meta_of(c.data_dir(i) / "raft.db") for i in range(3))
 
         c.start(2)  # still the previous release
         c.env = {}
@@ -267,6 +255,6 @@ def test_a_cluster_of_the_previous_release_records_its_membership_once_every_nod
         )
         for i in range(3):
             c.wait_value(i, "k", "during", local=True)
-            record = DirRecord.load(str(_meta(c.data_dir(i) / "raft.db")["record"]))
+            record = DirRecord.load(str(meta_of(c.data_dir(i) / "raft.db")["record"]))
             assert record.voters == (0, 1, 2) and not record.removed
         assert roles(c) == dict.fromkeys(range(3), "voter")
