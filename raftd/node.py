@@ -825,12 +825,16 @@ class RaftNode:
     def _sync_peers(self) -> None:
         """One sender per member but this node, made and dropped as the membership changes. A member
         removed keeps its sender until the removal applies: a leader that removed itself leads until the
-        change commits, and needs its followers' answers for that."""
+        change commits, and needs its followers' answers for that. A node that is no member in its own
+        view (one that joins: its log does not hold its addition yet) has a sender to every node it knows
+        of, since the leader that adds it may be none of the bootstrap voters its core starts from."""
         conf = self.raw.conf_state()
         if conf == self._synced_conf:
             return
         self._synced_conf = conf
         members = {*conf.voters, *conf.learners, *(to_core(i) for i in self.kv.members)}
+        if self.id not in members:
+            members.update(self.addresses)
         want = {p for p in members if p != self.id and p in self.addresses}
         for core_id, client in list(self.peers.items()):
             if core_id not in want or client.address != self.addresses[core_id].address:

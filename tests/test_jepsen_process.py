@@ -17,16 +17,17 @@ import os
 import random
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from raftctl.client import Client, NotFound
 from raftd.testing import History, Op, check, check_failed_writes_unread
-from raftd.testing.nemesis import ProcessNemesis
+from raftd.testing.nemesis import MembershipNemesis, Nemesis, ProcessMembershipNemesis, ProcessNemesis
 from raftd.testing.workload import client_plan, run_workload
 
-from .daemon.cluster import Cluster, cluster_of
+from .daemon.cluster import Cluster, cluster_of, raftd_env
 
 SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "20"))
 KEYS = ["k0", "k1", "k2"]
@@ -40,9 +41,8 @@ FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the w
 CHECK_TIMEOUT_S = max(120.0, 2 * SECONDS)
 
 
-def final_reads(c: Cluster, history: History) -> None:
+def final_reads(c: Cluster, history: History, endpoints: list[str]) -> None:
     """After the heal: one linearizable read per key, recorded, so a lost acknowledged write shows up."""
-    endpoints = [c.address(i) for i in range(c.n)]
     with Client(endpoints, timeout=20.0) as client:
         for j, key in enumerate(KEYS):
             op = history.invoke(FINAL_READ_PROCESS + j, "get", key)
@@ -58,10 +58,9 @@ def final_reads(c: Cluster, history: History) -> None:
             history.ok(op, value)
 
 
-def record(
-    c: Cluster, seconds: float, seed: int, nemesis: ProcessNemesis | None
-) -> tuple[History, list[str]]:
-    """The workload for `seconds` (with the nemesis beside it), then heal, a leader, and the final reads."""
+def record(c: Cluster, seconds: float, seed: int, nemesis: Nemesis | None) -> tuple[History, list[str]]:
+    """The workload for `seconds` (with the nemesis beside it), then heal, a leader, and the final reads
+    (from the members as they are then)."""
     history = History()
     rng = random.Random(seed)
     endpoints = [c.address(i) for i in range(c.n)]
@@ -96,10 +95,14 @@ def record(
         if nemesis is not None:
             thread.join()
             nemesis.heal_all()
-            nemesis.close()
-    assert not nemesis_errors, f"the nemesis failed: {nemesis_errors[0]!r}"
-    c.wait_leader(nodes=list(range(c.n)))
-    final_reads(c, history)
+    if nemesis_errors:
+        trace = "".join(traceback.format_exception(nemesis_errors[0]))
+        raise AssertionError(f"the nemesis failed: {trace}\n{c.dump_logs()}")
+    if isinstance(nemesis, MembershipNemesis):
+        final_reads(c, history, sorted(nemesis.members.values()))
+    else:
+        c.wait_leader(nodes=list(range(c.n)))
+        final_reads(c, history, endpoints)
     return history, schedule
 
 
@@ -139,7 +142,10 @@ def test_jepsen_process_cluster(tmp_path: Path) -> None:
         # Up to two of three nodes faulty: with a majority down nothing commits, and the entries left
         # uncommitted in a dead leader's log are the interesting ones when it comes back.
         nemesis = ProcessNemesis(c, max_faulty=2)
-        history, schedule = record(c, SECONDS, seed, nemesis)
+        try:
+            history, schedule = record(c, SECONDS, seed, nemesis)
+        finally:
+            nemesis.close()
         ops = history.ops()
         context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
         assert_correct(ops, history, tmp_path / "history.jsonl", context)
@@ -151,6 +157,32 @@ def test_jepsen_process_cluster(tmp_path: Path) -> None:
     by_client = Counter((client_kind(op.process), op.kind) for op in ops if op.status == "ok")
     for kind in ("raft_service", "unary"):
         assert by_client[kind, "put"] >= 5 and by_client[kind, "get"] >= 5, summary_by_client(ops)
+    assert all(op.status != "pending" for op in ops)
+
+
+def test_jepsen_process_cluster_under_membership_changes(tmp_path: Path) -> None:
+    """The same workload while nodes are added (then promoted), removed (the leader half the time) and
+    replaced (removed, then an empty node added at its address under a new id), between three and five
+    members; every removed node must stop by itself."""
+    seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
+    print(f"\njepsen membership: seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays it), {SECONDS:g}s")
+    with cluster_of(tmp_path / "cluster", 3) as c:
+        nemesis = ProcessMembershipNemesis(c, raftd_env())
+        try:
+            nemesis.wait_recorded()
+            history, schedule = record(c, SECONDS, seed, nemesis)
+            ops = history.ops()
+            context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
+            assert_correct(ops, history, tmp_path / "history.jsonl", context + nemesis.dump_logs())
+        finally:
+            nemesis.close()
+
+    # Changes of every kind applied, and the clients got work done through them.
+    assert sum(nemesis.changes.values()) >= min(3, int(SECONDS / 5)), schedule
+    if SECONDS >= 20:
+        assert set(nemesis.changes) >= {"add", "remove"}, schedule
+    done = Counter(op.kind for op in ops if op.status == "ok")
+    assert done["put"] >= 20 and done["get"] >= 20, summary(ops)
     assert all(op.status != "pending" for op in ops)
 
 

@@ -9,8 +9,10 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 
+from raftd.api.kv import AdminService
 from raftd.config import load_cluster
 from raftd.core import (
     ConfChange,
@@ -28,6 +30,7 @@ from raftd.kv import Command, KVStore, Op, encode
 from raftd.kv.image import decode
 from raftd.kv.members import Change, Member, MemberChange
 from raftd.node import RaftNode, conf_change_of, conf_of, in_config_ids, to_core
+from raftd.pb import kv_pb2
 from raftd.pb import peer_pb2 as pb
 from raftd.storage import MemoryStorage, SqliteStorage
 from raftd.transport import memory
@@ -138,6 +141,10 @@ async def _lead(nodes: dict[int, RaftNode]) -> RaftNode:
     return nodes[await _leader(nodes, live)]
 
 
+def _stopped(node: RaftNode) -> bool:
+    return node._runner is not None and node._runner.done()
+
+
 def _recorded(nodes: dict[int, RaftNode], ids: list[int]) -> bool:
     return all(
         sorted(n.kv.members) == ids and all(m.incarnation for m in n.kv.members.values())
@@ -179,12 +186,20 @@ def test_a_change_is_refused_until_the_membership_is_recorded(tmp_path: Path) ->
     asyncio.run(main())
 
 
-def _joiner(tmp_path: Path, network: MemoryNetwork, node_id: int, voters: tuple[int, ...]) -> RaftNode:
-    """A node that joins: its own map lists it, its directory the cluster's bootstrap voters."""
+def _joiner(
+    tmp_path: Path,
+    network: MemoryNetwork,
+    node_id: int,
+    voters: tuple[int, ...],
+    members: tuple[int, ...] | None = None,
+) -> RaftNode:
+    """A node that joins: its own map lists it and the members (by default every id below its own), its
+    directory the cluster's bootstrap voters."""
+    listed = sorted({*(members if members is not None else range(node_id)), node_id})
     conf = tmp_path / f"join-{node_id}.yaml"
     conf.write_text(
         "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
-        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(node_id + 1))
+        + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in listed)
     )
     storage = MemoryStorage()
     storage.save_record(dataclasses.replace(storage.record, voters=voters))
@@ -228,6 +243,39 @@ def test_a_learner_joins_is_promoted_and_a_removed_leader_stops_for_good(tmp_pat
             assert again.value.invalid
             await joiner.stop()
             await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_node_joins_a_cluster_led_by_a_member_that_was_not_a_bootstrap_voter(tmp_path: Path) -> None:
+    """A joining node's core starts from the bootstrap voters, and the cluster it joins no longer has
+    them: it must answer the leader it hears from (found by the membership nemesis: a learner added once
+    the bootstrap voters were gone never caught up)."""
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (network, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            first = await _lead(nodes)
+            assert await first.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4") == 3
+            third = nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
+            runners = [asyncio.get_running_loop().create_task(third.run())]
+            await _until("node 3 to catch up", lambda: 3 in third.kv.members)
+            await first.change_member(Change.ADD_VOTER, 3)
+            await first.transfer_leader(3)
+            await _until("node 3 to lead", third.is_leader)
+            for gone in (0, 1):  # two bootstrap voters go; node 2 stays so that a quorum remains
+                await third.change_member(Change.REMOVE, gone)
+            await _until("the removed nodes to stop", lambda: all(_stopped(nodes[i]) for i in (0, 1)))
+            assert await third.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:5") == 4
+            # Its map is what --join was told: the members now, none of them the leader's old peers.
+            fourth = nodes[4] = _joiner(tmp_path, network, 4, (0, 1, 2), members=(2, 3))
+            runners.append(asyncio.get_running_loop().create_task(fourth.run()))
+            await _write(nodes, {2, 3}, b"k", b"v")
+            await _until("node 4 to catch up", lambda: fourth.kv.get(b"k") == b"v")
+            await third.change_member(Change.ADD_VOTER, 4)
+            for n in (third, fourth):
+                await n.stop()
+            await asyncio.gather(*runners, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -311,3 +359,41 @@ def test_refusals_name_nodes_by_the_ids_users_know() -> None:
         in_config_ids("a membership change is in progress (log index 9)")
         == "a membership change is in progress (log index 9)"
     )
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """What AdminService.MemberList uses of a grpc.aio context."""
+
+    code: grpc.StatusCode | None = None
+    details = ""
+
+    async def abort(self, code: grpc.StatusCode, details: str, trailers: object = None) -> None:
+        self.code, self.details = code, details
+        raise _Aborted
+
+
+def test_member_list_is_refused_by_a_node_outside_the_membership(tmp_path: Path) -> None:
+    """A joining node's core knows only the bootstrap voters, with no address for those it was not told
+    of: listed, that would send a client to nodes long gone (found by the membership nemesis, whose client
+    got such a list). It refuses, so that the client asks a member."""
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (network, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            joiner = _joiner(tmp_path, network, 3, (0, 1, 2), members=(1,))
+            context = _Context()
+            with pytest.raises(_Aborted):
+                await AdminService(joiner).MemberList(kv_pb2.MemberListRequest(), context)  # type: ignore[arg-type]
+            assert context.code == grpc.StatusCode.UNAVAILABLE
+            assert (
+                context.details == "node 3 is not a member of the cluster (joining, or removed): ask a member"
+            )
+            listed = await AdminService(nodes[1]).MemberList(kv_pb2.MemberListRequest(), _Context())  # type: ignore[arg-type]
+            assert [m.address for m in listed.members] == [f"127.0.0.1:{1 + i}" for i in range(3)]
+            release_node(joiner)
+
+    asyncio.run(main())

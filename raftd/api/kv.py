@@ -200,8 +200,15 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     async def MemberList(
         self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MemberListResponse:
-        """Served by any node from what it has: a joining node asks whichever member it reaches."""
+        """Served by any member from what it has applied: a joining node asks whichever member it reaches.
+        A node outside the membership (its addition has not reached it yet, or it was removed) only knows
+        the membership it started from: it refuses, so that a client asks another node."""
         node = self.node
+        if not node.is_member(node.id):
+            raise RequestFailed(
+                grpc.StatusCode.UNAVAILABLE,
+                f"node {node.me.id} is not a member of the cluster (joining, or removed): ask a member",
+            )
         lo, hi = node.cluster.election_timeout_ms
         leader = node.leader()
         return pb.MemberListResponse(

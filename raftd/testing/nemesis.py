@@ -11,15 +11,28 @@ from __future__ import annotations
 import abc
 import contextlib
 import random
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 
-from raftctl.client import CHANNEL_OPTIONS
+from raftctl.client import (
+    CHANNEL_OPTIONS,
+    Client,
+    ClientError,
+    InvalidArgument,
+    OutcomeUnknown,
+    ServerError,
+    Unavailable,
+)
+from raftd.launcher import HOST, free_ports
 from raftd.pb import kv_pb2, kv_pb2_grpc
 
 
@@ -116,6 +129,8 @@ class ProcessCluster(Protocol):
     """What ProcessNemesis needs of a process cluster (tests/daemon/cluster.py's Cluster has it)."""
 
     n: int
+    root: Path
+    procs: dict[int, subprocess.Popen[bytes]]
 
     def address(self, i: int) -> str: ...
     def kill(self, i: int) -> int: ...
@@ -189,3 +204,256 @@ class ProcessNemesis(ScheduledNemesis):
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
+
+
+class MembershipNemesis(Nemesis):
+    """Membership changes beside the workload, through the Admin API as an operator makes them: add a node
+    (a learner that joins with an empty directory, then is promoted, by the operator or by itself), remove
+    one (the leader half the time), and replace one (remove it, then add an empty node at its address under
+    a new id: the documented way back for a wiped disk).
+
+    The cluster keeps between min_voters and max_members members between steps. What a change did is read
+    back from the cluster (MemberList), never assumed: a change whose outcome is unknown may have applied,
+    and every step starts from what the leader says. A removed node must stop by itself with status 0; one
+    that does not is a failure of the run (raised), not something to paper over by killing it.
+    """
+
+    KINDS = ("add", "remove", "replace")
+
+    def __init__(
+        self,
+        members: dict[int, str],
+        *,
+        kinds: Sequence[str] = KINDS,
+        min_voters: int = 3,
+        max_members: int = 5,
+        wait_s: float = 20.0,
+    ) -> None:
+        unknown = set(kinds) - set(self.KINDS)
+        if unknown or not kinds:
+            raise ValueError(f"bad membership changes {sorted(unknown) or 'none'}")
+        self.kinds = list(kinds)
+        self.members = dict(members)  # id -> address, as last listed
+        self.learners: set[int] = set()
+        self.recorded = False
+        self.listed = ""  # the last listing, for messages
+        self.min_voters = min_voters
+        self.max_members = max_members
+        self.wait_s = wait_s
+        self.changes: Counter[str] = Counter()  # changes known to have applied, by kind
+        self.removed: list[int] = []
+
+    # -- what a concrete nemesis provides ------------------------------------------------------------
+    @abc.abstractmethod
+    def new_address(self) -> str:
+        """An address no member uses, for a node to add."""
+
+    @abc.abstractmethod
+    def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
+        """Start node_id on an empty data directory with --join endpoints."""
+
+    @abc.abstractmethod
+    def wait_exit(self, node_id: int, timeout: float) -> tuple[int | None, str]:
+        """Wait for node_id's process to end: its exit status (None if it still runs) and its stderr."""
+
+    # -- the cluster, through the Admin API ----------------------------------------------------------
+    def _client(self) -> Client:
+        return Client(sorted(self.members.values()), timeout=self.wait_s)
+
+    def refresh(self) -> kv_pb2.MemberListResponse:
+        """The membership as the leader applied it (a follower's may lag it); self.members follows."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            with contextlib.suppress(ClientError):
+                with self._client() as client:
+                    leader = client.get_leader()
+                with Client([leader.address], timeout=self.wait_s, pin=True) as client:
+                    listed = client.member_list()
+                if listed.leader_id == leader.id:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no leader listed the membership in {self.wait_s:g}s: {self.listed}")
+            time.sleep(0.1)
+        self.members = {m.id: m.address for m in listed.members}
+        self.learners = {m.id for m in listed.members if m.learner}
+        self.recorded = listed.recorded
+        self.listed = (
+            ", ".join(
+                f"{m.id}@{m.address}{' learner' if m.learner else ''} match {m.match_index}"
+                for m in listed.members
+            )
+            + f"; leader {listed.leader_id}"
+        )
+        return listed
+
+    def _change(self, what: str, call: Callable[[Client], object], done: Callable[[], bool]) -> bool:
+        """Make one change, retrying while it is refused for the moment (another change pending, a learner
+        still behind, no leader) or its outcome is unknown; True once `done` holds of the listed
+        membership, False if it was refused for good (InvalidArgument) and has not happened."""
+        deadline = time.monotonic() + self.wait_s
+        last: ClientError | None = None
+        while True:
+            try:
+                with self._client() as client:
+                    call(client)
+            except InvalidArgument:
+                self.refresh()
+                return done()
+            except (ServerError, OutcomeUnknown, Unavailable) as e:
+                last = e
+            self.refresh()
+            if done():
+                return True
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not done after {self.wait_s:g}s ({last}); {self.listed}")
+            time.sleep(0.2)
+
+    def _add(self, address: str, rng: random.Random) -> int:
+        before = set(self.members)
+        added: list[int] = []
+
+        def add(client: Client) -> None:
+            added.append(client.member_add(address).member.id)
+
+        def done() -> bool:
+            return any(self.members.get(i) == address for i in set(self.members) - before)
+
+        if not self._change(f"add {address}", add, done):
+            raise AssertionError(f"add {address} was refused: members {self.members}")
+        node = next(i for i in set(self.members) - before if self.members[i] == address)
+        assert not added or added[-1] == node, f"the add answered id {added[-1]}, the cluster lists {node}"
+        auto = rng.random() < 0.5
+        self.launch(node, sorted(a for i, a in self.members.items() if i != node), auto)
+        if auto:
+            self._wait(f"node {node} to promote itself", lambda: node not in self.learners)
+        else:
+            self._promote(node)
+        self.changes["add"] += 1
+        return node
+
+    def _promote(self, node: int) -> None:
+        """Promote a learner: refused (for the moment) while it is behind, so retried until it is not."""
+
+        def promoted() -> bool:
+            return node not in self.learners
+
+        if not self._change(f"promote {node}", lambda c: c.member_promote(node), promoted):
+            raise AssertionError(f"promote {node} was refused: members {self.members}")
+
+    def _remove(self, node: int) -> None:
+        address = self.members[node]
+        if not self._change(
+            f"remove {node}", lambda c: c.member_remove(node), lambda: node not in self.members
+        ):
+            raise AssertionError(f"remove {node} was refused: members {self.members}")
+        status, stderr = self.wait_exit(node, self.wait_s)
+        if status != 0 or "removed from the cluster" not in stderr:
+            raise AssertionError(
+                f"node {node} ({address}) was removed but its process "
+                + ("still runs" if status is None else f"exited {status}")
+                + f":\n{stderr[-2000:]}"
+            )
+        self.removed.append(node)
+        self.changes["remove"] += 1
+
+    def _wait(self, what: str, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            with contextlib.suppress(ClientError):
+                self.refresh()
+                if check():
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"waited {self.wait_s:g}s for {what}: {self.listed}")
+            time.sleep(0.2)
+
+    def wait_recorded(self) -> None:
+        """Changes are refused until the cluster has recorded its membership (its first leader does)."""
+        self._wait("the membership record", lambda: self.recorded)
+
+    # -- the schedule ---------------------------------------------------------------------------------
+    def step(self, rng: random.Random) -> str:
+        listed = self.refresh()
+        voters = sorted(set(self.members) - self.learners)
+        for node in sorted(self.learners):  # a learner left by an earlier step: promote it first
+            self._promote(node)
+        possible = [
+            kind
+            for kind in self.kinds
+            if (kind == "add" and len(self.members) < self.max_members)
+            or (kind == "remove" and len(voters) > self.min_voters)
+            or (kind == "replace" and len(voters) >= self.min_voters)
+        ]
+        if not possible:
+            return "nothing to do"
+        kind = rng.choice(possible)
+        if kind == "add":
+            node = self._add(self.new_address(), rng)
+            return f"add node {node} at {self.members[node]}"
+        lead = listed.leader_id if listed.leader_id in voters and rng.random() < 0.5 else None
+        target = lead if lead is not None else rng.choice(voters)
+        suffix = " (the leader)" if target == lead else ""
+        if kind == "remove":
+            self._remove(target)
+            return f"remove node {target}{suffix}"
+        address = self.members[target]
+        self._remove(target)
+        node = self._add(address, rng)
+        self.changes["replace"] += 1
+        return f"replace node {target}{suffix} by node {node} at {address}"
+
+    def heal_all(self) -> None:
+        """Membership changes are not faults to undo: this waits until every member is a voter."""
+        self._wait("every member a voter", lambda: not self.learners)
+
+
+class ProcessMembershipNemesis(MembershipNemesis):
+    """MembershipNemesis on local processes: the cluster's own nodes, and nodes it starts with --join
+    (data directory root/data-ID, output root/node-ID.out and .err, as the cluster's own)."""
+
+    def __init__(self, cluster: ProcessCluster, env: dict[str, str], **kw: Any) -> None:
+        super().__init__({i: cluster.address(i) for i in range(cluster.n)}, **kw)
+        self.cluster = cluster
+        self.env = env
+        self.joined: dict[int, subprocess.Popen[bytes]] = {}
+
+    def new_address(self) -> str:
+        return f"{HOST}:{free_ports(1)[0]}"
+
+    def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
+        root = self.cluster.root
+        args = [str(node_id), "--join", ",".join(endpoints), "--data-dir", str(root / f"data-{node_id}")]
+        with (
+            (root / f"node-{node_id}.out").open("ab") as out,
+            (root / f"node-{node_id}.err").open("ab") as err,
+        ):
+            self.joined[node_id] = subprocess.Popen(
+                [sys.executable, "-m", "raftd", *args, *(["--auto-promote"] if auto_promote else [])],
+                env=self.env,
+                stdout=out,
+                stderr=err,
+            )
+
+    def wait_exit(self, node_id: int, timeout: float) -> tuple[int | None, str]:
+        proc = self.joined.get(node_id) or self.cluster.procs[node_id]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+        err = self.cluster.root / f"node-{node_id}.err"
+        return proc.poll(), err.read_text(errors="replace") if err.exists() else ""
+
+    def dump_logs(self) -> str:
+        """The joined nodes' output (the cluster's own nodes are the cluster's to show)."""
+        parts = []
+        for i in sorted(self.joined):
+            for name in (f"node-{i}.out", f"node-{i}.err"):
+                path = self.cluster.root / name
+                if path.exists():
+                    parts.append(f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        """Kill the nodes it started, whatever state they are in."""
+        for proc in self.joined.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
