@@ -1,5 +1,6 @@
 """The compose deployment end to end: build, up, healthy, write and read through published ports, lose a
-node, keep serving, down -v. From the host only ports published on 127.0.0.1 are used."""
+node, keep serving, grow by a node that joins, down -v. From the host only ports published on 127.0.0.1
+are used."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftd.config import load_cluster
+from raftctl.client import Client, ServerError
+from raftd.config import NodeAddr, load_cluster
 from raftd.deploy.compose import render
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
@@ -24,8 +26,11 @@ WAIT_S = 90
 
 
 class Deployment:
-    def __init__(self, compose: list[str], directory: Path, project: str, ports: list[int]) -> None:
+    def __init__(
+        self, compose: list[str], directory: Path, project: str, ports: list[int], image: str
+    ) -> None:
         self.compose = compose
+        self.image = image
         self.dir = directory
         self.project = project
         self.ports = ports
@@ -110,7 +115,7 @@ def deployment(image: str, compose_cmd: list[str], tmp_path: Path) -> Iterator[D
     (tmp_path / "compose.yml").write_text(
         render(load_cluster(cluster_map), str(cluster_map), str(tmp_path), image)
     )
-    d = Deployment(compose_cmd, tmp_path, f"raftdit{uuid.uuid4().hex[:8]}", ports)
+    d = Deployment(compose_cmd, tmp_path, f"raftdit{uuid.uuid4().hex[:8]}", ports, image)
     try:
         d.run("up", "-d")
         yield d
@@ -137,6 +142,43 @@ def test_compose_cluster_survives_a_lost_node(deployment: Deployment) -> None:
     d.wait_healthy(["n0"])
     got = _retry(lambda: d.kv(p0).Get(pb.GetRequest(key=b"k"), timeout=5))
     assert got.value == b"v2"
+
+
+def test_compose_cluster_grows_by_a_service_that_joins(deployment: Deployment) -> None:
+    """docs/operations.md's procedure: member add, regenerate with --join, up -d the new service only,
+    promote. The running services are not recreated."""
+    d = deployment
+    d.wait_healthy(["n0", "n1", "n2"])
+    running = {s: d.container(s) for s in ("n0", "n1", "n2")}
+    host = [f"127.0.0.1:{p}" for p in d.ports]
+    with Client(host, timeout=30.0) as client:
+        client.put("k", "before")
+        (port,) = free_ports(1)
+        added = client.member_add(f"n3:{port}").member
+        assert (added.id, added.learner) == (3, True)
+        cluster_map = d.dir / "cluster.yaml"
+        joiner = NodeAddr(3, "n3", port)
+        (d.dir / "compose.yml").write_text(
+            render(load_cluster(cluster_map), str(cluster_map), str(d.dir), d.image, [joiner])
+        )
+        d.run("up", "-d", "n3")
+        d.wait_healthy(["n3"])
+        assert {s: d.container(s) for s in running} == running, "the running services were left alone"
+        deadline = time.monotonic() + WAIT_S
+        while True:  # refused (FAILED_PRECONDITION) while it is behind
+            try:
+                client.member_promote(3)
+                break
+            except ServerError:
+                assert time.monotonic() < deadline, "node 3 was never promoted"
+                time.sleep(0.5)
+        roles = {m.id: m.learner for m in client.member_list().members}
+        assert roles == {0: False, 1: False, 2: False, 3: False}
+        client.put("k", "after")
+    with Client([f"127.0.0.1:{port}"], timeout=30.0, pin=True) as new:
+        assert new.get("k") == "after", "served (linearizably) by the node that joined"
+    r = d.run("exec", "-T", "n3", "raftctl", "member", "list")
+    assert r.stdout.count("voter") == 4, r.stdout
 
 
 def test_image_runs_as_non_root_with_a_data_volume(image: str) -> None:
