@@ -308,6 +308,7 @@ class RaftNode:
         self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
         self._record_proposed = 0  # the term in which it last proposed the bootstrap membership record
+        self._map_checked = False  # the map against the record: once, at start (not again at a resume)
         # Each peer's data directory, from its traffic (for the bootstrap record), and the term in which
         # this node last proposed recording one.
         self._incarnations: dict[int, str] = {self.id: storage.record.incarnation}
@@ -352,13 +353,26 @@ class RaftNode:
             hard_state = dataclasses.replace(hard_state, commit=snap.index)
         self.raw = RawNode(self.config, hard_state, snap, state.entries, applied=0)
         self.kv = kv
-        self._learn(kv.members.items(), state.entries)
+        recorded = self._learn(kv.members.items(), state.entries)
         if self.cluster.addresses_given:
             # The map at this start wins for the nodes it lists: it is how an operator moves a node
-            # while the cluster is down (raftctl member update is the way while it runs).
+            # while the cluster is down (raftctl member update is the way while it runs, and what makes
+            # the move known to every node, joined ones included: hence the warning).
             for n in self.cluster.nodes:
+                known = recorded.get(to_core(n.id), "")
+                if known not in ("", n.address) and not self._map_checked:
+                    log.warning(
+                        "The cluster map has node %d at %s, the cluster has it at %s: if it moved, run "
+                        "raftctl member update %d %s",
+                        n.id,
+                        n.address,
+                        known,
+                        n.id,
+                        n.address,
+                    )
                 if to_core(n.id) != self.id:
                     self.addresses[to_core(n.id)] = n
+            self._map_checked = True
         # The state machine holds only the image until the log after it is applied again: no read is
         # served before it reaches the commit index this node had stored ("possibly stale" must never
         # mean "empty").
@@ -794,9 +808,10 @@ class RaftNode:
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # -- membership ---------------------------------------------------------------------------------
-    def _learn(self, members: Iterable[tuple[int, Member]], entries: Iterable[Entry]) -> None:
+    def _learn(self, members: Iterable[tuple[int, Member]], entries: Iterable[Entry]) -> dict[int, str]:
         """Take members' addresses from a record and from Op.MEMBER entries as they are appended: a node
-        added is reached before its entry applies (it must catch up first)."""
+        added is reached before its entry applies (it must catch up first). Returns them all (this node's
+        own too), by core id."""
         learned = {to_core(i): m.address for i, m in members}
         for e in entries:
             if e.data and op_of(e.data) == Op.MEMBER:
@@ -821,6 +836,7 @@ class RaftNode:
             hosts = [a.host for a in self.addresses.values()]
             for watch in self.on_addresses:
                 watch(hosts)
+        return learned
 
     def _sync_peers(self) -> None:
         """One sender per member but this node, made and dropped as the membership changes. A member

@@ -5,6 +5,7 @@ under its old id and comes back under a new one, and wrong requests are refused 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -258,3 +259,30 @@ def test_a_cluster_of_the_previous_release_records_its_membership_once_every_nod
             record = DirRecord.load(str(meta_of(c.data_dir(i) / "raft.db")["record"]))
             assert record.voters == (0, 1, 2) and not record.removed
         assert roles(c) == dict.fromkeys(range(3), "voter")
+
+
+def test_a_map_that_disagrees_with_the_membership_is_reported_at_start(tmp_path: Path) -> None:
+    """Node 2 moved while the cluster was down, and the map says so: the map wins at this start (the
+    nodes reach it), and each node says once how to make the move the cluster's own."""
+    with Cluster(tmp_path / "c") as c:
+        c.start_all()
+        wait_until("the membership record", lambda: members(c)["recorded"])
+        for i in range(3):
+            assert c.terminate(i) == 0
+        old = c.address(2)
+        c.ports[2] = free_ports(1)[0]
+        c.write_map("conf")
+        marks = [c.log_size(i) for i in range(3)]
+        c.start_all()
+        new = c.address(2)
+        warning = (
+            f"The cluster map has node 2 at {new}, the cluster has it at {old}: if it moved, run "
+            f"raftctl member update 2 {new}"
+        )
+        for i in range(3):
+            c.wait_log(i, re.escape(warning), since=marks[i])
+            assert c.log(i, marks[i]).count("The cluster map has") == 1
+        r = ctl(c, "member", "update", "2", new)
+        assert r.returncode == 0, r.stderr
+        listed = {m["id"]: m["address"] for m in members(c)["members"]}  # type: ignore[attr-defined]
+        assert listed[2] == new
