@@ -86,7 +86,7 @@ class MappedClient(Client):
 
     def __init__(self, endpoints: list[str], mapping: dict[str, str], timeout: float, pin: bool) -> None:
         super().__init__(endpoints, timeout, pin=pin)
-        self._mapping = dict(mapping)
+        self._mapping = mapping  # the cluster's own: nodes that join later are dialed too
 
     def _channel(self, endpoint: str) -> grpc.Channel:
         return super()._channel(self._mapping.get(endpoint, endpoint))
@@ -220,6 +220,7 @@ class ContainerCluster:
         self.disconnected: set[int] = set()
         self._clients: list[Client] = []
         self._cache: dict[tuple[tuple[int, ...], float, bool], Client] = {}
+        self._routes: dict[str, str] = {}
 
     # -- addresses ----------------------------------------------------------------------------------
     def address(self, i: int) -> str:
@@ -240,7 +241,9 @@ class ContainerCluster:
 
     @property
     def mapping(self) -> dict[str, str]:
-        return {self.address(i): self.endpoint(i) for i in range(self.n)}
+        """Address -> published endpoint, one dict for the cluster's life (join() adds to it)."""
+        self._routes.update((self.address(i), self.endpoint(i)) for i in range(self.n))
+        return self._routes
 
     def node_of(self, address: str) -> int:
         return self.addresses.index(address)
@@ -340,14 +343,21 @@ class ContainerCluster:
         lines += [f"  - {{id: {i}, host: n{i}, port: {PORT}}}" for i in range(self.n)]
         return "\n".join(lines) + "\n"
 
-    def _container(self, i: int) -> DockerContainer:
+    def _container(
+        self, i: int, join: list[str] | None = None, auto_promote: bool = False
+    ) -> DockerContainer:
         c = DockerContainer(self.image)
         c.with_name(f"{self.name}-n{i}")
         c.with_env("RAFTD_NODE_ID", str(i))
-        c.with_env("RAFTD_CONFIG", MAP_PATH)
         c.with_env("RAFTD_LISTEN", f"0.0.0.0:{PORT}")
         c.with_env("RAFTCTL_ENDPOINTS", ",".join(self.addresses))
-        c.with_volume_mapping(str(self.map_file), MAP_PATH, "ro")
+        if join is None:
+            c.with_env("RAFTD_CONFIG", MAP_PATH)
+            c.with_volume_mapping(str(self.map_file), MAP_PATH, "ro")
+        else:  # told the cluster by the members it names: no map
+            c.with_env("RAFTD_JOIN", ",".join(join))
+            if auto_promote:
+                c.with_env("RAFTD_AUTO_PROMOTE", "1")
         # Published on 127.0.0.1 only; docker-py takes (host ip, host port).
         c.ports[f"{PORT}/tcp"] = ("127.0.0.1", self.host_ports[i])  # type: ignore[assignment]
         # The peers' names come from the internal network's aliases only. A hostname or extra_hosts of
@@ -376,6 +386,27 @@ class ContainerCluster:
         )
         self._internal.connect(c._container, aliases=[f"n{i}"], ipv4_address=self.ips[i])
         c._container.start()
+
+    def join(self, i: int, members: list[str], *, auto_promote: bool = False) -> None:
+        """Start node i, added to the cluster already (member add of address(i)), in a container of its
+        own that starts with --join members. The cluster gives ids in order, so i is the next index."""
+        if i != self.n:
+            raise ValueError(f"node {i} cannot join a harness of {self.n} nodes: ids are given in order")
+        self.n += 1
+        self.host_ports.append(free_ports(1)[0])
+        self.ips.append(f"{self.subnet.rsplit('.', 1)[0]}.{10 + i}")
+        self.nodes.append(self._container(i, members, auto_promote))
+        self._routes[self.address(i)] = self.endpoint(i)
+        self._create_and_start(i)
+
+    def wait_exit(self, i: int, timeout: float) -> int | None:
+        """Node i's exit status once its container has stopped by itself; None if it still runs."""
+        deadline = time.monotonic() + timeout
+        while self._state(i) != "exited":
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
+        return int(self.wrapped(i).attrs["State"]["ExitCode"])
 
     def wrapped(self, i: int) -> Any:
         """The docker-py container of node i."""

@@ -25,10 +25,12 @@ from integration_tests.harness import ContainerCluster, MappedClient
 from raftctl.client import Client, ClientError, NotFound
 from raftd.testing import History, Op, check
 from raftd.testing import workload as workload_module
-from raftd.testing.nemesis import Fault, ScheduledNemesis
+from raftd.testing.nemesis import Fault, MembershipNemesis, ScheduledNemesis
 from raftd.testing.workload import run_workload
 
 SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "60"))
+# The membership run: each change starts a container (seconds), so fewer happen per second than faults.
+MEMBERSHIP_SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "30"))
 KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
@@ -74,6 +76,27 @@ class ContainerNemesis(ScheduledNemesis):
             if r.leader_id >= 0:
                 return r.leader_id
         return None
+
+
+class ContainerMembershipNemesis(MembershipNemesis):
+    """MembershipNemesis on containers: a node added runs in a container of its own (harness join), and
+    is named nID like the others, so a replacement is a new name, never the removed node's."""
+
+    def __init__(self, cluster: ContainerCluster) -> None:
+        super().__init__({i: cluster.address(i) for i in range(cluster.n)}, wait_s=60.0)
+        self.cluster = cluster
+
+    def client(self, endpoints: list[str], pin: bool = False) -> Client:
+        return MappedClient(endpoints, self.cluster.mapping, self.wait_s, pin)
+
+    def new_address(self, replacing: str | None = None) -> str:
+        return self.cluster.address(self.cluster.n)  # ids are given in order: the next one's name
+
+    def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
+        self.cluster.join(node_id, endpoints, auto_promote=auto_promote)
+
+    def wait_exit(self, node_id: int, timeout: float) -> tuple[int | None, str]:
+        return self.cluster.wait_exit(node_id, timeout), self.cluster.logs(node_id)
 
 
 class Ledger(threading.Thread):
@@ -206,4 +229,82 @@ def test_jepsen_container_cluster(
     done = Counter(op.kind for op in ops if op.status == "ok")
     assert done["put"] >= 20 and done["get"] >= 20, summary(ops)
     assert len(ledger.acked) >= 10, f"the ledger got only {len(ledger.acked)} writes acknowledged"
+    assert all(op.status != "pending" for op in ops)
+
+
+def test_jepsen_container_cluster_under_membership_changes(
+    cluster: ContainerCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workload while containers are added (then promoted), removed (the leader half the time) and
+    replaced (removed, then a new container added under a new id), between three and five members."""
+    seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
+    print(f"\njepsen membership (containers): seed {seed}, {MEMBERSHIP_SECONDS:g}s")
+    c = cluster
+    monkeypatch.setattr(
+        workload_module,
+        "Client",
+        lambda endpoints, timeout, pin=False: MappedClient(endpoints, c.mapping, timeout, pin),
+    )
+    rng = random.Random(seed)
+    nemesis = ContainerMembershipNemesis(c)
+    nemesis.wait_recorded()
+    history = History()
+    stop = threading.Event()
+    schedule: list[str] = []
+    nemesis_errors: list[BaseException] = []
+
+    def nemesis_loop() -> None:
+        try:
+            schedule.extend(nemesis.run(random.Random(rng.getrandbits(64)), stop, interval_s=(0.5, 2.0)))
+        except BaseException as e:
+            nemesis_errors.append(e)
+
+    workload_seed = rng.getrandbits(64)
+    thread = threading.Thread(target=nemesis_loop, name="nemesis", daemon=True)
+    thread.start()
+    try:
+        run_workload(
+            c.addresses,
+            history,
+            clients=CLIENTS,
+            keys=KEYS,
+            duration_s=MEMBERSHIP_SECONDS,
+            seed=workload_seed,
+        )
+    finally:
+        stop.set()
+        thread.join(180)
+    context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule)
+    if nemesis_errors:
+        print(c.dump_logs(tail=100))
+    assert not nemesis_errors, f"the nemesis failed: {nemesis_errors[0]!r}\n{context}"
+    nemesis.heal_all()
+    members = sorted(nemesis.members)
+    client = MappedClient([c.address(i) for i in members], c.mapping, 20.0, False)
+    for j, key in enumerate(KEYS):
+        op = history.invoke(FINAL_READ_PROCESS + j, "get", key)
+        try:
+            value: str | None = client.get(key)
+        except NotFound:
+            value = None
+        except ClientError as e:
+            history.fail(op)
+            raise AssertionError(f"the cluster cannot serve a read of {key}: {e}\n{context}") from None
+        history.ok(op, value)
+    client.close()
+
+    ops = history.ops()
+    path = tmp_path / "history.jsonl"
+    history.dump(path)
+    result = check(ops, timeout_s=CHECK_TIMEOUT_S)
+    print(f"checked {len(ops)} ops: {summary(ops)}; history: {path}\n{context}")
+    if not result.ok:
+        print(c.dump_logs(tail=300))
+    assert result.ok, (
+        f"NOT LINEARIZABLE on key {result.key} (history in {path}):\n{result.explanation}\n{context}"
+    )
+    assert sum(nemesis.changes.values()) >= min(3, int(MEMBERSHIP_SECONDS / 8)), context
+    assert nemesis.removed, f"no member was removed: {context}"
+    done = Counter(op.kind for op in ops if op.status == "ok")
+    assert done["put"] >= 20 and done["get"] >= 20, summary(ops)
     assert all(op.status != "pending" for op in ops)

@@ -263,26 +263,38 @@ async def serve(
 
 async def _auto_promote(node: RaftNode) -> None:
     """--auto-promote: while this node is a learner, ask the leader to promote it (refused while it is
-    behind: then it asks again), as the Kubernetes deployment's new pods do."""
+    behind: then it asks again), as the Kubernetes deployment's new pods do. Nothing ends the asking but
+    the promotion: an error it did not foresee is logged (once per kind) and the next round asks again,
+    since a learner left behind for good by a dead task is what the flag exists to prevent."""
+    said: set[str] = set()
     while True:
         await asyncio.sleep(node.tuning.auto_promote_interval_s)
-        me = next((m for m in node.members() if m.id == node.me.id), None)
-        if me is not None and not me.learner:
-            return
-        leader = node.leader()
-        if me is None or leader is None:
-            continue
         try:
-            stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
-        except (KeyError, LookupError):
-            continue  # no sender to it yet
-        try:
-            await stub.MemberPromote(kv_pb2.MemberPromoteRequest(id=node.me.id), timeout=5.0)
+            if await _ask_promotion(node):
+                log.info("Promoted to voter")
+                return
         except grpc.aio.AioRpcError as e:
             log.debug("Promotion not yet: %s", e.details())
-        else:
-            log.info("Promoted to voter")
-            return
+        except Exception as e:
+            if type(e).__name__ not in said:
+                said.add(type(e).__name__)
+                log.warning("Asking for promotion failed (asking again): %r", e)
+
+
+async def _ask_promotion(node: RaftNode) -> bool:
+    """One round of --auto-promote: True once this node is a voter."""
+    me = next((m for m in node.members() if m.id == node.me.id), None)
+    if me is not None and not me.learner:
+        return True
+    leader = node.leader()
+    if me is None or leader is None:
+        return False
+    try:
+        stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
+    except (KeyError, LookupError):
+        return False  # no sender to it yet
+    await stub.MemberPromote(kv_pb2.MemberPromoteRequest(id=node.me.id), timeout=5.0)
+    return True
 
 
 async def _calls_finished(timeout: float) -> None:

@@ -209,8 +209,8 @@ class ProcessNemesis(ScheduledNemesis):
 class MembershipNemesis(Nemesis):
     """Membership changes beside the workload, through the Admin API as an operator makes them: add a node
     (a learner that joins with an empty directory, then is promoted, by the operator or by itself), remove
-    one (the leader half the time), and replace one (remove it, then add an empty node at its address under
-    a new id: the documented way back for a wiped disk).
+    one (the leader half the time), and replace one (remove it, then add an empty node under a new id, at
+    its address where the deployment allows: the documented way back for a wiped disk).
 
     The cluster keeps between min_voters and max_members members between steps. What a change did is read
     back from the cluster (MemberList), never assumed: a change whose outcome is unknown may have applied,
@@ -245,8 +245,9 @@ class MembershipNemesis(Nemesis):
 
     # -- what a concrete nemesis provides ------------------------------------------------------------
     @abc.abstractmethod
-    def new_address(self) -> str:
-        """An address no member uses, for a node to add."""
+    def new_address(self, replacing: str | None = None) -> str:
+        """An address for a node to add: replacing's (a removed member's) where the deployment can reuse
+        it, else one no member uses."""
 
     @abc.abstractmethod
     def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
@@ -257,8 +258,12 @@ class MembershipNemesis(Nemesis):
         """Wait for node_id's process to end: its exit status (None if it still runs) and its stderr."""
 
     # -- the cluster, through the Admin API ----------------------------------------------------------
+    def client(self, endpoints: list[str], pin: bool = False) -> Client:
+        """A raftctl client of the members at endpoints (their addresses as the cluster lists them)."""
+        return Client(endpoints, timeout=self.wait_s, pin=pin)
+
     def _client(self) -> Client:
-        return Client(sorted(self.members.values()), timeout=self.wait_s)
+        return self.client(sorted(self.members.values()))
 
     def refresh(self) -> kv_pb2.MemberListResponse:
         """The membership as the leader applied it (a follower's may lag it); self.members follows."""
@@ -267,7 +272,7 @@ class MembershipNemesis(Nemesis):
             with contextlib.suppress(ClientError):
                 with self._client() as client:
                     leader = client.get_leader()
-                with Client([leader.address], timeout=self.wait_s, pin=True) as client:
+                with self.client([leader.address], pin=True) as client:
                     listed = client.member_list()
                 if listed.leader_id == leader.id:
                     break
@@ -396,7 +401,7 @@ class MembershipNemesis(Nemesis):
         if kind == "remove":
             self._remove(target)
             return f"remove node {target}{suffix}"
-        address = self.members[target]
+        address = self.new_address(replacing=self.members[target])
         self._remove(target)
         node = self._add(address, rng)
         self.changes["replace"] += 1
@@ -417,8 +422,8 @@ class ProcessMembershipNemesis(MembershipNemesis):
         self.env = env
         self.joined: dict[int, subprocess.Popen[bytes]] = {}
 
-    def new_address(self) -> str:
-        return f"{HOST}:{free_ports(1)[0]}"
+    def new_address(self, replacing: str | None = None) -> str:
+        return replacing or f"{HOST}:{free_ports(1)[0]}"
 
     def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
         root = self.cluster.root
