@@ -1,7 +1,8 @@
 """Snapshot benchmarks (issue 5): prints numbers, asserts nothing.
 
   1. restart of a node holding 1,000,000 keys (16-byte values) until it serves again (target < 3 s);
-  2. a wiped follower catching up by InstallSnapshot of those 1,000,000 keys (target < 10 s);
+  2. a wiped follower catching up by InstallSnapshot of those 1,000,000 keys (target < 10 s), back under a
+     new id as a wiped node must come back (member remove, member add, raftd --join);
   3. whether taking a snapshot of 1,000,000 keys on the leader disturbs the cluster (term and leader
      unchanged while it runs);
   4. database file size after 1,000,000 overwrites of 10,000 keys, relative to the live data (target < 5x),
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +25,11 @@ from pathlib import Path
 
 import grpc
 
+from raftctl.client import Client
 from raftd.backup import pack
 from raftd.core import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
-from raftd.launcher import LocalCluster
+from raftd.launcher import LocalCluster, node_env
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.settings import Limits
 from raftd.snapshots import snapshot_due
@@ -108,13 +111,33 @@ def restart_and_catch_up(root: Path, keys: int) -> dict[str, float]:
         out["term_change_during_snapshot"] = st.term - term_before
         out["leader_kept"] = float(st.role == "leader")
 
-        # 2. A wiped follower catches up by InstallSnapshot.
+        # 2. A wiped follower catches up by InstallSnapshot. Under its old id its peers would refuse it
+        # (its vote is forgotten): it comes back as a new member at its old address, as
+        # docs/operations.md says to replace a node.
         wiped = (leader + 2) % 3
         b.kill(wiped)
         shutil.rmtree(b.data_dir(wiped))
         lkv.Put(kv_pb2.PutRequest(key=b"after-wipe", value=b"x"), timeout=10)
+        with Client([b.address(i) for i in range(3) if i != wiped], timeout=30.0) as admin:
+            admin.member_remove(wiped)
+            new = admin.member_add(b.address(wiped)).member.id
         started = time.monotonic()
-        b.start(wiped)
+        b.procs[wiped] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "raftd",
+                str(new),
+                "--join",
+                ",".join(b.address(i) for i in range(3) if i != wiped),
+                "--data-dir",
+                str(b.data_dir(wiped)),
+                *b.args,
+            ],
+            env=node_env(b.env),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wkv = b.stub(wiped)[0]
         b.wait(
             "the wiped node to catch up",

@@ -29,9 +29,11 @@ from raftd.errors import REMOVED, WRONG_INCARNATION, FatalError, Removed
 from raftd.kv import Command, KVStore, Op, encode
 from raftd.kv.image import decode
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.node import RaftNode, conf_change_of, conf_of, in_config_ids, to_core
+from raftd.node import MemberView, RaftNode, conf_change_of, conf_of, in_config_ids, to_core
 from raftd.pb import kv_pb2
 from raftd.pb import peer_pb2 as pb
+from raftd.server import _auto_promote
+from raftd.settings import TUNING
 from raftd.storage import MemoryStorage, SqliteStorage
 from raftd.transport import memory
 from raftd.transport.codec import message_from_pb, message_to_pb
@@ -397,3 +399,32 @@ def test_member_list_is_refused_by_a_node_outside_the_membership(tmp_path: Path)
             release_node(joiner)
 
     asyncio.run(main())
+
+
+def test_auto_promote_asks_again_after_an_error_it_did_not_foresee(caplog: pytest.LogCaptureFixture) -> None:
+    """A learner whose asking task died would stay a learner for good, which --auto-promote exists to
+    prevent: a channel closed under it, say, raises no RPC error (grpc.aio's UsageError)."""
+
+    class Learner:
+        tuning = dataclasses.replace(TUNING, auto_promote_interval_s=0.01)
+        me = MemberView(3, "h:4", True, "", 0)
+        rounds = 0
+
+        def members(self) -> list[MemberView]:
+            self.rounds += 1
+            if self.rounds <= 2:
+                raise RuntimeError("Channel is closed.")
+            return [dataclasses.replace(self.me, learner=self.rounds < 4)]
+
+        def leader(self) -> None:
+            return None  # round 3: a learner that knows no leader yet
+
+    learner = Learner()
+
+    async def main() -> None:
+        await asyncio.wait_for(_auto_promote(learner), WAIT_S)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert learner.rounds == 4
+    said = [r.getMessage() for r in caplog.records if "Asking for promotion failed" in r.getMessage()]
+    assert said == ["Asking for promotion failed (asking again): RuntimeError('Channel is closed.')"]
