@@ -564,7 +564,8 @@ def leader_doc(leader: Leader) -> dict[str, object]:
 @global_options
 @pass_settings
 def status(s: Settings) -> None:
-    """A table of every endpoint's node: its own view, health, alarms, and whether it answered.
+    """A table of every endpoint's node, and of every member that joined since: its own view, health,
+    alarms, and whether it answered.
 
     Exits 3 (after the table) when any endpoint did not answer, else 5 when a node raised an alarm (each
     alarm on a line of stderr).

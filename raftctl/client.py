@@ -567,8 +567,33 @@ class Client(_Routing):
         return self._status_rows([endpoint])[0]
 
     def status_all(self) -> list[NodeStatus]:
-        """Every endpoint's status, asked in parallel, in endpoint order."""
-        return self._status_rows(self.endpoints)
+        """Every endpoint's status, asked in parallel, in endpoint order; then every other member the
+        cluster lists (a node that joined after the endpoints were written down), at its address."""
+        rows = self._status_rows(self.endpoints)
+        others = self._other_members(rows)
+        extra = self._status_rows([m.address for m in others]) if others else []
+        return rows + [
+            r if r.reachable else dataclasses.replace(r, id=m.id) for r, m in zip(extra, others, strict=True)
+        ]
+
+    def _other_members(self, rows: list[NodeStatus]) -> list[pb.Member]:
+        """The members that joined and that no row answered for, as the first node that lists them says:
+        one attempt per node, so that a cluster that is down costs no more than its status rows did."""
+        seen = {r.id for r in rows if r.reachable}
+        for r in rows:
+            if not r.reachable:
+                continue
+            try:
+                listed = kv_pb2_grpc.AdminStub(self._channel(r.endpoint)).MemberList(
+                    pb.MemberListRequest(), timeout=self.timeout
+                )
+            except grpc.RpcError:
+                continue  # joining, removed, or older than membership changes
+            # Bootstrap voters are the map's nodes, which the endpoints name (a down one is a row already,
+            # under the address the endpoints give it, which may not be its address in the cluster).
+            known = seen | set(listed.bootstrap_voters)
+            return [m for m in listed.members if m.id not in known and m.address not in self.endpoints]
+        return []
 
     def _status_rows(self, endpoints: list[str]) -> list[NodeStatus]:
         calls = []

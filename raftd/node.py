@@ -901,10 +901,13 @@ class RaftNode:
         it would never hear that the removal committed: while outside the membership, it says a word to
         each member now and then (an answer the core drops from a non-member), and a member that applied
         the removal refuses it (peer_refusal), which stops it. A node that joins says the same words, to
-        no effect, until its addition reaches it."""
+        no effect, until its addition reaches it; and if it is removed before anything reached it (its
+        leader could not reach it), the same words are how it learns."""
         self._next_probe = now + self.leader_wait_s
-        if not self.kv.members or self.is_member(self.id) or self.suspended:
+        if self.is_member(self.id) or self.suspended:
             return
+        if not self.kv.members and self.storage.record.joined is None:
+            return  # no record yet: a map's node, which the map makes a member
         for core_id, client in self.peers.items():
             client.send(Message(MsgType.HEARTBEAT_RESP, to=core_id, frm=self.id, term=self.raw.term))
 

@@ -428,3 +428,54 @@ def test_auto_promote_asks_again_after_an_error_it_did_not_foresee(caplog: pytes
     assert learner.rounds == 4
     said = [r.getMessage() for r in caplog.records if "Asking for promotion failed" in r.getMessage()]
     assert said == ["Asking for promotion failed (asking again): RuntimeError('Channel is closed.')"]
+
+
+class _NothingReaches(MemoryNetwork):
+    """Traffic to one node is lost; its own traffic goes out."""
+
+    def __init__(self, deaf: int) -> None:
+        super().__init__()
+        self.deaf = deaf
+
+    def reaches(self, frm: int, to: int) -> bool:
+        return to != self.deaf and super().reaches(frm, to)
+
+
+def test_a_joining_node_removed_before_anything_reached_it_learns_it_and_stops(tmp_path: Path) -> None:
+    """Its leader could not reach it (a container whose name did not resolve yet), so it holds nothing:
+    no record, no log. It asks the members it was told of, and they say it was removed (found by the
+    container membership nemesis: such a node ran on for good)."""
+
+    async def main() -> None:
+        network = _NothingReaches(to_core(3))
+        conf = tmp_path / "c.yaml"
+        conf.write_text(
+            "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
+            + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
+        )
+        nodes = {}
+        for i in range(3):
+            nodes[i] = RaftNode(
+                load_cluster(conf), i, MemoryStorage(), transport=network.transport(to_core(i))
+            )
+            network.attach(to_core(i), nodes[i])
+        runners = [asyncio.get_running_loop().create_task(n.run()) for n in nodes.values()]
+        try:
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            lead = await _lead(nodes)
+            assert await lead.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4") == 3
+            joiner = nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
+            joiner.storage.save_record(dataclasses.replace(joiner.storage.record, joined={"members": []}))
+            runners.append(asyncio.get_running_loop().create_task(joiner.run()))
+            await asyncio.sleep(0.2)
+            assert not joiner.kv.members and not _stopped(joiner), "nothing reached it, and it waits"
+            await lead.change_member(Change.REMOVE, 3)
+            await _until("the joiner to stop", lambda: _stopped(joiner))
+            assert joiner._runner is not None and isinstance(joiner._runner.exception(), Removed)
+            assert joiner.storage.record.removed
+        finally:
+            for n in nodes.values():
+                await n.stop()
+            await asyncio.gather(*runners, return_exceptions=True)
+
+    asyncio.run(main())

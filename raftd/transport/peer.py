@@ -48,6 +48,14 @@ def _entry_bytes(m: Message) -> int:
     return sum(len(e.data) for e in m.entries)
 
 
+def _unresolved(why: str) -> bool:
+    """The peer's name did not resolve: a node added to the cluster whose host (a container, a pod) is not
+    up yet. gRPC's resolver then waits up to two minutes before it looks again, so the sender takes a
+    new channel, which looks the name up at once (found by the container membership test)."""
+    lowered = why.lower()
+    return "dns resolution failed" in lowered or "errors resolving" in lowered
+
+
 def _channel(address: str, tuning: Tuning) -> grpc.aio.Channel:
     """A channel that owns its connection, so that a new channel is a new connection (PeerClient.
     _reconnect): by default gRPC shares connections among channels to the same address. It reconnects
@@ -162,7 +170,7 @@ class PeerClient:
                     else:
                         log.debug("Peer at %s unreachable: %s", self.address, why)
                 self.reachable = False
-                if code is grpc.StatusCode.PERMISSION_DENIED:
+                if code is grpc.StatusCode.PERMISSION_DENIED or _unresolved(why):
                     await self._reconnect()
                 if any(m.type is MsgType.APP for m in batch):
                     self.on_unreachable(self.peer)

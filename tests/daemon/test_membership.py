@@ -138,6 +138,15 @@ def test_a_cluster_grows_to_five_and_shrinks_to_three_under_writes(tmp_path: Pat
             joiners.append(Joiner(c, fifth, "--auto-promote"))
             wait_until("node 4 to promote itself", lambda: roles(c).get(4) == "voter")
             assert roles(c) == dict.fromkeys(range(5), "voter")
+            # raftctl status through the map's nodes shows the nodes that joined too, from the cluster.
+            status = ctl(c, "-o", "json", "status")
+            assert status.returncode == 0, status.stderr
+            rows = {row["id"]: row["endpoint"] for row in json.loads(status.stdout)}
+            assert rows == {
+                **{i: c.address(i) for i in range(3)},
+                3: f"{HOST}:{ports[0]}",
+                4: f"{HOST}:{ports[1]}",
+            }
 
             # Back to three: the leader goes first, then another of the original nodes.
             leader = c.wait_leader()
