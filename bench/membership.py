@@ -44,7 +44,7 @@ from typing import TypeVar
 from snapshots import VALUE, seed_backup
 
 from raftctl.aio import AsyncClient
-from raftctl.client import Client, ClientError, NotFound, ServerError
+from raftctl.client import Client, ClientError, NotFound, OutcomeUnknown, ServerError
 from raftd.launcher import HOST, LocalCluster, free_ports, node_env
 
 T = TypeVar("T")
@@ -131,6 +131,9 @@ class Bench(LocalCluster):
             while True:
                 try:
                     c.member_remove(node)
+                    break
+                except OutcomeUnknown:  # as an operator does: look
+                    wait(f"node {node} gone", lambda: node not in {m.id for m in c.member_list().members})
                     break
                 except ServerError:
                     if time.monotonic() > deadline:

@@ -748,7 +748,7 @@ class RaftNode:
     def _on_soft_state(self, soft: SoftState) -> None:
         prev, self._soft = self._soft, soft
         if prev.role is Role.LEADER and soft.role is not Role.LEADER:
-            self.pending.leadership_lost("leadership was lost before the write committed")
+            self.pending.leadership_lost("leadership was lost before the write committed", self.raw.committed)
         if soft.role is not prev.role:
             for observer in self.observers:
                 observer.became(prev.role, soft.role, self.raw.term)

@@ -24,6 +24,7 @@ from raftd.kv import Command, Op, Result
 from raftd.launcher import free_ports
 from raftd.node import RaftNode
 from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
+from raftd.pending import Pending
 from raftd.pipe import LEADER_KEY, NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Pipe, RequestError
 from raftd.settings import Tuning
 from tests.nodes import follower, leader, release_node
@@ -436,5 +437,24 @@ def test_a_call_that_finds_no_leader_is_refused_before_its_deadline(tmp_path: Pa
                 None,
             )
         release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_write_committed_when_leadership_is_lost_is_answered_when_it_applies() -> None:
+    """A leader that removed itself steps down as the removal commits, maybe before it applies it: the
+    change must come back done, not "may have applied". Writes past the commit index stay unknown."""
+
+    async def main() -> None:
+        pending = Pending()
+        futures = [pending.add_write(b"x", 0.0)[0] for _ in range(3)]
+        pending.proposed(pending.take_proposals(1 << 20), first_index=5, term=2)
+        pending.leadership_lost("leadership was lost before the write committed", committed=6)
+        assert [f.done() for f in futures] == [False, False, True]
+        with pytest.raises(OutcomeUnknown, match="may have applied"):
+            futures[2].result()
+        for i in (5, 6):
+            pending.applied(Entry(term=2, index=i, data=b"x"), Result(index=i, existed=False))
+        assert [f.result().index for f in futures[:2]] == [5, 6]
 
     asyncio.run(main())
