@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import contextlib
 import itertools
 import os
 import shutil
@@ -318,10 +319,11 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--dir", help="Keep the nodes' data and logs here (default: a temporary directory).")
     args = ap.parse_args()
     assert len(VALUE) == 16
-    with tempfile.TemporaryDirectory(prefix="raftd-bench-") as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        root = Path(args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="raftd-bench-")))
         print(f"# membership benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         r = seeded_rounds(root, args.keys, args.trials, args.writers)
         wiped, add = statistics.median(r["wiped"]), statistics.median(r["add_promote"])

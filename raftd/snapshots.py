@@ -118,6 +118,11 @@ class Snapshots:
         # counted as busy: it holds the storage's lock for the row only, so Readies go on being saved on the
         # loop while a large image is read.
         snapshot = await asyncio.get_running_loop().run_in_executor(node.disk, node.storage.load_snapshot)
+        if snapshot is not None:
+            # Storage keeps the position alone; the membership as of it goes with the image, or the
+            # follower would keep the one it had (a joining node: the bootstrap voters, long gone maybe).
+            meta = dataclasses.replace(snapshot.meta, conf=node.raw.conf_at(snapshot.meta.index))
+            snapshot = dataclasses.replace(snapshot, meta=meta)
         ok = snapshot is not None and await client.send_snapshot(dataclasses.replace(m, snapshot=snapshot))
         self.reports.append((m.to, ok))
         node.wake.set()

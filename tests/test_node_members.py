@@ -33,7 +33,7 @@ from raftd.node import MemberView, RaftNode, conf_change_of, conf_of, in_config_
 from raftd.pb import kv_pb2
 from raftd.pb import peer_pb2 as pb
 from raftd.server import _auto_promote
-from raftd.settings import TUNING
+from raftd.settings import DEFAULTS, TUNING
 from raftd.storage import MemoryStorage, SqliteStorage
 from raftd.transport import memory
 from raftd.transport.codec import message_from_pb, message_to_pb
@@ -473,6 +473,56 @@ def test_a_joining_node_removed_before_anything_reached_it_learns_it_and_stops(t
             await _until("the joiner to stop", lambda: _stopped(joiner))
             assert joiner._runner is not None and isinstance(joiner._runner.exception(), Removed)
             assert joiner.storage.record.removed
+        finally:
+            for n in nodes.values():
+                await n.stop()
+            await asyncio.gather(*runners, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_sent_carries_the_membership_as_of_its_index(tmp_path: Path) -> None:
+    """Storage keeps a snapshot's position alone: sent as stored, it carried no membership, and a joining
+    node kept the bootstrap voters its core starts from, long removed, as voters beside the new ones: two
+    live voters of five could then never elect (found by bench/membership.py)."""
+
+    async def main() -> None:
+        network = MemoryNetwork()
+        conf = tmp_path / "c.yaml"
+        conf.write_text(
+            "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
+            + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
+        )
+        limits = dataclasses.replace(DEFAULTS, snapshot_entries=20)
+        tuning = dataclasses.replace(TUNING, min_snapshot_log_bytes=1)
+        nodes: dict[int, RaftNode] = {}
+        for i in range(3):
+            nodes[i] = RaftNode(
+                load_cluster(conf), i, MemoryStorage(), limits, network.transport(to_core(i)), tuning
+            )
+            network.attach(to_core(i), nodes[i])
+        runners = [asyncio.get_running_loop().create_task(n.run()) for n in nodes.values()]
+        try:
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            lead = await _lead(nodes)
+            assert await lead.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4") == 3
+            nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
+            runners.append(asyncio.get_running_loop().create_task(nodes[3].run()))
+            await _until("node 3 to catch up", lambda: 3 in nodes[3].kv.members)
+            await lead.change_member(Change.ADD_VOTER, 3)
+            gone = next(i for i in (0, 1, 2) if nodes[i] is not lead)
+            await lead.change_member(Change.REMOVE, gone)
+            live = {i for i in nodes if i != gone}
+            for n in range(60):  # past snapshot_entries: the leader compacts its log
+                await _write(nodes, live, b"k", b"v%d" % n)
+            await _until("a snapshot on the leader", lambda: lead.raw.snapshot_meta().index > 20)
+            assert await lead.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:5") == 4
+            fourth = nodes[4] = _joiner(tmp_path, network, 4, (0, 1, 2), members=tuple(sorted(live)))
+            runners.append(asyncio.get_running_loop().create_task(fourth.run()))
+            await _until("node 4 to catch up by snapshot", lambda: fourth.kv.get(b"k") == b"v59")
+            assert fourth.raw.snapshot_meta().index > 0, "it caught up by a snapshot"
+            assert fourth.raw.conf_state() == lead.raw.conf_state()
+            assert to_core(gone) not in fourth.raw.conf_state().voters
         finally:
             for n in nodes.values():
                 await n.stop()

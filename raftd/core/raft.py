@@ -377,11 +377,16 @@ class Raft:
         # Everyone the leader replicates to (and tracks progress of): voters, then learners.
         self.members = self.peers + self.learners
 
+    def conf_at(self, index: int) -> ConfState:
+        """The membership as of index, at or after the log's snapshot (the changes up to it)."""
+        covered = [c for c in self._confs if c[0] <= index]
+        return covered[-1][1] if covered else self._base_conf
+
     def compact(self, index: int) -> None:
         """Drop the log up to index (the owner holds a snapshot of it): the snapshot records the membership
         as of index, which the changes after it build on."""
         covered = [c for c in self._confs if c[0] <= index]
-        base = covered[-1][1] if covered else self._base_conf
+        base = self.conf_at(index)
         self.log.compact(index, base)  # first: it refuses an index beyond the applied one
         if self.log.snapshot_meta.index == index:
             self._base_conf = base

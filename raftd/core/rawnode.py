@@ -131,6 +131,11 @@ class RawNode:
         membership as of index (SnapshotMeta.conf), and a follower that installs it takes that membership."""
         self.raft.compact(index)
 
+    def conf_at(self, index: int) -> ConfState:
+        """The membership as of index (at or after the log's snapshot, at most the applied index): what a
+        snapshot of the state at index must carry, so that the follower installing it takes it."""
+        return self.raft.conf_at(index)
+
     def snapshot_meta(self) -> SnapshotMeta:
         """The position and membership of the log's snapshot: what the owner stores with its image."""
         return self.raft.log.snapshot_meta
