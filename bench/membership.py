@@ -151,6 +151,19 @@ class Bench(LocalCluster):
                 return False
 
 
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _writers_loop() -> asyncio.AbstractEventLoop:
+    """One event loop, in a thread of its own, for every Writers: grpc.aio binds itself to the first loop
+    that uses it, and a second asyncio.run spilled "Event loop is closed" tracebacks."""
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, daemon=True).start()
+    return _LOOP
+
+
 class Writers:
     """Steady writers in a thread of their own; ack times kept for the gap and rate figures. After a
     failed write the client is made anew from the members' addresses then (at most once a second), since
@@ -161,8 +174,7 @@ class Writers:
         self.acks: list[float] = []
         self.errors = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self._thread.start()
+        self._done = asyncio.run_coroutine_threadsafe(self._run(), _writers_loop())
 
     async def _run(self) -> None:
         client = AsyncClient(self.endpoints(), timeout=30.0)
@@ -190,7 +202,7 @@ class Writers:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(60)
+        self._done.result(60)
 
     def longest_gap(self, event: float) -> float:
         """The longest time without an acknowledged write, from EVENT_BEFORE_S before event to
@@ -324,6 +336,7 @@ def main() -> None:
     assert len(VALUE) == 16
     with contextlib.ExitStack() as stack:
         root = Path(args.dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="raftd-bench-")))
+        root.mkdir(parents=True, exist_ok=True)
         print(f"# membership benchmarks: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         r = seeded_rounds(root, args.keys, args.trials, args.writers)
         wiped, add = statistics.median(r["wiped"]), statistics.median(r["add_promote"])
