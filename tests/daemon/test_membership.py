@@ -295,3 +295,68 @@ def test_a_map_that_disagrees_with_the_membership_is_reported_at_start(tmp_path:
         assert r.returncode == 0, r.stderr
         listed = {m["id"]: m["address"] for m in members(c)["members"]}  # type: ignore[attr-defined]
         assert listed[2] == new
+
+
+def test_changes_refused_at_the_wrong_moment_say_why_and_exit_5(tmp_path: Path) -> None:
+    """A learner far behind, a second change while one is in progress, the last voter: each refused with
+    its reason, and none of them applies. Long election timeouts: a leader whose followers are frozen
+    keeps leading long enough to refuse the second change."""
+    with Cluster(tmp_path / "c", election_timeout_ms=(1500, 3000), heartbeat_ms=150) as c:
+        c.args += ["--max-learner-lag", "0"]
+        leader = c.start_all()
+        wait_until("the membership record", lambda: members(c)["recorded"])
+        for i in range(20):
+            c.put_retrying(leader, f"k{i}", "v")
+
+        # A learner that never started is as far behind as can be (the lag allowed is 0 here).
+        (port,) = free_ports(1)
+        learner = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{port}"))
+        behind = ctl(c, "member", "promote", str(learner))
+        assert behind.returncode == 5 and f"learner {learner} is " in behind.stderr, behind.stderr
+        assert "entries behind the commit index" in behind.stderr
+        assert roles(c)[learner] == "learner"
+        assert ctl(c, "member", "remove", str(learner)).returncode == 0
+
+        # A change that cannot commit (both followers frozen) is in progress: the next one is refused.
+        followers = c.followers(leader)
+        for f in followers:
+            c.stop(f)
+        first = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "raftctl",
+                "--endpoints",
+                c.address(leader),
+                "--timeout",
+                "4",
+                "member",
+                "add",
+                f"{HOST}:{free_ports(1)[0]}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=c.root,
+        )
+        try:
+            time.sleep(0.3)
+            second = ctl(c, "member", "add", f"{HOST}:{free_ports(1)[0]}", endpoints=[c.address(leader)])
+            assert second.returncode == 5 and "in progress" in second.stderr, second.stderr
+        finally:
+            for f in followers:
+                c.cont(f)
+            _, err = first.communicate(timeout=CTL_LIMIT_S)
+        assert first.returncode in (0, 6), err  # done, or may have applied: never refused
+        wait_until("the first addition", lambda: len(roles(c)) == 4)
+
+        # Down to one voter: the last one cannot go.
+        extra = next(i for i in roles(c) if i > 2)
+        assert ctl(c, "member", "remove", str(extra)).returncode == 0
+        for f in followers:
+            r = ctl(c, "member", "remove", str(f))
+            assert r.returncode == 0, r.stderr
+            assert c.procs[f].wait(EXIT_WAIT_S) == 0
+        last = ctl(c, "member", "remove", str(leader), endpoints=[c.address(leader)])
+        assert last.returncode == 5 and f"node {leader} is the last voter" in last.stderr, last.stderr
+        assert roles(c, [c.address(leader)]) == {leader: "voter"}
