@@ -25,7 +25,7 @@ from integration_tests.harness import ContainerCluster, MappedClient
 from raftctl.client import Client, ClientError, NotFound
 from raftd.testing import History, Op, check
 from raftd.testing import workload as workload_module
-from raftd.testing.nemesis import Fault, MembershipNemesis, ScheduledNemesis
+from raftd.testing.nemesis import Fault, MembershipNemesis, Nemesis, ScheduledNemesis
 from raftd.testing.workload import run_workload
 
 SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "60"))
@@ -122,9 +122,24 @@ class Ledger(threading.Thread):
             time.sleep(0.02)
 
 
-def final_reads(cluster: ContainerCluster, history: History) -> None:
+def beside(
+    nemesis: Nemesis, rng: random.Random, stop: threading.Event, interval_s: tuple[float, float]
+) -> tuple[threading.Thread, list[str], list[BaseException]]:
+    """A thread (to start) that runs the nemesis until stop; what it did, and what it raised."""
+    schedule: list[str] = []
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            schedule.extend(nemesis.run(rng, stop, interval_s=interval_s))
+        except BaseException as e:
+            errors.append(e)
+
+    return threading.Thread(target=loop, name="nemesis", daemon=True), schedule, errors
+
+
+def final_reads(client: Client, history: History) -> None:
     """After the heal: one linearizable read per key, recorded, so a lost acknowledged write shows up."""
-    client = cluster.client(timeout=20.0)
     for j, key in enumerate(KEYS):
         op = history.invoke(FINAL_READ_PROCESS + j, "get", key)
         try:
@@ -168,18 +183,9 @@ def test_jepsen_container_cluster(
     nemesis = ContainerNemesis(c, max_faulty=2)
     history = History()
     stop = threading.Event()
-    schedule: list[str] = []
-    nemesis_errors: list[BaseException] = []
-
-    def nemesis_loop() -> None:
-        try:
-            schedule.extend(nemesis.run(random.Random(rng.getrandbits(64)), stop, interval_s=(1.0, 3.0)))
-        except BaseException as e:
-            nemesis_errors.append(e)
-
+    thread, schedule, nemesis_errors = beside(nemesis, random.Random(rng.getrandbits(64)), stop, (1.0, 3.0))
     workload_seed = rng.getrandbits(64)
     ledger = Ledger(c.client(timeout=1.0))
-    thread = threading.Thread(target=nemesis_loop, name="nemesis", daemon=True)
     thread.start()
     ledger.start()
     try:
@@ -198,7 +204,7 @@ def test_jepsen_container_cluster(
     except Exception:
         print(c.dump_logs(tail=300))
         raise
-    final_reads(c, history)
+    final_reads(c.client(timeout=20.0), history)
 
     ops = history.ops()
     path = tmp_path / "history.jsonl"
@@ -250,17 +256,8 @@ def test_jepsen_container_cluster_under_membership_changes(
     nemesis.wait_recorded()
     history = History()
     stop = threading.Event()
-    schedule: list[str] = []
-    nemesis_errors: list[BaseException] = []
-
-    def nemesis_loop() -> None:
-        try:
-            schedule.extend(nemesis.run(random.Random(rng.getrandbits(64)), stop, interval_s=(0.5, 2.0)))
-        except BaseException as e:
-            nemesis_errors.append(e)
-
+    thread, schedule, nemesis_errors = beside(nemesis, random.Random(rng.getrandbits(64)), stop, (0.5, 2.0))
     workload_seed = rng.getrandbits(64)
-    thread = threading.Thread(target=nemesis_loop, name="nemesis", daemon=True)
     thread.start()
     try:
         run_workload(
@@ -280,18 +277,8 @@ def test_jepsen_container_cluster_under_membership_changes(
     assert not nemesis_errors, f"the nemesis failed: {nemesis_errors[0]!r}\n{context}"
     nemesis.heal_all()
     members = sorted(nemesis.members)
-    client = MappedClient([c.address(i) for i in members], c.mapping, 20.0, False)
-    for j, key in enumerate(KEYS):
-        op = history.invoke(FINAL_READ_PROCESS + j, "get", key)
-        try:
-            value: str | None = client.get(key)
-        except NotFound:
-            value = None
-        except ClientError as e:
-            history.fail(op)
-            raise AssertionError(f"the cluster cannot serve a read of {key}: {e}\n{context}") from None
-        history.ok(op, value)
-    client.close()
+    with MappedClient([c.address(i) for i in members], c.mapping, 20.0, False) as client:
+        final_reads(client, history)
 
     ops = history.ops()
     path = tmp_path / "history.jsonl"

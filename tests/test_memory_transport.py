@@ -12,6 +12,7 @@ from raftd.config import load_cluster
 from raftd.errors import NotLeader, Unavailable
 from raftd.kv import Command, Op
 from raftd.node import RaftNode, to_core
+from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.storage import MemoryStorage
 from raftd.transport.memory import MemoryNetwork
 
@@ -19,17 +20,24 @@ WAIT_S = 10.0
 
 
 @asynccontextmanager
-async def memory_cluster(tmp_path: Path) -> AsyncIterator[tuple[MemoryNetwork, dict[int, RaftNode]]]:
+async def memory_cluster(
+    tmp_path: Path,
+    network: MemoryNetwork | None = None,
+    limits: Limits = DEFAULTS,
+    tuning: Tuning = TUNING,
+) -> AsyncIterator[tuple[MemoryNetwork, dict[int, RaftNode]]]:
+    """Three nodes on the in-memory transport (network: one that drops or delays, say); every node in the
+    dict at the end is stopped, joiners the test added too."""
     conf = tmp_path / "c.yaml"
     conf.write_text(
         "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
         + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
     )
     cluster = load_cluster(conf)
-    network = MemoryNetwork()
+    network = network if network is not None else MemoryNetwork()
     nodes = {}
     for i in range(3):
-        node = RaftNode(cluster, i, MemoryStorage(), transport=network.transport(to_core(i)))
+        node = RaftNode(cluster, i, MemoryStorage(), limits, network.transport(to_core(i)), tuning)
         network.attach(to_core(i), node)
         nodes[i] = node
     runners = [asyncio.get_running_loop().create_task(n.run()) for n in nodes.values()]

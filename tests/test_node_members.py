@@ -447,36 +447,19 @@ def test_a_joining_node_removed_before_anything_reached_it_learns_it_and_stops(t
     container membership nemesis: such a node ran on for good)."""
 
     async def main() -> None:
-        network = _NothingReaches(to_core(3))
-        conf = tmp_path / "c.yaml"
-        conf.write_text(
-            "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
-            + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
-        )
-        nodes = {}
-        for i in range(3):
-            nodes[i] = RaftNode(
-                load_cluster(conf), i, MemoryStorage(), transport=network.transport(to_core(i))
-            )
-            network.attach(to_core(i), nodes[i])
-        runners = [asyncio.get_running_loop().create_task(n.run()) for n in nodes.values()]
-        try:
+        async with memory_cluster(tmp_path, _NothingReaches(to_core(3))) as (network, nodes):
             await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
             lead = await _lead(nodes)
             assert await lead.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4") == 3
             joiner = nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
             joiner.storage.save_record(dataclasses.replace(joiner.storage.record, joined={"members": []}))
-            runners.append(asyncio.get_running_loop().create_task(joiner.run()))
+            runner = asyncio.get_running_loop().create_task(joiner.run())
             await asyncio.sleep(0.2)
             assert not joiner.kv.members and not _stopped(joiner), "nothing reached it, and it waits"
             await lead.change_member(Change.REMOVE, 3)
             await _until("the joiner to stop", lambda: _stopped(joiner))
-            assert joiner._runner is not None and isinstance(joiner._runner.exception(), Removed)
+            assert isinstance(runner.exception(), Removed)
             assert joiner.storage.record.removed
-        finally:
-            for n in nodes.values():
-                await n.stop()
-            await asyncio.gather(*runners, return_exceptions=True)
 
     asyncio.run(main())
 
@@ -487,27 +470,14 @@ def test_a_snapshot_sent_carries_the_membership_as_of_its_index(tmp_path: Path) 
     live voters of five could then never elect (found by bench/membership.py)."""
 
     async def main() -> None:
-        network = MemoryNetwork()
-        conf = tmp_path / "c.yaml"
-        conf.write_text(
-            "election_timeout_ms: [150, 300]\nheartbeat_interval_ms: 50\nnodes:\n"
-            + "".join(f"  - {{id: {i}, host: 127.0.0.1, port: {1 + i}}}\n" for i in range(3))
-        )
         limits = dataclasses.replace(DEFAULTS, snapshot_entries=20)
         tuning = dataclasses.replace(TUNING, min_snapshot_log_bytes=1)
-        nodes: dict[int, RaftNode] = {}
-        for i in range(3):
-            nodes[i] = RaftNode(
-                load_cluster(conf), i, MemoryStorage(), limits, network.transport(to_core(i)), tuning
-            )
-            network.attach(to_core(i), nodes[i])
-        runners = [asyncio.get_running_loop().create_task(n.run()) for n in nodes.values()]
-        try:
+        async with memory_cluster(tmp_path, None, limits, tuning) as (network, nodes):
             await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
             lead = await _lead(nodes)
             assert await lead.change_member(Change.ADD_LEARNER, -1, "127.0.0.1:4") == 3
             nodes[3] = _joiner(tmp_path, network, 3, (0, 1, 2))
-            runners.append(asyncio.get_running_loop().create_task(nodes[3].run()))
+            runners = [asyncio.get_running_loop().create_task(nodes[3].run())]
             await _until("node 3 to catch up", lambda: 3 in nodes[3].kv.members)
             await lead.change_member(Change.ADD_VOTER, 3)
             gone = next(i for i in (0, 1, 2) if nodes[i] is not lead)
@@ -523,8 +493,7 @@ def test_a_snapshot_sent_carries_the_membership_as_of_its_index(tmp_path: Path) 
             assert fourth.raw.snapshot_meta().index > 0, "it caught up by a snapshot"
             assert fourth.raw.conf_state() == lead.raw.conf_state()
             assert to_core(gone) not in fourth.raw.conf_state().voters
-        finally:
-            for n in nodes.values():
+            for n in (nodes[3], fourth):
                 await n.stop()
             await asyncio.gather(*runners, return_exceptions=True)
 
