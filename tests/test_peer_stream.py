@@ -194,3 +194,27 @@ def test_a_refused_caller_address_makes_a_new_connection() -> None:
         await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_a_name_that_does_not_resolve_is_looked_up_again_on_a_new_channel() -> None:
+    """A node added before its host is up (a container starting): gRPC's resolver would wait up to two
+    minutes before looking again, so each failed send takes a new channel, which looks it up at once."""
+
+    async def main() -> None:
+        tuning = dataclasses.replace(TUNING, peer_backoff_min_s=0.01, peer_backoff_max_s=0.02)
+        client = PeerClient(
+            2, "raftd-no-such-host.invalid:1", Identity("c"), lambda _peer: None, tuning=tuning
+        )
+        seen = [client._raft_channel]  # kept alive, so that no two are the same object
+        client.start()
+        for _ in range(200):
+            client.send(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1))
+            await asyncio.sleep(0.02)
+            if client._raft_channel is not seen[-1]:
+                seen.append(client._raft_channel)
+            if len(seen) >= 3:
+                break
+        assert len(seen) >= 3, "the sender kept the channel whose name did not resolve"
+        await client.close()
+
+    asyncio.run(main())
