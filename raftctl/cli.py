@@ -476,17 +476,38 @@ def member_list(s: Settings) -> None:
     )
 
 
+def _id_and_address(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[int | None, str]:
+    """[ID] HOST:PORT."""
+    if len(value) not in (1, 2):
+        raise click.BadParameter("expected [ID] HOST:PORT")
+    node: int | None = None
+    if len(value) == 2:
+        if not value[0].isdigit():
+            raise click.BadParameter(f"{value[0]!r} is not a node id (a number from 0)")
+        node = int(value[0])
+    return node, _address(ctx, param, value[-1])
+
+
 @member.command("add", epilog=COMMAND_EPILOG)
 @global_options
-@click.argument("address", metavar="HOST:PORT", callback=_address)
+@click.argument("where", metavar="[ID] HOST:PORT", nargs=-1, required=True, callback=_id_and_address)
+@click.option(
+    "--learner",
+    is_flag=True,
+    help="Accepted for etcdctl's habit: every new member is a learner until promoted.",
+)
 @pass_settings
-def member_add(s: Settings, address: str) -> None:
-    """Add a node at HOST:PORT as a learner; prints its new id and how to start it.
+def member_add(s: Settings, where: tuple[int | None, str], learner: bool) -> None:
+    """Add a node at HOST:PORT as a learner, under ID or the lowest id never given; prints its id and how
+    to start it. An ID given before, to a member now or ever, is refused (exit 4): ids are never reused.
 
     Start the node with `raftd ID --join ENDPOINTS`; once it has caught up, `raftctl member promote ID`
     makes it a voter (or start it with --auto-promote)."""
+    node, address = where
     with s.client() as c:
-        r = c.member_add(address)
+        r = c.member_add(address, node)
     s.emit(change_line("add", r, list(s.endpoints.addresses)), change_doc(r))
 
 

@@ -493,9 +493,10 @@ class Client(_Routing):
             lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberList(pb.MemberListRequest(), timeout=t),
         )
 
-    def member_add(self, address: str) -> pb.MemberChangeResponse:
-        """Add a learner at address (HOST:PORT); the answer names the id the cluster gave it."""
-        request = pb.MemberAddRequest(address=address)
+    def member_add(self, address: str, node_id: int | None = None) -> pb.MemberChangeResponse:
+        """Add a learner at address (HOST:PORT), under node_id or the lowest id never given; the answer
+        names the id the cluster gave it."""
+        request = pb.MemberAddRequest(address=address, id=node_id)
         return self._change(
             "member add", lambda ch, t: kv_pb2_grpc.AdminStub(ch).MemberAdd(request, timeout=t)
         )

@@ -114,7 +114,7 @@ class Shell:
             ),
             "status": _Command("status", "a table of every node's view", 0, 0, self._status),
             "member": _Command(
-                "member list|add HOST:PORT|promote ID|remove ID|update ID HOST:PORT",
+                "member list|add [ID] HOST:PORT|promote ID|remove ID|update ID HOST:PORT",
                 "the membership, and changes to it",
                 1,
                 3,
@@ -248,15 +248,16 @@ class Shell:
 
     def _member(self, args: list[str]) -> bool:
         verb, rest = args[0], args[1:]
-        arity = {"list": 0, "add": 1, "promote": 1, "remove": 1, "update": 2}
-        if arity.get(verb) != len(rest):
+        arity = {"list": (0,), "add": (1, 2), "promote": (1,), "remove": (1,), "update": (2,)}
+        if len(rest) not in arity.get(verb, ()):
             raise ShellError("usage: " + self.commands["member"].usage)
         if verb == "list":
             r = self.client.member_list()
             self._say(members_table(list(r.members), r.leader_id))
             return True
         if verb == "add":
-            answer = self.client.member_add(self._address(rest[0]))
+            node = self._id(rest[0]) if len(rest) == 2 else None
+            answer = self.client.member_add(self._address(rest[-1]), node)
         elif verb == "update":
             answer = self.client.member_update(self._id(rest[0]), self._address(rest[1]))
         elif verb == "promote":

@@ -1023,7 +1023,8 @@ class RaftNode:
         return max(self.kv.next_member_id, max(known, default=-1) + 1)
 
     async def change_member(self, change: Change, node: int, address: str = "") -> int:
-        """Propose one membership change on this leader and wait until it applies here; the member's id.
+        """Propose one membership change on this leader and wait until it applies here; the member's id
+        (for an addition: node, or with node -1 the lowest id never given).
 
         Refused before it is proposed (it never applies): NotLeader, Unavailable, ConfChangeRefused. Once
         proposed, a failure is OutcomeUnknown, as a write's is."""
@@ -1037,10 +1038,16 @@ class RaftNode:
             )
         members = self.kv.members
         if change is Change.ADD_LEARNER:
+            lowest = self.new_member_id()
+            if 0 <= node < lowest:
+                raise ConfChangeRefused(
+                    f"node id {node} was given already (ids are never reused); the lowest free is {lowest}",
+                    invalid=True,
+                )
             taken = [m for m in self.members() if m.address == address]
             if taken:
                 raise ConfChangeRefused(f"node {taken[0].id} listens at {address} already", invalid=True)
-            node = self.new_member_id()
+            node = node if node >= 0 else lowest
         elif change is Change.UPDATE and node not in members:
             raise ConfChangeRefused(f"node {node} is not a member", invalid=True)
         elif change is Change.ADD_VOTER and node in members:

@@ -228,7 +228,10 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MemberChangeResponse:
         address = _address(request.address)
-        return await self._change(context, "add", Change.ADD_LEARNER, -1, address, request)
+        node = request.id if request.HasField("id") else -1
+        if request.HasField("id") and node < 0:
+            raise RequestFailed(grpc.StatusCode.INVALID_ARGUMENT, f"node id {node} is negative")
+        return await self._change(context, "add", Change.ADD_LEARNER, node, address, request)
 
     @grpc_errors
     async def MemberPromote(

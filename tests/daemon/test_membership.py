@@ -203,6 +203,8 @@ def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tm
         assert ctl(c, "member", "promote", "0").returncode == 4
         assert ctl(c, "member", "remove", "9").returncode == 4
         assert ctl(c, "member", "add", "no-port").returncode == 2
+        again = ctl(c, "member", "add", str(wiped), c.address(wiped))
+        assert again.returncode == 4 and f"node id {wiped} was given already" in again.stderr, again.stderr
         survivor = next(i for i in range(3) if i not in (leader, wiped))
         quorumless = ctl(c, "member", "remove", str(survivor))
         assert quorumless.returncode == 5 and "quorum" in quorumless.stderr, quorumless.stderr
@@ -310,7 +312,8 @@ def test_changes_refused_at_the_wrong_moment_say_why_and_exit_5(tmp_path: Path) 
 
         # A learner that never started is as far behind as can be (the lag allowed is 0 here).
         (port,) = free_ports(1)
-        learner = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{port}"))
+        learner = added_id(ctl(c, "-o", "json", "member", "add", "7", f"{HOST}:{port}", "--learner"))
+        assert learner == 7, "the id asked for"
         behind = ctl(c, "member", "promote", str(learner))
         assert behind.returncode == 5 and f"learner {learner} is " in behind.stderr, behind.stderr
         assert "entries behind the commit index" in behind.stderr
