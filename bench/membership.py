@@ -33,7 +33,6 @@ import itertools
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +45,7 @@ from snapshots import VALUE, seed_backup
 
 from raftctl.aio import AsyncClient
 from raftctl.client import Client, ClientError, NotFound, OutcomeUnknown, ServerError
-from raftd.launcher import HOST, LocalCluster, free_ports, node_env
+from raftd.launcher import HOST, LocalCluster, free_ports
 
 T = TypeVar("T")
 WAIT_S = 180.0
@@ -83,31 +82,9 @@ class Bench(LocalCluster):
         with self.admin() as c:
             return wait("a leader", lambda: c.member_list().leader_id + 1) - 1
 
-    def join(self, node: int, *extra: str) -> None:
-        """Start node (added already) on an empty directory with --join."""
-        eps = ",".join(a for i, a in self.addresses.items() if i != node)
-        d = self.root / f"data-{node}"
-        with (
-            (self.root / f"node-{node}.out").open("ab") as out,
-            (self.root / f"node-{node}.err").open("ab") as err,
-        ):
-            self.procs[node] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "raftd",
-                    str(node),
-                    "--join",
-                    eps,
-                    "--data-dir",
-                    str(d),
-                    *self.args,
-                    *extra,
-                ],
-                env=node_env(self.env),
-                stdout=out,
-                stderr=err,
-            )
+    def join_cluster(self, node: int, *extra: str) -> None:
+        """Start node (added already) on an empty directory with --join the other members."""
+        self.join(node, [a for i, a in self.addresses.items() if i != node], *extra)
 
     def add(self, address: str) -> int:
         with self.admin() as c:
@@ -245,7 +222,7 @@ def seeded_rounds(root: Path, keys: int, trials: int, writers_n: int) -> dict[st
                     c.put(key, "x")
                 new = b.add(address)
                 started = time.monotonic()
-                b.join(new)
+                b.join_cluster(new)
                 wait(f"node {new} to catch up", lambda n=new, k=key: b.local_read(n, k), poll=0.005)
                 out["wiped"].append(time.monotonic() - started)
                 b.promote(new)
@@ -260,7 +237,7 @@ def seeded_rounds(root: Path, keys: int, trials: int, writers_n: int) -> dict[st
                 if lead < 3:
                     b.start(lead)
                 else:
-                    b.join(lead)  # its directory holds its join
+                    b.join_cluster(lead)  # its directory holds its join
                 back = f"after-kill-{trial}"
                 with b.admin() as c:
                     c.put(back, "x")
@@ -275,7 +252,7 @@ def seeded_rounds(root: Path, keys: int, trials: int, writers_n: int) -> dict[st
                 # d. Add a node and promote it.
                 started = time.monotonic()
                 new = b.add(f"{HOST}:{free_ports(1)[0]}")
-                b.join(new)
+                b.join_cluster(new)
                 b.promote(new)
                 out["add_promote"].append(time.monotonic() - started)
                 print(
@@ -307,7 +284,7 @@ def rates_around_changes(root: Path, clients: int) -> dict[str, float]:
             time.sleep(WINDOW_S)
             t1 = time.monotonic()
             new = b.add(f"{HOST}:{free_ports(1)[0]}")
-            b.join(new, "--auto-promote")
+            b.join_cluster(new, "--auto-promote")
             with b.admin() as c:
                 wait(f"node {new} promoted", lambda: not any(m.learner for m in c.member_list().members))
             out["add_promoted_s"] = time.monotonic() - t1

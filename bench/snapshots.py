@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from raftctl.client import Client
 from raftd.backup import pack
 from raftd.core import Entry, HardState, Snapshot, SnapshotMeta
 from raftd.kv import Command, Image, KVStore, Op, encode
-from raftd.launcher import LocalCluster, node_env
+from raftd.launcher import LocalCluster
 from raftd.pb import kv_pb2, kv_pb2_grpc
 from raftd.settings import Limits
 from raftd.snapshots import snapshot_due
@@ -122,22 +121,7 @@ def restart_and_catch_up(root: Path, keys: int) -> dict[str, float]:
             admin.member_remove(wiped)
             new = admin.member_add(b.address(wiped)).member.id
         started = time.monotonic()
-        b.procs[wiped] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "raftd",
-                str(new),
-                "--join",
-                ",".join(b.address(i) for i in range(3) if i != wiped),
-                "--data-dir",
-                str(b.data_dir(wiped)),
-                *b.args,
-            ],
-            env=node_env(b.env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        b.join(new, [b.address(i) for i in range(3) if i != wiped])
         wkv = b.stub(wiped)[0]
         b.wait(
             "the wiped node to catch up",

@@ -158,25 +158,23 @@ def summary(ops: list[Op]) -> str:
 
 
 @pytest.fixture
-def cluster(image: str) -> Iterator[ContainerCluster]:
+def cluster(image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ContainerCluster]:
+    """Three containers. The workload's clients dial their published 127.0.0.1 ports but follow leader
+    hints by the nodes' own addresses, as production clients would."""
     with ContainerCluster(3, image) as c:
+        monkeypatch.setattr(
+            workload_module,
+            "Client",
+            lambda endpoints, timeout, pin=False: MappedClient(endpoints, c.mapping, timeout, pin),
+        )
         yield c
 
 
-def test_jepsen_container_cluster(
-    cluster: ContainerCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_jepsen_container_cluster(cluster: ContainerCluster, tmp_path: Path) -> None:
     seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
     replay = f"RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule"
     print(f"\njepsen (containers): seed {seed} ({replay}), {SECONDS:g}s")
     c = cluster
-    # The workload's clients dial the published 127.0.0.1 ports but follow leader hints by the nodes'
-    # own addresses, as production clients would.
-    monkeypatch.setattr(
-        workload_module,
-        "Client",
-        lambda endpoints, timeout, pin=False: MappedClient(endpoints, c.mapping, timeout, pin),
-    )
     rng = random.Random(seed)
     # Up to two of three nodes faulty: with a majority down nothing commits, and the entries left
     # uncommitted in a dead or cut-off leader's log are the interesting ones when it comes back.
@@ -238,19 +236,12 @@ def test_jepsen_container_cluster(
     assert all(op.status != "pending" for op in ops)
 
 
-def test_jepsen_container_cluster_under_membership_changes(
-    cluster: ContainerCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_jepsen_container_cluster_under_membership_changes(cluster: ContainerCluster, tmp_path: Path) -> None:
     """The workload while containers are added (then promoted), removed (the leader half the time) and
     replaced (removed, then a new container added under a new id), between three and five members."""
     seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
     print(f"\njepsen membership (containers): seed {seed}, {MEMBERSHIP_SECONDS:g}s")
     c = cluster
-    monkeypatch.setattr(
-        workload_module,
-        "Client",
-        lambda endpoints, timeout, pin=False: MappedClient(endpoints, c.mapping, timeout, pin),
-    )
     rng = random.Random(seed)
     nemesis = ContainerMembershipNemesis(c)
     nemesis.wait_recorded()

@@ -135,6 +135,20 @@ class LocalCluster:
     ) -> subprocess.Popen[bytes]:
         """Start node i; it does not wait for the node to listen. Output is appended to its files unless
         stdout/stderr say otherwise (subprocess.PIPE, subprocess.STDOUT, a file)."""
+        return self._spawn(i, self.command(i, *extra), stdout, stderr)
+
+    def join(self, i: int, endpoints: Sequence[str], *extra: str) -> subprocess.Popen[bytes]:
+        """Start node i, added to the running cluster already (raftctl member add), with --join endpoints:
+        told the cluster, it reads no map. Its directory and output are where the map's nodes keep theirs,
+        and close() stops it with them."""
+        args = [sys.executable, "-m", "raftd", str(i), "--join", ",".join(endpoints)]
+        if self.data_dirs:
+            args += ["--data-dir", str(self.data_dir(i))]
+        return self._spawn(i, args + self.args + list(extra), None, None)
+
+    def _spawn(
+        self, i: int, command: list[str], stdout: int | IO[bytes] | None, stderr: int | IO[bytes] | None
+    ) -> subprocess.Popen[bytes]:
         running = self.procs.get(i)
         if running is not None and running.poll() is None:
             raise RuntimeError(f"node {i} is running")
@@ -144,7 +158,7 @@ class LocalCluster:
             if stderr is None:
                 stderr = files.enter_context(self.err_path(i).open("ab"))
             proc = subprocess.Popen(
-                self.command(i, *extra),
+                command,
                 cwd=self.root,
                 env=node_env(self.env),
                 stdout=stdout,

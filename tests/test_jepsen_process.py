@@ -27,7 +27,7 @@ from raftd.testing import History, Op, check, check_failed_writes_unread
 from raftd.testing.nemesis import MembershipNemesis, Nemesis, ProcessMembershipNemesis, ProcessNemesis
 from raftd.testing.workload import client_plan, run_workload
 
-from .daemon.cluster import Cluster, cluster_of, raftd_env
+from .daemon.cluster import Cluster, cluster_of
 
 SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "20"))
 KEYS = ["k0", "k1", "k2"]
@@ -167,15 +167,12 @@ def test_jepsen_process_cluster_under_membership_changes(tmp_path: Path) -> None
     seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
     print(f"\njepsen membership: seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays it), {SECONDS:g}s")
     with cluster_of(tmp_path / "cluster", 3) as c:
-        nemesis = ProcessMembershipNemesis(c, raftd_env())
-        try:
-            nemesis.wait_recorded()
-            history, schedule = record(c, SECONDS, seed, nemesis)
-            ops = history.ops()
-            context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
-            assert_correct(ops, history, tmp_path / "history.jsonl", context + nemesis.dump_logs())
-        finally:
-            nemesis.close()
+        nemesis = ProcessMembershipNemesis(c)  # the nodes it starts are the cluster's to stop
+        nemesis.wait_recorded()
+        history, schedule = record(c, SECONDS, seed, nemesis)
+        ops = history.ops()
+        context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
+        assert_correct(ops, history, tmp_path / "history.jsonl", context + nemesis.dump_logs())
 
     # Changes of every kind applied, and the clients got work done through them.
     assert sum(nemesis.changes.values()) >= min(3, int(SECONDS / 5)), schedule

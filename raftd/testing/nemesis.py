@@ -12,7 +12,6 @@ import abc
 import contextlib
 import random
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -129,10 +128,12 @@ class ProcessCluster(Protocol):
     """What ProcessNemesis needs of a process cluster (tests/daemon/cluster.py's Cluster has it)."""
 
     n: int
-    root: Path
     procs: dict[int, subprocess.Popen[bytes]]
 
     def address(self, i: int) -> str: ...
+    def out_path(self, i: int) -> Path: ...
+    def err_path(self, i: int) -> Path: ...
+    def join(self, i: int, endpoints: Sequence[str], *extra: str) -> object: ...
     def kill(self, i: int) -> int: ...
     def start(self, i: int, *extra: str) -> object: ...
     def stop(self, i: int) -> None: ...
@@ -414,51 +415,32 @@ class MembershipNemesis(Nemesis):
 
 class ProcessMembershipNemesis(MembershipNemesis):
     """MembershipNemesis on local processes: the cluster's own nodes, and nodes it starts with --join
-    (data directory root/data-ID, output root/node-ID.out and .err, as the cluster's own)."""
+    (LocalCluster.join: the cluster stops them too)."""
 
-    def __init__(self, cluster: ProcessCluster, env: dict[str, str], **kw: Any) -> None:
+    def __init__(self, cluster: ProcessCluster, **kw: Any) -> None:
         super().__init__({i: cluster.address(i) for i in range(cluster.n)}, **kw)
         self.cluster = cluster
-        self.env = env
-        self.joined: dict[int, subprocess.Popen[bytes]] = {}
+        self.joined: list[int] = []
 
     def new_address(self, replacing: str | None = None) -> str:
         return replacing or f"{HOST}:{free_ports(1)[0]}"
 
     def launch(self, node_id: int, endpoints: list[str], auto_promote: bool) -> None:
-        root = self.cluster.root
-        args = [str(node_id), "--join", ",".join(endpoints), "--data-dir", str(root / f"data-{node_id}")]
-        with (
-            (root / f"node-{node_id}.out").open("ab") as out,
-            (root / f"node-{node_id}.err").open("ab") as err,
-        ):
-            self.joined[node_id] = subprocess.Popen(
-                [sys.executable, "-m", "raftd", *args, *(["--auto-promote"] if auto_promote else [])],
-                env=self.env,
-                stdout=out,
-                stderr=err,
-            )
+        self.cluster.join(node_id, endpoints, *(["--auto-promote"] if auto_promote else []))
+        self.joined.append(node_id)
 
     def wait_exit(self, node_id: int, timeout: float) -> tuple[int | None, str]:
-        proc = self.joined.get(node_id) or self.cluster.procs[node_id]
+        proc = self.cluster.procs[node_id]
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        err = self.cluster.root / f"node-{node_id}.err"
+        err = self.cluster.err_path(node_id)
         return proc.poll(), err.read_text(errors="replace") if err.exists() else ""
 
     def dump_logs(self) -> str:
         """The joined nodes' output (the cluster's own nodes are the cluster's to show)."""
         parts = []
-        for i in sorted(self.joined):
-            for name in (f"node-{i}.out", f"node-{i}.err"):
-                path = self.cluster.root / name
+        for i in self.joined:
+            for path in (self.cluster.out_path(i), self.cluster.err_path(i)):
                 if path.exists():
-                    parts.append(f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}")
+                    parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)
-
-    def close(self) -> None:
-        """Kill the nodes it started, whatever state they are in."""
-        for proc in self.joined.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()

@@ -167,8 +167,8 @@ class Cluster(LocalCluster):
         return self.wait_leader() if wait else None
 
     def running(self) -> list[int]:
-        """Nodes whose process is alive and not SIGSTOPped."""
-        return [i for i in self.alive() if i not in self.paused]
+        """The map's nodes whose process is alive and not SIGSTOPped (not those started with join())."""
+        return [i for i in self.alive() if i in self.ids and i not in self.paused]
 
     def kill(self, i: int) -> int:
         """SIGKILL node i and reap it; returns its exit status."""

@@ -18,14 +18,14 @@ from raftd.launcher import free_ports
 from raftd.pb import kv_pb2
 from raftd.storage import DirRecord
 
-from .cluster import HOST, Cluster, meta_of, raftd_env, release_env, wait_until
+from .cluster import HOST, Cluster, meta_of, release_env, wait_until
 
 CTL_LIMIT_S = 30.0
 EXIT_WAIT_S = 20.0
 
 
 def ctl(c: Cluster, *args: str, endpoints: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    eps = ",".join(endpoints or [c.address(i) for i in c.alive()])
+    eps = ",".join(endpoints or [c.address(i) for i in c.alive() if i in c.ids])  # the map's nodes
     return subprocess.run(
         [sys.executable, "-m", "raftctl", "--endpoints", eps, *args],
         capture_output=True,
@@ -47,29 +47,6 @@ def roles(c: Cluster, endpoints: list[str] | None = None) -> dict[int, str]:
     listed = members(c, endpoints)["members"]
     assert isinstance(listed, list)
     return {m["id"]: m["role"] for m in listed}
-
-
-class Joiner:
-    """A node started with --join, beside the cluster's own processes."""
-
-    def __init__(self, c: Cluster, node_id: int, *extra: str) -> None:
-        self.dir = c.root / f"data-{node_id}"
-        self.err = c.root / f"node-{node_id}.err"
-        self.node_id = node_id
-        self.args = [str(node_id), "--join", ",".join(c.endpoints), "--data-dir", str(self.dir), *extra]
-        self.proc = self.start()
-
-    def start(self) -> subprocess.Popen[bytes]:
-        with (self.dir.parent / f"node-{self.node_id}.out").open("ab") as out, self.err.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "raftd", *self.args], env=raftd_env(), stdout=out, stderr=err
-            )
-        return self.proc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
 
 
 def local_value(address: str, key: str) -> str | None:
@@ -123,19 +100,18 @@ def test_a_cluster_grows_to_five_and_shrinks_to_three_under_writes(tmp_path: Pat
         wait_until("the membership record", lambda: members(c)["recorded"])
         writer = Writer(c.endpoints)
         writer.start()
-        joiners: list[Joiner] = []
         try:
             ports = free_ports(2)
             new = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{ports[0]}"))
             assert new == 3
-            joiners.append(Joiner(c, new))
+            c.join(new, c.endpoints)
             # Promotion is the operator's: refused (5) while the learner is behind, then done.
             wait_until("node 3's promotion", lambda: ctl(c, "member", "promote", "3").returncode == 0)
             again = ctl(c, "member", "add", f"{HOST}:{ports[0]}")
             assert again.returncode == 4 and "listens at" in again.stderr, "one member per address"
             fifth = added_id(ctl(c, "-o", "json", "member", "add", f"{HOST}:{ports[1]}"))
             assert fifth == 4
-            joiners.append(Joiner(c, fifth, "--auto-promote"))
+            c.join(fifth, c.endpoints, "--auto-promote")
             wait_until("node 4 to promote itself", lambda: roles(c).get(4) == "voter")
             assert roles(c) == dict.fromkeys(range(5), "voter")
             # raftctl status through the map's nodes shows the nodes that joined too, from the cluster.
@@ -176,8 +152,6 @@ def test_a_cluster_grows_to_five_and_shrinks_to_three_under_writes(tmp_path: Pat
         finally:
             writer.stopping.set()
             writer.join(30)
-            for j in joiners:  # not the cluster's processes: killed here, whatever happened
-                j.kill()
 
 
 def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tmp_path: Path) -> None:
@@ -213,18 +187,15 @@ def test_a_wiped_node_is_refused_under_its_old_id_and_rejoins_under_a_new_one(tm
         assert ctl(c, "member", "remove", str(wiped)).returncode == 0
         new = added_id(ctl(c, "-o", "json", "member", "add", c.address(wiped)))
         assert new == 3, "ids are never given twice"
-        joiner = Joiner(c, new)
-        try:
-            wait_until("node 3 to catch up", lambda: local_value(c.address(wiped), "k") == "after")
-            wait_until("node 3's promotion", lambda: ctl(c, "member", "promote", "3").returncode == 0)
-            assert roles(c) == {leader: "voter", survivor: "voter", 3: "voter"}
-            # A restart with the same flags finds the cluster in its own data directory.
-            joiner.kill()
-            joiner.start()
-            c.put_retrying(leader, "k", "restarted")
-            wait_until("node 3 after its restart", lambda: local_value(c.address(wiped), "k") == "restarted")
-        finally:
-            joiner.kill()
+        c.join(new, c.endpoints)
+        wait_until("node 3 to catch up", lambda: local_value(c.address(wiped), "k") == "after")
+        wait_until("node 3's promotion", lambda: ctl(c, "member", "promote", "3").returncode == 0)
+        assert roles(c) == {leader: "voter", survivor: "voter", 3: "voter"}
+        # A restart with the same flags finds the cluster in its own data directory.
+        c.kill(new)
+        c.join(new, c.endpoints)
+        c.put_retrying(leader, "k", "restarted")
+        wait_until("node 3 after its restart", lambda: local_value(c.address(wiped), "k") == "restarted")
 
 
 # The last commit before membership changes in the daemon: its directories have no record, its nodes speak

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from raftd.kv import Image, encode
 from raftd.pb import kv_pb2, peer_pb2, peer_pb2_grpc
 from raftd.transport.codec import message_to_pb
 
-from .cluster import Cluster, raftd_env
+from .cluster import Cluster
 
 EVERY = 40  # --snapshot-entries: small, so a few hundred writes compact several times
 
@@ -112,34 +110,14 @@ def test_a_wiped_node_replaced_under_a_new_id_catches_up_by_snapshot(cluster: Cl
     # The new member listens where the wiped one did, so the cluster's helpers reach it by that index.
     added = admin.MemberAdd(kv_pb2.MemberAddRequest(address=cluster.address(wiped)), timeout=10).member
     assert added.learner and added.id == 3
-    mark = cluster.log_size(wiped)
-    members = ",".join(cluster.address(i) for i in range(3) if i != wiped)
-    command = [
-        sys.executable,
-        "-m",
-        "raftd",
-        str(added.id),
-        "--join",
-        members,
-        "--snapshot-entries",
-        str(EVERY),
-    ]
-    with cluster.out_path(wiped).open("ab") as out:
-        joiner = subprocess.Popen(
-            [*command, "--data-dir", str(cluster.root / "data-new")],
-            cwd=cluster.root,
-            env=raftd_env(),
-            stdout=out,
-        )
-    try:
-        _wait_state(cluster, wiped, expected)
-        assert "Installed a snapshot at index" in cluster.log(wiped, mark), cluster.dump_logs()
-        admin.MemberPromote(kv_pb2.MemberPromoteRequest(id=added.id), timeout=10)
-        # And it serves linearizable reads as a voter.
-        assert cluster.get(wiped, "after0").found
-    finally:
-        joiner.kill()
-        joiner.wait()
+    cluster.join(
+        added.id, [cluster.address(i) for i in range(3) if i != wiped], "--snapshot-entries", str(EVERY)
+    )
+    _wait_state(cluster, wiped, expected)
+    assert "Installed a snapshot at index" in cluster.log(added.id), cluster.dump_logs()
+    admin.MemberPromote(kv_pb2.MemberPromoteRequest(id=added.id), timeout=10)
+    # And it serves linearizable reads as a voter.
+    assert cluster.get(wiped, "after0").found
 
 
 def _install(c: Cluster, i: int, chunks: list[peer_pb2.SnapshotChunk]) -> grpc.RpcError:
