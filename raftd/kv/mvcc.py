@@ -1,0 +1,626 @@
+"""The multi-version keyspace of issue 21 (etcd's data model) over one sqlite table.
+
+Why sqlite and not Python objects: the keyspace is meant to hold ten million keys in a node of 150 MB and
+restart in seconds (docs/design.md, "The multi-version keyspace"), so the keys live in a B-tree on disk and
+memory holds only sqlite's bounded page cache; etcd's bbolt backend keeps its history on disk the same way.
+
+One row per change of a key, `(key, mod_rev)` its primary key, so a key's history is contiguous and
+ordered. A delete writes a tombstone (version 0). The value of a key at revision R is its row with the
+greatest mod_rev <= R, unless that row is a tombstone. Within one revision (a transaction), `sub` numbers
+the changes in the order they were made: the order watchers see them in. A transaction never writes one
+key twice (DuplicateKey, as in etcd), so `(key, mod_rev)` is unique.
+
+Every row and meta value carries a crc32, checked whenever it is read: damage raises KeyspaceCorrupt (a
+StorageError), and is never served.
+
+Deterministic: the same operations in the same order leave every replica with the same rows. The caller
+owns the connection and its transactions (each Raft apply batch is one), so a failed batch is rolled back
+whole and the keyspace then reads its revision again (reload()).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import sqlite3
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from raftd.storage.base import StorageError
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS mvcc_rev (key BLOB NOT NULL, mod_rev INTEGER NOT NULL, sub INTEGER NOT NULL,"
+    " create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,"
+    " crc INTEGER NOT NULL, PRIMARY KEY (key, mod_rev)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS mvcc_by_rev ON mvcc_rev (mod_rev, sub)",
+    "CREATE TABLE IF NOT EXISTS mvcc_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL,"
+    " crc INTEGER NOT NULL)",
+)
+_COLUMNS = "key, mod_rev, sub, create_rev, version, lease, value, crc"
+_ROW = struct.Struct(">qqqqqI")
+_META = struct.Struct(">q")
+REVISION = "revision"
+COMPACT_REVISION = "compact_revision"
+
+Row = tuple[bytes, int, int, int, int, int, bytes, int]
+
+
+class KeyspaceError(Exception):
+    """A request the keyspace refuses; nothing of it was written. str() is etcd's message for it."""
+
+
+class Compacted(KeyspaceError):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__("mvcc: required revision has been compacted")
+        self.compact_revision = compact_revision
+
+
+class FutureRevision(KeyspaceError):
+    def __init__(self) -> None:
+        super().__init__("mvcc: required revision is a future revision")
+
+
+class KeyNotFound(KeyspaceError):
+    """A put with ignore_value or ignore_lease of a key that does not exist."""
+
+    def __init__(self) -> None:
+        super().__init__("key not found")
+
+
+class DuplicateKey(KeyspaceError):
+    """A transaction that would write one key twice in one revision."""
+
+    def __init__(self) -> None:
+        super().__init__("duplicate key given in txn request")
+
+
+class KeyspaceCorrupt(StorageError):
+    """A row whose checksum does not match: the node stops rather than serve it."""
+
+
+class SortOrder(enum.IntEnum):  # etcd's RangeRequest.SortOrder numbers
+    NONE = 0
+    ASCEND = 1
+    DESCEND = 2
+
+
+class SortTarget(enum.IntEnum):  # etcd's RangeRequest.SortTarget numbers
+    KEY = 0
+    VERSION = 1
+    CREATE = 2
+    MOD = 3
+    VALUE = 4
+
+
+class CompareTarget(enum.IntEnum):  # etcd's Compare.CompareTarget numbers
+    VERSION = 0
+    CREATE = 1
+    MOD = 2
+    VALUE = 3
+    LEASE = 4
+
+
+class CompareResult(enum.IntEnum):  # etcd's Compare.CompareResult numbers
+    EQUAL = 0
+    GREATER = 1
+    LESS = 2
+    NOT_EQUAL = 3
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change, as a watcher sees it: a delete's kv holds only the key and mod_revision, as etcd's."""
+
+    deleted: bool
+    kv: KeyValue
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    key: bytes
+    range_end: bytes = b""
+    revision: int = 0  # 0 or less: the current one
+    limit: int = 0  # 0: no limit
+    keys_only: bool = False
+    count_only: bool = False
+    sort_order: SortOrder = SortOrder.NONE
+    sort_target: SortTarget = SortTarget.KEY
+    min_mod_revision: int = 0
+    max_mod_revision: int = 0
+    min_create_revision: int = 0
+    max_create_revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    key: bytes
+    value: bytes = b""
+    lease: int = 0
+    prev_kv: bool = False
+    ignore_value: bool = False
+    ignore_lease: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRangeRequest:
+    key: bytes
+    range_end: bytes = b""
+    prev_kv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    key: bytes
+    target: CompareTarget
+    result: CompareResult
+    value: bytes | int  # bytes for VALUE, an int for the others
+    range_end: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRequest:
+    compare: tuple[Compare, ...] = ()
+    success: tuple[Request, ...] = ()
+    failure: tuple[Request, ...] = ()
+
+
+Request = RangeRequest | PutRequest | DeleteRangeRequest | TxnRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    more: bool
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    prev_kv: KeyValue | None  # only when asked for and the key existed
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRangeResult:
+    deleted: int
+    prev_kvs: list[KeyValue]  # only when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    responses: list[Result]
+
+
+Result = RangeResult | PutResult | DeleteRangeResult | TxnResult
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that makes [prefix, end) every key starting with prefix (etcd's GetPrefixRangeEnd):
+    the prefix with its last byte below 0xff incremented; b"\\x00" (no upper bound) when there is none."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\x00"
+
+
+def _bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None] | None:
+    """[low, high) of a range, high None for no upper bound; None for a single key (no range_end)."""
+    if not range_end:
+        return None
+    return key, None if range_end == b"\x00" else range_end
+
+
+def _crc(key: bytes, mod_rev: int, sub: int, create_rev: int, version: int, lease: int, value: bytes) -> int:
+    head = _ROW.pack(mod_rev, sub, create_rev, version, lease, len(key))
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
+
+
+def _meta_crc(name: str, value: int) -> int:
+    return zlib.crc32(_META.pack(value), zlib.crc32(name.encode()))
+
+
+def _checked(row: Row) -> KeyValue:
+    key, mod_rev, sub, create_rev, version, lease, value, crc = row
+    if _crc(key, mod_rev, sub, create_rev, version, lease, value) != crc:
+        raise KeyspaceCorrupt(f"the keyspace row of key {key!r} at revision {mod_rev} is damaged (checksum)")
+    return KeyValue(key, value, create_rev, mod_rev, version, lease)
+
+
+def _compare(c: Compare, kv: KeyValue) -> bool:
+    mine: bytes | int
+    if c.target == CompareTarget.VALUE:
+        mine = kv.value
+    elif c.target == CompareTarget.VERSION:
+        mine = kv.version
+    elif c.target == CompareTarget.CREATE:
+        mine = kv.create_revision
+    elif c.target == CompareTarget.MOD:
+        mine = kv.mod_revision
+    else:
+        mine = kv.lease
+    theirs = c.value
+    if isinstance(mine, bytes) != isinstance(theirs, bytes):
+        raise TypeError(
+            f"compare on {c.target.name} takes {'bytes' if isinstance(mine, bytes) else 'an int'}"
+        )
+    order = (mine > theirs) - (mine < theirs)  # type: ignore[operator]
+    if c.result == CompareResult.EQUAL:
+        return order == 0
+    if c.result == CompareResult.NOT_EQUAL:
+        return order != 0
+    if c.result == CompareResult.GREATER:
+        return order > 0
+    return order < 0
+
+
+_SORT_KEYS = {
+    SortTarget.KEY: lambda kv: kv.key,
+    SortTarget.VERSION: lambda kv: kv.version,
+    SortTarget.CREATE: lambda kv: kv.create_revision,
+    SortTarget.MOD: lambda kv: kv.mod_revision,
+    SortTarget.VALUE: lambda kv: kv.value,
+}
+
+
+@dataclass
+class _Writing:
+    """One revision being written: the changes made so far in it."""
+
+    revision: int
+    changes: int = 0
+    written: set[bytes] = field(default_factory=set)
+
+
+class Keyspace:
+    """The keyspace in conn's database (its tables made if absent). One writer: the node's apply loop."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        self.revision = 0
+        self.compact_revision = 0
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the revisions again (after the owner rolled a batch back)."""
+        self.revision = self._meta(REVISION)
+        self.compact_revision = self._meta(COMPACT_REVISION)
+
+    def _meta(self, name: str) -> int:
+        row = self.conn.execute("SELECT value, crc FROM mvcc_meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return 0
+        if _meta_crc(name, row[0]) != row[1]:
+            raise KeyspaceCorrupt(f"the keyspace's {name} is damaged (checksum)")
+        return int(row[0])
+
+    def _set_meta(self, name: str, value: int) -> None:
+        self.conn.execute(
+            "INSERT INTO mvcc_meta (name, value, crc) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, crc = excluded.crc",
+            (name, value, _meta_crc(name, value)),
+        )
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def _read_revision(self, revision: int) -> int:
+        """The revision a read at `revision` sees, or Compacted / FutureRevision."""
+        if revision <= 0:
+            return self.revision
+        if revision > self.revision:
+            raise FutureRevision()
+        if revision < self.compact_revision:
+            raise Compacted(self.compact_revision)
+        return revision
+
+    def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
+        """The key's value at revision (0: now), None when it does not exist then."""
+        return self._latest(key, self._read_revision(revision))
+
+    def _latest(self, key: bytes, at: int) -> KeyValue | None:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM mvcc_rev WHERE key = ? AND mod_rev <= ? ORDER BY mod_rev DESC LIMIT 1",
+            (key, at),
+        ).fetchone()
+        if row is None:
+            return None
+        kv = _checked(row)
+        return kv if kv.version else None
+
+    def _live(self, low: bytes, high: bytes | None, at: int, limit: int = 0) -> Iterator[KeyValue]:
+        """The keys of [low, high) that exist at revision at, in key order (sqlite's max() takes the other
+        columns from the row with the greatest mod_rev of each key)."""
+        where = "key >= ? AND key < ?" if high is not None else "key >= ?"
+        args: tuple[object, ...] = (low, high, at) if high is not None else (low, at)
+        sql = (
+            f"SELECT key, max(mod_rev), sub, create_rev, version, lease, value, crc FROM mvcc_rev"
+            f" WHERE {where} AND mod_rev <= ? GROUP BY key HAVING version > 0 ORDER BY key"
+        )
+        if limit > 0:
+            sql += f" LIMIT {int(limit)}"
+        for row in self.conn.execute(sql, args):
+            yield _checked(row)
+
+    def _count(self, low: bytes, high: bytes | None, at: int) -> int:
+        where = "key >= ? AND key < ?" if high is not None else "key >= ?"
+        args: tuple[object, ...] = (low, high, at) if high is not None else (low, at)
+        sql = (
+            f"SELECT count(*) FROM (SELECT max(mod_rev), version FROM mvcc_rev WHERE {where} AND mod_rev <= ?"
+            " GROUP BY key HAVING version > 0)"
+        )
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
+    def _matching(self, key: bytes, range_end: bytes, at: int) -> list[KeyValue]:
+        bounds = _bounds(key, range_end)
+        if bounds is None:
+            kv = self._latest(key, at)
+            return [] if kv is None else [kv]
+        return list(self._live(bounds[0], bounds[1], at))
+
+    def range(self, r: RangeRequest) -> RangeResult:
+        """etcd's Range: the limit applies after filters and sorting; count is of the whole range."""
+        return self._range(r, self._read_revision(r.revision))
+
+    def _range(self, r: RangeRequest, at: int) -> RangeResult:
+        bounds = _bounds(r.key, r.range_end)
+        if bounds is None:
+            kv = self._latest(r.key, at)
+            kvs = [] if kv is None else [kv]
+            count = len(kvs)
+        else:
+            plain = (
+                r.sort_order == SortOrder.NONE
+                or (r.sort_target == SortTarget.KEY and r.sort_order == SortOrder.ASCEND)
+            ) and not (
+                r.min_mod_revision or r.max_mod_revision or r.min_create_revision or r.max_create_revision
+            )
+            # Unsorted and unfiltered: one row past the limit tells whether there are more.
+            kvs = list(self._live(bounds[0], bounds[1], at, r.limit + 1 if plain and r.limit > 0 else 0))
+            count = self._count(bounds[0], bounds[1], at) if plain and r.limit > 0 else len(kvs)
+        kvs = [kv for kv in kvs if _passes(r, kv)]
+        if r.sort_order != SortOrder.NONE and not (
+            r.sort_target == SortTarget.KEY and r.sort_order == SortOrder.ASCEND
+        ):
+            kvs.sort(key=_SORT_KEYS[r.sort_target], reverse=r.sort_order == SortOrder.DESCEND)
+        more = False
+        if r.limit > 0 and len(kvs) > r.limit:
+            kvs, more = kvs[: r.limit], True
+        if r.count_only:
+            return RangeResult([], more, count)
+        if r.keys_only:
+            kvs = [
+                KeyValue(kv.key, b"", kv.create_revision, kv.mod_revision, kv.version, kv.lease) for kv in kvs
+            ]
+        return RangeResult(kvs, more, count)
+
+    def changes(self, after: int, key: bytes, range_end: bytes = b"", limit: int = 1000) -> list[Event]:
+        """The changes to [key, range_end) (a single key when range_end is empty) made after revision
+        `after`, in revision order, at most limit of them: what a watcher is sent next."""
+        if after + 1 < self.compact_revision:
+            raise Compacted(self.compact_revision)
+        bounds = _bounds(key, range_end)
+        args: tuple[bytes, ...]
+        if bounds is None:
+            where, args = "key = ?", (key,)
+        elif bounds[1] is None:
+            where, args = "key >= ?", (key,)
+        else:
+            where, args = "key >= ? AND key < ?", (bounds[0], bounds[1])
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM mvcc_rev WHERE mod_rev > ? AND {where} ORDER BY mod_rev, sub LIMIT ?",
+            (after, *args, limit),
+        ).fetchall()
+        events = []
+        for row in rows:
+            kv = _checked(row)
+            if kv.version:
+                events.append(Event(False, kv))
+            else:
+                events.append(Event(True, KeyValue(kv.key, b"", 0, kv.mod_revision, 0, 0)))
+        return events
+
+    def previous(self, event: Event) -> KeyValue | None:
+        """The key as it was just before the event (a watcher's prev_kv), None if it did not exist; also
+        None when that revision has been compacted away."""
+        return self._latest(event.kv.key, event.kv.mod_revision - 1)
+
+    # -- writes: each call is one revision, or none when it changes nothing ---------------------------
+
+    def put(self, r: PutRequest) -> PutResult:
+        with self._writing() as w:
+            return self._put(w, r)
+
+    def delete_range(self, r: DeleteRangeRequest) -> DeleteRangeResult:
+        with self._writing() as w:
+            return self._delete(w, r)
+
+    def txn(self, r: TxnRequest) -> TxnResult:
+        """etcd's Txn: the compares, then one branch's requests, in order, at one revision. A request sees
+        the writes of the ones before it. DuplicateKey before anything is written."""
+        _check_intervals(r.success)
+        _check_intervals(r.failure)
+        with self._writing() as w:
+            return self._txn(w, r)
+
+    def compact(self, revision: int) -> None:
+        """Forget every version of every key that revision no longer needs: reads and watches from below
+        it fail with Compacted from now on. Costs in proportion to the changes since the last compaction."""
+        if revision <= self.compact_revision:
+            raise Compacted(self.compact_revision)
+        if revision > self.revision:
+            raise FutureRevision()
+        changed = self.conn.execute(
+            "SELECT DISTINCT key FROM mvcc_rev WHERE mod_rev > ? AND mod_rev <= ?",
+            (self.compact_revision, revision),
+        ).fetchall()
+        for (key,) in changed:
+            latest = self.conn.execute(
+                "SELECT mod_rev, version FROM mvcc_rev WHERE key = ? AND mod_rev <= ?"
+                " ORDER BY mod_rev DESC LIMIT 1",
+                (key, revision),
+            ).fetchone()
+            keep_from = latest[0] if latest[1] else latest[0] + 1  # a tombstone goes too
+            self.conn.execute("DELETE FROM mvcc_rev WHERE key = ? AND mod_rev < ?", (key, keep_from))
+        self.compact_revision = revision
+        self._set_meta(COMPACT_REVISION, revision)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[_Writing]:
+        """One revision's writes, undone together when a request fails partway (a KeyNotFound after a txn's
+        first put, a compacted read inside it), so that a refusal writes nothing, as etcd's checks do."""
+        w = _Writing(self.revision + 1)
+        self.conn.execute("SAVEPOINT mvcc_write")
+        try:
+            yield w
+            if w.changes:
+                self._set_meta(REVISION, w.revision)
+        except BaseException:
+            self.conn.execute("ROLLBACK TO mvcc_write")
+            self.conn.execute("RELEASE mvcc_write")
+            raise
+        self.conn.execute("RELEASE mvcc_write")
+        if w.changes:
+            self.revision = w.revision
+
+    def _at(self, w: _Writing) -> int:
+        """The revision a read inside w sees: its own writes once it made some."""
+        return w.revision if w.changes else self.revision
+
+    def _write(self, w: _Writing, kv: KeyValue) -> None:
+        sub = w.changes
+        self.conn.execute(
+            f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kv.key,
+                w.revision,
+                sub,
+                kv.create_revision,
+                kv.version,
+                kv.lease,
+                kv.value,
+                _crc(kv.key, w.revision, sub, kv.create_revision, kv.version, kv.lease, kv.value),
+            ),
+        )
+        w.changes += 1
+        w.written.add(kv.key)
+
+    def _put(self, w: _Writing, r: PutRequest) -> PutResult:
+        if r.key in w.written:
+            raise DuplicateKey()
+        prev = self._latest(r.key, self._at(w))
+        if prev is None and (r.ignore_value or r.ignore_lease):
+            raise KeyNotFound()
+        value = prev.value if r.ignore_value and prev is not None else r.value
+        lease = prev.lease if r.ignore_lease and prev is not None else r.lease
+        if prev is None:
+            kv = KeyValue(r.key, value, w.revision, w.revision, 1, lease)
+        else:
+            kv = KeyValue(r.key, value, prev.create_revision, w.revision, prev.version + 1, lease)
+        self._write(w, kv)
+        return PutResult(prev if r.prev_kv else None)
+
+    def _delete(self, w: _Writing, r: DeleteRangeRequest) -> DeleteRangeResult:
+        gone = self._matching(r.key, r.range_end, self._at(w))
+        for kv in gone:
+            self._write(w, KeyValue(kv.key, b"", 0, w.revision, 0, 0))
+        return DeleteRangeResult(len(gone), gone if r.prev_kv else [])
+
+    def _txn(self, w: _Writing, r: TxnRequest) -> TxnResult:
+        at = self._at(w)
+        succeeded = all(self._holds(c, at) for c in r.compare)
+        responses: list[Result] = []
+        for op in r.success if succeeded else r.failure:
+            if isinstance(op, RangeRequest):
+                responses.append(self._range(op, self._txn_read_revision(op, w)))
+            elif isinstance(op, PutRequest):
+                responses.append(self._put(w, op))
+            elif isinstance(op, DeleteRangeRequest):
+                responses.append(self._delete(w, op))
+            else:
+                responses.append(self._txn(w, op))
+        return TxnResult(succeeded, responses)
+
+    def _txn_read_revision(self, r: RangeRequest, w: _Writing) -> int:
+        if r.revision <= 0:
+            return self._at(w)
+        return self._read_revision(r.revision)
+
+    def _holds(self, c: Compare, at: int) -> bool:
+        """etcd's applyCompare: every key of the range must pass; a missing key compares as all zeros,
+        except on its value, which no compare can match."""
+        kvs = self._matching(c.key, c.range_end, at)
+        if not kvs:
+            return c.target != CompareTarget.VALUE and _compare(c, KeyValue(c.key, b"", 0, 0, 0, 0))
+        return all(_compare(c, kv) for kv in kvs)
+
+    # -- whole-keyspace views --------------------------------------------------------------------------
+
+    def rows(self) -> Iterable[Row]:
+        """Every stored row in key and revision order (checked): for comparing replicas in tests and for
+        the state hash."""
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM mvcc_rev ORDER BY key, mod_rev"):
+            _checked(row)
+            yield row
+
+
+def _passes(r: RangeRequest, kv: KeyValue) -> bool:
+    if r.min_mod_revision and kv.mod_revision < r.min_mod_revision:
+        return False
+    if r.max_mod_revision and kv.mod_revision > r.max_mod_revision:
+        return False
+    if r.min_create_revision and kv.create_revision < r.min_create_revision:
+        return False
+    return not (r.max_create_revision and kv.create_revision > r.max_create_revision)
+
+
+def _covers(ranges: Sequence[tuple[bytes, bytes | None]], key: bytes) -> bool:
+    return any(low <= key and (high is None or key < high) for low, high in ranges)
+
+
+def _check_intervals(requests: Sequence[Request]) -> tuple[set[bytes], list[tuple[bytes, bytes | None]]]:
+    """etcd's checkIntervals: no put of a key that another put or a delete of the same branch touches,
+    nested transactions included (a key put in both branches of one nested txn is fine: only one runs).
+    Deletes may overlap each other. Returns the branch's puts and delete ranges."""
+    dels: list[tuple[bytes, bytes | None]] = []
+    for op in requests:
+        if isinstance(op, DeleteRangeRequest):
+            bounds = _bounds(op.key, op.range_end)
+            dels.append(bounds if bounds is not None else (op.key, op.key + b"\x00"))
+    puts: set[bytes] = set()
+    for op in requests:
+        if not isinstance(op, TxnRequest):
+            continue
+        puts_then, dels_then = _check_intervals(op.success)
+        puts_else, dels_else = _check_intervals(op.failure)
+        for key in puts_then:
+            if key in puts or _covers(dels, key):
+                raise DuplicateKey()
+            puts.add(key)
+        for key in puts_else:
+            if (key in puts and key not in puts_then) or _covers(dels, key):
+                raise DuplicateKey()
+            puts.add(key)
+        dels.extend(dels_then)
+        dels.extend(dels_else)
+    for op in requests:
+        if isinstance(op, PutRequest):
+            if op.key in puts or _covers(dels, op.key):
+                raise DuplicateKey()
+            puts.add(op.key)
+    return puts, dels
