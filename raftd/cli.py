@@ -59,6 +59,7 @@ ENV = {
     "--max-stream-requests": "RAFTD_MAX_STREAM_REQUESTS",
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
     "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
+    "--max-txn-ops": "RAFTD_MAX_TXN_OPS",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--peer-check": "RAFTD_PEER_CHECK",
@@ -264,6 +265,14 @@ def _one_line(e: click.ClickException) -> str:
     "before any of it starts. raftd's clients send at most 4096.",
 )
 @click.option(
+    "--max-txn-ops",
+    type=click.IntRange(min=1),
+    default=Limits.max_txn_ops,
+    show_default=True,
+    envvar=ENV["--max-txn-ops"],
+    help="Requests one etcd Txn may carry (both branches, nested ones too), as etcd's flag of that name.",
+)
+@click.option(
     "--stream-write-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=Limits.stream_write_timeout_s,
@@ -343,6 +352,7 @@ def node(
     max_stream_requests: int,
     max_stream_bytes: int,
     max_batch_requests: int,
+    max_txn_ops: int,
     stream_write_timeout: float,
     corrupt_check_interval: float,
     peer_check: str,
@@ -385,6 +395,7 @@ def node(
             max_stream_requests=max_stream_requests,
             max_stream_bytes=max_stream_bytes,
             max_batch_requests=max_batch_requests,
+            max_txn_ops=max_txn_ops,
             stream_write_timeout_s=stream_write_timeout,
             corrupt_check_interval_s=corrupt_check_interval,
             max_learner_lag=max_learner_lag,

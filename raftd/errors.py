@@ -26,6 +26,11 @@ class OutcomeUnknown(Unavailable):
     or may still apply (suspended, stopped or deposed with it in the log)."""
 
 
+class NotCapable(Unavailable):
+    """Refused before it was proposed: a member runs an earlier release that could not apply the entry
+    (a rolling upgrade in progress)."""
+
+
 class SessionExpired(Exception):
     """A write refused when it reached the state machine: not its client's first, and the cluster holds no
     session for that client any more (evicted: raftd --max-sessions). It never applies; an earlier attempt

@@ -52,6 +52,7 @@ from raftd.errors import (
     WRONG_INCARNATION,
     FatalError,
     LeaderChanging,
+    NotCapable,
     NotLeader,
     Removed,
     TargetUnreachable,
@@ -62,10 +63,12 @@ from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
 from raftd.kv.command import op_of
 from raftd.kv.members import Change, Member, MemberChange
+from raftd.kv.mvcc import Keyspace, KeyspaceCorrupt
 from raftd.pending import Pending, Proposal
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
 from raftd.storage import PersistedState, Storage, StorageError
+from raftd.storage.checksum import RECOVER
 from raftd.transport.base import Peer, Transport
 from raftd.transport.peer import PeerClient
 
@@ -713,6 +716,8 @@ class RaftNode:
                 result = self.kv.apply(e.index, cmd) if cmd is not None else None
             except CommandError as err:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
+            except KeyspaceCorrupt as err:
+                raise FatalError(f"{err}; {RECOVER}") from err
             if cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             elif cmd is not None and cmd.op is Op.MEMBER:
@@ -761,7 +766,7 @@ class RaftNode:
 
     def peer_speaks(self, core_id: int, version: int) -> None:
         """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks,
-        3 hash checks, 4 membership entries."""
+        3 hash checks, 4 membership entries, 5 keyspace entries (Op.MVCC)."""
         if core_id not in self.addresses or self._peer_versions.get(core_id, 0) >= version:
             return
         self._peer_versions[core_id] = version
@@ -924,6 +929,12 @@ class RaftNode:
                 self._fatal = Removed()
         else:
             self._fatal = FatalError(WRONG_INCARNATION)
+        self.wake.set()
+
+    def damaged(self, e: Exception) -> None:
+        """A service read damaged state: the node stops with the message, and serves none of it."""
+        if self._fatal is None:
+            self._fatal = FatalError(f"{e}; {RECOVER}")
         self.wake.set()
 
     def _record_removed(self) -> None:
@@ -1227,6 +1238,10 @@ class RaftNode:
             raise NotLeader(self.leader())
         if cmd.first is not None and not self._peers_speak(2):
             cmd = dataclasses.replace(cmd, first=None)
+        if cmd.op is Op.MVCC and not self._peers_speak(5):
+            raise NotCapable(
+                "a member runs an earlier release of raftd; upgrade it to write to this keyspace"
+            )
         fut, first = self.pending.add_write(cmd.encode(), asyncio.get_running_loop().time())
         self._wake_for(first, self.pending.proposals_since)
         return fut
@@ -1258,6 +1273,13 @@ class RaftNode:
         finally:
             fut.cancel()
         return self.leader() is not None
+
+    def keyspace(self) -> Keyspace:
+        """The etcd API's keyspace, for a read served here now (after a barrier, for a linearizable one)."""
+        self._check_serving()
+        if self.kv.applied < self._replay_to:
+            raise Unavailable("the node is applying its stored log after a restart; retry shortly")
+        return self.kv.keyspace
 
     def local_read(self, key: bytes) -> tuple[bytes | None, int]:
         self._check_serving()

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftd.api.common import Calls, Forwarder, LongCalls
+from raftd.api.etcd import EtcdCluster, EtcdKV, EtcdMaintenance
 from raftd.api.kv import AdminService, KVService
 from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
@@ -24,7 +25,7 @@ from raftd.errors import Removed, TargetUnreachable
 from raftd.events import NodeEvents
 from raftd.kv import ImageError, verify
 from raftd.node import RaftNode
-from raftd.pb import kv_pb2, kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
+from raftd.pb import etcd_rpc_pb2_grpc, kv_pb2, kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.settings import DEFAULTS, Limits
 from raftd.storage import SqliteStorage
 from raftd.transport.codec import CodecError, message_from_pb
@@ -230,6 +231,9 @@ async def serve(
         kv_pb2_grpc.add_KVServicer_to_server(kv, guarded)
         kv_pb2_grpc.add_AdminServicer_to_server(AdminService(node), guarded)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), guarded)
+        etcd_rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(node, calls), guarded)
+        etcd_rpc_pb2_grpc.add_ClusterServicer_to_server(EtcdCluster(node), guarded)
+        etcd_rpc_pb2_grpc.add_MaintenanceServicer_to_server(EtcdMaintenance(node), guarded)
         # grpc-stubs types grpc_health's threaded servicer only, not its asyncio one (health.aio).
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -61,6 +61,9 @@ class Limits:
     # before any of it starts. Tiny requests cost far more in memory than on the wire, so bytes alone do
     # not bound them. raftd's clients send at most raftd.pipe.MAX_BATCH_REQUESTS (4,096).
     max_batch_requests: int = 16_384
+    # Requests one etcd Txn may carry, counting both branches and nested ones (etcd's --max-txn-ops, whose
+    # default this is): a larger one is refused before it reaches the log.
+    max_txn_ops: int = 128
     # Requests one stream may have received and not answered yet; past them it reads no more until answers
     # go out (with max_stream_bytes, what a client that floods makes the node hold).
     max_stream_requests: int = 4096

@@ -311,7 +311,7 @@ async def read(
         if not local:
             limit = time_left(context, calls.node.tuning)
             async with asyncio.timeout(limit):
-                await _barrier(calls.node, limit)
+                await barrier(calls.node, limit)
         return calls.node.local_read(key)
     except Exception as e:
         raise failure(e, write=False) from None
@@ -319,7 +319,7 @@ async def read(
         calls.end()
 
 
-async def _barrier(node: RaftNode, limit: float) -> None:
+async def barrier(node: RaftNode, limit: float) -> None:
     """A ReadIndex barrier that outlasts elections: a read has no effect, so one refused for want of a
     leader, or cut short by a change of leader, is asked again once a leader is known. Each wait takes half
     the time left at most, so that "no leader known" comes back before the deadline. Writes do not wait

@@ -23,6 +23,7 @@ class Op(enum.IntEnum):
     SESSION_LIMIT = 4  # value: how many sessions the store keeps, in decimal (raftd --max-sessions)
     HASH_CHECK = 5  # the replicas hash their state here (raftd.consistency); the store itself ignores it
     MEMBER = 6  # value: a membership change or record (raftd.kv.members)
+    MVCC = 7  # value: a write to the etcd keyspace (raftd.kv.mvcc.encode_request)
 
 
 def op_of(data: bytes) -> int:

@@ -21,6 +21,11 @@ after the sessions, written only when the cluster has recorded one:
     u16 len(incarnation) incarnation
 (in ascending id order; next_id: the lowest id never given to a member).
 
+b"RAFTDKV5" is RAFTDKV4 with the multi-version keyspace of the etcd API (raftd.kv.mvcc) after the
+sessions: u8 1 when the membership record follows (as in RAFTDKV4), 0 when there is none, then the
+keyspace's rows (mvcc.encode_image). It is written only once the keyspace has been written to, so that
+until then nodes of the previous release read the images of this one.
+
 Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
 values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
 """
@@ -40,6 +45,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .members import Member
+from .mvcc import decode_image as decode_keyspace
+from .mvcc import encode_image as encode_keyspace
 from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of
 from .table import keys as bucket_keys
 
@@ -47,6 +54,7 @@ MAGIC = b"RAFTDKV2"
 MAGIC_V1 = b"RAFTDKV1"
 MAGIC_V3 = b"RAFTDKV3"
 MAGIC_V4 = b"RAFTDKV4"
+MAGIC_V5 = b"RAFTDKV5"
 DEFAULT_SESSION_LIMIT = 10_000  # raftd.kv.store.MAX_SESSIONS: an image with another limit is a RAFTDKV3
 _LIMIT = struct.Struct("<I")
 _HEADER = struct.Struct("<IIII")
@@ -74,6 +82,7 @@ class Image:
     session_limit: int = DEFAULT_SESSION_LIMIT
     members: dict[int, Member] = dataclasses.field(default_factory=dict)
     next_member_id: int = 0  # the lowest id never given to a member (raftd.kv.members.next_id)
+    keyspace: bytes = b""  # the etcd keyspace, as mvcc.serialize() copied it; b"": never written to
 
     @classmethod
     def of(
@@ -136,7 +145,9 @@ def encode_to(image: Image, out: BinaryIO) -> int:
         size += out.write(part)
 
     header = _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used))
-    if image.members:
+    if image.keyspace:
+        put(MAGIC_V5 + header + _LIMIT.pack(image.session_limit))
+    elif image.members:
         put(MAGIC_V4 + header + _LIMIT.pack(image.session_limit))
     elif image.session_limit == DEFAULT_SESSION_LIMIT:
         put(MAGIC + header)
@@ -147,8 +158,12 @@ def encode_to(image: Image, out: BinaryIO) -> int:
     for start in range(0, len(used), BUCKET_SLICE):
         put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
     put(_encode_sessions(image.sessions))
+    if image.keyspace:
+        put(b"\x01" if image.members else b"\x00")
     if image.members:
         put(_encode_members(image.members, image.next_member_id))
+    if image.keyspace:
+        put(encode_keyspace(image.keyspace))
     return size + out.write(_CRC.pack(crc))
 
 
@@ -170,7 +185,7 @@ def _encode_members(members: dict[int, Member], next_member_id: int) -> bytes:
 
 def verify(raw: bytes) -> None:
     """Check the magic and the checksum without decoding: cheap enough to run before accepting an image."""
-    known = (MAGIC, MAGIC_V1, MAGIC_V3, MAGIC_V4)
+    known = (MAGIC, MAGIC_V1, MAGIC_V3, MAGIC_V4, MAGIC_V5)
     if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith(known):
         raise ImageError("not a raftd state image")
     if zlib.crc32(memoryview(raw)[: -_CRC.size]) != _CRC.unpack(raw[-_CRC.size :])[0]:
@@ -190,13 +205,13 @@ def decode(raw: bytes) -> Image:
 
 
 def _decode_v2(raw: bytes, end: int) -> Image:
-    """A RAFTDKV2, RAFTDKV3 or RAFTDKV4 image."""
+    """A RAFTDKV2, RAFTDKV3, RAFTDKV4 or RAFTDKV5 image."""
     view = memoryview(raw)[:end]  # in place: a copy of the body would cost the image's size again
     pos = len(MAGIC)
     bits, count, n_sessions, n_used = _HEADER.unpack_from(view, pos)
     pos += _HEADER.size
     session_limit = DEFAULT_SESSION_LIMIT
-    if raw.startswith((MAGIC_V3, MAGIC_V4)):
+    if raw.startswith((MAGIC_V3, MAGIC_V4, MAGIC_V5)):
         (session_limit,) = _LIMIT.unpack_from(view, pos)
         pos += _LIMIT.size
         if session_limit == 0:
@@ -226,11 +241,24 @@ def _decode_v2(raw: bytes, end: int) -> Image:
         raise ImageError(f"{len(sessions)} sessions where the limit is {session_limit}")
     members: dict[int, Member] = {}
     next_member_id = 0
-    if raw.startswith(MAGIC_V4):
+    keyspace = b""
+    with_members = raw.startswith(MAGIC_V4)
+    if raw.startswith(MAGIC_V5):
+        flag = view[pos]
+        pos += 1
+        if flag > 1:
+            raise ImageError("a malformed membership flag")
+        with_members = bool(flag)
+    if with_members:
         members, next_member_id, pos = _decode_members(raw, view, pos)
+    if raw.startswith(MAGIC_V5):
+        try:
+            keyspace, pos = decode_keyspace(view, pos)
+        except ValueError as e:
+            raise ImageError(f"malformed keyspace: {e}") from None
     if pos != end:
         raise ImageError(f"{end - pos} unexpected trailing bytes")
-    return Image(buckets, count, sessions, session_limit, members, next_member_id)
+    return Image(buckets, count, sessions, session_limit, members, next_member_id, keyspace)
 
 
 def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, Member], int, int]:

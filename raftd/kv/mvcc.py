@@ -28,8 +28,6 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from raftd.storage.base import StorageError
-
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS mvcc_rev (key BLOB NOT NULL, mod_rev INTEGER NOT NULL, sub INTEGER NOT NULL,"
     " create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,"
@@ -76,8 +74,8 @@ class DuplicateKey(KeyspaceError):
         super().__init__("duplicate key given in txn request")
 
 
-class KeyspaceCorrupt(StorageError):
-    """A row whose checksum does not match: the node stops rather than serve it."""
+class KeyspaceCorrupt(Exception):
+    """A row whose checksum does not match: the node stops rather than serve it (RaftNode.damaged)."""
 
 
 class SortOrder(enum.IntEnum):  # etcd's RangeRequest.SortOrder numbers
@@ -453,8 +451,7 @@ class Keyspace:
     def txn(self, r: TxnRequest) -> TxnResult:
         """etcd's Txn: the compares, then one branch's requests, in order, at one revision. A request sees
         the writes of the ones before it. DuplicateKey before anything is written."""
-        _check_intervals(r.success)
-        _check_intervals(r.failure)
+        check_txn(r)
         with self._writing() as w:
             return self._txn(w, r)
 
@@ -579,6 +576,20 @@ class Keyspace:
             yield row
 
 
+def check_txn(r: TxnRequest) -> None:
+    """DuplicateKey if the transaction would write one key twice (checked again when it applies)."""
+    _check_intervals(r.success)
+    _check_intervals(r.failure)
+
+
+def sizes(ks: Keyspace) -> tuple[int, int]:
+    """(bytes the keyspace's database takes, bytes of it in use): etcd's dbSize and dbSizeInUse."""
+    pages = ks.conn.execute("PRAGMA page_count").fetchone()[0]
+    free = ks.conn.execute("PRAGMA freelist_count").fetchone()[0]
+    size = ks.conn.execute("PRAGMA page_size").fetchone()[0]
+    return int(pages * size), int((pages - free) * size)
+
+
 def _passes(r: RangeRequest, kv: KeyValue) -> bool:
     if r.min_mod_revision and kv.mod_revision < r.min_mod_revision:
         return False
@@ -624,3 +635,228 @@ def _check_intervals(requests: Sequence[Request]) -> tuple[set[bytes], list[tupl
                 raise DuplicateKey()
             puts.add(op.key)
     return puts, dels
+
+
+# -- the log's encoding of a request: a tag byte, then its fields (big-endian; bytes as u32 length + data) --
+
+_CODEC_VERSION = 1
+_Q = struct.Struct(">q")
+_L = struct.Struct(">I")
+_PUT, _DELETE, _RANGE, _TXN, _COMPACT = b"P", b"D", b"R", b"T", b"C"
+
+
+@dataclass(frozen=True, slots=True)
+class CompactRequest:
+    revision: int
+
+
+LoggedRequest = PutRequest | DeleteRangeRequest | TxnRequest | CompactRequest
+
+
+class RequestDecodeError(ValueError):
+    """An entry that does not decode: damage that the entry's checksum missed, or a foreign writer."""
+
+
+def encode_request(r: LoggedRequest) -> bytes:
+    """A write as a log entry's value (Op.MVCC): replicas decode it and apply it alike."""
+    out = bytearray([_CODEC_VERSION])
+    if isinstance(r, CompactRequest):
+        out += _COMPACT + _Q.pack(r.revision)
+    else:
+        _encode_op(out, r)
+    return bytes(out)
+
+
+def _bytes(out: bytearray, data: bytes) -> None:
+    out += _L.pack(len(data))
+    out += data
+
+
+def _encode_op(out: bytearray, r: Request) -> None:
+    if isinstance(r, PutRequest):
+        out += _PUT
+        _bytes(out, r.key)
+        _bytes(out, r.value)
+        out += _Q.pack(r.lease)
+        out.append(r.prev_kv | r.ignore_value << 1 | r.ignore_lease << 2)
+    elif isinstance(r, DeleteRangeRequest):
+        out += _DELETE
+        _bytes(out, r.key)
+        _bytes(out, r.range_end)
+        out.append(r.prev_kv)
+    elif isinstance(r, RangeRequest):
+        out += _RANGE
+        _bytes(out, r.key)
+        _bytes(out, r.range_end)
+        for n in (r.revision, r.limit, r.min_mod_revision, r.max_mod_revision):
+            out += _Q.pack(n)
+        for n in (r.min_create_revision, r.max_create_revision):
+            out += _Q.pack(n)
+        out += bytes([r.keys_only | r.count_only << 1, r.sort_order, r.sort_target])
+    else:
+        out += _TXN
+        out += _L.pack(len(r.compare))
+        for c in r.compare:
+            _bytes(out, c.key)
+            _bytes(out, c.range_end)
+            out += bytes([c.target, c.result])
+            if isinstance(c.value, bytes):
+                _bytes(out, c.value)
+            else:
+                out += _Q.pack(c.value)
+        for branch in (r.success, r.failure):
+            out += _L.pack(len(branch))
+            for op in branch:
+                _encode_op(out, op)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise RequestDecodeError("truncated request")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def integer(self) -> int:
+        return int(_Q.unpack(self.take(8))[0])
+
+    def count(self) -> int:
+        n = int(_L.unpack(self.take(4))[0])
+        if n > len(self.data):  # every item takes a byte at least: a count beyond that is damage
+            raise RequestDecodeError("a count beyond the request's size")
+        return n
+
+    def blob(self) -> bytes:
+        return self.take(self.count())
+
+    def byte(self) -> int:
+        return self.take(1)[0]
+
+
+def decode_request(data: bytes) -> LoggedRequest:
+    """The request encode_request wrote; RequestDecodeError for anything else."""
+    reader = _Reader(data)
+    try:
+        if reader.byte() != _CODEC_VERSION:
+            raise RequestDecodeError(f"request encoding {data[:1]!r} is not one this node reads")
+        if data[1:2] == _COMPACT:
+            reader.take(1)
+            result: LoggedRequest = CompactRequest(reader.integer())
+        else:
+            op = _decode_op(reader, depth=0)
+            if isinstance(op, RangeRequest):
+                raise RequestDecodeError("a range is not a write")
+            result = op
+    except (ValueError, struct.error) as e:
+        if isinstance(e, RequestDecodeError):
+            raise
+        raise RequestDecodeError(f"undecodable request: {e}") from None
+    if reader.pos != len(data):
+        raise RequestDecodeError(f"{len(data) - reader.pos} unexpected trailing bytes in a request")
+    return result
+
+
+MAX_TXN_DEPTH = 32  # nested transactions a log entry may hold; etcd's clients nest one or two
+
+
+def _decode_op(reader: _Reader, depth: int) -> Request:
+    tag = reader.take(1)
+    if tag == _PUT:
+        key, value, lease, flags = reader.blob(), reader.blob(), reader.integer(), reader.byte()
+        return PutRequest(key, value, lease, bool(flags & 1), bool(flags & 2), bool(flags & 4))
+    if tag == _DELETE:
+        return DeleteRangeRequest(reader.blob(), reader.blob(), bool(reader.byte()))
+    if tag == _RANGE:
+        key, end = reader.blob(), reader.blob()
+        revision, limit, min_mod, max_mod, min_create, max_create = (reader.integer() for _ in range(6))
+        flags, order, target = reader.byte(), reader.byte(), reader.byte()
+        return RangeRequest(
+            key, end, revision, limit, bool(flags & 1), bool(flags & 2), SortOrder(order),
+            SortTarget(target), min_mod, max_mod, min_create, max_create,
+        )  # fmt: skip
+    if tag != _TXN:
+        raise RequestDecodeError(f"unknown request tag {tag!r}")
+    if depth >= MAX_TXN_DEPTH:
+        raise RequestDecodeError("transactions nested too deep")
+    compares = []
+    for _ in range(reader.count()):
+        key, end = reader.blob(), reader.blob()
+        target, result = CompareTarget(reader.byte()), CompareResult(reader.byte())
+        against: bytes | int = reader.blob() if target == CompareTarget.VALUE else reader.integer()
+        compares.append(Compare(key, target, result, against, end))
+    success = tuple(_decode_op(reader, depth + 1) for _ in range(reader.count()))
+    failure = tuple(_decode_op(reader, depth + 1) for _ in range(reader.count()))
+    return TxnRequest(tuple(compares), success, failure)
+
+
+# -- the keyspace in a state image: the same rows on every replica, whatever its pages look like ----------
+
+_IMAGE_HEAD = struct.Struct(">qqQ")  # revision, compact revision, rows
+_IMAGE_ROW = struct.Struct(">IqqqqqI")  # len(key), mod_rev, sub, create_rev, version, lease, len(value)
+
+
+def open_memory(serialized: bytes = b"") -> Keyspace:
+    """A keyspace in memory: empty, or the one Keyspace.serialize() copied."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if serialized:
+        conn.deserialize(serialized)
+    return Keyspace(conn)
+
+
+def serialize(ks: Keyspace) -> bytes:
+    """A copy of the whole keyspace, cheap to take (sqlite copies its pages); b"" while it is empty, so
+    that an image of a cluster that never used it reads on nodes of the previous release."""
+    if ks.revision == 0 and ks.compact_revision == 0:
+        return b""
+    return ks.conn.serialize()
+
+
+def encode_image(serialized: bytes) -> bytes:
+    """The rows of a serialize()d keyspace in key and revision order, each checked on the way."""
+    ks = open_memory(serialized)
+    try:
+        rows = list(ks.rows())
+        parts = [_IMAGE_HEAD.pack(ks.revision, ks.compact_revision, len(rows))]
+        for key, mod_rev, sub, create_rev, version, lease, value, _ in rows:
+            parts.append(_IMAGE_ROW.pack(len(key), mod_rev, sub, create_rev, version, lease, len(value)))
+            parts.append(key)
+            parts.append(value)
+        return b"".join(parts)
+    finally:
+        ks.conn.close()
+
+
+def decode_image(view: memoryview, pos: int) -> tuple[bytes, int]:
+    """(serialized keyspace, position after it) of encode_image's bytes at pos; ValueError if malformed."""
+    revision, compact_revision, n = _IMAGE_HEAD.unpack_from(view, pos)
+    pos += _IMAGE_HEAD.size
+    if not 0 <= compact_revision <= revision:
+        raise ValueError("keyspace revisions out of order")
+    ks = open_memory()
+    try:
+        rows = []
+        for _ in range(n):
+            nk, mod_rev, sub, create_rev, version, lease, nv = _IMAGE_ROW.unpack_from(view, pos)
+            pos += _IMAGE_ROW.size
+            key, value = bytes(view[pos : pos + nk]), bytes(view[pos + nk : pos + nk + nv])
+            pos += nk + nv
+            if len(key) != nk or len(value) != nv or not 0 < mod_rev <= revision:
+                raise ValueError("a malformed keyspace row")
+            crc = _crc(key, mod_rev, sub, create_rev, version, lease, value)
+            rows.append((key, mod_rev, sub, create_rev, version, lease, value, crc))
+        ks.conn.execute("BEGIN")
+        try:
+            ks.conn.executemany(f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError:
+            raise ValueError("a keyspace row twice") from None
+        ks._set_meta(REVISION, revision)
+        ks._set_meta(COMPACT_REVISION, compact_revision)
+        ks.conn.execute("COMMIT")
+        return ks.conn.serialize(), pos
+    finally:
+        ks.conn.close()

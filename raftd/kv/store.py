@@ -1,4 +1,6 @@
-"""The replicated state machine: a key-value map plus client sessions for exactly-once writes."""
+"""The replicated state machine: a key-value map plus client sessions for exactly-once writes, and the
+multi-version keyspace the etcd API serves (raftd.kv.mvcc; a namespace of its own until raftd.v1's keys
+move into it)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,17 @@ from typing import Protocol
 from .command import Command, CommandError, Op
 from .image import DEFAULT_SESSION_LIMIT, Image, decode
 from .members import Member, MemberChange, applied, next_id
+from .mvcc import (
+    CompactRequest,
+    DeleteRangeRequest,
+    Keyspace,
+    KeyspaceError,
+    PutRequest,
+    RequestDecodeError,
+    decode_request,
+    open_memory,
+    serialize,
+)
 from .table import PackedMap
 
 # Sessions kept until an Op.SESSION_LIMIT entry says otherwise. The limit is replicated state, not a
@@ -24,6 +37,10 @@ class Result:
     # Refused, not applied: a write that is not its client's first, from a client whose session this store
     # does not hold (expired, evicted, or never made). Its earlier attempts may have applied.
     expired: bool = False
+    # Op.MVCC: the keyspace's answer (an mvcc result, or the KeyspaceError that refused the request, which
+    # then wrote nothing) and its revision after the request.
+    answer: object = None
+    revision: int = 0
 
 
 class StateMachine(Protocol):
@@ -34,6 +51,7 @@ class StateMachine(Protocol):
     session_limit: int  # exactly-once sessions kept (an Op.SESSION_LIMIT entry sets it)
     members: dict[int, Member]  # the membership record (raftd.kv.members); empty: the cluster map's
     next_member_id: int  # the lowest id never given to a member
+    keyspace: Keyspace  # the etcd API's keys (raftd.kv.mvcc), read by the services between applies
 
     def apply(self, index: int, cmd: Command) -> Result: ...
 
@@ -60,6 +78,7 @@ class KVStore:
         self.session_limit = MAX_SESSIONS
         self.members: dict[int, Member] = {}
         self.next_member_id = 0
+        self.keyspace = open_memory()
         self.applied = 0
 
     def apply(self, index: int, cmd: Command) -> Result:
@@ -76,6 +95,8 @@ class KVStore:
             if self.members:
                 self.next_member_id = next_id(self.next_member_id, mc)
             return Result(index, existed=False)
+        if cmd.op is Op.MVCC:
+            return self._mvcc(index, cmd.value)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
             if seen is not None and cmd.seq <= seen[0]:
@@ -94,6 +115,29 @@ class KVStore:
             self.sessions.move_to_end(cmd.client_id)
             self._evict()
         return result
+
+    def _mvcc(self, index: int, raw: bytes) -> Result:
+        """A keyspace write. A refusal (KeyspaceError) is deterministic, so every replica refuses it alike
+        and writes nothing; it is the caller's answer, not a damaged entry."""
+        try:
+            request = decode_request(raw)
+        except RequestDecodeError as e:
+            raise CommandError(str(e)) from None
+        ks = self.keyspace
+        answer: object
+        try:
+            if isinstance(request, CompactRequest):
+                ks.compact(request.revision)
+                answer = None
+            elif isinstance(request, PutRequest):
+                answer = ks.put(request)
+            elif isinstance(request, DeleteRangeRequest):
+                answer = ks.delete_range(request)
+            else:
+                answer = ks.txn(request)
+        except KeyspaceError as e:
+            answer = e
+        return Result(index, existed=False, answer=answer, revision=ks.revision)
 
     def _evict(self) -> None:
         while len(self.sessions) > self.session_limit:
@@ -117,6 +161,7 @@ class KVStore:
             self.session_limit,
             members,
             self.next_member_id,
+            serialize(self.keyspace),
         )
 
     def restore(self, index: int, raw: bytes) -> None:
@@ -128,6 +173,8 @@ class KVStore:
         self.session_limit = image.session_limit
         self.members = dict(image.members)
         self.next_member_id = image.next_member_id
+        # The old keyspace's connection closes once unreferenced: a service may be reading it right now.
+        self.keyspace = open_memory(image.keyspace)
         self.applied = index
 
 

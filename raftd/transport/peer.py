@@ -34,7 +34,7 @@ REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENI
 FINAL_REFUSALS = (REMOVED, WRONG_INCARNATION)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks, 4 membership entries
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

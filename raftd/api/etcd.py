@@ -1,0 +1,466 @@
+"""etcd's v3 API (etcdserverpb) over the multi-version keyspace (raftd.kv.mvcc), on the node's one port:
+KV, Cluster.MemberList and Maintenance's Status, Alarm and Defragment (docs/etcd.md).
+
+Writes (Put, DeleteRange, Txn, Compact) go through the log as Op.MVCC entries; a follower forwards them to
+the leader. A Txn goes through the log whole, its reads included, so they are linearizable. Range is
+linearizable (a ReadIndex barrier, as raftd.v1's Get) unless serializable, which reads this node's state.
+
+Failures are etcd's status codes and messages, so that etcd's clients handle them as they do etcd's: a
+write refused before it was proposed ("etcdserver: no leader", invalid input) never applies; "etcdserver:
+request timed out" and "etcdserver: leader changed" may have applied, as with etcd. A failed write also
+carries raftd's outcome trailer (raftd-outcome: not-applied or unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from raftd.errors import LeaderChanging, NotCapable, NotLeader, OutcomeUnknown, Unavailable
+from raftd.kv import Command, Op, Result, mvcc
+from raftd.node import RaftNode
+from raftd.pb import etcd_kv_pb2 as kvpb
+from raftd.pb import etcd_rpc_pb2 as pb
+from raftd.pb import etcd_rpc_pb2_grpc as rpc
+from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Outcome, never_connected
+from raftd.settings import Limits
+
+from .common import FORWARDED, Calls, barrier, time_left, was_forwarded
+
+# What Status reports: the etcd release whose API this serves (clients compare it with what they need).
+ETCD_VERSION = "3.4.0"
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class EtcdError(Exception):
+    """A request failed with etcd's status and message; a write's outcome rides in a trailer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, outcome: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.outcome = outcome
+
+
+def _invalid(message: str) -> EtcdError:
+    return EtcdError(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: {message}", NOT_APPLIED)
+
+
+EMPTY_KEY = "key is not provided"
+TOO_LARGE = "request is too large"
+
+
+def _keyspace_error(e: mvcc.KeyspaceError) -> EtcdError:
+    """etcd's status for a request the keyspace refused: it wrote nothing."""
+    if isinstance(e, mvcc.Compacted | mvcc.FutureRevision):
+        return EtcdError(grpc.StatusCode.OUT_OF_RANGE, f"etcdserver: {e}", NOT_APPLIED)
+    return _invalid(str(e))
+
+
+def _failure(e: BaseException, *, write: bool) -> EtcdError:
+    """etcd's words for the node's failures: refused before proposing (never applies), or unknown."""
+    if isinstance(e, EtcdError):
+        return e
+    if isinstance(e, mvcc.KeyspaceError):
+        return _keyspace_error(e)
+    if isinstance(e, NotLeader | LeaderChanging):
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", NOT_APPLIED)
+    if isinstance(e, OutcomeUnknown):
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed", UNKNOWN)
+    if isinstance(e, NotCapable):
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, f"etcdserver: not capable: {e}", NOT_APPLIED)
+    if isinstance(e, Unavailable):
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, f"etcdserver: {e}", NOT_APPLIED)
+    if isinstance(e, TimeoutError):
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", UNKNOWN)
+    return EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: {e or type(e).__name__}", UNKNOWN)
+
+
+async def _answer(
+    node: RaftNode, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T], *, write: bool
+) -> T:
+    try:
+        return await work
+    except Exception as e:
+        if isinstance(e, mvcc.KeyspaceCorrupt):
+            node.damaged(e)
+        err = _failure(e, write=write)
+        trailers = ((OUTCOME_KEY, err.outcome),) if write and err.outcome else ()
+        await context.abort(err.code, err.message, trailers)
+        raise AssertionError("abort() returned") from None
+
+
+# -- etcd's messages to the keyspace's requests, checked as etcd checks them ---------------------------
+
+
+def _check_key(key: bytes, limits: Limits) -> bytes:
+    if not key:
+        raise _invalid(EMPTY_KEY)
+    if len(key) > limits.max_key_bytes:
+        raise _invalid(TOO_LARGE)
+    return key
+
+
+def range_of(r: pb.RangeRequest, limits: Limits) -> mvcc.RangeRequest:
+    return mvcc.RangeRequest(
+        _check_key(r.key, limits),
+        r.range_end,
+        r.revision,
+        max(0, r.limit),
+        r.keys_only,
+        r.count_only,
+        mvcc.SortOrder(r.sort_order),
+        mvcc.SortTarget(r.sort_target),
+        r.min_mod_revision,
+        r.max_mod_revision,
+        r.min_create_revision,
+        r.max_create_revision,
+    )
+
+
+def put_of(r: pb.PutRequest, limits: Limits) -> mvcc.PutRequest:
+    key = _check_key(r.key, limits)
+    if len(r.value) > limits.max_value_bytes:
+        raise _invalid(TOO_LARGE)
+    if r.ignore_value and r.value:
+        raise _invalid("value is provided")
+    if r.ignore_lease and r.lease:
+        raise _invalid("lease is provided")
+    if r.lease:  # no lease exists until leases are served
+        raise EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", NOT_APPLIED)
+    return mvcc.PutRequest(key, r.value, r.lease, r.prev_kv, r.ignore_value, r.ignore_lease)
+
+
+def delete_of(r: pb.DeleteRangeRequest, limits: Limits) -> mvcc.DeleteRangeRequest:
+    return mvcc.DeleteRangeRequest(_check_key(r.key, limits), r.range_end, r.prev_kv)
+
+
+def _compare_of(c: pb.Compare, limits: Limits) -> mvcc.Compare:
+    target = mvcc.CompareTarget(c.target)
+    value: bytes | int
+    if target == mvcc.CompareTarget.VALUE:
+        value = c.value
+    elif target == mvcc.CompareTarget.VERSION:
+        value = c.version
+    elif target == mvcc.CompareTarget.CREATE:
+        value = c.create_revision
+    elif target == mvcc.CompareTarget.MOD:
+        value = c.mod_revision
+    else:
+        value = c.lease
+    return mvcc.Compare(_check_key(c.key, limits), target, mvcc.CompareResult(c.result), value, c.range_end)
+
+
+def txn_of(r: pb.TxnRequest, limits: Limits) -> mvcc.TxnRequest:
+    """Checked whole before it is proposed: the op count (both branches, nested ones too), each request,
+    and etcd's rule against writing one key twice."""
+    ops = [0]
+
+    def branch(requests: Any) -> tuple[mvcc.Request, ...]:
+        out: list[mvcc.Request] = []
+        for op in requests:
+            ops[0] += 1
+            if ops[0] > limits.max_txn_ops:
+                raise _invalid("too many operations in txn request")
+            kind = op.WhichOneof("request")
+            if kind == "request_range":
+                out.append(range_of(op.request_range, limits))
+            elif kind == "request_put":
+                out.append(put_of(op.request_put, limits))
+            elif kind == "request_delete_range":
+                out.append(delete_of(op.request_delete_range, limits))
+            elif kind == "request_txn":
+                out.append(nested(op.request_txn))
+            else:
+                raise _invalid("a txn request op is empty")
+        return tuple(out)
+
+    def nested(t: pb.TxnRequest) -> mvcc.TxnRequest:
+        compares = tuple(_compare_of(c, limits) for c in t.compare)
+        return mvcc.TxnRequest(compares, branch(t.success), branch(t.failure))
+
+    txn = nested(r)
+    try:
+        mvcc.check_txn(txn)
+    except mvcc.KeyspaceError as e:
+        raise _keyspace_error(e) from None
+    return txn
+
+
+# -- the keyspace's answers as etcd's messages -----------------------------------------------------------
+
+
+def kv_pb(kv: mvcc.KeyValue) -> kvpb.KeyValue:
+    return kvpb.KeyValue(
+        key=kv.key,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        value=kv.value,
+        lease=kv.lease,
+    )
+
+
+def _range_pb(res: mvcc.RangeResult, header: pb.ResponseHeader) -> pb.RangeResponse:
+    return pb.RangeResponse(header=header, kvs=[kv_pb(kv) for kv in res.kvs], more=res.more, count=res.count)
+
+
+def _put_pb(res: mvcc.PutResult, header: pb.ResponseHeader) -> pb.PutResponse:
+    answer = pb.PutResponse(header=header)
+    if res.prev_kv is not None:
+        answer.prev_kv.CopyFrom(kv_pb(res.prev_kv))
+    return answer
+
+
+def _delete_pb(res: mvcc.DeleteRangeResult, header: pb.ResponseHeader) -> pb.DeleteRangeResponse:
+    return pb.DeleteRangeResponse(
+        header=header, deleted=res.deleted, prev_kvs=[kv_pb(kv) for kv in res.prev_kvs]
+    )
+
+
+def _txn_pb(res: mvcc.TxnResult, header: pb.ResponseHeader) -> pb.TxnResponse:
+    answer = pb.TxnResponse(header=header, succeeded=res.succeeded)
+    for r in res.responses:
+        op = answer.responses.add()
+        if isinstance(r, mvcc.RangeResult):
+            op.response_range.CopyFrom(_range_pb(r, header))
+        elif isinstance(r, mvcc.PutResult):
+            op.response_put.CopyFrom(_put_pb(r, header))
+        elif isinstance(r, mvcc.DeleteRangeResult):
+            op.response_delete_range.CopyFrom(_delete_pb(r, header))
+        else:
+            op.response_txn.CopyFrom(_txn_pb(r, header))
+    return answer
+
+
+def cluster_id_of(cluster_id: str, name: str) -> int:
+    """A stable uint64 for the cluster (etcd's cluster_id), from raftd's cluster id (its name until the
+    first leader has recorded one)."""
+    digest = hashlib.sha256((cluster_id or name).encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
+def member_id_of(node_id: int) -> int:
+    """etcd reads member id 0 as "none", and raftd's node 0 is real."""
+    return node_id + 1
+
+
+def header_of(node: RaftNode, revision: int | None = None) -> pb.ResponseHeader:
+    st = node.status()
+    if revision is None:
+        try:
+            revision = node.keyspace().revision
+        except Unavailable:
+            revision = 0
+    return pb.ResponseHeader(
+        cluster_id=cluster_id_of(st.cluster_id, st.cluster),
+        member_id=member_id_of(st.id),
+        revision=revision,
+        raft_term=st.term,
+    )
+
+
+# -- the services ---------------------------------------------------------------------------------------
+
+
+class EtcdKV(rpc.KVServicer):
+    def __init__(self, node: RaftNode, calls: Calls) -> None:
+        self.node = node
+        self.calls = calls
+
+    async def Range(
+        self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RangeResponse:
+        return await _answer(self.node, context, self._range(request, context), write=False)
+
+    async def _range(
+        self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RangeResponse:
+        r = range_of(request, self.node.limits)
+        self.calls.start()
+        try:
+            if not request.serializable:
+                limit = time_left(context, self.node.tuning)
+                async with asyncio.timeout(limit):
+                    await barrier(self.node, limit)
+            ks = self.node.keyspace()
+            result = ks.range(r)
+            return _range_pb(result, header_of(self.node, ks.revision))
+        finally:
+            self.calls.end()
+
+    async def Put(
+        self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PutResponse:
+        async def write() -> pb.PutResponse:
+            result = await self._propose(
+                put_of(request, self.node.limits), context, lambda s: s.Put(request, metadata=FORWARDED)
+            )
+            if isinstance(result, pb.PutResponse):
+                return result
+            return _put_pb(_answered(result, mvcc.PutResult), header_of(self.node, result.revision))
+
+        return await _answer(self.node, context, write(), write=True)
+
+    async def DeleteRange(
+        self, request: pb.DeleteRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteRangeResponse:
+        async def write() -> pb.DeleteRangeResponse:
+            r = delete_of(request, self.node.limits)
+            result = await self._propose(r, context, lambda s: s.DeleteRange(request, metadata=FORWARDED))
+            if isinstance(result, pb.DeleteRangeResponse):
+                return result
+            return _delete_pb(
+                _answered(result, mvcc.DeleteRangeResult), header_of(self.node, result.revision)
+            )
+
+        return await _answer(self.node, context, write(), write=True)
+
+    async def Txn(
+        self, request: pb.TxnRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.TxnResponse:
+        async def write() -> pb.TxnResponse:
+            result = await self._propose(
+                txn_of(request, self.node.limits), context, lambda s: s.Txn(request, metadata=FORWARDED)
+            )
+            if isinstance(result, pb.TxnResponse):
+                return result
+            return _txn_pb(_answered(result, mvcc.TxnResult), header_of(self.node, result.revision))
+
+        return await _answer(self.node, context, write(), write=True)
+
+    async def Compact(
+        self, request: pb.CompactionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CompactionResponse:
+        async def write() -> pb.CompactionResponse:
+            r = mvcc.CompactRequest(request.revision)
+            result = await self._propose(r, context, lambda s: s.Compact(request, metadata=FORWARDED))
+            if isinstance(result, pb.CompactionResponse):
+                return result
+            if isinstance(result.answer, mvcc.KeyspaceError):
+                raise _keyspace_error(result.answer)
+            return pb.CompactionResponse(header=header_of(self.node, result.revision))
+
+        return await _answer(self.node, context, write(), write=True)
+
+    async def _propose(
+        self,
+        r: mvcc.LoggedRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        forward: Callable[[rpc.KVAsyncStub], Awaitable[Resp]],
+    ) -> Result | Resp:
+        """The entry's result once applied here; on a follower, the leader's answer to the same call."""
+        limit = time_left(context, self.node.tuning)
+        self.calls.start()
+        try:
+            try:
+                future = self.node.propose_nowait(Command(Op.MVCC, b"", mvcc.encode_request(r)))
+            except NotLeader as e:
+                if e.leader is None or was_forwarded(context):
+                    raise
+                return await _forwarded(self.node, e.leader.id, forward, limit)
+            async with asyncio.timeout(limit):
+                return await future
+        finally:
+            self.calls.end()
+
+
+def _answered(result: Result, kind: type[T]) -> T:
+    """The keyspace's answer to a write, or its refusal raised as etcd's error."""
+    if isinstance(result.answer, mvcc.KeyspaceError):
+        raise _keyspace_error(result.answer)
+    if not isinstance(result.answer, kind):
+        raise TypeError(f"the keyspace answered {type(result.answer).__name__}, not {kind.__name__}")
+    return result.answer
+
+
+async def _forwarded(
+    node: RaftNode, leader: int, call: Callable[[rpc.KVAsyncStub], Awaitable[Resp]], limit: float
+) -> Resp:
+    """A follower's write, sent to the leader as the same etcd call; the leader's error passes on as it is,
+    with its outcome trailer (unknown when the call broke once it may have been sent)."""
+    stub = rpc.KVStub(node.channel_to(leader))
+    try:
+        async with asyncio.timeout(limit):
+            return await call(stub)
+    except grpc.aio.AioRpcError as err:
+        details = err.details() or err.code().name
+        if never_connected(details):
+            raise EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", NOT_APPLIED) from None
+        trailers: Any = err.trailing_metadata() or ()
+        told = next((v for k, v in trailers if k == OUTCOME_KEY), None)
+        outcome: Outcome = NOT_APPLIED if told == NOT_APPLIED else UNKNOWN
+        raise EtcdError(err.code(), details, outcome) from None
+
+
+class EtcdCluster(rpc.ClusterServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def MemberList(
+        self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberListResponse:
+        members = [
+            pb.Member(
+                ID=member_id_of(m.id),
+                name=f"node-{m.id}",
+                peerURLs=[f"http://{m.address}"] if m.address else [],
+                clientURLs=[f"http://{m.address}"] if m.address else [],
+                isLearner=m.learner,
+            )
+            for m in self.node.members()
+        ]
+        return pb.MemberListResponse(header=header_of(self.node), members=members)
+
+
+class EtcdMaintenance(rpc.MaintenanceServicer):
+    def __init__(self, node: RaftNode) -> None:
+        self.node = node
+
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StatusResponse:
+        st = self.node.status()
+        size = in_use = 0
+        revision = 0
+        try:
+            ks = self.node.keyspace()
+            size, in_use = mvcc.sizes(ks)
+            revision = ks.revision
+        except Unavailable:
+            pass
+        learner = any(m.id == st.id and m.learner for m in self.node.members())
+        return pb.StatusResponse(
+            header=header_of(self.node, revision),
+            version=ETCD_VERSION,
+            dbSize=size,
+            leader=member_id_of(st.leader_id) if st.leader_id >= 0 else 0,
+            raftIndex=st.commit_index,
+            raftTerm=st.term,
+            raftAppliedIndex=st.applied_index,
+            errors=list(st.alarms),
+            dbSizeInUse=in_use,
+            isLearner=learner,
+        )
+
+    async def Alarm(
+        self, request: pb.AlarmRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AlarmResponse:
+        """No alarm is raised but CORRUPT, when the replicas' state hashes differed (raftd.consistency);
+        alarms are not set or cleared by request."""
+        st = self.node.status()
+        alarms = [pb.AlarmMember(memberID=member_id_of(st.id), alarm=pb.CORRUPT)] if st.alarms else []
+        return pb.AlarmResponse(header=header_of(self.node), alarms=alarms)
+
+    async def Defragment(
+        self, request: pb.DefragmentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DefragmentResponse:
+        """Nothing to do: the keyspace is compacted in place."""
+        return pb.DefragmentResponse(header=header_of(self.node))

@@ -1,0 +1,183 @@
+"""The etcd v3 API on a real 3-node cluster, driven by clients nobody here wrote: etcdctl 3.4 (Debian's
+etcd-client, which .ci/run installs) and the Python etcd3 package (a test extra). Each skips with the
+reason when its client is absent, and fails under CI=true instead."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .cluster import Cluster, wait_until
+
+ETCDCTL_TIMEOUT_S = 30.0
+
+
+def _need(what: str, missing: bool) -> None:
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is missing under CI (.ci/run installs it)")
+        pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("etcd")) as c:
+        c.start_all()
+        c.wait_leader()
+        yield c
+
+
+class Etcdctl:
+    def __init__(self, endpoints: list[str]) -> None:
+        self.endpoints = endpoints
+
+    def run(
+        self, *args: str, stdin: str | None = None, at: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """etcdctl ARGS against every endpoint (or the one at index `at`); etcdctl's own environment rules:
+        ETCDCTL_ENDPOINTS must not be set beside --endpoints."""
+        endpoints = self.endpoints if at is None else [self.endpoints[at]]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        return subprocess.run(
+            ["etcdctl", f"--endpoints={','.join(endpoints)}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=ETCDCTL_TIMEOUT_S,
+        )
+
+    def ok(self, *args: str, stdin: str | None = None, at: int | None = None) -> str:
+        done = self.run(*args, stdin=stdin, at=at)
+        assert done.returncode == 0, (
+            f"etcdctl {' '.join(args)}: {done.returncode}\n{done.stdout}{done.stderr}"
+        )
+        return done.stdout
+
+    def json(self, *args: str, at: int | None = None) -> dict[str, object]:
+        return json.loads(self.ok(*args, "-w", "json", at=at))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def etcdctl(cluster: Cluster) -> Etcdctl:
+    _need("etcdctl", shutil.which("etcdctl") is None)
+    return Etcdctl(cluster.endpoints)
+
+
+def test_put_get_and_delete_through_any_node(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    assert etcdctl.ok("put", "greeting", "hello", at=follower).strip() == "OK"  # forwarded to the leader
+    assert etcdctl.ok("get", "greeting", at=leader).splitlines() == ["greeting", "hello"]
+    got = etcdctl.json("get", "greeting", at=follower)
+    header = got["header"]
+    assert isinstance(header, dict) and header["member_id"] == follower + 1 and header["raft_term"] >= 1
+    (kv,) = got["kvs"]  # type: ignore[misc]
+    assert kv["version"] == 1 and kv["create_revision"] == kv["mod_revision"] == header["revision"]
+    assert etcdctl.ok("del", "greeting").strip() == "1"
+    assert etcdctl.ok("get", "greeting") == ""
+    assert etcdctl.ok("del", "greeting").strip() == "0"
+
+
+def test_prefix_range_limit_keys_only_and_past_revisions(etcdctl: Etcdctl) -> None:
+    first = etcdctl.json("put", "app/a", "1")["header"]["revision"]  # type: ignore[index]
+    etcdctl.ok("put", "app/b", "2")
+    etcdctl.ok("put", "app/c", "3")
+    etcdctl.ok("put", "app/a", "changed")
+    etcdctl.ok("put", "apq", "not in the prefix")
+    assert etcdctl.ok("get", "app/", "--prefix", "--keys-only").split() == ["app/a", "app/b", "app/c"]
+    assert etcdctl.ok("get", "app/a", "app/c").split() == ["app/a", "changed", "app/b", "2"]
+    page = etcdctl.json("get", "app/", "--prefix", "--limit", "2")
+    assert len(page["kvs"]) == 2 and page["more"] is True and page["count"] == 3  # type: ignore[arg-type]
+    assert etcdctl.ok("get", "app/a", f"--rev={first}").split() == ["app/a", "1"]
+    newest = etcdctl.ok("get", "app/", "--prefix", "--sort-by=MODIFY", "--order=DESCEND", "--keys-only")
+    assert newest.split()[0] == "app/a"
+
+
+def test_txn_compare_and_swap(etcdctl: Etcdctl) -> None:
+    etcdctl.ok("put", "lock", "free")
+    swap = 'value("lock") = "free"\n\nput lock mine\nget lock\n\n\n'
+    assert etcdctl.ok("txn", stdin=swap).split() == ["SUCCESS", "OK", "lock", "mine"]
+    assert etcdctl.ok("txn", stdin=swap).split() == ["FAILURE"]
+    assert etcdctl.ok("get", "lock").split() == ["lock", "mine"]
+    # etcd's lock idiom: create only if absent.
+    create = 'create("fresh") = "0"\n\nput fresh yes\n\n\n'
+    assert etcdctl.ok("txn", stdin=create).splitlines()[0] == "SUCCESS"
+    assert etcdctl.ok("txn", stdin=create).splitlines()[0] == "FAILURE"
+
+
+def test_compaction_and_etcds_errors(etcdctl: Etcdctl) -> None:
+    old = etcdctl.json("put", "hist", "1")["header"]["revision"]  # type: ignore[index]
+    now = etcdctl.json("put", "hist", "2")["header"]["revision"]  # type: ignore[index]
+    assert etcdctl.ok("compaction", str(now)).strip() == f"compacted revision {now}"
+    gone = etcdctl.run("get", "hist", f"--rev={old}")
+    assert gone.returncode != 0 and "etcdserver: mvcc: required revision has been compacted" in gone.stderr
+    future = etcdctl.run("get", "hist", f"--rev={now + 1000}")
+    assert "etcdserver: mvcc: required revision is a future revision" in future.stderr
+    empty = etcdctl.run("put", "", "x")
+    assert empty.returncode != 0 and "etcdserver: key is not provided" in empty.stderr
+    lease = etcdctl.run("put", "leased", "x", "--lease=1234")
+    assert lease.returncode != 0 and "etcdserver: requested lease not found" in lease.stderr
+
+
+def test_member_list_and_endpoint_status_and_health(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    members = etcdctl.ok("member", "list").splitlines()
+    assert [line.split(", ")[0] for line in members] == ["1", "2", "3"]
+    assert all(line.endswith(", false") for line in members)  # no learners
+    status = etcdctl.json("endpoint", "status")
+    rows = status if isinstance(status, list) else [status]
+    ids = {row["Status"]["header"]["member_id"] for row in rows}
+    assert ids == {1, 2, 3}
+    assert {row["Status"]["leader"] for row in rows} == {leader + 1}
+    health = etcdctl.run("endpoint", "health")
+    assert health.returncode == 0, health.stderr
+    assert (health.stdout + health.stderr).count("is healthy") == 3
+
+
+def test_the_keyspace_survives_restarts(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    etcdctl.ok("put", "durable", "yes")
+    for i in range(cluster.n):
+        cluster.restart(i)
+        cluster.wait_leader()
+    wait_until("the key after restarts", lambda: etcdctl.ok("get", "durable").split() == ["durable", "yes"])
+
+
+def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
+    """In a process of its own: its generated code registers etcd's protos under names ours use too."""
+    _need("the etcd3 package", importlib.util.find_spec("etcd3") is None)
+    leader = cluster.wait_leader()
+    host, port = cluster.address(cluster.followers(leader)[0]).rsplit(":", 1)
+    script = textwrap.dedent(
+        f"""
+        import etcd3
+        c = etcd3.client(host={host!r}, port={port})
+        c.put("py/a", "1")
+        c.put("py/b", "2")
+        assert c.get("py/a")[0] == b"1"
+        assert sorted(v for v, _ in c.get_prefix("py/")) == [b"1", b"2"]
+        ok, _ = c.transaction(
+            compare=[c.transactions.value("py/a") == "1"],
+            success=[c.transactions.put("py/a", "swapped")],
+            failure=[],
+        )
+        assert ok and c.get("py/a")[0] == b"swapped"
+        assert c.delete("py/b") and c.get("py/b")[0] is None
+        status = c.status()
+        assert status.leader.id == {leader + 1} and status.version.startswith("3.")
+        print("etcd3 ok")
+        """
+    )
+    env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0 and "etcd3 ok" in done.stdout, done.stderr
