@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 
 from raftd.core import Entry, Message, MsgType, Snapshot, SnapshotMeta
+from raftd.errors import NotCapable
 from raftd.identity import Identity
 from raftd.kv import Command, Image, Op, encode
+from raftd.kv.mvcc import PutRequest, encode_request
 from raftd.node import RaftNode
 from raftd.storage import SqliteStorage
 
@@ -99,6 +101,27 @@ def test_a_follower_takes_the_id_with_a_snapshot_it_installs(tmp_path: Path) -> 
         await node._drain_ready()
         assert node.kv.get(b"k") == b"v"
         assert node.identity.id == B and node.storage.cluster_id == B
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_keyspace_writes_wait_until_every_member_can_apply_them(tmp_path: Path) -> None:
+    """Op.MVCC entries stop a node of the release before (protocol 4): the leader refuses them before
+    proposing (never applied) until every member has shown protocol 5."""
+    async def main() -> None:
+        node = await leader(tmp_path, cluster_id="")
+        write = Command(Op.MVCC, b"", encode_request(PutRequest(b"k", b"v")))
+        node.peer_speaks(2, 5)
+        node.peer_speaks(3, 4)
+        try:
+            node.propose_nowait(write)
+        except NotCapable as e:
+            assert "earlier release" in str(e)
+        else:
+            raise AssertionError("proposed while a member runs the previous release")
+        node.peer_speaks(3, 5)
+        node.propose_nowait(write).cancel()
         release_node(node)
 
     asyncio.run(main())

@@ -143,6 +143,21 @@ def test_member_list_and_endpoint_status_and_health(cluster: Cluster, etcdctl: E
     health = etcdctl.run("endpoint", "health")
     assert health.returncode == 0, health.stderr
     assert (health.stdout + health.stderr).count("is healthy") == 3
+    assert etcdctl.ok("alarm", "list") == ""  # no alarm raised
+    assert etcdctl.ok("defrag").count("Finished defragmenting etcd member") == 3
+
+
+def test_delete_a_prefix_with_the_previous_values(etcdctl: Etcdctl) -> None:
+    for k in ("tmp/1", "tmp/2", "tmq"):
+        etcdctl.ok("put", k, k.upper())
+    assert etcdctl.ok("del", "tmp/", "--prefix", "--prev-kv").split() == [
+        "2",
+        "tmp/1",
+        "TMP/1",
+        "tmp/2",
+        "TMP/2",
+    ]
+    assert etcdctl.ok("get", "tm", "--prefix").split() == ["tmq", "TMQ"]
 
 
 def test_the_keyspace_survives_restarts(cluster: Cluster, etcdctl: Etcdctl) -> None:
@@ -181,3 +196,30 @@ def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
     env = {**os.environ, "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0 and "etcd3 ok" in done.stdout, done.stderr
+
+
+def test_a_follower_behind_a_snapshot_gets_the_keyspace_with_it(tmp_path: Path) -> None:
+    """The keyspace rides in snapshots: a follower that missed the entries (compacted away meanwhile)
+    is sent the leader's image, and then serves the keys, their revisions and the compaction point."""
+    _need("etcdctl", shutil.which("etcdctl") is None)
+    with Cluster(tmp_path) as c:
+        c.args += ["--snapshot-entries", "10"]
+        leader = c.start_all()
+        assert leader is not None
+        behind = c.followers(leader)[0]
+        ctl = Etcdctl(c.endpoints)
+        c.kill(behind)
+        for i in range(40):
+            ctl.ok("put", f"snap/{i:02d}", str(i), at=leader)
+        ctl.ok("compaction", "5", at=leader)
+        c.start(behind)
+
+        def caught_up() -> bool:
+            got = ctl.json("get", "snap/", "--prefix", "--consistency=s", at=behind)
+            return got.get("count") == 40 and got["header"]["revision"] == 40  # type: ignore[index]
+
+        wait_until("the follower to serve the keyspace", caught_up)
+        assert ctl.ok("get", "snap/07", "--consistency=s", at=behind).split() == ["snap/07", "7"]
+        gone = ctl.run("get", "snap/00", "--rev=3", "--consistency=s", at=behind)
+        assert "required revision has been compacted" in gone.stderr
+        assert "Installed a snapshot at index" in c.log(behind)  # not the entries one by one
