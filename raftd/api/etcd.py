@@ -394,6 +394,12 @@ async def _forwarded(
         details = err.details() or err.code().name
         if never_connected(details):
             raise EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", NOT_APPLIED) from None
+        if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a leader of the release before: not sent on
+            raise EtcdError(
+                grpc.StatusCode.UNAVAILABLE,
+                "etcdserver: not capable: the leader runs an earlier release of raftd",
+                NOT_APPLIED,
+            ) from None
         trailers: Any = err.trailing_metadata() or ()
         told = next((v for k, v in trailers if k == OUTCOME_KEY), None)
         outcome: Outcome = NOT_APPLIED if told == NOT_APPLIED else UNKNOWN

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import Cluster, wait_until
+from raftd.pb import kv_pb2
+
+from .cluster import Cluster, release_env, wait_until
 
 ETCDCTL_TIMEOUT_S = 30.0
 
@@ -223,3 +225,39 @@ def test_a_follower_behind_a_snapshot_gets_the_keyspace_with_it(tmp_path: Path) 
         gone = ctl.run("get", "snap/00", "--rev=3", "--consistency=s", at=behind)
         assert "required revision has been compacted" in gone.stderr
         assert "Installed a snapshot at index" in c.log(behind)  # not the entries one by one
+
+
+BEFORE_ETCD = "eabb607"  # the last commit before the etcd API: the previous release
+
+
+def test_a_rolling_upgrade_refuses_keyspace_writes_until_every_node_runs_this_release(tmp_path: Path) -> None:
+    """Data directories of the previous release start as they are; while one member still runs it,
+    etcd writes are refused (it could not apply them) and raftd.v1 writes go on; once it is upgraded too,
+    etcd writes work."""
+    _need("etcdctl", shutil.which("etcdctl") is None)
+    old_env = release_env(BEFORE_ETCD, tmp_path / "previous-release")
+    with Cluster(tmp_path / "c", env=old_env) as c:
+        c.start_all()
+        c.put_retrying(0, "k", "before")
+        for i in range(3):
+            assert c.terminate(i) == 0
+        c.start(2)  # still the previous release
+        c.env = {}
+        c.start(0)
+        c.start(1)
+        if c.wait_leader() == 2:
+            c.admin(2).TransferLeader(kv_pb2.TransferLeaderRequest(target_id=0), timeout=5)
+        assert c.wait_leader(exclude=2) in (0, 1)
+        ctl = Etcdctl([c.address(0), c.address(1)])
+        refused = ctl.run("put", "etcd-key", "v")
+        assert refused.returncode != 0 and "etcdserver: not capable" in refused.stderr, refused.stderr
+        c.put_retrying(0, "k", "during")
+        c.wait_value(2, "k", "during", local=True)
+
+        assert c.terminate(2) == 0
+        c.start(2)
+        wait_until(
+            "etcd writes once every node is upgraded", lambda: ctl.run("put", "etcd-key", "v").returncode == 0
+        )
+        assert ctl.ok("get", "etcd-key").split() == ["etcd-key", "v"]
+        assert c.get(2, "k").value == b"during"
