@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -142,6 +143,47 @@ def test_compose_cluster_survives_a_lost_node(deployment: Deployment) -> None:
     d.wait_healthy(["n0"])
     got = _retry(lambda: d.kv(p0).Get(pb.GetRequest(key=b"k"), timeout=5))
     assert got.value == b"v2"
+
+
+def test_etcdctl_works_against_the_compose_cluster(deployment: Deployment) -> None:
+    """etcd's own CLI, on the host, through the published ports: the commands tests/daemon/test_etcd.py
+    runs against processes, then again with a node's container killed."""
+    if shutil.which("etcdctl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("etcdctl is missing under CI (.ci/run installs it)")
+        pytest.skip("etcdctl is not installed")
+    d = deployment
+    d.wait_healthy(["n0", "n1", "n2"])
+    endpoints = [f"127.0.0.1:{p}" for p in d.ports]
+
+    def etcdctl(*args: str, stdin: str | None = None, on: list[str] = endpoints) -> str:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        deadline = time.monotonic() + 20
+        while True:  # an election may still be settling
+            r = subprocess.run(
+                ["etcdctl", f"--endpoints={','.join(on)}", *args],
+                input=stdin, capture_output=True, text=True, env={**env, "ETCDCTL_API": "3"}, timeout=30,
+            )  # fmt: skip
+            if r.returncode == 0 or time.monotonic() > deadline:
+                assert r.returncode == 0, f"etcdctl {' '.join(args)}: {r.stderr}"
+                return r.stdout
+            time.sleep(0.5)
+
+    assert etcdctl("put", "svc/a", "1", on=endpoints[:1]).strip() == "OK"
+    etcdctl("put", "svc/b", "2", on=endpoints[1:2])
+    assert etcdctl("get", "svc/", "--prefix", on=endpoints[2:]).split() == ["svc/a", "1", "svc/b", "2"]
+    assert etcdctl("txn", stdin='value("svc/a") = "1"\n\nput svc/a swapped\n\n\n').split() == [
+        "SUCCESS",
+        "OK",
+    ]
+    assert etcdctl("del", "svc/b").strip() == "1"
+    assert len(etcdctl("member", "list").splitlines()) == 3
+    status = json.loads(etcdctl("endpoint", "status", "-w", "json"))
+    assert len({row["Status"]["leader"] for row in status}) == 1
+    assert etcdctl("endpoint", "health", on=endpoints).count("is healthy") == 3
+    subprocess.run(["docker", "kill", d.container("n0")], capture_output=True, check=True)
+    etcdctl("put", "svc/c", "3", on=endpoints[1:])
+    assert etcdctl("get", "svc/c", on=endpoints[2:]).split() == ["svc/c", "3"]
 
 
 def test_compose_cluster_grows_by_a_service_that_joins(deployment: Deployment) -> None:

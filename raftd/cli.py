@@ -60,6 +60,7 @@ ENV = {
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
     "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
     "--max-txn-ops": "RAFTD_MAX_TXN_OPS",
+    "--auto-compaction-retention": "RAFTD_AUTO_COMPACTION_RETENTION",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--peer-check": "RAFTD_PEER_CHECK",
@@ -273,6 +274,14 @@ def _one_line(e: click.ClickException) -> str:
     help="Requests one etcd Txn may carry (both branches, nested ones too), as etcd's flag of that name.",
 )
 @click.option(
+    "--auto-compaction-retention",
+    type=click.IntRange(min=0),
+    default=Limits.auto_compaction_retention,
+    show_default=True,
+    envvar=ENV["--auto-compaction-retention"],
+    help="Revisions of the etcd keyspace's history kept; older ones are compacted away (0: never).",
+)
+@click.option(
     "--stream-write-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=Limits.stream_write_timeout_s,
@@ -353,6 +362,7 @@ def node(
     max_stream_bytes: int,
     max_batch_requests: int,
     max_txn_ops: int,
+    auto_compaction_retention: int,
     stream_write_timeout: float,
     corrupt_check_interval: float,
     peer_check: str,
@@ -396,6 +406,7 @@ def node(
             max_stream_bytes=max_stream_bytes,
             max_batch_requests=max_batch_requests,
             max_txn_ops=max_txn_ops,
+            auto_compaction_retention=auto_compaction_retention,
             stream_write_timeout_s=stream_write_timeout,
             corrupt_check_interval_s=corrupt_check_interval,
             max_learner_lag=max_learner_lag,

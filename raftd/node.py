@@ -63,7 +63,7 @@ from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
 from raftd.kv.command import op_of
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.kv.mvcc import Keyspace, KeyspaceCorrupt
+from raftd.kv.mvcc import CompactRequest, Keyspace, KeyspaceCorrupt, encode_request
 from raftd.pending import Pending, Proposal
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
@@ -320,6 +320,7 @@ class RaftNode:
         self._leaving = False  # this node's removal applied: it stops shortly (_leave)
         self._next_probe = 0.0  # when a node outside the membership next asks whether it was removed
         self._limit_proposed = 0  # the term in which it last proposed a session limit
+        self._compaction_proposed = 0  # the keyspace compaction this leader proposed last (0: none pending)
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
         self._io = _NodeIO(self)  # how this node carries out a Ready's steps (raftd.core.handle_ready)
@@ -736,6 +737,7 @@ class RaftNode:
         self.snapshots.applied(size)
         self._maybe_propose_session_limit()
         self._maybe_propose_record()
+        self._maybe_compact_keyspace()
         self.pending.release(self.kv.applied)
 
     def _expire_reads(self, now: float) -> None:
@@ -795,6 +797,30 @@ class RaftNode:
         except (NotLeader, Unavailable):
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _maybe_compact_keyspace(self) -> None:
+        """Keep the keyspace's history to its last --auto-compaction-retention revisions (etcd's revision
+        mode), so that a client's writes cannot make every node hold their history without bound: the
+        leader proposes a compaction through the log once the history is a tenth past the retention, so
+        that one entry compacts many revisions. One at a time: the next waits for it to apply."""
+        keep = self.limits.auto_compaction_retention
+        ks = self.kv.keyspace
+        if not keep or ks.revision - ks.compact_revision < keep + max(1, keep // 10) or not self.is_leader():
+            return
+        if self._compaction_proposed > ks.compact_revision or not self._peers_speak(5):
+            return
+        target = ks.revision - keep
+        try:
+            fut = self.propose_nowait(Command(Op.MVCC, b"", encode_request(CompactRequest(target))))
+        except (NotLeader, Unavailable):
+            return
+        self._compaction_proposed = target
+
+        def done(f: asyncio.Future[Result]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._compaction_proposed = 0  # not applied, or not known to be: the next apply tries again
+
+        fut.add_done_callback(done)
 
     def _maybe_propose_session_limit(self) -> None:
         """Make this leader's --max-sessions the cluster's (an Op.SESSION_LIMIT entry), once per term, once

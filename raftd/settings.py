@@ -64,6 +64,10 @@ class Limits:
     # Requests one etcd Txn may carry, counting both branches and nested ones (etcd's --max-txn-ops, whose
     # default this is): a larger one is refused before it reaches the log.
     max_txn_ops: int = 128
+    # Revisions of the etcd keyspace's history kept (etcd's --auto-compaction-retention in its revision
+    # mode): the leader compacts older ones away through the log, so writes cannot grow every node's
+    # history without bound. 0: never (then only `etcdctl compaction` frees it).
+    auto_compaction_retention: int = 10_000
     # Requests one stream may have received and not answered yet; past them it reads no more until answers
     # go out (with max_stream_bytes, what a client that floods makes the node hold).
     max_stream_requests: int = 4096

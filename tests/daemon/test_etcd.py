@@ -261,3 +261,29 @@ def test_a_rolling_upgrade_refuses_keyspace_writes_until_every_node_runs_this_re
         )
         assert ctl.ok("get", "etcd-key").split() == ["etcd-key", "v"]
         assert c.get(2, "k").value == b"during"
+
+
+def test_the_history_is_compacted_to_the_retention(tmp_path: Path) -> None:
+    """--auto-compaction-retention bounds the history every node holds: the leader compacts through the
+    log once it grows a tenth past the retention, so no client can make it grow without bound."""
+    _need("etcdctl", shutil.which("etcdctl") is None)
+    with Cluster(tmp_path) as c:
+        c.args += ["--auto-compaction-retention", "10"]
+        leader = c.start_all()
+        assert leader is not None
+        ctl = Etcdctl(c.endpoints)
+        for i in range(30):
+            ctl.ok("put", "counter", str(i), at=leader)
+        assert ctl.json("get", "counter")["header"]["revision"] == 30  # type: ignore[index]
+        old = ctl.run("get", "counter", "--rev=5")
+        assert "required revision has been compacted" in old.stderr, old.stderr
+        # At most the retention and its tenth are kept; the newest ten always are, on every node.
+        for i in range(c.n):
+            wait_until(
+                f"node {i} to compact past revision 18",
+                lambda i=i: (
+                    "compacted" in ctl.run("get", "counter", "--rev=18", "--consistency=s", at=i).stderr
+                ),
+            )
+            kept = ctl.ok("get", "counter", "--rev=20", "--consistency=s", at=i)
+            assert kept.split() == ["counter", "19"]
