@@ -253,17 +253,17 @@ def member_id_of(node_id: int) -> int:
 
 
 def header_of(node: RaftNode, revision: int | None = None) -> pb.ResponseHeader:
-    st = node.status()
+    """This node's header (a forwarded write's answer gets it too: etcd's member_id is the member asked)."""
     if revision is None:
         try:
             revision = node.keyspace().revision
         except Unavailable:
             revision = 0
     return pb.ResponseHeader(
-        cluster_id=cluster_id_of(st.cluster_id, st.cluster),
-        member_id=member_id_of(st.id),
+        cluster_id=cluster_id_of(node.identity.id, node.identity.name),
+        member_id=member_id_of(node.me.id),
         revision=revision,
-        raft_term=st.term,
+        raft_term=node.term,
     )
 
 
@@ -304,6 +304,7 @@ class EtcdKV(rpc.KVServicer):
                 put_of(request, self.node.limits), context, lambda s: s.Put(request, metadata=FORWARDED)
             )
             if isinstance(result, pb.PutResponse):
+                result.header.member_id = member_id_of(self.node.me.id)
                 return result
             return _put_pb(_answered(result, mvcc.PutResult), header_of(self.node, result.revision))
 
@@ -316,6 +317,7 @@ class EtcdKV(rpc.KVServicer):
             r = delete_of(request, self.node.limits)
             result = await self._propose(r, context, lambda s: s.DeleteRange(request, metadata=FORWARDED))
             if isinstance(result, pb.DeleteRangeResponse):
+                result.header.member_id = member_id_of(self.node.me.id)
                 return result
             return _delete_pb(
                 _answered(result, mvcc.DeleteRangeResult), header_of(self.node, result.revision)
@@ -331,6 +333,7 @@ class EtcdKV(rpc.KVServicer):
                 txn_of(request, self.node.limits), context, lambda s: s.Txn(request, metadata=FORWARDED)
             )
             if isinstance(result, pb.TxnResponse):
+                result.header.member_id = member_id_of(self.node.me.id)
                 return result
             return _txn_pb(_answered(result, mvcc.TxnResult), header_of(self.node, result.revision))
 
@@ -343,6 +346,7 @@ class EtcdKV(rpc.KVServicer):
             r = mvcc.CompactRequest(request.revision)
             result = await self._propose(r, context, lambda s: s.Compact(request, metadata=FORWARDED))
             if isinstance(result, pb.CompactionResponse):
+                result.header.member_id = member_id_of(self.node.me.id)
                 return result
             if isinstance(result.answer, mvcc.KeyspaceError):
                 raise _keyspace_error(result.answer)
