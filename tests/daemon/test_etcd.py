@@ -80,14 +80,14 @@ def test_put_get_and_delete_through_any_node(cluster: Cluster, etcdctl: Etcdctl)
     leader = cluster.wait_leader()
     follower = cluster.followers(leader)[0]
     assert etcdctl.ok("put", "greeting", "hello", at=follower).strip() == "OK"  # forwarded to the leader
-    # The answer's header names the member asked, as etcd's does (not the leader that applied it).
-    assert etcdctl.json("put", "other", "x", at=follower)["header"]["member_id"] == follower + 1  # type: ignore[index]
     assert etcdctl.ok("get", "greeting", at=leader).splitlines() == ["greeting", "hello"]
     got = etcdctl.json("get", "greeting", at=follower)
     header = got["header"]
     assert isinstance(header, dict) and header["member_id"] == follower + 1 and header["raft_term"] >= 1
     (kv,) = got["kvs"]  # type: ignore[misc]
     assert kv["version"] == 1 and kv["create_revision"] == kv["mod_revision"] == header["revision"]
+    # The answer's header names the member asked, as etcd's does (not the leader that applied it).
+    assert etcdctl.json("put", "other", "x", at=follower)["header"]["member_id"] == follower + 1  # type: ignore[index]
     assert etcdctl.ok("del", "greeting").strip() == "1"
     assert etcdctl.ok("get", "greeting") == ""
     assert etcdctl.ok("del", "greeting").strip() == "0"
