@@ -157,7 +157,7 @@ def test_a_read_waits_out_an_election_instead_of_failing(tmp_path: Path) -> None
     async def main() -> None:
         node = follower(tmp_path)
         _lose_the_leader(node)
-        read = asyncio.ensure_future(common._barrier(node, 10))
+        read = asyncio.ensure_future(common.barrier(node, 10))
         await asyncio.sleep(0.05)
         assert not read.done(), "the read waits for a leader"
         await _hear_leader(node)
@@ -171,7 +171,7 @@ def test_a_read_waits_out_an_election_instead_of_failing(tmp_path: Path) -> None
 def test_a_read_cut_short_by_a_change_of_leader_is_asked_again(tmp_path: Path) -> None:
     async def main() -> None:
         node = follower(tmp_path)
-        read = asyncio.ensure_future(common._barrier(node, 10))
+        read = asyncio.ensure_future(common.barrier(node, 10))
         await asyncio.sleep(0)
         node._take_input()
         (old,) = node.pending.read_wait
@@ -197,7 +197,7 @@ def test_a_read_gives_up_when_no_leader_is_elected_in_time(tmp_path: Path) -> No
         node.leader_wait_s = 0.05
         _lose_the_leader(node)
         with pytest.raises(LeaderChanging, match="no leader known"):
-            await asyncio.wait_for(common._barrier(node, 10), 5)
+            await asyncio.wait_for(common.barrier(node, 10), 5)
         release_node(node)
 
     asyncio.run(main())
