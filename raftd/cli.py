@@ -61,6 +61,9 @@ ENV = {
     "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
     "--max-txn-ops": "RAFTD_MAX_TXN_OPS",
     "--auto-compaction-retention": "RAFTD_AUTO_COMPACTION_RETENTION",
+    "--max-watch-streams": "RAFTD_MAX_WATCH_STREAMS",
+    "--max-watchers-per-stream": "RAFTD_MAX_WATCHERS_PER_STREAM",
+    "--watch-progress-notify-interval": "RAFTD_WATCH_PROGRESS_NOTIFY_INTERVAL",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--peer-check": "RAFTD_PEER_CHECK",
@@ -282,6 +285,31 @@ def _one_line(e: click.ClickException) -> str:
     help="Revisions of the etcd keyspace's history kept; older ones are compacted away (0: never).",
 )
 @click.option(
+    "--max-watch-streams",
+    type=click.IntRange(min=1),
+    default=Limits.max_watch_streams,
+    show_default=True,
+    envvar=ENV["--max-watch-streams"],
+    help="etcd Watch calls served at once; one more is refused (RESOURCE_EXHAUSTED).",
+)
+@click.option(
+    "--max-watchers-per-stream",
+    type=click.IntRange(min=1),
+    default=Limits.max_watchers_per_stream,
+    show_default=True,
+    envvar=ENV["--max-watchers-per-stream"],
+    help="Watchers one etcd Watch call may hold; one more is cancelled as it is created.",
+)
+@click.option(
+    "--watch-progress-notify-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=Limits.watch_progress_notify_s,
+    show_default=True,
+    envvar=ENV["--watch-progress-notify-interval"],
+    help="Seconds after which a watcher that asked for progress notifications and got no event is told "
+    "the revision reached.",
+)
+@click.option(
     "--stream-write-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=Limits.stream_write_timeout_s,
@@ -363,6 +391,9 @@ def node(
     max_batch_requests: int,
     max_txn_ops: int,
     auto_compaction_retention: int,
+    max_watch_streams: int,
+    max_watchers_per_stream: int,
+    watch_progress_notify_interval: float,
     stream_write_timeout: float,
     corrupt_check_interval: float,
     peer_check: str,
@@ -407,6 +438,9 @@ def node(
             max_batch_requests=max_batch_requests,
             max_txn_ops=max_txn_ops,
             auto_compaction_retention=auto_compaction_retention,
+            max_watch_streams=max_watch_streams,
+            max_watchers_per_stream=max_watchers_per_stream,
+            watch_progress_notify_s=watch_progress_notify_interval,
             stream_write_timeout_s=stream_write_timeout,
             corrupt_check_interval_s=corrupt_check_interval,
             max_learner_lag=max_learner_lag,

@@ -205,6 +205,7 @@ class _NodeIO:
         node.kv = await node.snapshots.install(rd.snapshot)
         node._learn(node.kv.members.items(), ())
         node._sync_peers()
+        node._keyspace_changed()
 
     def apply(self, rd: Ready) -> None:
         self.node._apply(rd.committed_entries)
@@ -321,6 +322,7 @@ class RaftNode:
         self._next_probe = 0.0  # when a node outside the membership next asks whether it was removed
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         self._compaction_proposed = 0  # the keyspace compaction this leader proposed last (0: none pending)
+        self._keyspace_waiters: list[asyncio.Future[None]] = []  # keyspace_moved()
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
         self._io = _NodeIO(self)  # how this node carries out a Ready's steps (raftd.core.handle_ready)
@@ -708,6 +710,7 @@ class RaftNode:
     def _apply(self, entries: list[Entry]) -> None:
         pending = self.pending
         size = 0
+        moved = False  # the keyspace changed: its watchers are woken once, after the batch
         for e in entries:
             for observe in self.on_apply:
                 observe(e)
@@ -719,7 +722,9 @@ class RaftNode:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
             except KeyspaceCorrupt as err:
                 raise FatalError(f"{err}; {RECOVER}") from err
-            if cmd is not None and cmd.op is Op.CLUSTER_ID:
+            if cmd is not None and cmd.op is Op.MVCC:
+                moved = True
+            elif cmd is not None and cmd.op is Op.CLUSTER_ID:
                 self.adopt_cluster_id(cmd.value.decode(errors="replace"))
             elif cmd is not None and cmd.op is Op.MEMBER:
                 self._synced_conf = None  # a removal applied: its sender goes (_sync_peers)
@@ -738,6 +743,8 @@ class RaftNode:
         self._maybe_propose_session_limit()
         self._maybe_propose_record()
         self._maybe_compact_keyspace()
+        if moved:
+            self._keyspace_changed()
         self.pending.release(self.kv.applied)
 
     def _expire_reads(self, now: float) -> None:
@@ -1299,6 +1306,19 @@ class RaftNode:
         finally:
             fut.cancel()
         return self.leader() is not None
+
+    def keyspace_moved(self) -> asyncio.Future[None]:
+        """Resolves at the keyspace's next change (a write applied, a snapshot installed): watchers wait
+        on it rather than poll."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._keyspace_waiters.append(fut)
+        return fut
+
+    def _keyspace_changed(self) -> None:
+        waiters, self._keyspace_waiters = self._keyspace_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def keyspace(self) -> Keyspace:
         """The etcd API's keyspace, for a read served here now (after a barrier, for a linearizable one)."""

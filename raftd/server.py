@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftd.api.common import Calls, Forwarder, LongCalls
 from raftd.api.etcd import EtcdCluster, EtcdKV, EtcdMaintenance
+from raftd.api.etcd_watch import EtcdWatch
 from raftd.api.kv import AdminService, KVService
 from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
@@ -233,6 +234,8 @@ async def serve(
         raft_pb2_grpc.add_RaftServiceServicer_to_server(SeedService(node, calls, forwarder), guarded)
         etcd_rpc_pb2_grpc.add_KVServicer_to_server(EtcdKV(node, calls), guarded)
         etcd_rpc_pb2_grpc.add_ClusterServicer_to_server(EtcdCluster(node), guarded)
+        watch_service = EtcdWatch(node)
+        etcd_rpc_pb2_grpc.add_WatchServicer_to_server(watch_service, guarded)
         etcd_rpc_pb2_grpc.add_MaintenanceServicer_to_server(EtcdMaintenance(node), guarded)
         # grpc-stubs types grpc_health's threaded servicer only, not its asyncio one (health.aio).
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -258,6 +261,7 @@ async def serve(
             await forwarder.close()
             peers.close()
             kv.streams.close()
+            watch_service.streams.close()
             await server.stop(grace=0.5)
             await _calls_finished(node.tuning.calls_finish_s)
     finally:

@@ -68,6 +68,14 @@ class Limits:
     # mode): the leader compacts older ones away through the log, so writes cannot grow every node's
     # history without bound. 0: never (then only `etcdctl compaction` frees it).
     auto_compaction_retention: int = 10_000
+    # etcd Watch calls served at once; one more is refused (RESOURCE_EXHAUSTED). Each watcher costs the
+    # node a read of its range after every write it applies, and holds at most one page of events.
+    max_watch_streams: int = 1024
+    # Watchers one Watch call may hold; one more is cancelled as it is created, with the reason.
+    max_watchers_per_stream: int = 1024
+    # How often a watcher that asked for progress notifications and was sent nothing gets an empty answer
+    # whose header tells the revision reached (etcd's --experimental-watch-progress-notify-interval).
+    watch_progress_notify_s: float = 600.0
     # Requests one stream may have received and not answered yet; past them it reads no more until answers
     # go out (with max_stream_bytes, what a client that floods makes the node hold).
     max_stream_requests: int = 4096

@@ -8,6 +8,7 @@ etcd's own clients talk to raftd unchanged (docs/etcd.md).
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -56,3 +57,47 @@ class KeyValue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _EventType:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Event._EventType.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PUT: Event._EventType.ValueType  # 0
+        DELETE: Event._EventType.ValueType  # 1
+
+    class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper): ...
+    PUT: Event.EventType.ValueType  # 0
+    DELETE: Event.EventType.ValueType  # 1
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    KV_FIELD_NUMBER: _builtins.int
+    PREV_KV_FIELD_NUMBER: _builtins.int
+    type: Global___Event.EventType.ValueType
+    @_builtins.property
+    def kv(self) -> Global___KeyValue:
+        """A delete's carries the key and its mod_revision only."""
+
+    @_builtins.property
+    def prev_kv(self) -> Global___KeyValue:
+        """The key before the event, when the watch asked for it (and it existed, and is not compacted)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___Event.EventType.ValueType = ...,
+        kv: Global___KeyValue | None = ...,
+        prev_kv: Global___KeyValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "prev_kv", b"prev_kv"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kv", b"kv", "prev_kv", b"prev_kv", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015

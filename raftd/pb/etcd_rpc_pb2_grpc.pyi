@@ -88,6 +88,28 @@ class KVServicer(metaclass=_abc_1.ABCMeta):
 
 def add_KVServicer_to_server(servicer: KVServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class WatchStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WatchAsyncStub: ...
+    Watch: _grpc.StreamStreamMultiCallable[_etcd_rpc_pb2.WatchRequest, _etcd_rpc_pb2.WatchResponse]
+
+@_typing.type_check_only
+class WatchAsyncStub(WatchStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Watch: _aio.StreamStreamMultiCallable[_etcd_rpc_pb2.WatchRequest, _etcd_rpc_pb2.WatchResponse]  # type: ignore[assignment]
+
+class WatchServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request_iterator: _MaybeAsyncIterator[_etcd_rpc_pb2.WatchRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_etcd_rpc_pb2.WatchResponse], _abc.AsyncIterator[_etcd_rpc_pb2.WatchResponse]]: ...
+
+def add_WatchServicer_to_server(servicer: WatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class ClusterStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

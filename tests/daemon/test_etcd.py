@@ -7,16 +7,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
-from raftd.pb import kv_pb2
+from raftd.pb import etcd_kv_pb2, etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2
 
 from .cluster import Cluster, release_env, wait_until
 
@@ -192,6 +196,15 @@ def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
         )
         assert ok and c.get("py/a")[0] == b"swapped"
         assert c.delete("py/b") and c.get("py/b")[0] is None
+        events, cancel = c.watch_prefix("py/w/")
+        c.put("py/w/1", "one")
+        c.delete("py/w/1")
+        seen = []
+        for event in events:
+            seen.append((type(event).__name__, event.key))
+            if len(seen) == 2:
+                cancel()
+        assert seen == [("PutEvent", b"py/w/1"), ("DeleteEvent", b"py/w/1")], seen
         status = c.status()
         assert status.leader.id == {leader + 1} and status.version.startswith("3.")
         print("etcd3 ok")
@@ -289,3 +302,177 @@ def test_the_history_is_compacted_to_the_retention(tmp_path: Path) -> None:
             )
             kept = ctl.ok("get", "counter", "--rev=20", "--consistency=s", at=i)
             assert kept.split() == ["counter", "19"]
+
+
+class Watch:
+    """`etcdctl watch ...` running in the background, its output read line by line."""
+
+    def __init__(self, endpoint: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        self.proc = subprocess.Popen(
+            ["etcdctl", f"--endpoints={endpoint}", "watch", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**env, "ETCDCTL_API": "3"},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def until(self, n: int, timeout: float = 20.0) -> list[str]:
+        """The first n non-empty lines, waiting for them."""
+        wait_until(f"{n} lines from etcdctl watch", lambda: len([x for x in self.lines if x]) >= n, timeout)
+        return [x for x in self.lines if x][:n]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_watch_a_prefix_live_and_from_a_past_revision(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    live = Watch(cluster.address(follower), "wp/", "--prefix")
+    try:
+        time.sleep(0.5)  # etcdctl prints nothing when its watch is created
+        start = etcdctl.json("put", "wp/a", "1")["header"]["revision"]  # type: ignore[index]
+        etcdctl.ok("put", "wp/b", "2")
+        etcdctl.ok("put", "other", "not watched")
+        etcdctl.ok("del", "wp/a")
+        expected = ["PUT", "wp/a", "1", "PUT", "wp/b", "2", "DELETE", "wp/a"]
+        assert live.until(len(expected)) == expected
+    finally:
+        live.close()
+    past = Watch(cluster.address(leader), "wp/a", f"--rev={start}", "--prev-kv")
+    try:
+        # The delete carries the key as it was before it (prev_kv), which etcdctl prints first.
+        assert past.until(7) == ["PUT", "wp/a", "1", "DELETE", "wp/a", "1", "wp/a"]
+    finally:
+        past.close()
+
+
+def test_a_watch_from_a_compacted_revision_is_cancelled(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    first = etcdctl.json("put", "wc", "1")["header"]["revision"]  # type: ignore[index]
+    now = etcdctl.json("put", "wc", "2")["header"]["revision"]  # type: ignore[index]
+    etcdctl.ok("compaction", str(now))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}, "ETCDCTL_API": "3"}
+    done = subprocess.run(
+        ["etcdctl", f"--endpoints={cluster.address(leader)}", "watch", "wc", f"--rev={first}"],
+        capture_output=True, text=True, env=env, timeout=ETCDCTL_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "watch was canceled (etcdserver: mvcc: required revision has been compacted)" in done.stderr
+
+
+def test_a_watch_on_a_follower_misses_nothing_when_the_leader_dies(
+    cluster: Cluster, etcdctl: Etcdctl
+) -> None:
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    watch = Watch(cluster.address(follower), "wl/", "--prefix")
+    try:
+        time.sleep(0.5)
+        for i in range(5):
+            etcdctl.ok("put", f"wl/{i}", str(i))
+        cluster.kill(leader)
+        survivors = [cluster.address(i) for i in range(cluster.n) if i != leader]
+        after = Etcdctl(survivors)
+        for i in range(5, 10):
+            wait_until(f"put wl/{i}", lambda i=i: after.run("put", f"wl/{i}", str(i)).returncode == 0)
+        lines = watch.until(30)
+        keys = [lines[k + 1] for k in range(0, 30, 3)]
+        assert keys == [f"wl/{i}" for i in range(10)], lines  # in order, none missing, none twice
+    finally:
+        watch.close()
+        cluster.start(leader)
+        cluster.wait_leader()
+
+
+def test_watch_bounds(tmp_path: Path) -> None:
+    """--max-watchers-per-stream cancels the watcher past it as it is created; --max-watch-streams
+    refuses the stream past it."""
+    with Cluster(tmp_path) as c:
+        c.args += ["--max-watchers-per-stream", "2", "--max-watch-streams", "2"]
+        leader = c.start_all()
+        assert leader is not None
+        channel = grpc.insecure_channel(c.address(leader))
+        stub = etcd_rpc_pb2_grpc.WatchStub(channel)
+        create = [
+            etcd_rpc_pb2.WatchRequest(create_request=etcd_rpc_pb2.WatchCreateRequest(key=f"k{i}".encode()))
+            for i in range(3)
+        ]
+        hold = threading.Event()  # keeps each call's request side open, as a watching client does
+
+        def requests(items: list[etcd_rpc_pb2.WatchRequest]) -> Iterator[etcd_rpc_pb2.WatchRequest]:
+            yield from items
+            hold.wait(10)
+
+        first = stub.Watch(requests(create), timeout=10)
+        answers = [next(first) for _ in range(3)]
+        assert [(a.created, a.canceled) for a in answers] == [(True, False), (True, False), (True, True)]
+        assert "--max-watchers-per-stream" in answers[2].cancel_reason
+        second = stub.Watch(requests(create[:1]), timeout=10)
+        assert next(second).created
+        third = stub.Watch(requests(create[:1]), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(third)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "--max-watch-streams" in refused.value.details()  # type: ignore[attr-defined]
+        hold.set()
+        first.cancel()
+        second.cancel()
+        channel.close()
+
+
+def test_watch_options_progress_filters_and_cancel(tmp_path: Path) -> None:
+    """progress_notify (every --watch-progress-notify-interval while nothing happens), a progress request
+    (watch_id -1), the NOPUT filter, prev_kv, and a cancel request, on etcd's own messages."""
+    with Cluster(tmp_path) as c:
+        c.args += ["--watch-progress-notify-interval", "0.3"]
+        leader = c.start_all()
+        assert leader is not None
+        channel = grpc.insecure_channel(c.address(leader))
+        kv = etcd_rpc_pb2_grpc.KVStub(channel)
+        outbox: queue.Queue[etcd_rpc_pb2.WatchRequest | None] = queue.Queue()
+
+        def requests() -> Iterator[etcd_rpc_pb2.WatchRequest]:
+            while (item := outbox.get(timeout=20)) is not None:
+                yield item
+
+        answers = etcd_rpc_pb2_grpc.WatchStub(channel).Watch(requests(), timeout=20)
+        create = etcd_rpc_pb2.WatchCreateRequest
+        outbox.put(
+            etcd_rpc_pb2.WatchRequest(create_request=create(key=b"quiet", progress_notify=True, watch_id=7))
+        )
+        assert next(answers).created
+        notified = next(answers)  # nothing happened for 0.3 s: an empty answer with the revision reached
+        assert notified.watch_id == 7 and not notified.events and not notified.created
+        outbox.put(etcd_rpc_pb2.WatchRequest(cancel_request=etcd_rpc_pb2.WatchCancelRequest(watch_id=7)))
+        assert (lambda a: (a.watch_id, a.canceled))(next(answers)) == (7, True)
+
+        outbox.put(
+            etcd_rpc_pb2.WatchRequest(
+                create_request=create(key=b"f", filters=[create.NOPUT], prev_kv=True, watch_id=8)
+            )
+        )
+        assert next(answers).created
+        kv.Put(etcd_rpc_pb2.PutRequest(key=b"f", value=b"1"), timeout=5)
+        deleted = kv.DeleteRange(etcd_rpc_pb2.DeleteRangeRequest(key=b"f"), timeout=5)
+        got = next(answers)
+        assert [e.type for e in got.events] == [etcd_kv_pb2.Event.DELETE]  # the put filtered out
+        assert (
+            got.events[0].prev_kv.value == b"1" and got.events[0].kv.mod_revision == deleted.header.revision
+        )
+        outbox.put(etcd_rpc_pb2.WatchRequest(progress_request=etcd_rpc_pb2.WatchProgressRequest()))
+        progress = next(answers)
+        assert progress.watch_id == -1 and progress.header.revision == deleted.header.revision
+        outbox.put(None)
+        answers.cancel()
+        channel.close()
