@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftd.api.common import Calls, Forwarder, LongCalls
 from raftd.api.etcd import EtcdCluster, EtcdKV, EtcdMaintenance
+from raftd.api.etcd_lease import EtcdLease, Lessor
 from raftd.api.etcd_watch import EtcdWatch
 from raftd.api.kv import AdminService, KVService
 from raftd.api.malformed import RefusingMalformed
@@ -236,6 +237,9 @@ async def serve(
         etcd_rpc_pb2_grpc.add_ClusterServicer_to_server(EtcdCluster(node), guarded)
         watch_service = EtcdWatch(node)
         etcd_rpc_pb2_grpc.add_WatchServicer_to_server(watch_service, guarded)
+        lessor = Lessor(node)
+        lease_service = EtcdLease(node, calls, lessor)
+        etcd_rpc_pb2_grpc.add_LeaseServicer_to_server(lease_service, guarded)
         etcd_rpc_pb2_grpc.add_MaintenanceServicer_to_server(EtcdMaintenance(node), guarded)
         # grpc-stubs types grpc_health's threaded servicer only, not its asyncio one (health.aio).
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -251,6 +255,7 @@ async def serve(
         node.observers.append(watch)
         watch.changed()
         promoting = asyncio.get_running_loop().create_task(_auto_promote(node)) if auto_promote else None
+        expiring = asyncio.get_running_loop().create_task(lessor.run())
         try:
             await _run_until_signal(node)
         finally:
@@ -262,6 +267,8 @@ async def serve(
             peers.close()
             kv.streams.close()
             watch_service.streams.close()
+            lease_service.streams.close()
+            expiring.cancel()
             await server.stop(grace=0.5)
             await _calls_finished(node.tuning.calls_finish_s)
     finally:

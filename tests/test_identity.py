@@ -109,6 +109,7 @@ def test_a_follower_takes_the_id_with_a_snapshot_it_installs(tmp_path: Path) -> 
 def test_keyspace_writes_wait_until_every_member_can_apply_them(tmp_path: Path) -> None:
     """Op.MVCC entries stop a node of the release before (protocol 4): the leader refuses them before
     proposing (never applied) until every member has shown protocol 5."""
+
     async def main() -> None:
         node = await leader(tmp_path, cluster_id="")
         write = Command(Op.MVCC, b"", encode_request(PutRequest(b"k", b"v")))

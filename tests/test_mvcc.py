@@ -25,6 +25,10 @@ from raftd.kv.mvcc import (
     Keyspace,
     KeyspaceCorrupt,
     KeyValue,
+    LeaseExists,
+    LeaseGrantRequest,
+    LeaseNotFound,
+    LeaseRevokeRequest,
     PutRequest,
     PutResult,
     RangeRequest,
@@ -240,6 +244,7 @@ def test_a_request_that_fails_partway_writes_nothing(ks: Keyspace) -> None:
         ks.txn(TxnRequest(success=(PutRequest(b"b", b"1"), RangeRequest(b"a", revision=9))))
     assert ks.revision == 1 and ks.get(b"b") is None
     put(ks, b"a", b"kept", ignore_lease=True)
+    ks.grant(LeaseGrantRequest(7, 10))
     put(ks, b"a", ignore_value=True, lease=7)
     assert ks.get(b"a") == KeyValue(b"a", b"kept", 1, 3, 3, 7)
 
@@ -482,3 +487,38 @@ def test_the_state_machine_answers_keyspace_writes_and_refusals_alike_everywhere
     assert list(stores[0].keyspace.rows()) == list(stores[1].keyspace.rows())
     with pytest.raises(CommandError):
         KVStore().apply(1, Command(Op.MVCC, b"", b"\x01Q"))
+
+
+def test_leases_hold_keys_and_a_revoke_deletes_them_at_one_revision(ks: Keyspace) -> None:
+    ks.grant(LeaseGrantRequest(5, 30))
+    with pytest.raises(LeaseExists):
+        ks.grant(LeaseGrantRequest(5, 30))
+    with pytest.raises(LeaseNotFound):
+        put(ks, b"x", lease=6)
+    assert ks.revision == 0
+    put(ks, b"a", lease=5)
+    put(ks, b"b", lease=5)
+    put(ks, b"c", lease=5)
+    put(ks, b"c", b"detached")  # its latest version names no lease: the revoke leaves it
+    assert ks.lease_keys(5) == [b"a", b"b"] and ks.leases() == [(5, 30)]
+    assert ks.revoke(LeaseRevokeRequest(5)) == 2
+    assert ks.revision == 5 and ks.get(b"a") is None and ks.get(b"b") is None and ks.get(b"c") is not None
+    assert [(e.deleted, e.kv.key, e.kv.mod_revision) for e in ks.changes(4, b"\x00", b"\x00")] == [
+        (True, b"a", 5),
+        (True, b"b", 5),
+    ]
+    with pytest.raises(LeaseNotFound):
+        ks.revoke(LeaseRevokeRequest(5))
+    ks.grant(LeaseGrantRequest(9, 10))
+    assert ks.revoke(LeaseRevokeRequest(9)) == 0 and ks.revision == 5  # no key: no revision
+
+
+def test_leases_ride_in_the_image() -> None:
+    store = KVStore()
+    store.apply(1, Command(Op.MVCC, b"", encode_request(LeaseGrantRequest(77, 20))))
+    raw = encode(store.image())
+    assert raw.startswith(b"RAFTDKV5")  # a lease alone is state to keep
+    again = KVStore()
+    again.restore(1, raw)
+    assert again.keyspace.leases() == [(77, 20)]
+    assert decode_request(encode_request(LeaseRevokeRequest(77))) == LeaseRevokeRequest(77)

@@ -61,6 +61,10 @@ def _keyspace_error(e: mvcc.KeyspaceError) -> EtcdError:
     """etcd's status for a request the keyspace refused: it wrote nothing."""
     if isinstance(e, mvcc.Compacted | mvcc.FutureRevision):
         return EtcdError(grpc.StatusCode.OUT_OF_RANGE, f"etcdserver: {e}", NOT_APPLIED)
+    if isinstance(e, mvcc.LeaseNotFound):
+        return EtcdError(grpc.StatusCode.NOT_FOUND, f"etcdserver: {e}", NOT_APPLIED)
+    if isinstance(e, mvcc.LeaseExists):
+        return EtcdError(grpc.StatusCode.FAILED_PRECONDITION, f"etcdserver: {e}", NOT_APPLIED)
     return _invalid(str(e))
 
 
@@ -83,7 +87,7 @@ def _failure(e: BaseException, *, write: bool) -> EtcdError:
     return EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: {e or type(e).__name__}", UNKNOWN)
 
 
-async def _answer(
+async def answer(
     node: RaftNode, context: grpc.aio.ServicerContext[Any, Any], work: Awaitable[T], *, write: bool
 ) -> T:
     try:
@@ -133,8 +137,6 @@ def put_of(r: pb.PutRequest, limits: Limits) -> mvcc.PutRequest:
         raise _invalid("value is provided")
     if r.ignore_lease and r.lease:
         raise _invalid("lease is provided")
-    if r.lease:  # no lease exists until leases are served
-        raise EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", NOT_APPLIED)
     return mvcc.PutRequest(key, r.value, r.lease, r.prev_kv, r.ignore_value, r.ignore_lease)
 
 
@@ -278,7 +280,7 @@ class EtcdKV(rpc.KVServicer):
     async def Range(
         self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RangeResponse:
-        return await _answer(self.node, context, self._range(request, context), write=False)
+        return await answer(self.node, context, self._range(request, context), write=False)
 
     async def _range(
         self, request: pb.RangeRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -300,22 +302,32 @@ class EtcdKV(rpc.KVServicer):
         self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PutResponse:
         async def write() -> pb.PutResponse:
-            result = await self._propose(
-                put_of(request, self.node.limits), context, lambda s: s.Put(request, metadata=FORWARDED)
+            result = await propose(
+                self.node,
+                self.calls,
+                put_of(request, self.node.limits),
+                context,
+                lambda ch: rpc.KVStub(ch).Put(request, metadata=FORWARDED),
             )
             if isinstance(result, pb.PutResponse):
                 result.header.member_id = member_id_of(self.node.me.id)
                 return result
             return _put_pb(_answered(result, mvcc.PutResult), header_of(self.node, result.revision))
 
-        return await _answer(self.node, context, write(), write=True)
+        return await answer(self.node, context, write(), write=True)
 
     async def DeleteRange(
         self, request: pb.DeleteRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteRangeResponse:
         async def write() -> pb.DeleteRangeResponse:
             r = delete_of(request, self.node.limits)
-            result = await self._propose(r, context, lambda s: s.DeleteRange(request, metadata=FORWARDED))
+            result = await propose(
+                self.node,
+                self.calls,
+                r,
+                context,
+                lambda ch: rpc.KVStub(ch).DeleteRange(request, metadata=FORWARDED),
+            )
             if isinstance(result, pb.DeleteRangeResponse):
                 result.header.member_id = member_id_of(self.node.me.id)
                 return result
@@ -323,28 +335,38 @@ class EtcdKV(rpc.KVServicer):
                 _answered(result, mvcc.DeleteRangeResult), header_of(self.node, result.revision)
             )
 
-        return await _answer(self.node, context, write(), write=True)
+        return await answer(self.node, context, write(), write=True)
 
     async def Txn(
         self, request: pb.TxnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.TxnResponse:
         async def write() -> pb.TxnResponse:
-            result = await self._propose(
-                txn_of(request, self.node.limits), context, lambda s: s.Txn(request, metadata=FORWARDED)
+            result = await propose(
+                self.node,
+                self.calls,
+                txn_of(request, self.node.limits),
+                context,
+                lambda ch: rpc.KVStub(ch).Txn(request, metadata=FORWARDED),
             )
             if isinstance(result, pb.TxnResponse):
                 result.header.member_id = member_id_of(self.node.me.id)
                 return result
             return _txn_pb(_answered(result, mvcc.TxnResult), header_of(self.node, result.revision))
 
-        return await _answer(self.node, context, write(), write=True)
+        return await answer(self.node, context, write(), write=True)
 
     async def Compact(
         self, request: pb.CompactionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CompactionResponse:
         async def write() -> pb.CompactionResponse:
             r = mvcc.CompactRequest(request.revision)
-            result = await self._propose(r, context, lambda s: s.Compact(request, metadata=FORWARDED))
+            result = await propose(
+                self.node,
+                self.calls,
+                r,
+                context,
+                lambda ch: rpc.KVStub(ch).Compact(request, metadata=FORWARDED),
+            )
             if isinstance(result, pb.CompactionResponse):
                 result.header.member_id = member_id_of(self.node.me.id)
                 return result
@@ -352,28 +374,30 @@ class EtcdKV(rpc.KVServicer):
                 raise _keyspace_error(result.answer)
             return pb.CompactionResponse(header=header_of(self.node, result.revision))
 
-        return await _answer(self.node, context, write(), write=True)
+        return await answer(self.node, context, write(), write=True)
 
-    async def _propose(
-        self,
-        r: mvcc.LoggedRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-        forward: Callable[[rpc.KVAsyncStub], Awaitable[Resp]],
-    ) -> Result | Resp:
-        """The entry's result once applied here; on a follower, the leader's answer to the same call."""
-        limit = time_left(context, self.node.tuning)
-        self.calls.start()
+
+async def propose(
+    node: RaftNode,
+    calls: Calls,
+    r: mvcc.LoggedRequest,
+    context: grpc.aio.ServicerContext[Any, Any],
+    forward: Callable[[grpc.aio.Channel], Awaitable[Resp]],
+) -> Result | Resp:
+    """The entry's result once applied here; on a follower, the leader's answer to the same call."""
+    limit = time_left(context, node.tuning)
+    calls.start()
+    try:
         try:
-            try:
-                future = self.node.propose_nowait(Command(Op.MVCC, b"", mvcc.encode_request(r)))
-            except NotLeader as e:
-                if e.leader is None or was_forwarded(context):
-                    raise
-                return await _forwarded(self.node, e.leader.id, forward, limit)
-            async with asyncio.timeout(limit):
-                return await future
-        finally:
-            self.calls.end()
+            future = node.propose_nowait(Command(Op.MVCC, b"", mvcc.encode_request(r)))
+        except NotLeader as e:
+            if e.leader is None or was_forwarded(context):
+                raise
+            return await forwarded(node, e.leader.id, forward, limit)
+        async with asyncio.timeout(limit):
+            return await future
+    finally:
+        calls.end()
 
 
 def _answered(result: Result, kind: type[T]) -> T:
@@ -385,15 +409,14 @@ def _answered(result: Result, kind: type[T]) -> T:
     return result.answer
 
 
-async def _forwarded(
-    node: RaftNode, leader: int, call: Callable[[rpc.KVAsyncStub], Awaitable[Resp]], limit: float
+async def forwarded(
+    node: RaftNode, leader: int, call: Callable[[grpc.aio.Channel], Awaitable[Resp]], limit: float
 ) -> Resp:
     """A follower's write, sent to the leader as the same etcd call; the leader's error passes on as it is,
     with its outcome trailer (unknown when the call broke once it may have been sent)."""
-    stub = rpc.KVStub(node.channel_to(leader))
     try:
         async with asyncio.timeout(limit):
-            return await call(stub)
+            return await call(node.channel_to(leader))
     except grpc.aio.AioRpcError as err:
         details = err.details() or err.code().name
         if never_connected(details):

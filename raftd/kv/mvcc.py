@@ -35,10 +35,17 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS mvcc_by_rev ON mvcc_rev (mod_rev, sub)",
     "CREATE TABLE IF NOT EXISTS mvcc_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL,"
     " crc INTEGER NOT NULL)",
+    # Leases: their granted TTL. When each expires is the leader's business (raftd.api.etcd_lease), not
+    # the replicated state's: it goes through the log as a revoke.
+    "CREATE TABLE IF NOT EXISTS mvcc_lease (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,"
+    " crc INTEGER NOT NULL)",
+    # The rows that name a lease: a revoke finds the keys to delete here (the latest row of each).
+    "CREATE INDEX IF NOT EXISTS mvcc_by_lease ON mvcc_rev (lease, key) WHERE lease != 0",
 )
 _COLUMNS = "key, mod_rev, sub, create_rev, version, lease, value, crc"
 _ROW = struct.Struct(">qqqqqI")
 _META = struct.Struct(">q")
+_LEASE = struct.Struct(">qq")
 REVISION = "revision"
 COMPACT_REVISION = "compact_revision"
 
@@ -65,6 +72,16 @@ class KeyNotFound(KeyspaceError):
 
     def __init__(self) -> None:
         super().__init__("key not found")
+
+
+class LeaseNotFound(KeyspaceError):
+    def __init__(self) -> None:
+        super().__init__("requested lease not found")
+
+
+class LeaseExists(KeyspaceError):
+    def __init__(self) -> None:
+        super().__init__("lease already exists")
 
 
 class DuplicateKey(KeyspaceError):
@@ -230,6 +247,10 @@ def _crc(key: bytes, mod_rev: int, sub: int, create_rev: int, version: int, leas
 
 def _meta_crc(name: str, value: int) -> int:
     return zlib.crc32(_META.pack(value), zlib.crc32(name.encode()))
+
+
+def _lease_crc(lease: int, ttl: int) -> int:
+    return zlib.crc32(_LEASE.pack(lease, ttl))
 
 
 def _checked(row: Row) -> KeyValue:
@@ -477,6 +498,61 @@ class Keyspace:
         self.compact_revision = revision
         self._set_meta(COMPACT_REVISION, revision)
 
+    # -- leases ------------------------------------------------------------------------------------------
+
+    def lease_ttl(self, lease: int) -> int | None:
+        """The TTL the lease was granted, None when there is no such lease."""
+        row = self.conn.execute("SELECT ttl, crc FROM mvcc_lease WHERE id = ?", (lease,)).fetchone()
+        if row is None:
+            return None
+        if _lease_crc(lease, row[0]) != row[1]:
+            raise KeyspaceCorrupt(f"the keyspace's lease {lease} is damaged (checksum)")
+        return int(row[0])
+
+    def leases(self) -> list[tuple[int, int]]:
+        """Every lease and its granted TTL, by id."""
+        out = []
+        for lease, ttl, crc in self.conn.execute("SELECT id, ttl, crc FROM mvcc_lease ORDER BY id"):
+            if _lease_crc(lease, ttl) != crc:
+                raise KeyspaceCorrupt(f"the keyspace's lease {lease} is damaged (checksum)")
+            out.append((int(lease), int(ttl)))
+        return out
+
+    def lease_keys(self, lease: int) -> list[bytes]:
+        """The keys attached to the lease now (their latest version names it), in key order."""
+        candidates = self.conn.execute(
+            # "lease != 0" lets sqlite use the partial index, which it cannot infer from a parameter.
+            "SELECT DISTINCT key FROM mvcc_rev WHERE lease = ? AND lease != 0 ORDER BY key",
+            (lease,),
+        ).fetchall()
+        keys = []
+        for (key,) in candidates:
+            kv = self._latest(key, self.revision)
+            if kv is not None and kv.lease == lease:
+                keys.append(key)
+        return keys
+
+    def grant(self, r: LeaseGrantRequest) -> None:
+        if r.id <= 0:
+            raise ValueError("a lease id is chosen before the grant is logged")
+        if self.lease_ttl(r.id) is not None:
+            raise LeaseExists()
+        self.conn.execute(
+            "INSERT INTO mvcc_lease (id, ttl, crc) VALUES (?, ?, ?)", (r.id, r.ttl, _lease_crc(r.id, r.ttl))
+        )
+
+    def revoke(self, r: LeaseRevokeRequest) -> int:
+        """Delete the lease and every key attached to it, at one revision (none when no key was); how many
+        keys went."""
+        if self.lease_ttl(r.id) is None:
+            raise LeaseNotFound()
+        with self._writing() as w:
+            keys = self.lease_keys(r.id)
+            for key in keys:
+                self._write(w, KeyValue(key, b"", 0, w.revision, 0, 0))
+            self.conn.execute("DELETE FROM mvcc_lease WHERE id = ?", (r.id,))
+        return len(keys)
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[_Writing]:
         """One revision's writes, undone together when a request fails partway (a KeyNotFound after a txn's
@@ -525,6 +601,8 @@ class Keyspace:
             raise KeyNotFound()
         value = prev.value if r.ignore_value and prev is not None else r.value
         lease = prev.lease if r.ignore_lease and prev is not None else r.lease
+        if lease and self.lease_ttl(lease) is None:
+            raise LeaseNotFound()
         if prev is None:
             kv = KeyValue(r.key, value, w.revision, w.revision, 1, lease)
         else:
@@ -643,6 +721,7 @@ _CODEC_VERSION = 1
 _Q = struct.Struct(">q")
 _L = struct.Struct(">I")
 _PUT, _DELETE, _RANGE, _TXN, _COMPACT = b"P", b"D", b"R", b"T", b"C"
+_GRANT, _REVOKE = b"G", b"V"
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,7 +729,20 @@ class CompactRequest:
     revision: int
 
 
-LoggedRequest = PutRequest | DeleteRangeRequest | TxnRequest | CompactRequest
+@dataclass(frozen=True, slots=True)
+class LeaseGrantRequest:
+    id: int  # chosen by the leader before it is logged, when the client leaves it to the server
+    ttl: int  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRevokeRequest:
+    id: int
+
+
+LoggedRequest = (
+    PutRequest | DeleteRangeRequest | TxnRequest | CompactRequest | LeaseGrantRequest | LeaseRevokeRequest
+)
 
 
 class RequestDecodeError(ValueError):
@@ -662,6 +754,10 @@ def encode_request(r: LoggedRequest) -> bytes:
     out = bytearray([_CODEC_VERSION])
     if isinstance(r, CompactRequest):
         out += _COMPACT + _Q.pack(r.revision)
+    elif isinstance(r, LeaseGrantRequest):
+        out += _GRANT + _Q.pack(r.id) + _Q.pack(r.ttl)
+    elif isinstance(r, LeaseRevokeRequest):
+        out += _REVOKE + _Q.pack(r.id)
     else:
         _encode_op(out, r)
     return bytes(out)
@@ -744,9 +840,16 @@ def decode_request(data: bytes) -> LoggedRequest:
     try:
         if reader.byte() != _CODEC_VERSION:
             raise RequestDecodeError(f"request encoding {data[:1]!r} is not one this node reads")
-        if data[1:2] == _COMPACT:
+        tag = data[1:2]
+        if tag == _COMPACT:
             reader.take(1)
             result: LoggedRequest = CompactRequest(reader.integer())
+        elif tag == _GRANT:
+            reader.take(1)
+            result = LeaseGrantRequest(reader.integer(), reader.integer())
+        elif tag == _REVOKE:
+            reader.take(1)
+            result = LeaseRevokeRequest(reader.integer())
         else:
             op = _decode_op(reader, depth=0)
             if isinstance(op, RangeRequest):
@@ -811,7 +914,7 @@ def open_memory(serialized: bytes = b"") -> Keyspace:
 def serialize(ks: Keyspace) -> bytes:
     """A copy of the whole keyspace, cheap to take (sqlite copies its pages); b"" while it is empty, so
     that an image of a cluster that never used it reads on nodes of the previous release."""
-    if ks.revision == 0 and ks.compact_revision == 0:
+    if ks.revision == 0 and ks.compact_revision == 0 and not ks.leases():
         return b""
     return ks.conn.serialize()
 
@@ -826,6 +929,9 @@ def encode_image(serialized: bytes) -> bytes:
             parts.append(_IMAGE_ROW.pack(len(key), mod_rev, sub, create_rev, version, lease, len(value)))
             parts.append(key)
             parts.append(value)
+        leases = ks.leases()
+        parts.append(_L.pack(len(leases)))
+        parts.extend(_LEASE.pack(lease, ttl) for lease, ttl in leases)
         return b"".join(parts)
     finally:
         ks.conn.close()
@@ -849,11 +955,19 @@ def decode_image(view: memoryview, pos: int) -> tuple[bytes, int]:
                 raise ValueError("a malformed keyspace row")
             crc = _crc(key, mod_rev, sub, create_rev, version, lease, value)
             rows.append((key, mod_rev, sub, create_rev, version, lease, value, crc))
+        (n_leases,) = _L.unpack_from(view, pos)
+        pos += _L.size
+        leases = []
+        for _ in range(n_leases):
+            lease, ttl = _LEASE.unpack_from(view, pos)
+            pos += _LEASE.size
+            leases.append((lease, ttl, _lease_crc(lease, ttl)))
         ks.conn.execute("BEGIN")
         try:
             ks.conn.executemany(f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            ks.conn.executemany("INSERT INTO mvcc_lease (id, ttl, crc) VALUES (?, ?, ?)", leases)
         except sqlite3.IntegrityError:
-            raise ValueError("a keyspace row twice") from None
+            raise ValueError("a keyspace row or lease twice") from None
         ks._set_meta(REVISION, revision)
         ks._set_meta(COMPACT_REVISION, compact_revision)
         ks.conn.execute("COMMIT")

@@ -16,6 +16,8 @@ from .mvcc import (
     DeleteRangeRequest,
     Keyspace,
     KeyspaceError,
+    LeaseGrantRequest,
+    LeaseRevokeRequest,
     PutRequest,
     RequestDecodeError,
     decode_request,
@@ -129,6 +131,11 @@ class KVStore:
             if isinstance(request, CompactRequest):
                 ks.compact(request.revision)
                 answer = None
+            elif isinstance(request, LeaseGrantRequest):
+                ks.grant(request)
+                answer = request
+            elif isinstance(request, LeaseRevokeRequest):
+                answer = ks.revoke(request)
             elif isinstance(request, PutRequest):
                 answer = ks.put(request)
             elif isinstance(request, DeleteRangeRequest):

@@ -110,6 +110,64 @@ class WatchServicer(metaclass=_abc_1.ABCMeta):
 
 def add_WatchServicer_to_server(servicer: WatchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
+class LeaseStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> LeaseAsyncStub: ...
+    LeaseGrant: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseGrantRequest, _etcd_rpc_pb2.LeaseGrantResponse]
+    LeaseRevoke: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseRevokeRequest, _etcd_rpc_pb2.LeaseRevokeResponse]
+    LeaseKeepAlive: _grpc.StreamStreamMultiCallable[_etcd_rpc_pb2.LeaseKeepAliveRequest, _etcd_rpc_pb2.LeaseKeepAliveResponse]
+    LeaseTimeToLive: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseTimeToLiveRequest, _etcd_rpc_pb2.LeaseTimeToLiveResponse]
+    LeaseLeases: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseLeasesRequest, _etcd_rpc_pb2.LeaseLeasesResponse]
+
+@_typing.type_check_only
+class LeaseAsyncStub(LeaseStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    LeaseGrant: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseGrantRequest, _etcd_rpc_pb2.LeaseGrantResponse]  # type: ignore[assignment]
+    LeaseRevoke: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseRevokeRequest, _etcd_rpc_pb2.LeaseRevokeResponse]  # type: ignore[assignment]
+    LeaseKeepAlive: _aio.StreamStreamMultiCallable[_etcd_rpc_pb2.LeaseKeepAliveRequest, _etcd_rpc_pb2.LeaseKeepAliveResponse]  # type: ignore[assignment]
+    LeaseTimeToLive: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseTimeToLiveRequest, _etcd_rpc_pb2.LeaseTimeToLiveResponse]  # type: ignore[assignment]
+    LeaseLeases: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.LeaseLeasesRequest, _etcd_rpc_pb2.LeaseLeasesResponse]  # type: ignore[assignment]
+
+class LeaseServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def LeaseGrant(
+        self,
+        request: _etcd_rpc_pb2.LeaseGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.LeaseGrantResponse, _abc.Awaitable[_etcd_rpc_pb2.LeaseGrantResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseRevoke(
+        self,
+        request: _etcd_rpc_pb2.LeaseRevokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.LeaseRevokeResponse, _abc.Awaitable[_etcd_rpc_pb2.LeaseRevokeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseKeepAlive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_etcd_rpc_pb2.LeaseKeepAliveRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_etcd_rpc_pb2.LeaseKeepAliveResponse], _abc.AsyncIterator[_etcd_rpc_pb2.LeaseKeepAliveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseTimeToLive(
+        self,
+        request: _etcd_rpc_pb2.LeaseTimeToLiveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.LeaseTimeToLiveResponse, _abc.Awaitable[_etcd_rpc_pb2.LeaseTimeToLiveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LeaseLeases(
+        self,
+        request: _etcd_rpc_pb2.LeaseLeasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.LeaseLeasesResponse, _abc.Awaitable[_etcd_rpc_pb2.LeaseLeasesResponse]]: ...
+
+def add_LeaseServicer_to_server(servicer: LeaseServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
 class ClusterStub:
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...

@@ -205,6 +205,19 @@ def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
             if len(seen) == 2:
                 cancel()
         assert seen == [("PutEvent", b"py/w/1"), ("DeleteEvent", b"py/w/1")], seen
+        lease = c.lease(60)
+        c.put("py/leased", "v", lease=lease)
+        assert lease.remaining_ttl > 0 and lease.keys == [b"py/leased"]
+        lease.refresh()
+        lease.revoke()
+        assert c.get("py/leased")[0] is None
+        lock = c.lock("py-lock", ttl=10)
+        assert lock.acquire(timeout=5)
+        assert not c.lock("py-lock", ttl=10).acquire(timeout=1)  # held: a second one waits, then gives up
+        lock.release()
+        again = c.lock("py-lock", ttl=10)
+        assert again.acquire(timeout=5)
+        again.release()
         status = c.status()
         assert status.leader.id == {leader + 1} and status.version.startswith("3.")
         print("etcd3 ok")
@@ -476,3 +489,60 @@ def test_watch_options_progress_filters_and_cancel(tmp_path: Path) -> None:
         outbox.put(None)
         answers.cancel()
         channel.close()
+
+
+def _lease_id(granted: str) -> str:
+    """The hex id in etcdctl's "lease 694d7a1b8f0a2b3c granted with TTL(5s)"."""
+    assert granted.startswith("lease ") and "granted with TTL" in granted, granted
+    return granted.split()[1]
+
+
+def test_leases_grant_attach_keep_alive_and_revoke(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    lease = _lease_id(etcdctl.ok("lease", "grant", "60", at=follower))  # granted by the leader
+    assert etcdctl.ok("put", "leased/a", "1", f"--lease={lease}").strip() == "OK"
+    etcdctl.ok("put", "leased/b", "2", f"--lease={lease}")
+    ttl = etcdctl.ok("lease", "timetolive", lease, "--keys", at=follower)
+    assert f"lease {lease} granted with TTL(60s)" in ttl and "attached keys([leased/a leased/b])" in ttl
+    assert lease in etcdctl.ok("lease", "list").split()
+    kept = etcdctl.run("lease", "keep-alive", "--once", lease, at=follower)  # through the follower
+    assert kept.returncode == 0 and f"lease {lease} keepalived with TTL(60)" in kept.stdout, kept.stderr
+    before = etcdctl.json("get", "leased/", "--prefix")["header"]["revision"]  # type: ignore[index]
+    assert etcdctl.ok("lease", "revoke", lease).strip() == f"lease {lease} revoked"
+    assert etcdctl.ok("get", "leased/", "--prefix") == ""
+    gone = etcdctl.json("get", "leased/a", f"--rev={before + 1}")
+    assert gone.get("kvs") is None  # both keys went at the one revision after
+    assert f"lease {lease} already expired" in etcdctl.ok("lease", "timetolive", lease)
+    missing = etcdctl.run("put", "x", "y", "--lease=1234abcd")
+    assert missing.returncode != 0 and "etcdserver: requested lease not found" in missing.stderr
+
+
+def test_a_lease_no_one_keeps_alive_expires_with_its_keys(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    lease = _lease_id(etcdctl.ok("lease", "grant", "1"))  # raised to the minimum TTL
+    granted = int(etcdctl.ok("lease", "timetolive", lease).split("TTL(")[1].split("s")[0])
+    assert granted >= 1
+    etcdctl.ok("put", "ephemeral", "here", f"--lease={lease}")
+    assert etcdctl.ok("get", "ephemeral").split() == ["ephemeral", "here"]
+    wait_until("the lease to expire", lambda: etcdctl.ok("get", "ephemeral") == "", timeout=granted + 10)
+    assert lease not in etcdctl.ok("lease", "list").split()
+
+
+def test_a_failover_does_not_expire_a_lease(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    """The new leader gives every lease its TTL again (and an election timeout): the client has until
+    then to reach it with a keep-alive."""
+    leader = cluster.wait_leader()
+    lease = _lease_id(etcdctl.ok("lease", "grant", "6", at=leader))
+    etcdctl.ok("put", "survivor", "yes", f"--lease={lease}")
+    time.sleep(3)
+    cluster.kill(leader)
+    try:
+        others = Etcdctl([cluster.address(i) for i in range(cluster.n) if i != leader])
+        wait_until("a new leader", lambda: others.run("put", "ping", "1").returncode == 0)
+        time.sleep(4)  # past the lease's first deadline (6 s after its grant)
+        assert others.ok("get", "survivor").split() == ["survivor", "yes"]
+        kept = others.run("lease", "keep-alive", "--once", lease)
+        assert "keepalived with TTL(6)" in kept.stdout, kept.stderr
+    finally:
+        cluster.start(leader)
+        cluster.wait_leader()
