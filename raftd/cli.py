@@ -64,6 +64,8 @@ ENV = {
     "--max-watch-streams": "RAFTD_MAX_WATCH_STREAMS",
     "--max-watchers-per-stream": "RAFTD_MAX_WATCHERS_PER_STREAM",
     "--watch-progress-notify-interval": "RAFTD_WATCH_PROGRESS_NOTIFY_INTERVAL",
+    "--max-leases": "RAFTD_MAX_LEASES",
+    "--max-keepalive-streams": "RAFTD_MAX_KEEPALIVE_STREAMS",
     "--stream-write-timeout": "RAFTD_STREAM_WRITE_TIMEOUT",
     "--corrupt-check-interval": "RAFTD_CORRUPT_CHECK_INTERVAL",
     "--peer-check": "RAFTD_PEER_CHECK",
@@ -310,6 +312,22 @@ def _one_line(e: click.ClickException) -> str:
     "the revision reached.",
 )
 @click.option(
+    "--max-leases",
+    type=click.IntRange(min=1),
+    default=Limits.max_leases,
+    show_default=True,
+    envvar=ENV["--max-leases"],
+    help="etcd leases the cluster holds; a grant past it is refused (RESOURCE_EXHAUSTED).",
+)
+@click.option(
+    "--max-keepalive-streams",
+    type=click.IntRange(min=1),
+    default=Limits.max_keepalive_streams,
+    show_default=True,
+    envvar=ENV["--max-keepalive-streams"],
+    help="etcd LeaseKeepAlive calls served at once; one more is refused (RESOURCE_EXHAUSTED).",
+)
+@click.option(
     "--stream-write-timeout",
     type=click.FloatRange(min=0, min_open=True),
     default=Limits.stream_write_timeout_s,
@@ -394,6 +412,8 @@ def node(
     max_watch_streams: int,
     max_watchers_per_stream: int,
     watch_progress_notify_interval: float,
+    max_leases: int,
+    max_keepalive_streams: int,
     stream_write_timeout: float,
     corrupt_check_interval: float,
     peer_check: str,
@@ -441,6 +461,8 @@ def node(
             max_watch_streams=max_watch_streams,
             max_watchers_per_stream=max_watchers_per_stream,
             watch_progress_notify_s=watch_progress_notify_interval,
+            max_leases=max_leases,
+            max_keepalive_streams=max_keepalive_streams,
             stream_write_timeout_s=stream_write_timeout,
             corrupt_check_interval_s=corrupt_check_interval,
             max_learner_lag=max_learner_lag,

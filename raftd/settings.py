@@ -76,6 +76,12 @@ class Limits:
     # How often a watcher that asked for progress notifications and was sent nothing gets an empty answer
     # whose header tells the revision reached (etcd's --experimental-watch-progress-notify-interval).
     watch_progress_notify_s: float = 600.0
+    # etcd leases the cluster holds; a grant past it is refused (RESOURCE_EXHAUSTED) on the leader before
+    # it is logged (grants in flight at that moment may pass it by their number). Each lease is a row in
+    # every node's state and a deadline in the leader's memory.
+    max_leases: int = 100_000
+    # LeaseKeepAlive calls served at once; one more is refused (RESOURCE_EXHAUSTED).
+    max_keepalive_streams: int = 1024
     # Requests one stream may have received and not answered yet; past them it reads no more until answers
     # go out (with max_stream_bytes, what a client that floods makes the node hold).
     max_stream_requests: int = 4096

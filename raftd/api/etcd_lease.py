@@ -24,9 +24,10 @@ from raftd.kv import Command, Op, Result, mvcc
 from raftd.node import RaftNode
 from raftd.pb import etcd_rpc_pb2 as pb
 from raftd.pb import etcd_rpc_pb2_grpc as rpc
+from raftd.pipe import NOT_APPLIED
 
 from .common import FORWARDED, Calls, LongCalls, time_left, was_forwarded
-from .etcd import answer, forwarded, header_of, member_id_of, propose
+from .etcd import EtcdError, answer, forwarded, header_of, member_id_of, propose
 
 log = logging.getLogger("raftd.api")
 
@@ -90,6 +91,10 @@ class Lessor:
         left = self.deadlines.get(lease, 0.0) - asyncio.get_running_loop().time()
         return max(0, math.ceil(left)), ttl, ks.lease_keys(lease)
 
+    def count(self) -> int:
+        """How many leases the cluster holds, as the leader knows."""
+        return len(self.deadlines) if self._sync() is not None else len(self.node.keyspace().leases())
+
     def new_id(self) -> int:
         """A lease id no lease has now (the leader's choice, logged with the grant)."""
         ks = self.node.keyspace()
@@ -135,6 +140,7 @@ class EtcdLease(rpc.LeaseServicer):
         self.calls = calls
         self.lessor = lessor
         self.streams = LongCalls()
+        self.open = 0  # LeaseKeepAlive calls in progress
 
     async def LeaseGrant(
         self, request: pb.LeaseGrantRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -156,6 +162,13 @@ class EtcdLease(rpc.LeaseServicer):
                 )  # fmt: skip
                 theirs.header.member_id = member_id_of(self.node.me.id)
                 return theirs
+            limit = self.node.limits.max_leases
+            if self.lessor.count() >= limit:
+                raise EtcdError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"etcdserver: the cluster holds {limit} leases already (--max-leases)",
+                    NOT_APPLIED,
+                )
             lease = request.ID or self.lessor.new_id()
             result = await propose(
                 self.node, self.calls, mvcc.LeaseGrantRequest(lease, ttl), context,
@@ -231,6 +244,22 @@ class EtcdLease(rpc.LeaseServicer):
         self, requests: AsyncIterator[pb.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Each keep-alive answered in turn; on a follower, passed to the leader's own call."""
+        limit = self.node.limits.max_keepalive_streams
+        if self.open >= limit:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"etcdserver: this node serves at most {limit} keep-alive streams at once "
+                "(--max-keepalive-streams)",
+            )
+        self.open += 1
+        try:
+            await self._keep_alive(requests, context)
+        finally:
+            self.open -= 1
+
+    async def _keep_alive(
+        self, requests: AsyncIterator[pb.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         async with self.streams.track():
             leader_call: Any = None
             try:

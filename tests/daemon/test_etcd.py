@@ -546,3 +546,38 @@ def test_a_failover_does_not_expire_a_lease(cluster: Cluster, etcdctl: Etcdctl) 
     finally:
         cluster.start(leader)
         cluster.wait_leader()
+
+
+def test_lease_bounds(tmp_path: Path) -> None:
+    """--max-leases refuses a grant past it; --max-keepalive-streams refuses a keep-alive call past it."""
+    with Cluster(tmp_path) as c:
+        c.args += ["--max-leases", "2", "--max-keepalive-streams", "1"]
+        leader = c.start_all()
+        assert leader is not None
+        channel = grpc.insecure_channel(c.address(leader))
+        lease = etcd_rpc_pb2_grpc.LeaseStub(channel)
+        granted = [lease.LeaseGrant(etcd_rpc_pb2.LeaseGrantRequest(TTL=60), timeout=5).ID for _ in range(2)]
+        with pytest.raises(grpc.RpcError) as refused:
+            lease.LeaseGrant(etcd_rpc_pb2.LeaseGrantRequest(TTL=60), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "--max-leases" in refused.value.details()  # type: ignore[attr-defined]
+        lease.LeaseRevoke(etcd_rpc_pb2.LeaseRevokeRequest(ID=granted[0]), timeout=5)
+        lease.LeaseGrant(etcd_rpc_pb2.LeaseGrantRequest(TTL=60), timeout=5)  # room again
+
+        hold = threading.Event()
+
+        def keep(ids: list[int]) -> Iterator[etcd_rpc_pb2.LeaseKeepAliveRequest]:
+            for i in ids:
+                yield etcd_rpc_pb2.LeaseKeepAliveRequest(ID=i)
+            hold.wait(10)
+
+        first = lease.LeaseKeepAlive(keep([granted[1]]), timeout=10)
+        assert next(first).TTL == 60
+        second = lease.LeaseKeepAlive(keep([granted[1]]), timeout=10)
+        with pytest.raises(grpc.RpcError) as busy:
+            next(second)
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "--max-keepalive-streams" in busy.value.details()  # type: ignore[attr-defined]
+        hold.set()
+        first.cancel()
+        channel.close()
