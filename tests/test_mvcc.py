@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftd.backup import Backup, BackupError, pack_for_etcd, unpack
 from raftd.kv import Command, CommandError, ImageError, KVStore, Op, decode, encode
 from raftd.kv.mvcc import (
     Compacted,
@@ -522,3 +523,15 @@ def test_leases_ride_in_the_image() -> None:
     again.restore(1, raw)
     assert again.keyspace.leases() == [(77, 20)]
     assert decode_request(encode_request(LeaseRevokeRequest(77))) == LeaseRevokeRequest(77)
+
+
+def test_a_backup_as_etcds_snapshot_stream_carries_it() -> None:
+    store = KVStore()
+    store.apply(1, Command(Op.MVCC, b"", encode_request(PutRequest(b"k", b"v"))))
+    image = encode(store.image())
+    raw = pack_for_etcd(Backup("c", 1, 1, image))
+    assert len(raw) % 512 == 32  # what etcdctl snapshot save checks
+    assert unpack(raw) == Backup("c", 1, 1, image)
+    damaged = raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]
+    with pytest.raises(BackupError, match="SHA-256"):
+        unpack(damaged)

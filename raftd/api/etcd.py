@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from raftd.backup import pack_for_etcd, unpack
 from raftd.errors import LeaderChanging, NotCapable, NotLeader, OutcomeUnknown, Unavailable
 from raftd.kv import Command, Op, Result, mvcc
 from raftd.node import RaftNode
@@ -30,6 +31,7 @@ from raftd.pipe import NOT_APPLIED, OUTCOME_KEY, UNKNOWN, Outcome, never_connect
 from raftd.settings import Limits
 
 from .common import FORWARDED, Calls, barrier, time_left, was_forwarded
+from .kv import backup_chunks
 
 # What Status reports: the etcd release whose API this serves (clients compare it with what they need).
 ETCD_VERSION = "3.4.0"
@@ -491,6 +493,19 @@ class EtcdMaintenance(rpc.MaintenanceServicer):
         st = self.node.status()
         alarms = [pb.AlarmMember(memberID=member_id_of(st.id), alarm=pb.CORRUPT)] if st.alarms else []
         return pb.AlarmResponse(header=header_of(self.node), alarms=alarms)
+
+    async def Snapshot(
+        self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SnapshotResponse]:
+        """The cluster's state as a raftd backup file (taken on the leader, as raftctl snapshot save's):
+        `etcdctl snapshot save` writes it, and `raftd --restore` seeds a cluster from it."""
+        parts = [chunk async for chunk in backup_chunks(self.node, context)]
+        raw = pack_for_etcd(unpack(b"".join(parts), "the leader's backup"))
+        header = header_of(self.node)
+        size = self.node.tuning.backup_chunk_bytes
+        for start in range(0, len(raw), size):
+            blob = bytes(raw[start : start + size])
+            yield pb.SnapshotResponse(header=header, remaining_bytes=len(raw) - start - len(blob), blob=blob)
 
     async def Defragment(
         self, request: pb.DefragmentRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -150,30 +150,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         self, request: pb.BackupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BackupChunk]:
         """Stream a backup file; taken on the leader (a follower relays the leader's stream)."""
-        node = self.node
         log.info("Command from client: backup")
-        leader = node.leader()
-        if leader is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
-        if not node.is_leader():
-            if was_forwarded(context):
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
-            stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
-            try:
-                timeout = time_left(context, node.tuning)
-                async for chunk in stub.Backup(request, timeout=timeout, metadata=FORWARDED):
-                    yield chunk
-            except grpc.aio.AioRpcError as e:
-                await context.abort(e.code(), e.details() or e.code().name)
-            return
-        try:
-            meta, image = await on_node(node, context, node.backup())
-        except RequestFailed as e:
-            await context.abort(e.code, e.message)
-        raw = pack(node.identity.name, meta.index, meta.term, image)
-        size = node.tuning.backup_chunk_bytes
-        for start in range(0, len(raw), size):
-            yield pb.BackupChunk(data=raw[start : start + size])
+        async for data in backup_chunks(self.node, context):
+            yield pb.BackupChunk(data=data)
 
     @grpc_errors
     async def TransferLeader(
@@ -287,6 +266,33 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             return answer
 
         return await on_leader(node, context, local, forward, write=True)
+
+
+async def backup_chunks(node: RaftNode, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+    """A backup file in pieces, taken on the leader (a follower relays the leader's); a failure aborts
+    the call."""
+    leader = node.leader()
+    if leader is None:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "no leader known; retry shortly")
+    if not node.is_leader():
+        if was_forwarded(context):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; try {leader.address}")
+        stub = kv_pb2_grpc.AdminStub(node.channel_to(leader.id))
+        try:
+            timeout = time_left(context, node.tuning)
+            async for chunk in stub.Backup(pb.BackupRequest(), timeout=timeout, metadata=FORWARDED):
+                yield chunk.data
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or e.code().name)
+        return
+    try:
+        meta, image = await on_node(node, context, node.backup())
+    except RequestFailed as e:
+        await context.abort(e.code, e.message)
+    raw = pack(node.identity.name, meta.index, meta.term, image)
+    size = node.tuning.backup_chunk_bytes
+    for start in range(0, len(raw), size):
+        yield raw[start : start + size]
 
 
 def _address(text: str) -> str:

@@ -681,6 +681,11 @@ class MaintenanceStub:
                 request_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentRequest.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/etcdserverpb.Maintenance/Snapshot',
+                request_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -704,6 +709,13 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -721,6 +733,11 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Defragment,
                     request_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentRequest.FromString,
                     response_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -804,6 +821,33 @@ class Maintenance:
             '/etcdserverpb.Maintenance/Defragment',
             raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentRequest.SerializeToString,
             raftd_dot_pb_dot_etcd__rpc__pb2.DefragmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/etcdserverpb.Maintenance/Snapshot',
+            raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.SerializeToString,
+            raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -198,6 +198,8 @@ class MaintenanceStub:
     Alarm: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.AlarmRequest, _etcd_rpc_pb2.AlarmResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.StatusRequest, _etcd_rpc_pb2.StatusResponse]
     Defragment: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.DefragmentRequest, _etcd_rpc_pb2.DefragmentResponse]
+    Snapshot: _grpc.UnaryStreamMultiCallable[_etcd_rpc_pb2.SnapshotRequest, _etcd_rpc_pb2.SnapshotResponse]
+    """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
 
 @_typing.type_check_only
 class MaintenanceAsyncStub(MaintenanceStub):
@@ -205,6 +207,8 @@ class MaintenanceAsyncStub(MaintenanceStub):
     Alarm: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.AlarmRequest, _etcd_rpc_pb2.AlarmResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.StatusRequest, _etcd_rpc_pb2.StatusResponse]  # type: ignore[assignment]
     Defragment: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.DefragmentRequest, _etcd_rpc_pb2.DefragmentResponse]  # type: ignore[assignment]
+    Snapshot: _aio.UnaryStreamMultiCallable[_etcd_rpc_pb2.SnapshotRequest, _etcd_rpc_pb2.SnapshotResponse]  # type: ignore[assignment]
+    """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
 
 class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -227,5 +231,13 @@ class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
         request: _etcd_rpc_pb2.DefragmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_etcd_rpc_pb2.DefragmentResponse, _abc.Awaitable[_etcd_rpc_pb2.DefragmentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Snapshot(
+        self,
+        request: _etcd_rpc_pb2.SnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_etcd_rpc_pb2.SnapshotResponse], _abc.AsyncIterator[_etcd_rpc_pb2.SnapshotResponse]]:
+        """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
 
 def add_MaintenanceServicer_to_server(servicer: MaintenanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -581,3 +581,18 @@ def test_lease_bounds(tmp_path: Path) -> None:
         hold.set()
         first.cancel()
         channel.close()
+
+
+def test_etcdctl_snapshot_save_writes_a_backup_raftd_restores(
+    cluster: Cluster, etcdctl: Etcdctl, tmp_path: Path
+) -> None:
+    etcdctl.ok("put", "saved/key", "kept")
+    leader = cluster.wait_leader()
+    follower = cluster.followers(leader)[0]
+    path = tmp_path / "snap.db"
+    assert "Snapshot saved at" in etcdctl.ok("snapshot", "save", str(path), at=follower)
+    with Cluster(tmp_path / "restored", n=1) as one:
+        one.start(0, "--restore", str(path))
+        one.wait_leader()
+        restored = Etcdctl(one.endpoints)
+        assert restored.ok("get", "saved/key").split() == ["saved/key", "kept"]
