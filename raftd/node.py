@@ -1092,9 +1092,10 @@ class RaftNode:
             if taken:
                 raise ConfChangeRefused(f"node {taken[0].id} listens at {address} already", invalid=True)
             node = node if node >= 0 else lowest
-        elif change is Change.UPDATE and node not in members:
+        elif change in (Change.UPDATE, Change.ADD_VOTER) and node not in members:
+            # A promotion of no member would add a voter that nothing runs (raftd adds learners only).
             raise ConfChangeRefused(f"node {node} is not a member", invalid=True)
-        elif change is Change.ADD_VOTER and node in members:
+        elif change is Change.ADD_VOTER:
             address = members[node].address
         mc = MemberChange(change, node, address)
         data = mc.command().encode()

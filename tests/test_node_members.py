@@ -498,3 +498,17 @@ def test_a_snapshot_sent_carries_the_membership_as_of_its_index(tmp_path: Path) 
             await asyncio.gather(*runners, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_promoting_a_node_that_is_no_member_is_refused(tmp_path: Path) -> None:
+    """`raftctl member promote 9` with no node 9 added a voter that nothing runs (and no address)."""
+
+    async def main() -> None:
+        async with memory_cluster(tmp_path) as (_, nodes):
+            await _until("the membership record", lambda: _recorded(nodes, [0, 1, 2]))
+            lead = await _lead(nodes)
+            with pytest.raises(ConfChangeRefused, match="node 9 is not a member"):
+                await lead.change_member(Change.ADD_VOTER, 9)
+            assert [m.id for m in lead.members()] == [0, 1, 2]
+
+    asyncio.run(main())

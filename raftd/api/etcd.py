@@ -21,8 +21,11 @@ from typing import Any, TypeVar
 import grpc
 
 from raftd.backup import pack_for_etcd, unpack
+from raftd.config import ConfigError, parse_address
+from raftd.core import ConfChangeRefused
 from raftd.errors import LeaderChanging, NotCapable, NotLeader, OutcomeUnknown, Unavailable
 from raftd.kv import Command, Op, Result, mvcc
+from raftd.kv.members import Change
 from raftd.node import RaftNode
 from raftd.pb import etcd_kv_pb2 as kvpb
 from raftd.pb import etcd_rpc_pb2 as pb
@@ -436,13 +439,14 @@ async def forwarded(
 
 
 class EtcdCluster(rpc.ClusterServicer):
+    """etcd's membership calls over raftd's (docs/operations.md, "Changing the membership"): on the leader,
+    one change at a time, each applied before it answers."""
+
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
-    async def MemberList(
-        self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.MemberListResponse:
-        members = [
+    def _members(self) -> list[pb.Member]:
+        return [
             pb.Member(
                 ID=member_id_of(m.id),
                 name=f"node-{m.id}",
@@ -452,7 +456,125 @@ class EtcdCluster(rpc.ClusterServicer):
             )
             for m in self.node.members()
         ]
-        return pb.MemberListResponse(header=header_of(self.node), members=members)
+
+    async def MemberList(
+        self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberListResponse:
+        return pb.MemberListResponse(header=header_of(self.node), members=self._members())
+
+    async def MemberAdd(
+        self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberAddResponse:
+        async def add() -> pb.MemberAddResponse:
+            address = _peer_address(request.peerURLs)
+            node_id = await self._change(
+                Change.ADD_LEARNER,
+                -1,
+                address,
+                context,
+                lambda ch: rpc.ClusterStub(ch).MemberAdd(request, metadata=FORWARDED),
+            )
+            if isinstance(node_id, pb.MemberAddResponse):
+                return node_id
+            added = pb.Member(ID=member_id_of(node_id), peerURLs=[f"http://{address}"], isLearner=True)
+            return pb.MemberAddResponse(header=header_of(self.node), member=added, members=self._members())
+
+        return await answer(self.node, context, add(), write=True)
+
+    async def MemberRemove(
+        self, request: pb.MemberRemoveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberRemoveResponse:
+        async def remove() -> pb.MemberRemoveResponse:
+            done = await self._change(
+                Change.REMOVE,
+                _node_of(request.ID),
+                "",
+                context,
+                lambda ch: rpc.ClusterStub(ch).MemberRemove(request, metadata=FORWARDED),
+            )
+            if isinstance(done, pb.MemberRemoveResponse):
+                return done
+            return pb.MemberRemoveResponse(header=header_of(self.node), members=self._members())
+
+        return await answer(self.node, context, remove(), write=True)
+
+    async def MemberUpdate(
+        self, request: pb.MemberUpdateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberUpdateResponse:
+        async def update() -> pb.MemberUpdateResponse:
+            address = _peer_address(request.peerURLs)
+            done = await self._change(
+                Change.UPDATE,
+                _node_of(request.ID),
+                address,
+                context,
+                lambda ch: rpc.ClusterStub(ch).MemberUpdate(request, metadata=FORWARDED),
+            )
+            if isinstance(done, pb.MemberUpdateResponse):
+                return done
+            return pb.MemberUpdateResponse(header=header_of(self.node), members=self._members())
+
+        return await answer(self.node, context, update(), write=True)
+
+    async def MemberPromote(
+        self, request: pb.MemberPromoteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MemberPromoteResponse:
+        async def promote() -> pb.MemberPromoteResponse:
+            done = await self._change(
+                Change.ADD_VOTER,
+                _node_of(request.ID),
+                "",
+                context,
+                lambda ch: rpc.ClusterStub(ch).MemberPromote(request, metadata=FORWARDED),
+            )
+            if isinstance(done, pb.MemberPromoteResponse):
+                return done
+            return pb.MemberPromoteResponse(header=header_of(self.node), members=self._members())
+
+        return await answer(self.node, context, promote(), write=True)
+
+    async def _change(
+        self,
+        change: Change,
+        node_id: int,
+        address: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        forward: Callable[[grpc.aio.Channel], Awaitable[Resp]],
+    ) -> int | Resp:
+        """The member's id once the change applied here; on a follower, the leader's answer."""
+        limit = time_left(context, self.node.tuning)
+        try:
+            async with asyncio.timeout(limit):
+                return await self.node.change_member(change, node_id, address)
+        except NotLeader as e:
+            if e.leader is None or was_forwarded(context):
+                raise
+            return await forwarded(self.node, e.leader.id, forward, limit)
+        except ConfChangeRefused as e:
+            if "not a member" in str(e) or "no such" in str(e) or "unknown" in str(e):
+                raise EtcdError(
+                    grpc.StatusCode.NOT_FOUND, "etcdserver: member not found", NOT_APPLIED
+                ) from None
+            code = grpc.StatusCode.INVALID_ARGUMENT if e.invalid else grpc.StatusCode.FAILED_PRECONDITION
+            raise EtcdError(code, f"etcdserver: {e}", NOT_APPLIED) from None
+
+
+def _node_of(member_id: int) -> int:
+    if member_id == 0:
+        raise EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found", NOT_APPLIED)
+    return member_id - 1
+
+
+def _peer_address(urls: Any) -> str:
+    """HOST:PORT of the first peer URL (http:// or https:// or bare)."""
+    if not urls:
+        raise _invalid("no peer URL given")
+    url = str(urls[0])
+    bare = url.split("://", 1)[1] if "://" in url else url
+    try:
+        return parse_address(bare.rstrip("/"))
+    except ConfigError:
+        raise _invalid(f"peer URL {url[:80]!r} is not http://HOST:PORT") from None
 
 
 class EtcdMaintenance(rpc.MaintenanceServicer):

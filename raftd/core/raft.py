@@ -333,6 +333,10 @@ class Raft:
                         f"learner {node} is {behind} entries behind the commit index; it is promoted within "
                         f"{self.cfg.max_learner_lag}"
                     )
+                if self.prs[node].match == 0:
+                    # Never heard from: a short log would otherwise let a learner that never started (a
+                    # mistyped address, a node not run yet) count toward every quorum from now on.
+                    raise ConfChangeRefused(f"learner {node} has not caught up: it has not answered yet")
             voters.add(node)
         else:
             if node not in self.members:

@@ -173,20 +173,62 @@ class ClusterStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClusterAsyncStub: ...
+    MemberAdd: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberAddRequest, _etcd_rpc_pb2.MemberAddResponse]
+    """A new member is always a learner (raftd's rule: it catches up before it counts), isLearner or not."""
+    MemberRemove: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberRemoveRequest, _etcd_rpc_pb2.MemberRemoveResponse]
+    MemberUpdate: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberUpdateRequest, _etcd_rpc_pb2.MemberUpdateResponse]
+    """Only the peer URL's HOST:PORT is kept: raftd has one address per node."""
     MemberList: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberListRequest, _etcd_rpc_pb2.MemberListResponse]
+    MemberPromote: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberPromoteRequest, _etcd_rpc_pb2.MemberPromoteResponse]
 
 @_typing.type_check_only
 class ClusterAsyncStub(ClusterStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    MemberAdd: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberAddRequest, _etcd_rpc_pb2.MemberAddResponse]  # type: ignore[assignment]
+    """A new member is always a learner (raftd's rule: it catches up before it counts), isLearner or not."""
+    MemberRemove: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberRemoveRequest, _etcd_rpc_pb2.MemberRemoveResponse]  # type: ignore[assignment]
+    MemberUpdate: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberUpdateRequest, _etcd_rpc_pb2.MemberUpdateResponse]  # type: ignore[assignment]
+    """Only the peer URL's HOST:PORT is kept: raftd has one address per node."""
     MemberList: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberListRequest, _etcd_rpc_pb2.MemberListResponse]  # type: ignore[assignment]
+    MemberPromote: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MemberPromoteRequest, _etcd_rpc_pb2.MemberPromoteResponse]  # type: ignore[assignment]
 
 class ClusterServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def MemberAdd(
+        self,
+        request: _etcd_rpc_pb2.MemberAddRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.MemberAddResponse, _abc.Awaitable[_etcd_rpc_pb2.MemberAddResponse]]:
+        """A new member is always a learner (raftd's rule: it catches up before it counts), isLearner or not."""
+
+    @_abc_1.abstractmethod
+    def MemberRemove(
+        self,
+        request: _etcd_rpc_pb2.MemberRemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.MemberRemoveResponse, _abc.Awaitable[_etcd_rpc_pb2.MemberRemoveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MemberUpdate(
+        self,
+        request: _etcd_rpc_pb2.MemberUpdateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.MemberUpdateResponse, _abc.Awaitable[_etcd_rpc_pb2.MemberUpdateResponse]]:
+        """Only the peer URL's HOST:PORT is kept: raftd has one address per node."""
+
     @_abc_1.abstractmethod
     def MemberList(
         self,
         request: _etcd_rpc_pb2.MemberListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_etcd_rpc_pb2.MemberListResponse, _abc.Awaitable[_etcd_rpc_pb2.MemberListResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MemberPromote(
+        self,
+        request: _etcd_rpc_pb2.MemberPromoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.MemberPromoteResponse, _abc.Awaitable[_etcd_rpc_pb2.MemberPromoteResponse]]: ...
 
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -164,3 +164,16 @@ def test_compacting_beyond_the_applied_index_changes_no_membership() -> None:
     assert leader.conf_state() == ConfState((1, 2, 3), (4,))
     leader.compact(leader.applied)  # the change is beyond it: the snapshot's record must not include it
     assert leader.snapshot_meta().conf == ConfState((1, 2, 3))
+
+
+def test_a_learner_never_heard_from_is_not_promoted_however_short_the_log() -> None:
+    """With fewer entries than max_learner_lag, a learner that never answered (not started, a mistyped
+    address) was promoted, and a voter that nothing runs then counted toward every quorum."""
+    net = network()
+    net.isolate(4)
+    propose(net, 1, ADD_LEARNER, 4)  # node 4 is not running: it never answers
+    net.tick_all(2)
+    cc = ConfChange(ADD_VOTER, 4)
+    with pytest.raises(ConfChangeRefused, match="learner 4 has not caught up: it has not answered yet"):
+        net.nodes[1].propose_conf_change(cc, encode_conf_change(cc))
+    assert 4 not in net.nodes[1].conf_state().voters

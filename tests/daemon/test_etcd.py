@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ import pytest
 
 from raftd.pb import etcd_kv_pb2, etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2
 
-from .cluster import Cluster, release_env, wait_until
+from .cluster import HOST, Cluster, free_ports, release_env, wait_until
 
 ETCDCTL_TIMEOUT_S = 30.0
 
@@ -596,3 +597,29 @@ def test_etcdctl_snapshot_save_writes_a_backup_raftd_restores(
         one.wait_leader()
         restored = Etcdctl(one.endpoints)
         assert restored.ok("get", "saved/key").split() == ["saved/key", "kept"]
+
+
+def test_etcdctl_member_add_promote_update_and_remove(tmp_path: Path) -> None:
+    """etcd's membership calls over raftd's: a new member is a learner (raftd's rule) until promoted, and
+    is promoted only once it has answered; a member id nobody has is "member not found"."""
+    _need("etcdctl", shutil.which("etcdctl") is None)
+    with Cluster(tmp_path) as c:
+        c.start_all()
+        ctl = Etcdctl(c.endpoints)
+        (port,) = free_ports(1)
+        added = ctl.ok("member", "add", "newbie", f"--peer-urls=http://{HOST}:{port}")
+        member = added.split()[1]  # "Member 4 added to cluster ...", the id in hex
+        node = int(member, 16) - 1
+        assert node == 3 and f'ETCD_INITIAL_ADVERTISE_PEER_URLS="http://{HOST}:{port}"' in added
+        listed = ctl.ok("member", "list").splitlines()
+        assert listed[-1].startswith(f"{member}, ") and listed[-1].endswith(", true")  # a learner
+        early = ctl.run("member", "promote", member)  # it has not started: it never answered
+        assert early.returncode != 0 and f"learner {node} has not caught up" in early.stderr, early.stderr
+        assert "member not found" in ctl.run("member", "promote", "ff").stderr
+        c.join(node, c.endpoints)
+        wait_until("the learner's promotion", lambda: ctl.run("member", "promote", member).returncode == 0)
+        assert ctl.ok("member", "list").splitlines()[-1].endswith(", false")
+        assert "updated in cluster" in ctl.ok("member", "update", member, f"--peer-urls=http://{HOST}:{port}")
+        assert f"Member {member:>16} removed" in ctl.ok("member", "remove", member)
+        assert c.wait_exit(node, signal.SIGCONT) == 0  # a removed node stops by itself
+        assert len(ctl.ok("member", "list").splitlines()) == 3
