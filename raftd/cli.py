@@ -305,7 +305,7 @@ def _one_line(e: click.ClickException) -> str:
 @click.option(
     "--watch-progress-notify-interval",
     type=click.FloatRange(min=0, min_open=True),
-    default=Limits.watch_progress_notify_s,
+    default=Limits.watch_progress_notify_interval_s,
     show_default=True,
     envvar=ENV["--watch-progress-notify-interval"],
     help="Seconds after which a watcher that asked for progress notifications and got no event is told "
@@ -460,7 +460,7 @@ def node(
             auto_compaction_retention=auto_compaction_retention,
             max_watch_streams=max_watch_streams,
             max_watchers_per_stream=max_watchers_per_stream,
-            watch_progress_notify_s=watch_progress_notify_interval,
+            watch_progress_notify_interval_s=watch_progress_notify_interval,
             max_leases=max_leases,
             max_keepalive_streams=max_keepalive_streams,
             stream_write_timeout_s=stream_write_timeout,

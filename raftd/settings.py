@@ -75,7 +75,7 @@ class Limits:
     max_watchers_per_stream: int = 1024
     # How often a watcher that asked for progress notifications and was sent nothing gets an empty answer
     # whose header tells the revision reached (etcd's --experimental-watch-progress-notify-interval).
-    watch_progress_notify_s: float = 600.0
+    watch_progress_notify_interval_s: float = 600.0
     # etcd leases the cluster holds; a grant past it is refused (RESOURCE_EXHAUSTED) on the leader before
     # it is logged (grants in flight at that moment may pass it by their number). Each lease is a row in
     # every node's state and a deadline in the leader's memory.

@@ -164,7 +164,7 @@ class WatchStream:
             )
 
     async def _send(self) -> None:
-        every = self.node.limits.watch_progress_notify_s
+        every = self.node.limits.watch_progress_notify_interval_s
         while True:
             # Asked before anything is read, so that a change applied while this turn writes wakes the next.
             moved = self.node.keyspace_moved()
