@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -105,6 +105,27 @@ def _retry(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
             time.sleep(0.3)
 
 
+def _etcdctl(d: Deployment) -> Callable[..., str]:
+    """etcdctl against the deployment's published ports (`on`: which nodes; all by default), its output
+    stripped; skipped when etcdctl is absent, failed so under CI."""
+    if shutil.which("etcdctl") is None:
+        if os.environ.get("CI"):
+            pytest.fail("etcdctl is missing under CI (.ci/run installs it)")
+        pytest.skip("etcdctl is not installed")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}, "ETCDCTL_API": "3"}
+
+    def run(*args: str, stdin: str | None = None, on: list[int] | None = None, stderr: bool = False) -> str:
+        endpoints = ",".join(f"127.0.0.1:{d.ports[i]}" for i in (on if on is not None else range(3)))
+        r = subprocess.run(
+            ["etcdctl", f"--endpoints={endpoints}", "--command-timeout=20s", *args],
+            input=stdin, capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, f"etcdctl {' '.join(args)}: {r.stderr}"
+        return (r.stdout + (r.stderr if stderr else "")).strip()
+
+    return run
+
+
 @pytest.fixture
 def deployment(image: str, compose_cmd: list[str], tmp_path: Path) -> Iterator[Deployment]:
     ports = free_ports(3)
@@ -134,56 +155,32 @@ def test_compose_cluster_survives_a_lost_node(deployment: Deployment) -> None:
     # Inside the network, the image's raftctl reads the same value.
     r = d.run("exec", "-T", "n2", "raftctl", "getval", "k")
     assert r.stdout.strip() == "v1"
-    # Kill one node's container: the other two keep serving reads and writes.
+    # etcd's own CLI, on the host: the commands tests/daemon/test_etcd.py runs against processes.
+    etcdctl = _etcdctl(d)
+    assert etcdctl("put", "svc/a", "1", on=[0]) == "OK"
+    etcdctl("put", "svc/b", "2", on=[1])
+    assert etcdctl("get", "svc/", "--prefix", on=[2]).split() == ["svc/a", "1", "svc/b", "2"]
+    assert etcdctl("txn", stdin='value("svc/a") = "1"\n\nput svc/a swapped\n\n\n').split() == [
+        "SUCCESS",
+        "OK",
+    ]
+    assert etcdctl("del", "svc/b") == "1"
+    assert len(etcdctl("member", "list").splitlines()) == 3
+    assert (
+        len({row["Status"]["leader"] for row in json.loads(etcdctl("endpoint", "status", "-w", "json"))}) == 1
+    )
+    assert etcdctl("endpoint", "health", stderr=True).count("is healthy") == 3  # etcdctl writes it to stderr
+    # Kill one node's container: the other two keep serving reads and writes, to both APIs.
     subprocess.run(["docker", "kill", d.container("n0")], capture_output=True, check=True)
     _retry(lambda: d.kv(p1).Put(pb.PutRequest(key=b"k", value=b"v2"), timeout=5))
     assert _retry(lambda: d.kv(p2).Get(pb.GetRequest(key=b"k"), timeout=5)).value == b"v2"
+    etcdctl("put", "svc/c", "3", on=[1, 2])
+    assert etcdctl("get", "svc/c", on=[2]).split() == ["svc/c", "3"]
     # It comes back with its volume and catches up.
     d.run("start", "n0")
     d.wait_healthy(["n0"])
     got = _retry(lambda: d.kv(p0).Get(pb.GetRequest(key=b"k"), timeout=5))
     assert got.value == b"v2"
-
-
-def test_etcdctl_works_against_the_compose_cluster(deployment: Deployment) -> None:
-    """etcd's own CLI, on the host, through the published ports: the commands tests/daemon/test_etcd.py
-    runs against processes, then again with a node's container killed."""
-    if shutil.which("etcdctl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("etcdctl is missing under CI (.ci/run installs it)")
-        pytest.skip("etcdctl is not installed")
-    d = deployment
-    d.wait_healthy(["n0", "n1", "n2"])
-    endpoints = [f"127.0.0.1:{p}" for p in d.ports]
-
-    def etcdctl(*args: str, stdin: str | None = None, on: list[str] = endpoints, stderr: bool = False) -> str:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
-        deadline = time.monotonic() + 20
-        while True:  # an election may still be settling
-            r = subprocess.run(
-                ["etcdctl", f"--endpoints={','.join(on)}", *args],
-                input=stdin, capture_output=True, text=True, env={**env, "ETCDCTL_API": "3"}, timeout=30,
-            )  # fmt: skip
-            if r.returncode == 0 or time.monotonic() > deadline:
-                assert r.returncode == 0, f"etcdctl {' '.join(args)}: {r.stderr}"
-                return r.stdout + (r.stderr if stderr else "")
-            time.sleep(0.5)
-
-    assert etcdctl("put", "svc/a", "1", on=endpoints[:1]).strip() == "OK"
-    etcdctl("put", "svc/b", "2", on=endpoints[1:2])
-    assert etcdctl("get", "svc/", "--prefix", on=endpoints[2:]).split() == ["svc/a", "1", "svc/b", "2"]
-    assert etcdctl("txn", stdin='value("svc/a") = "1"\n\nput svc/a swapped\n\n\n').split() == [
-        "SUCCESS",
-        "OK",
-    ]
-    assert etcdctl("del", "svc/b").strip() == "1"
-    assert len(etcdctl("member", "list").splitlines()) == 3
-    status = json.loads(etcdctl("endpoint", "status", "-w", "json"))
-    assert len({row["Status"]["leader"] for row in status}) == 1
-    assert etcdctl("endpoint", "health", stderr=True).count("is healthy") == 3  # etcdctl writes it to stderr
-    subprocess.run(["docker", "kill", d.container("n0")], capture_output=True, check=True)
-    etcdctl("put", "svc/c", "3", on=endpoints[1:])
-    assert etcdctl("get", "svc/c", on=endpoints[2:]).split() == ["svc/c", "3"]
 
 
 def test_compose_cluster_grows_by_a_service_that_joins(deployment: Deployment) -> None:
