@@ -22,7 +22,7 @@ from raftd.api.kv import AdminService, KVService
 from raftd.api.malformed import RefusingMalformed
 from raftd.api.seed import SeedService
 from raftd.config import ClusterConfig
-from raftd.core import MsgType, Snapshot
+from raftd.core import Message, MsgType, Snapshot
 from raftd.errors import Removed, TargetUnreachable
 from raftd.events import NodeEvents
 from raftd.kv import ImageError, verify
@@ -41,6 +41,18 @@ SERVICES = ("", "raftd.v1.KV", "raftd.v1.Admin", "RaftService")
 
 class StartupError(Exception):
     """The node cannot start (port taken, ...); the message is for the user, one line."""
+
+
+# Messages a follower passes on to the leader as they are: their sender field names the node that asked
+# (a read's origin, a transfer's target), not the one that sent the batch.
+_PASSED_ON = frozenset({MsgType.READ_INDEX, MsgType.TRANSFER_LEADER})
+
+
+def sender_of(messages: list[Message]) -> int | None:
+    """The core id of the node that sent a batch, None when its messages are all passed on. A batch's
+    version, state hash and data directory are its sender's: taken as another node's, a follower passing
+    on a peer's read was refused as a wiped node (found by the Jepsen run) and stopped."""
+    return next((m.frm for m in messages if m.type not in _PASSED_ON), None)
 
 
 class PeerService(peer_pb2_grpc.RaftPeerServicer):
@@ -106,15 +118,16 @@ class PeerService(peer_pb2_grpc.RaftPeerServicer):
                     messages = [message_from_pb(m) for m in batch.messages]
                 except CodecError as e:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-                if messages:
-                    refusal = self.node.peer_refusal(messages[0].frm, batch.incarnation)
+                sender = sender_of(messages)
+                if sender is not None:
+                    refusal = self.node.peer_refusal(sender, batch.incarnation)
                     if refusal is not None:
-                        self._log_refusal(f"node {messages[0].frm - 1}", refusal)
+                        self._log_refusal(f"node {sender - 1}", refusal)
                         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
-                if batch.version and messages:
-                    self.node.peer_speaks(messages[0].frm, batch.version)
-                if batch.hash_index and messages:
-                    self.node.peer_state_hash(messages[0].frm, batch.hash_index, batch.state_hash)
+                    if batch.version:
+                        self.node.peer_speaks(sender, batch.version)
+                    if batch.hash_index:
+                        self.node.peer_state_hash(sender, batch.hash_index, batch.state_hash)
                 self.node.deliver(messages)
         return peer_pb2.StepResponse()
 

@@ -22,10 +22,13 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+
 from raftctl.client import Client, NotFound
+from raftd.pb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
 from raftd.testing import History, Op, check, check_failed_writes_unread
 from raftd.testing.nemesis import MembershipNemesis, Nemesis, ProcessMembershipNemesis, ProcessNemesis
-from raftd.testing.workload import client_plan, run_workload
+from raftd.testing.workload import ETCD_NAMESPACE, client_plan, run_workload
 
 from .daemon.cluster import Cluster, cluster_of
 
@@ -34,7 +37,8 @@ KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5  # raftctl Client threads: even ones follow the leader, odd ones are pinned to a node
 RAFT_SERVICE_CLIENTS = 1
 UNARY_CLIENTS = 1
-PLAN = client_plan(CLIENTS, RAFT_SERVICE_CLIENTS, UNARY_CLIENTS)
+ETCD_CLIENTS = 1  # on keys of their own (ETCD_NAMESPACE): the etcd API's keyspace is apart for now
+PLAN = client_plan(CLIENTS, RAFT_SERVICE_CLIENTS, UNARY_CLIENTS, ETCD_CLIENTS)
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
 # A linearizable history checks in well under a second per minute of run; refuting one explores every
 # configuration before the violation, seconds per minute of run.
@@ -56,6 +60,32 @@ def final_reads(c: Cluster, history: History, endpoints: list[str]) -> None:
                     f"the healed cluster cannot serve a read of {key}\n{c.dump_logs()}"
                 ) from None
             history.ok(op, value)
+    for j, key in enumerate(KEYS):
+        op = history.invoke(FINAL_READ_PROCESS + len(KEYS) + j, "get", ETCD_NAMESPACE + key)
+        try:
+            got = _etcd_read(c, endpoints, ETCD_NAMESPACE + key)
+        except AssertionError:
+            history.fail(op)
+            raise
+        history.ok(op, got)
+
+
+def _etcd_read(c: Cluster, endpoints: list[str], key: str) -> str | None:
+    """A linearizable etcd Range through any node that answers, retried while a leader settles."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        for endpoint in endpoints:
+            with grpc.insecure_channel(endpoint) as channel:
+                try:
+                    r = etcd_rpc_pb2_grpc.KVStub(channel).Range(
+                        etcd_rpc_pb2.RangeRequest(key=key.encode()), timeout=2.0
+                    )
+                except grpc.RpcError:
+                    continue
+            return r.kvs[0].value.decode() if r.kvs else None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the healed cluster cannot serve an etcd read of {key}\n{c.dump_logs()}")
+        time.sleep(0.2)
 
 
 def record(c: Cluster, seconds: float, seed: int, nemesis: Nemesis | None) -> tuple[History, list[str]]:
@@ -89,6 +119,7 @@ def record(c: Cluster, seconds: float, seed: int, nemesis: Nemesis | None) -> tu
             seed=workload_seed,
             raft_service_clients=RAFT_SERVICE_CLIENTS,
             unary_clients=UNARY_CLIENTS,
+            etcd_clients=ETCD_CLIENTS,
         )
     finally:
         stop.set()

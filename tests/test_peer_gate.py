@@ -12,13 +12,15 @@ import grpc
 import pytest
 
 from raftd.core import Message, MsgType
+from raftd.errors import WRONG_INCARNATION
+from raftd.kv.members import Change, Member, MemberChange
 from raftd.pb import peer_pb2
 from raftd.server import PeerService
 from raftd.settings import Limits, Tuning
 from raftd.transport.codec import message_to_pb
 from raftd.transport.gate import MemberAddresses, caller_address
 
-from .nodes import follower, release_node
+from .nodes import follower, leader, release_node
 from .test_snapshot_limit import Aborted, Context
 
 # Names looked up again for every caller not among the known addresses, not at most once a second.
@@ -206,6 +208,41 @@ def test_a_stranger_is_refused_before_its_messages_are_read_and_a_member_is_hear
         unchecked = PeerService(node, check_callers=False)
         await unchecked.Stream(batches(), Context("ipv4:127.0.0.2:40002"))  # type: ignore[arg-type]
         assert len(node.inbox) == 2
+        service.close()
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_a_batch_is_its_senders_even_when_it_passes_on_another_nodes_read(tmp_path: Path) -> None:
+    """A follower passes a peer's ReadIndex on to the leader with the peer as its sender field. Taken as
+    the batch's sender, the follower's data directory was checked against the peer's record and refused
+    as a wiped node's, and the follower stopped (a 20 s Jepsen run with suspensions hit it)."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        record = (
+            (0, Member("h:1", incarnation="a")),
+            (1, Member("h:2", incarnation="b")),
+            (2, Member("h:3", incarnation="c")),
+        )
+        node.kv.apply(1, MemberChange(Change.BOOTSTRAP, members=record).command())
+        passed_on = Message(MsgType.READ_INDEX, to=1, frm=3)  # node 2 asked node 1, which passes it on
+        own = Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=node.raw.term)
+
+        async def batches() -> AsyncIterator[peer_pb2.MessageBatch]:
+            messages = [message_to_pb(passed_on), message_to_pb(own)]
+            yield peer_pb2.MessageBatch(
+                cluster=node.identity.name, messages=messages, incarnation="b", version=5
+            )
+
+        service = PeerService(node, check_callers=False)
+        context = Context("ipv4:127.0.0.1:40001")
+        await service.Stream(batches(), context)  # type: ignore[arg-type]
+        assert context.status is None, context.status
+        assert (
+            node.peer_refusal(2, "x") == WRONG_INCARNATION
+        )  # a batch of node 1's own with another directory
         service.close()
         release_node(node)
 

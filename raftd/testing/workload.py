@@ -36,7 +36,7 @@ from typing import Protocol
 import grpc
 
 from raftctl.client import CHANNEL_OPTIONS, Client, ClientError, NotFound, OutcomeUnknown
-from raftd.pb import kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
+from raftd.pb import etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2, kv_pb2_grpc, raft_pb2, raft_pb2_grpc
 
 from .history import History, Op
 
@@ -74,6 +74,10 @@ class Driver(Protocol):
     def kinds(self) -> tuple[str, ...]:
         """The op kinds it can do."""
 
+    @property
+    def namespace(self) -> str:
+        """What its keys start with in the history: the etcd API's keys are apart from raftd.v1's."""
+
     def do(self, op: Op) -> Outcome: ...
 
     def close(self) -> None: ...
@@ -90,11 +94,13 @@ def run_workload(
     op_timeout_s: float = 1.0,
     raft_service_clients: int = 0,
     unary_clients: int = 0,
+    etcd_clients: int = 0,
 ) -> None:
-    """Run `clients` raftctl Client threads, plus `raft_service_clients` RaftService and `unary_clients`
-    unary KV threads, for duration_s; returns when all have stopped (re-raises their errors)."""
+    """Run `clients` raftctl Client threads, plus `raft_service_clients` RaftService, `unary_clients`
+    unary KV and `etcd_clients` etcd API threads, for duration_s; returns when all have stopped (re-raises
+    their errors)."""
     rng = random.Random(seed)
-    plan = client_plan(clients, raft_service_clients, unary_clients)
+    plan = client_plan(clients, raft_service_clients, unary_clients, etcd_clients)
     run = _Run(endpoints, history, keys, time.monotonic() + duration_s, op_timeout_s, len(plan))
     errors: list[BaseException] = []
     threads = [
@@ -114,9 +120,16 @@ def run_workload(
         raise errors[0]
 
 
-def client_plan(clients: int, raft_service_clients: int, unary_clients: int) -> list[str]:
+def client_plan(
+    clients: int, raft_service_clients: int, unary_clients: int, etcd_clients: int = 0
+) -> list[str]:
     """The kind of each client thread, by index; process id p belongs to thread p % len(plan)."""
-    return ["raftctl"] * clients + ["raft_service"] * raft_service_clients + ["unary"] * unary_clients
+    return (
+        ["raftctl"] * clients
+        + ["raft_service"] * raft_service_clients
+        + ["unary"] * unary_clients
+        + ["etcd"] * etcd_clients
+    )
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,8 @@ def _driver(kind: str, index: int, endpoints: list[str], rng: random.Random, tim
         return RaftctlDriver(index, endpoints, rng, timeout)
     if kind == "raft_service":
         return RaftServiceDriver(endpoints, rng, timeout)
+    if kind == "etcd":
+        return EtcdDriver(endpoints, rng, timeout)
     return UnaryDriver(endpoints, rng, timeout)
 
 
@@ -156,7 +171,7 @@ def _client_loop(run: _Run, kind: str, index: int, seed: int) -> None:
     try:
         while time.monotonic() < run.stop_at:
             op_kind = rng.choices(kinds, weights)[0]
-            key = rng.choice(run.keys)
+            key = driver.namespace + rng.choice(run.keys)
             value = None
             if op_kind == "put":
                 written += 1
@@ -192,6 +207,7 @@ class RaftctlDriver:
 
     tag = "p"
     kinds = ("put", "get", "delete")
+    namespace = ""
 
     def __init__(self, index: int, endpoints: list[str], rng: random.Random, timeout: float) -> None:
         pinned = index % 2 == 1
@@ -244,6 +260,7 @@ class RaftServiceDriver(_OneShot):
 
     tag = "s"
     kinds = ("put", "get")
+    namespace = ""
 
     def do(self, op: Op) -> Outcome:
         stub = raft_pb2_grpc.RaftServiceStub(self.pick())
@@ -269,6 +286,7 @@ class UnaryDriver(_OneShot):
 
     tag = "u"
     kinds = ("put", "get", "delete")
+    namespace = ""
 
     def do(self, op: Op) -> Outcome:
         stub = kv_pb2_grpc.KVStub(self.pick())
@@ -286,6 +304,37 @@ class UnaryDriver(_OneShot):
                 return Outcome("ok")
             d = stub.Delete(kv_pb2.DeleteRequest(key=key), timeout=self.timeout)
             return _existed(d.deleted)
+        except grpc.RpcError as e:
+            return FAIL if not_applied(e) else INFO
+
+
+ETCD_NAMESPACE = "etcd/"
+
+
+class EtcdDriver(_OneShot):
+    """etcd's v3 KV calls (Put, a linearizable Range, DeleteRange), as etcd's clients make them, on keys
+    of their own. A failed write is definite only when the server says so (raftd-outcome)."""
+
+    tag = "e"
+    kinds = ("put", "get", "delete")
+    namespace = ETCD_NAMESPACE
+
+    def do(self, op: Op) -> Outcome:
+        stub = etcd_rpc_pb2_grpc.KVStub(self.pick())
+        key = op.key.encode()
+        if op.kind == "get":
+            try:
+                r = stub.Range(etcd_rpc_pb2.RangeRequest(key=key), timeout=self.timeout)
+            except grpc.RpcError:
+                return FAIL
+            return Outcome("ok", r.kvs[0].value.decode() if r.kvs else None)
+        try:
+            if op.kind == "put":
+                assert op.value is not None
+                stub.Put(etcd_rpc_pb2.PutRequest(key=key, value=op.value.encode()), timeout=self.timeout)
+                return Outcome("ok")
+            d = stub.DeleteRange(etcd_rpc_pb2.DeleteRangeRequest(key=key), timeout=self.timeout)
+            return _existed(d.deleted > 0)
         except grpc.RpcError as e:
             return FAIL if not_applied(e) else INFO
 
