@@ -1,5 +1,5 @@
 """etcd's v3 API (etcdserverpb) over the multi-version keyspace (raftd.kv.mvcc), on the node's one port:
-KV, Cluster.MemberList and Maintenance's Status, Alarm and Defragment (docs/etcd.md).
+KV, Cluster and Maintenance (docs/etcd.md); Watch and Lease are in etcd_watch.py and etcd_lease.py.
 
 Writes (Put, DeleteRange, Txn, Compact) go through the log as Op.MVCC entries; a follower forwards them to
 the leader. A Txn goes through the log whole, its reads included, so they are linearizable. Range is
@@ -40,7 +40,7 @@ from .kv import backup_chunks
 ETCD_VERSION = "3.4.0"
 
 T = TypeVar("T")
-Req = TypeVar("Req")
+E = TypeVar("E")
 Resp = TypeVar("Resp")
 
 
@@ -73,7 +73,7 @@ def _keyspace_error(e: mvcc.KeyspaceError) -> EtcdError:
     return _invalid(str(e))
 
 
-def _failure(e: BaseException, *, write: bool) -> EtcdError:
+def _failure(e: BaseException) -> EtcdError:
     """etcd's words for the node's failures: refused before proposing (never applies), or unknown."""
     if isinstance(e, EtcdError):
         return e
@@ -100,7 +100,7 @@ async def answer(
     except Exception as e:
         if isinstance(e, mvcc.KeyspaceCorrupt):
             node.damaged(e)
-        err = _failure(e, write=write)
+        err = _failure(e)
         trailers = ((OUTCOME_KEY, err.outcome),) if write and err.outcome else ()
         await context.abort(err.code, err.message, trailers)
         raise AssertionError("abort() returned") from None
@@ -117,6 +117,14 @@ def _check_key(key: bytes, limits: Limits) -> bytes:
     return key
 
 
+def _enum(kind: Callable[[int], E], value: int, what: str) -> E:
+    """A protobuf enum field as ours: proto3 lets a client send any number."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise _invalid(f"{what} {value} is not one etcd defines") from None
+
+
 def range_of(r: pb.RangeRequest, limits: Limits) -> mvcc.RangeRequest:
     return mvcc.RangeRequest(
         _check_key(r.key, limits),
@@ -125,8 +133,8 @@ def range_of(r: pb.RangeRequest, limits: Limits) -> mvcc.RangeRequest:
         max(0, r.limit),
         r.keys_only,
         r.count_only,
-        mvcc.SortOrder(r.sort_order),
-        mvcc.SortTarget(r.sort_target),
+        _enum(mvcc.SortOrder, r.sort_order, "sort order"),
+        _enum(mvcc.SortTarget, r.sort_target, "sort target"),
         r.min_mod_revision,
         r.max_mod_revision,
         r.min_create_revision,
@@ -150,7 +158,7 @@ def delete_of(r: pb.DeleteRangeRequest, limits: Limits) -> mvcc.DeleteRangeReque
 
 
 def _compare_of(c: pb.Compare, limits: Limits) -> mvcc.Compare:
-    target = mvcc.CompareTarget(c.target)
+    target = _enum(mvcc.CompareTarget, c.target, "compare target")
     value: bytes | int
     if target == mvcc.CompareTarget.VALUE:
         value = c.value
@@ -162,7 +170,8 @@ def _compare_of(c: pb.Compare, limits: Limits) -> mvcc.Compare:
         value = c.mod_revision
     else:
         value = c.lease
-    return mvcc.Compare(_check_key(c.key, limits), target, mvcc.CompareResult(c.result), value, c.range_end)
+    result = _enum(mvcc.CompareResult, c.result, "compare result")
+    return mvcc.Compare(_check_key(c.key, limits), target, result, value, c.range_end)
 
 
 def txn_of(r: pb.TxnRequest, limits: Limits) -> mvcc.TxnRequest:

@@ -623,3 +623,17 @@ def test_etcdctl_member_add_promote_update_and_remove(tmp_path: Path) -> None:
         assert f"Member {member:>16} removed" in ctl.ok("member", "remove", member)
         assert c.wait_exit(node, signal.SIGCONT) == 0  # a removed node stops by itself
         assert len(ctl.ok("member", "list").splitlines()) == 3
+
+
+def test_an_enum_value_etcd_does_not_define_is_invalid_input(cluster: Cluster) -> None:
+    """proto3 lets a client send any number in an enum field: refused in words, not an internal error."""
+    with grpc.insecure_channel(cluster.address(cluster.wait_leader())) as channel:
+        kv = etcd_rpc_pb2_grpc.KVStub(channel)
+        with pytest.raises(grpc.RpcError) as bad_sort:
+            kv.Range(etcd_rpc_pb2.RangeRequest(key=b"a", range_end=b"b", sort_order=9), timeout=5)  # type: ignore[arg-type]
+        assert bad_sort.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert bad_sort.value.details() == "etcdserver: sort order 9 is not one etcd defines"  # type: ignore[attr-defined]
+        compare = etcd_rpc_pb2.Compare(key=b"a", target=7)  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as bad_target:
+            kv.Txn(etcd_rpc_pb2.TxnRequest(compare=[compare]), timeout=5)
+        assert bad_target.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
