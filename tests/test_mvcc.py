@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raftd.api.etcd_watch import PAGE_BYTES, _within_bytes
 from raftd.backup import Backup, BackupError, pack_for_etcd, unpack
 from raftd.kv import Command, CommandError, ImageError, KVStore, Op, decode, encode
 from raftd.kv.mvcc import (
@@ -535,3 +536,16 @@ def test_a_backup_as_etcds_snapshot_stream_carries_it() -> None:
     damaged = raw[:100] + bytes([raw[100] ^ 1]) + raw[101:]
     with pytest.raises(BackupError, match="SHA-256"):
         unpack(damaged)
+
+
+def test_a_watch_page_keeps_whole_revisions_within_its_bytes(ks: Keyspace) -> None:
+    big = b"x" * (PAGE_BYTES // 4)
+    put(ks, b"a", big)  # revision 1
+    ks.txn(TxnRequest(success=(PutRequest(b"b", big), PutRequest(b"c", big))))  # revision 2: two events
+    put(ks, b"d", big)  # revision 3: past the budget
+    events = ks.changes(0, b"\x00", b"\x00")
+    kept, trimmed = _within_bytes(events)
+    assert trimmed and [e.kv.key for e in kept] == [b"a", b"b", b"c"]
+    huge = ks.changes(1, b"b", b"d")  # one revision, whatever its size, goes whole
+    assert _within_bytes(huge) == (huge, False)
+    assert [e.kv.key for e in ks.changes(0, b"\x00", b"\x00", until=2)] == [b"a", b"b", b"c"]

@@ -31,6 +31,9 @@ from .common import LongCalls
 from .etcd import EMPTY_KEY, header_of, kv_pb
 
 PAGE_EVENTS = 1000  # events read and written at once for one watcher
+# Keys and values one response carries at most (whole revisions; a single revision larger than this goes
+# alone): a page of 1 MiB values would otherwise hold a gigabyte and pass gRPC's message limit.
+PAGE_BYTES = 4 * 1024 * 1024
 PROGRESS_WATCH_ID = -1  # a progress answer to WatchProgressRequest is for no one watcher (etcd's)
 
 
@@ -238,10 +241,13 @@ class WatchStream:
             last = events[-1].kv.mod_revision
             whole = [e for e in events if e.kv.mod_revision < last]
             # One revision of more than a page: it goes whole, as etcd sends a revision in one response.
-            events = whole or ks.changes(last - 1, w.key, w.range_end, limit=-1)
+            events = whole or ks.changes(last - 1, w.key, w.range_end, limit=-1, until=last)
             reached = events[-1].kv.mod_revision
         else:
             reached = ks.revision
+        events, trimmed = _within_bytes(events)
+        if trimmed:
+            reached = events[-1].kv.mod_revision
         sent = [self._event(ks, w, e) for e in events if not (w.no_delete if e.deleted else w.no_put)]
         w.next_revision = reached + 1
         if sent:
@@ -258,3 +264,16 @@ class WatchStream:
             if prev is not None:
                 event.prev_kv.CopyFrom(kv_pb(prev))
         return event
+
+
+def _within_bytes(events: list[mvcc.Event]) -> tuple[list[mvcc.Event], bool]:
+    """The longest run of whole revisions from the start within PAGE_BYTES (the first revision whatever its
+    size), and whether any were left out."""
+    size = 0
+    for i, e in enumerate(events):
+        size += len(e.kv.key) + len(e.kv.value)
+        first_revision = e.kv.mod_revision == events[0].kv.mod_revision
+        if size > PAGE_BYTES and not first_revision:
+            cut = events[i].kv.mod_revision
+            return [x for x in events[:i] if x.kv.mod_revision < cut], True
+    return events, False

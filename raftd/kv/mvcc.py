@@ -428,9 +428,12 @@ class Keyspace:
             ]
         return RangeResult(kvs, more, count)
 
-    def changes(self, after: int, key: bytes, range_end: bytes = b"", limit: int = 1000) -> list[Event]:
+    def changes(
+        self, after: int, key: bytes, range_end: bytes = b"", limit: int = 1000, until: int | None = None
+    ) -> list[Event]:
         """The changes to [key, range_end) (a single key when range_end is empty) made after revision
-        `after`, in revision order, at most limit of them: what a watcher is sent next."""
+        `after` (and up to `until`), in revision order, at most limit of them (-1: all): what a watcher
+        is sent next."""
         if after + 1 < self.compact_revision:
             raise Compacted(self.compact_revision)
         bounds = _bounds(key, range_end)
@@ -442,8 +445,9 @@ class Keyspace:
         else:
             where, args = "key >= ? AND key < ?", (bounds[0], bounds[1])
         rows = self.conn.execute(
-            f"SELECT {_COLUMNS} FROM mvcc_rev WHERE mod_rev > ? AND {where} ORDER BY mod_rev, sub LIMIT ?",
-            (after, *args, limit),
+            f"SELECT {_COLUMNS} FROM mvcc_rev WHERE mod_rev > ? AND mod_rev <= ? AND {where}"
+            " ORDER BY mod_rev, sub LIMIT ?",
+            (after, self.revision if until is None else until, *args, limit),
         ).fetchall()
         events = []
         for row in rows:
