@@ -47,8 +47,9 @@ class Lessor:
         # etcd's minimum TTL: one and a half election timeouts, so that a lease outlives an election.
         self.min_ttl = max(1, math.ceil(1.5 * hi / 1000))
 
-    def _sync(self) -> mvcc.Keyspace | None:
-        """The keyspace when this node leads, with a deadline for every lease in it; None otherwise."""
+    def _sync(self, *, whole: bool = True) -> mvcc.Keyspace | None:
+        """The keyspace when this node leads, with a deadline for every lease in it; None otherwise.
+        whole=False (a keep-alive, a question): the scan of every lease only when the term changed."""
         if not self.node.is_leader():
             self.deadlines.clear()
             self.term = 0
@@ -58,11 +59,13 @@ class Lessor:
         except Unavailable:
             return None
         now = asyncio.get_running_loop().time()
-        leases = dict(ks.leases())
         if self.term != self.node.term:
             self.term = self.node.term
-            self.deadlines = {lease: now + ttl + self.extend_s for lease, ttl in leases.items()}
+            self.deadlines = {lease: now + ttl + self.extend_s for lease, ttl in ks.leases()}
             return ks
+        if not whole:
+            return ks
+        leases = dict(ks.leases())
         for lease, ttl in leases.items():
             self.deadlines.setdefault(lease, now + ttl)  # granted since: its TTL runs from now
         for lease in [x for x in self.deadlines if x not in leases]:
@@ -71,7 +74,7 @@ class Lessor:
 
     def renew(self, lease: int) -> int:
         """A keep-alive on the leader: the lease's TTL, which runs again from now; 0 when it is gone."""
-        ks = self._sync()
+        ks = self._sync(whole=False)
         if ks is None:
             raise NotLeader(self.node.leader())
         ttl = ks.lease_ttl(lease)
@@ -82,18 +85,19 @@ class Lessor:
 
     def remaining(self, lease: int) -> tuple[int, int, list[bytes]] | None:
         """(seconds left, granted TTL, keys) of a lease, on the leader; None when there is none."""
-        ks = self._sync()
+        ks = self._sync(whole=False)
         if ks is None:
             raise NotLeader(self.node.leader())
         ttl = ks.lease_ttl(lease)
         if ttl is None:
             return None
-        left = self.deadlines.get(lease, 0.0) - asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        left = self.deadlines.setdefault(lease, now + ttl) - now  # granted since the last scan
         return max(0, math.ceil(left)), ttl, ks.lease_keys(lease)
 
     def count(self) -> int:
         """How many leases the cluster holds, as the leader knows."""
-        return len(self.deadlines) if self._sync() is not None else len(self.node.keyspace().leases())
+        return self.node.keyspace().lease_count()
 
     def new_id(self) -> int:
         """A lease id no lease has now (the leader's choice, logged with the grant)."""

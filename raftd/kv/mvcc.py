@@ -513,6 +513,9 @@ class Keyspace:
             raise KeyspaceCorrupt(f"the keyspace's lease {lease} is damaged (checksum)")
         return int(row[0])
 
+    def lease_count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM mvcc_lease").fetchone()[0])
+
     def leases(self) -> list[tuple[int, int]]:
         """Every lease and its granted TTL, by id."""
         out = []
