@@ -22,6 +22,7 @@ from raftd.deploy.compose import render
 from raftd.launcher import free_ports
 from raftd.pb import kv_pb2 as pb
 from raftd.pb import kv_pb2_grpc
+from tests.daemon.cluster import ETCDCTL_INSTALL, etcdctl_env, need
 
 WAIT_S = 90
 
@@ -108,11 +109,8 @@ def _retry(call, timeout: float = 20.0):  # type: ignore[no-untyped-def]
 def _etcdctl(d: Deployment) -> Callable[..., str]:
     """etcdctl against the deployment's published ports (`on`: which nodes; all by default), its output
     stripped; skipped when etcdctl is absent, failed so under CI."""
-    if shutil.which("etcdctl") is None:
-        if os.environ.get("CI"):
-            pytest.fail("etcdctl is missing under CI (.ci/run installs it)")
-        pytest.skip("etcdctl is not installed")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}, "ETCDCTL_API": "3"}
+    need("etcdctl", shutil.which("etcdctl") is not None, ETCDCTL_INSTALL)
+    env = etcdctl_env()
 
     def run(*args: str, stdin: str | None = None, on: list[int] | None = None, stderr: bool = False) -> str:
         endpoints = ",".join(f"127.0.0.1:{d.ports[i]}" for i in (on if on is not None else range(3)))

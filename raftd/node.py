@@ -322,7 +322,7 @@ class RaftNode:
         self._next_probe = 0.0  # when a node outside the membership next asks whether it was removed
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         self._compaction_proposed = 0  # the keyspace compaction this leader proposed last (0: none pending)
-        self._keyspace_waiters: list[asyncio.Future[None]] = []  # keyspace_moved()
+        self._keyspace_moved: asyncio.Future[None] | None = None  # keyspace_moved()
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
         self._io = _NodeIO(self)  # how this node carries out a Ready's steps (raftd.core.handle_ready)
@@ -1310,16 +1310,16 @@ class RaftNode:
 
     def keyspace_moved(self) -> asyncio.Future[None]:
         """Resolves at the keyspace's next change (a write applied, a snapshot installed): watchers wait
-        on it rather than poll."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._keyspace_waiters.append(fut)
-        return fut
+        on it rather than poll. One future, shared by every waiter until it resolves (so do not cancel
+        it): a waiter that gives up holds nothing, however often it asks."""
+        if self._keyspace_moved is None:
+            self._keyspace_moved = asyncio.get_running_loop().create_future()
+        return self._keyspace_moved
 
     def _keyspace_changed(self) -> None:
-        waiters, self._keyspace_waiters = self._keyspace_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        moved, self._keyspace_moved = self._keyspace_moved, None
+        if moved is not None and not moved.done():
+            moved.set_result(None)
 
     def keyspace(self) -> Keyspace:
         """The etcd API's keyspace, for a read served here now (after a barrier, for a linearizable one)."""

@@ -315,80 +315,67 @@ class EtcdKV(rpc.KVServicer):
     async def Put(
         self, request: pb.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.PutResponse:
-        async def write() -> pb.PutResponse:
-            result = await propose(
-                self.node,
-                self.calls,
-                put_of(request, self.node.limits),
-                context,
-                lambda ch: rpc.KVStub(ch).Put(request, metadata=FORWARDED),
-            )
-            if isinstance(result, pb.PutResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            return _put_pb(_answered(result, mvcc.PutResult), header_of(self.node, result.revision))
-
-        return await answer(self.node, context, write(), write=True)
+        work = through_log(
+            self.node, self.calls, context,
+            lambda: put_of(request, self.node.limits),
+            lambda ch: rpc.KVStub(ch).Put(request, metadata=FORWARDED),
+            lambda done, header: _put_pb(_as(mvcc.PutResult, done), header),
+        )  # fmt: skip
+        return await answer(self.node, context, work, write=True)
 
     async def DeleteRange(
         self, request: pb.DeleteRangeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteRangeResponse:
-        async def write() -> pb.DeleteRangeResponse:
-            r = delete_of(request, self.node.limits)
-            result = await propose(
-                self.node,
-                self.calls,
-                r,
-                context,
-                lambda ch: rpc.KVStub(ch).DeleteRange(request, metadata=FORWARDED),
-            )
-            if isinstance(result, pb.DeleteRangeResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            return _delete_pb(
-                _answered(result, mvcc.DeleteRangeResult), header_of(self.node, result.revision)
-            )
-
-        return await answer(self.node, context, write(), write=True)
+        work = through_log(
+            self.node, self.calls, context,
+            lambda: delete_of(request, self.node.limits),
+            lambda ch: rpc.KVStub(ch).DeleteRange(request, metadata=FORWARDED),
+            lambda done, header: _delete_pb(_as(mvcc.DeleteRangeResult, done), header),
+        )  # fmt: skip
+        return await answer(self.node, context, work, write=True)
 
     async def Txn(
         self, request: pb.TxnRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.TxnResponse:
-        async def write() -> pb.TxnResponse:
-            result = await propose(
-                self.node,
-                self.calls,
-                txn_of(request, self.node.limits),
-                context,
-                lambda ch: rpc.KVStub(ch).Txn(request, metadata=FORWARDED),
-            )
-            if isinstance(result, pb.TxnResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            return _txn_pb(_answered(result, mvcc.TxnResult), header_of(self.node, result.revision))
-
-        return await answer(self.node, context, write(), write=True)
+        work = through_log(
+            self.node, self.calls, context,
+            lambda: txn_of(request, self.node.limits),
+            lambda ch: rpc.KVStub(ch).Txn(request, metadata=FORWARDED),
+            lambda done, header: _txn_pb(_as(mvcc.TxnResult, done), header),
+        )  # fmt: skip
+        return await answer(self.node, context, work, write=True)
 
     async def Compact(
         self, request: pb.CompactionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CompactionResponse:
-        async def write() -> pb.CompactionResponse:
-            r = mvcc.CompactRequest(request.revision)
-            result = await propose(
-                self.node,
-                self.calls,
-                r,
-                context,
-                lambda ch: rpc.KVStub(ch).Compact(request, metadata=FORWARDED),
-            )
-            if isinstance(result, pb.CompactionResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            if isinstance(result.answer, mvcc.KeyspaceError):
-                raise _keyspace_error(result.answer)
-            return pb.CompactionResponse(header=header_of(self.node, result.revision))
+        work = through_log(
+            self.node, self.calls, context,
+            lambda: mvcc.CompactRequest(request.revision),
+            lambda ch: rpc.KVStub(ch).Compact(request, metadata=FORWARDED),
+            lambda done, header: pb.CompactionResponse(header=header),
+        )  # fmt: skip
+        return await answer(self.node, context, work, write=True)
 
-        return await answer(self.node, context, write(), write=True)
+
+async def through_log(
+    node: RaftNode,
+    calls: Calls,
+    context: grpc.aio.ServicerContext[Any, Any],
+    build: Callable[[], mvcc.LoggedRequest],
+    forward: Callable[[grpc.aio.Channel], Awaitable[Any]],
+    respond: Callable[[object, pb.ResponseHeader], Resp],
+) -> Resp:
+    """A write through the log, answered as etcd answers it: respond(the keyspace's answer, the header at
+    its revision), or its refusal as etcd's error. On a follower, the leader's answer to the same call,
+    with this member's id in its header (etcd's member_id is the member asked). build() runs here, so that
+    the caller's answer() reports invalid input."""
+    result = await propose(node, calls, build(), context, forward)
+    if not isinstance(result, Result):
+        result.header.member_id = member_id_of(node.me.id)
+        return result  # type: ignore[no-any-return]  # the same call's response, from the leader
+    if isinstance(result.answer, mvcc.KeyspaceError):
+        raise _keyspace_error(result.answer)
+    return respond(result.answer, header_of(node, result.revision))
 
 
 async def propose(
@@ -414,13 +401,11 @@ async def propose(
         calls.end()
 
 
-def _answered(result: Result, kind: type[T]) -> T:
-    """The keyspace's answer to a write, or its refusal raised as etcd's error."""
-    if isinstance(result.answer, mvcc.KeyspaceError):
-        raise _keyspace_error(result.answer)
-    if not isinstance(result.answer, kind):
-        raise TypeError(f"the keyspace answered {type(result.answer).__name__}, not {kind.__name__}")
-    return result.answer
+def _as(kind: type[T], done: object) -> T:
+    """The keyspace's answer, of the kind the request makes."""
+    if not isinstance(done, kind):
+        raise TypeError(f"the keyspace answered {type(done).__name__}, not {kind.__name__}")
+    return done
 
 
 async def forwarded(

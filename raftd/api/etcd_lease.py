@@ -27,7 +27,7 @@ from raftd.pb import etcd_rpc_pb2_grpc as rpc
 from raftd.pipe import NOT_APPLIED
 
 from .common import FORWARDED, Calls, LongCalls, time_left, was_forwarded
-from .etcd import EtcdError, answer, forwarded, header_of, member_id_of, propose
+from .etcd import EtcdError, answer, forwarded, header_of, member_id_of, through_log
 
 log = logging.getLogger("raftd.api")
 
@@ -174,35 +174,25 @@ class EtcdLease(rpc.LeaseServicer):
                     NOT_APPLIED,
                 )
             lease = request.ID or self.lessor.new_id()
-            result = await propose(
-                self.node, self.calls, mvcc.LeaseGrantRequest(lease, ttl), context,
+            return await through_log(
+                self.node, self.calls, context,
+                lambda: mvcc.LeaseGrantRequest(lease, ttl),
                 lambda ch: rpc.LeaseStub(ch).LeaseGrant(request, metadata=FORWARDED),
+                lambda done, header: pb.LeaseGrantResponse(header=header, ID=lease, TTL=ttl),
             )  # fmt: skip
-            if isinstance(result, pb.LeaseGrantResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            if isinstance(result.answer, mvcc.KeyspaceError):
-                raise result.answer
-            return pb.LeaseGrantResponse(header=header_of(self.node, result.revision), ID=lease, TTL=ttl)
 
         return await answer(self.node, context, grant(), write=True)
 
     async def LeaseRevoke(
         self, request: pb.LeaseRevokeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.LeaseRevokeResponse:
-        async def revoke() -> pb.LeaseRevokeResponse:
-            result = await propose(
-                self.node, self.calls, mvcc.LeaseRevokeRequest(request.ID), context,
-                lambda ch: rpc.LeaseStub(ch).LeaseRevoke(request, metadata=FORWARDED),
-            )  # fmt: skip
-            if isinstance(result, pb.LeaseRevokeResponse):
-                result.header.member_id = member_id_of(self.node.me.id)
-                return result
-            if isinstance(result.answer, mvcc.KeyspaceError):
-                raise result.answer
-            return pb.LeaseRevokeResponse(header=header_of(self.node, result.revision))
-
-        return await answer(self.node, context, revoke(), write=True)
+        work = through_log(
+            self.node, self.calls, context,
+            lambda: mvcc.LeaseRevokeRequest(request.ID),
+            lambda ch: rpc.LeaseStub(ch).LeaseRevoke(request, metadata=FORWARDED),
+            lambda done, header: pb.LeaseRevokeResponse(header=header),
+        )  # fmt: skip
+        return await answer(self.node, context, work, write=True)
 
     async def LeaseTimeToLive(
         self, request: pb.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext[Any, Any]

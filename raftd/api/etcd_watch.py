@@ -34,6 +34,9 @@ PAGE_EVENTS = 1000  # events read and written at once for one watcher
 # Keys and values one response carries at most (whole revisions; a single revision larger than this goes
 # alone): a page of 1 MiB values would otherwise hold a gigabyte and pass gRPC's message limit.
 PAGE_BYTES = 4 * 1024 * 1024
+# Answers to a call's requests not sent yet: past them the call reads no more requests until they go out,
+# so that a client that sends creates and reads nothing holds no more than this.
+MAX_REPLIES = 256
 PROGRESS_WATCH_ID = -1  # a progress answer to WatchProgressRequest is for no one watcher (etcd's)
 
 
@@ -88,6 +91,7 @@ class WatchStream:
         self.progress_asked = False
         self.next_id = 0
         self.wake = asyncio.Event()
+        self.drained = asyncio.Event()  # set when the replies owed went out (the reader waits on it)
         self.ended = False
 
     async def run(self, requests: AsyncIterator[pb.WatchRequest]) -> None:
@@ -110,6 +114,9 @@ class WatchStream:
                 elif kind == "progress_request":
                     self.progress_asked = True
                 self.wake.set()
+                if len(self.replies) >= MAX_REPLIES:  # a client that asks and does not read: stop reading
+                    self.drained.clear()
+                    await self.drained.wait()
         finally:
             self.ended = True  # the client closed its side: what is owed is still sent, then the call ends
             self.wake.set()
@@ -170,11 +177,7 @@ class WatchStream:
         every = self.node.limits.watch_progress_notify_interval_s
         while True:
             # Asked before anything is read, so that a change applied while this turn writes wakes the next.
-            moved = self.node.keyspace_moved()
-            try:
-                await self._turn(moved, every)
-            finally:
-                moved.cancel()
+            await self._turn(self.node.keyspace_moved(), every)
             if self.ended and not self.replies and not self._behind():
                 return
 
@@ -193,6 +196,7 @@ class WatchStream:
         loop = asyncio.get_running_loop()
         while self.replies:
             await self.context.write(self.replies.pop(0))
+        self.drained.set()
         behind = False
         ks = self._keyspace()  # None while suspended or replaying at start: events wait
         if ks is not None:

@@ -10,12 +10,11 @@ greatest mod_rev <= R, unless that row is a tombstone. Within one revision (a tr
 the changes in the order they were made: the order watchers see them in. A transaction never writes one
 key twice (DuplicateKey, as in etcd), so `(key, mod_rev)` is unique.
 
-Every row and meta value carries a crc32, checked whenever it is read: damage raises KeyspaceCorrupt (a
-StorageError), and is never served.
+Every row, lease and meta value carries a crc32, checked whenever it is read: damage raises
+KeyspaceCorrupt, and is never served.
 
-Deterministic: the same operations in the same order leave every replica with the same rows. The caller
-owns the connection and its transactions (each Raft apply batch is one), so a failed batch is rolled back
-whole and the keyspace then reads its revision again (reload()).
+Deterministic: the same operations in the same order leave every replica with the same rows. Each write
+is one savepoint, so a request refused partway writes nothing.
 """
 
 from __future__ import annotations
@@ -240,6 +239,11 @@ def _bounds(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None] | None:
     return key, None if range_end == b"\x00" else range_end
 
 
+def _where(low: bytes, high: bytes | None) -> tuple[str, tuple[bytes, ...]]:
+    """The SQL condition for [low, high) (high None: no upper bound), and its parameters."""
+    return ("key >= ?", (low,)) if high is None else ("key >= ? AND key < ?", (low, high))
+
+
 def _crc(key: bytes, mod_rev: int, sub: int, create_rev: int, version: int, lease: int, value: bytes) -> int:
     head = _ROW.pack(mod_rev, sub, create_rev, version, lease, len(key))
     return zlib.crc32(value, zlib.crc32(key, zlib.crc32(head)))
@@ -312,12 +316,6 @@ class Keyspace:
         self.conn = conn
         for statement in _SCHEMA:
             conn.execute(statement)
-        self.revision = 0
-        self.compact_revision = 0
-        self.reload()
-
-    def reload(self) -> None:
-        """Read the revisions again (after the owner rolled a batch back)."""
         self.revision = self._meta(REVISION)
         self.compact_revision = self._meta(COMPACT_REVISION)
 
@@ -365,25 +363,23 @@ class Keyspace:
     def _live(self, low: bytes, high: bytes | None, at: int, limit: int = 0) -> Iterator[KeyValue]:
         """The keys of [low, high) that exist at revision at, in key order (sqlite's max() takes the other
         columns from the row with the greatest mod_rev of each key)."""
-        where = "key >= ? AND key < ?" if high is not None else "key >= ?"
-        args: tuple[object, ...] = (low, high, at) if high is not None else (low, at)
+        where, args = _where(low, high)
         sql = (
             f"SELECT key, max(mod_rev), sub, create_rev, version, lease, value, crc FROM mvcc_rev"
             f" WHERE {where} AND mod_rev <= ? GROUP BY key HAVING version > 0 ORDER BY key"
         )
         if limit > 0:
             sql += f" LIMIT {int(limit)}"
-        for row in self.conn.execute(sql, args):
+        for row in self.conn.execute(sql, (*args, at)):
             yield _checked(row)
 
     def _count(self, low: bytes, high: bytes | None, at: int) -> int:
-        where = "key >= ? AND key < ?" if high is not None else "key >= ?"
-        args: tuple[object, ...] = (low, high, at) if high is not None else (low, at)
+        where, args = _where(low, high)
         sql = (
             f"SELECT count(*) FROM (SELECT max(mod_rev), version FROM mvcc_rev WHERE {where} AND mod_rev <= ?"
             " GROUP BY key HAVING version > 0)"
         )
-        return int(self.conn.execute(sql, args).fetchone()[0])
+        return int(self.conn.execute(sql, (*args, at)).fetchone()[0])
 
     def _matching(self, key: bytes, range_end: bytes, at: int) -> list[KeyValue]:
         bounds = _bounds(key, range_end)
@@ -437,13 +433,7 @@ class Keyspace:
         if after + 1 < self.compact_revision:
             raise Compacted(self.compact_revision)
         bounds = _bounds(key, range_end)
-        args: tuple[bytes, ...]
-        if bounds is None:
-            where, args = "key = ?", (key,)
-        elif bounds[1] is None:
-            where, args = "key >= ?", (key,)
-        else:
-            where, args = "key >= ? AND key < ?", (bounds[0], bounds[1])
+        where, args = ("key = ?", (key,)) if bounds is None else _where(*bounds)
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM mvcc_rev WHERE mod_rev > ? AND mod_rev <= ? AND {where}"
             " ORDER BY mod_rev, sub LIMIT ?",
@@ -911,7 +901,7 @@ _IMAGE_ROW = struct.Struct(">IqqqqqI")  # len(key), mod_rev, sub, create_rev, ve
 
 
 def open_memory(serialized: bytes = b"") -> Keyspace:
-    """A keyspace in memory: empty, or the one Keyspace.serialize() copied."""
+    """A keyspace in memory: empty, or the one serialize() copied."""
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     if serialized:
         conn.deserialize(serialized)
@@ -921,7 +911,7 @@ def open_memory(serialized: bytes = b"") -> Keyspace:
 def serialize(ks: Keyspace) -> bytes:
     """A copy of the whole keyspace, cheap to take (sqlite copies its pages); b"" while it is empty, so
     that an image of a cluster that never used it reads on nodes of the previous release."""
-    if ks.revision == 0 and ks.compact_revision == 0 and not ks.leases():
+    if ks.revision == 0 and ks.compact_revision == 0 and not ks.lease_count():
         return b""
     return ks.conn.serialize()
 

@@ -309,6 +309,26 @@ def cluster_of(root: Path, n: int = 3, **kw: object) -> Iterator[Cluster]:
         c.close()
 
 
+# -- tools made by others, which tests drive raftd with ---------------------------------------------------
+ETCDCTL_INSTALL = "Debian's etcd-client package has it: apt-get install etcd-client"
+
+
+def need(what: str, present: bool, install: str) -> None:
+    """A test that needs a tool skips, saying how to install it, when it is absent; under CI=true it fails
+    instead, since .ci/run installs every tool the suite needs."""
+    if present:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing under CI, whose .ci/run installs it ({install})")
+    pytest.skip(f"{what} is not installed ({install}; .ci/run installs it)")
+
+
+def etcdctl_env() -> dict[str, str]:
+    """Our environment for etcdctl 3.4: its v3 API, and no ETCDCTL_* variable of the caller's (it refuses
+    to run when ETCDCTL_ENDPOINTS and --endpoints are both set)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}, "ETCDCTL_API": "3"}
+
+
 # -- earlier releases, for upgrade tests ------------------------------------------------------------------
 REPO = Path(__file__).resolve().parents[2]
 

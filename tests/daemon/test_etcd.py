@@ -23,16 +23,22 @@ import pytest
 
 from raftd.pb import etcd_kv_pb2, etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2
 
-from .cluster import HOST, Cluster, free_ports, release_env, wait_until
+from .cluster import (
+    ETCDCTL_INSTALL,
+    HOST,
+    Cluster,
+    etcdctl_env,
+    free_ports,
+    need,
+    release_env,
+    wait_until,
+)
 
 ETCDCTL_TIMEOUT_S = 30.0
 
 
-def _need(what: str, missing: bool) -> None:
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{what} is missing under CI (.ci/run installs it)")
-        pytest.skip(f"{what} is not installed")
+def _need_etcdctl() -> None:
+    need("etcdctl", shutil.which("etcdctl") is not None, ETCDCTL_INSTALL)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +59,12 @@ class Etcdctl:
         """etcdctl ARGS against every endpoint (or the one at index `at`); etcdctl's own environment rules:
         ETCDCTL_ENDPOINTS must not be set beside --endpoints."""
         endpoints = self.endpoints if at is None else [self.endpoints[at]]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
-        env["ETCDCTL_API"] = "3"
         return subprocess.run(
             ["etcdctl", f"--endpoints={','.join(endpoints)}", *args],
             input=stdin,
             capture_output=True,
             text=True,
-            env=env,
+            env=etcdctl_env(),
             timeout=ETCDCTL_TIMEOUT_S,
         )
 
@@ -77,7 +81,7 @@ class Etcdctl:
 
 @pytest.fixture(scope="module")
 def etcdctl(cluster: Cluster) -> Etcdctl:
-    _need("etcdctl", shutil.which("etcdctl") is None)
+    _need_etcdctl()
     return Etcdctl(cluster.endpoints)
 
 
@@ -179,7 +183,7 @@ def test_the_keyspace_survives_restarts(cluster: Cluster, etcdctl: Etcdctl) -> N
 
 def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
     """In a process of its own: its generated code registers etcd's protos under names ours use too."""
-    _need("the etcd3 package", importlib.util.find_spec("etcd3") is None)
+    need("the etcd3 package", importlib.util.find_spec("etcd3") is not None, "pip install -e '.[test]'")
     leader = cluster.wait_leader()
     host, port = cluster.address(cluster.followers(leader)[0]).rsplit(":", 1)
     script = textwrap.dedent(
@@ -232,7 +236,7 @@ def test_the_python_etcd3_client(cluster: Cluster, tmp_path: Path) -> None:
 def test_a_follower_behind_a_snapshot_gets_the_keyspace_with_it(tmp_path: Path) -> None:
     """The keyspace rides in snapshots: a follower that missed the entries (compacted away meanwhile)
     is sent the leader's image, and then serves the keys, their revisions and the compaction point."""
-    _need("etcdctl", shutil.which("etcdctl") is None)
+    _need_etcdctl()
     with Cluster(tmp_path) as c:
         c.args += ["--snapshot-entries", "10"]
         leader = c.start_all()
@@ -263,7 +267,7 @@ def test_a_rolling_upgrade_refuses_keyspace_writes_until_every_node_runs_this_re
     """Data directories of the previous release start as they are; while one member still runs it,
     etcd writes are refused (it could not apply them) and raftd.v1 writes go on; once it is upgraded too,
     etcd writes work."""
-    _need("etcdctl", shutil.which("etcdctl") is None)
+    _need_etcdctl()
     old_env = release_env(BEFORE_ETCD, tmp_path / "previous-release")
     with Cluster(tmp_path / "c", env=old_env) as c:
         c.start_all()
@@ -295,7 +299,7 @@ def test_a_rolling_upgrade_refuses_keyspace_writes_until_every_node_runs_this_re
 def test_the_history_is_compacted_to_the_retention(tmp_path: Path) -> None:
     """--auto-compaction-retention bounds the history every node holds: the leader compacts through the
     log once it grows a tenth past the retention, so no client can make it grow without bound."""
-    _need("etcdctl", shutil.which("etcdctl") is None)
+    _need_etcdctl()
     with Cluster(tmp_path) as c:
         c.args += ["--auto-compaction-retention", "10"]
         leader = c.start_all()
@@ -322,13 +326,12 @@ class Watch:
     """`etcdctl watch ...` running in the background, its output read line by line."""
 
     def __init__(self, endpoint: str, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         self.proc = subprocess.Popen(
             ["etcdctl", f"--endpoints={endpoint}", "watch", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**env, "ETCDCTL_API": "3"},
+            env=etcdctl_env(),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -376,10 +379,9 @@ def test_a_watch_from_a_compacted_revision_is_cancelled(cluster: Cluster, etcdct
     first = etcdctl.json("put", "wc", "1")["header"]["revision"]  # type: ignore[index]
     now = etcdctl.json("put", "wc", "2")["header"]["revision"]  # type: ignore[index]
     etcdctl.ok("compaction", str(now))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}, "ETCDCTL_API": "3"}
     done = subprocess.run(
         ["etcdctl", f"--endpoints={cluster.address(leader)}", "watch", "wc", f"--rev={first}"],
-        capture_output=True, text=True, env=env, timeout=ETCDCTL_TIMEOUT_S,
+        capture_output=True, text=True, env=etcdctl_env(), timeout=ETCDCTL_TIMEOUT_S,
     )  # fmt: skip
     assert done.returncode != 0
     assert "watch was canceled (etcdserver: mvcc: required revision has been compacted)" in done.stderr
@@ -602,7 +604,7 @@ def test_etcdctl_snapshot_save_writes_a_backup_raftd_restores(
 def test_etcdctl_member_add_promote_update_and_remove(tmp_path: Path) -> None:
     """etcd's membership calls over raftd's: a new member is a learner (raftd's rule) until promoted, and
     is promoted only once it has answered; a member id nobody has is "member not found"."""
-    _need("etcdctl", shutil.which("etcdctl") is None)
+    _need_etcdctl()
     with Cluster(tmp_path) as c:
         c.start_all()
         ctl = Etcdctl(c.endpoints)

@@ -1,0 +1,66 @@
+"""What a Watch call makes a node hold, on a node of this process (tests/daemon/test_etcd.py drives watches
+with etcdctl and python etcd3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from raftd.api.etcd_watch import MAX_REPLIES, WatchStream
+from raftd.kv import Command, Op
+from raftd.kv.mvcc import PutRequest, encode_request
+from raftd.pb import etcd_rpc_pb2 as pb
+
+from .nodes import commit_all, leader, release_node
+
+
+class Stuck:
+    """A call whose client reads nothing: every write waits."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def write(self, message: Any) -> None:
+        self.writes += 1
+        await asyncio.Event().wait()
+
+
+def test_a_client_that_asks_and_reads_nothing_holds_at_most_max_replies(tmp_path: Path) -> None:
+    """Creates flooding in while no answer goes out: the call stops reading them."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        sent = 0
+
+        async def creates() -> AsyncIterator[pb.WatchRequest]:
+            nonlocal sent
+            for i in range(10 * MAX_REPLIES):
+                sent += 1
+                yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k%d" % i))
+
+        stream = WatchStream(node, Stuck())  # type: ignore[arg-type]
+        call = asyncio.ensure_future(stream.run(creates()))
+        await asyncio.sleep(0.2)
+        assert len(stream.replies) <= MAX_REPLIES and sent <= MAX_REPLIES + 2, (len(stream.replies), sent)
+        call.cancel()
+        release_node(node)
+
+    asyncio.run(main())
+
+
+def test_waiting_for_the_keyspace_holds_one_future_however_often_it_is_asked(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await leader(tmp_path)
+        first = node.keyspace_moved()
+        assert all(node.keyspace_moved() is first for _ in range(1000))
+        node.peer_speaks(2, 5)
+        node.peer_speaks(3, 5)
+        node.propose_nowait(Command(Op.MVCC, b"", encode_request(PutRequest(b"k", b"v"))))
+        await commit_all(node)
+        assert first.done() and node.keyspace().revision == 1
+        assert node.keyspace_moved() is not first and not node.keyspace_moved().done()
+        release_node(node)
+
+    asyncio.run(main())
