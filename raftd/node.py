@@ -311,6 +311,7 @@ class RaftNode:
         # a node of the previous release on an entry it cannot read.
         self._peer_versions: dict[int, int] = {}
         self._id_proposed = 0  # the term in which this node last proposed a cluster id
+        self._merge_proposed = 0  # the term in which this node last proposed Op.MERGE
         self._record_proposed = 0  # the term in which it last proposed the bootstrap membership record
         self._map_checked = False  # the map against the record: once, at start (not again at a resume)
         # Each peer's data directory, from its traffic (for the bootstrap record), and the term in which
@@ -711,6 +712,7 @@ class RaftNode:
         pending = self.pending
         size = 0
         moved = False  # the keyspace changed: its watchers are woken once, after the batch
+        revision = self.kv.keyspace.revision  # raftd.v1 writes move it too, once merged
         for e in entries:
             for observe in self.on_apply:
                 observe(e)
@@ -743,7 +745,8 @@ class RaftNode:
         self._maybe_propose_session_limit()
         self._maybe_propose_record()
         self._maybe_compact_keyspace()
-        if moved:
+        self._maybe_merge()
+        if moved or self.kv.keyspace.revision != revision:
             self._keyspace_changed()
         self.pending.release(self.kv.applied)
 
@@ -775,13 +778,14 @@ class RaftNode:
 
     def peer_speaks(self, core_id: int, version: int) -> None:
         """A peer's traffic carried this protocol version: 1 applies cluster id entries, 2 session checks,
-        3 hash checks, 4 membership entries, 5 keyspace entries (Op.MVCC)."""
+        3 hash checks, 4 membership entries, 5 keyspace entries (Op.MVCC), 6 Op.MERGE."""
         if core_id not in self.addresses or self._peer_versions.get(core_id, 0) >= version:
             return
         self._peer_versions[core_id] = version
         self._maybe_propose_cluster_id()
         self._maybe_propose_session_limit()
         self._maybe_propose_record()
+        self._maybe_merge()
 
     def _peers_speak(self, version: int) -> bool:
         conf = self.raw.conf_state()
@@ -801,6 +805,22 @@ class RaftNode:
         self._id_proposed = self.raw.term
         try:
             fut = self.propose_nowait(Command(Op.CLUSTER_ID, b"", new_cluster_id().encode()))
+        except (NotLeader, Unavailable):
+            return
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def _maybe_merge(self) -> None:
+        """The leader moves raftd.v1's keys into the keyspace (Op.MERGE) once every member can apply the
+        entry: until then a node of the previous release could neither apply it nor read the snapshots
+        taken after it. A fresh cluster merges at its first leader's first applies (nothing to move). One
+        proposal per term; a lost one is proposed again by the next leader."""
+        if self.kv.merged or not self.is_leader() or self._merge_proposed == self.raw.term:
+            return
+        if not self._peers_speak(6) or self.raw.committed > self.kv.applied:
+            return
+        self._merge_proposed = self.raw.term
+        try:
+            fut = self.propose_nowait(Command(Op.MERGE, b""))
         except (NotLeader, Unavailable):
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())

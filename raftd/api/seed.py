@@ -91,4 +91,6 @@ class SeedService(raft_pb2_grpc.RaftServiceServicer):
         value, _ = await read(self.calls, context, key, local=False)
         if value is None:
             return pb.GetValResponse(verdict=False)
-        return pb.GetValResponse(verdict=True, value=value.decode())
+        # A value written through the etcd API may be any bytes: those that are not UTF-8 come escaped
+        # (\xNN), as raftctl prints them, since this API's value is a string.
+        return pb.GetValResponse(verdict=True, value=value.decode(errors="backslashreplace"))

@@ -24,6 +24,9 @@ class Op(enum.IntEnum):
     HASH_CHECK = 5  # the replicas hash their state here (raftd.consistency); the store itself ignores it
     MEMBER = 6  # value: a membership change or record (raftd.kv.members)
     MVCC = 7  # value: a write to the etcd keyspace (raftd.kv.mvcc.encode_request)
+    # No value: from here on raftd.v1's keys live in the etcd keyspace (raftd.kv.store.KVStore.merge). A
+    # log entry, so that every replica moves them at the same index and numbers the same revisions.
+    MERGE = 8
 
 
 def op_of(data: bytes) -> int:

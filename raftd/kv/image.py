@@ -26,6 +26,10 @@ sessions: u8 1 when the membership record follows (as in RAFTDKV4), 0 when there
 keyspace's rows (mvcc.encode_image). It is written only once the keyspace has been written to, so that
 until then nodes of the previous release read the images of this one.
 
+b"RAFTDKV6" is RAFTDKV5 once raftd.v1's keys have moved into the keyspace (an Op.MERGE entry applied):
+the packed map is empty (no bucket used) and the keyspace is always there, empty or not. It is written
+only after every member speaks the protocol that applies Op.MERGE.
+
 Images of earlier versions (b"RAFTDKV1": u32 n_keys u32 n_sessions, u32 key_len[n] u32 value_len[n], keys,
 values, in insertion order, then the same sessions and checksum) stay readable: disks and backups hold them.
 """
@@ -55,6 +59,7 @@ MAGIC_V1 = b"RAFTDKV1"
 MAGIC_V3 = b"RAFTDKV3"
 MAGIC_V4 = b"RAFTDKV4"
 MAGIC_V5 = b"RAFTDKV5"
+MAGIC_V6 = b"RAFTDKV6"
 DEFAULT_SESSION_LIMIT = 10_000  # raftd.kv.store.MAX_SESSIONS: an image with another limit is a RAFTDKV3
 _LIMIT = struct.Struct("<I")
 _HEADER = struct.Struct("<IIII")
@@ -83,6 +88,8 @@ class Image:
     members: dict[int, Member] = dataclasses.field(default_factory=dict)
     next_member_id: int = 0  # the lowest id never given to a member (raftd.kv.members.next_id)
     keyspace: bytes = b""  # the etcd keyspace, as mvcc.serialize() copied it; b"": never written to
+    # raftd.v1's keys are in the keyspace (Op.MERGE applied), and buckets are all empty.
+    merged: bool = False
 
     @classmethod
     def of(
@@ -144,8 +151,13 @@ def encode_to(image: Image, out: BinaryIO) -> int:
         crc = zlib.crc32(part, crc)
         size += out.write(part)
 
+    if image.merged and used:
+        raise ValueError("a merged image with keys outside its keyspace")
     header = _HEADER.pack(BUCKET_BITS, image.count, len(image.sessions), len(used))
-    if image.keyspace:
+    with_keyspace = bool(image.keyspace) or image.merged
+    if image.merged:
+        put(MAGIC_V6 + header + _LIMIT.pack(image.session_limit))
+    elif image.keyspace:
         put(MAGIC_V5 + header + _LIMIT.pack(image.session_limit))
     elif image.members:
         put(MAGIC_V4 + header + _LIMIT.pack(image.session_limit))
@@ -158,11 +170,11 @@ def encode_to(image: Image, out: BinaryIO) -> int:
     for start in range(0, len(used), BUCKET_SLICE):
         put(b"".join([buckets[b] for b in used[start : start + BUCKET_SLICE]]))
     put(_encode_sessions(image.sessions))
-    if image.keyspace:
+    if with_keyspace:
         put(b"\x01" if image.members else b"\x00")
     if image.members:
         put(_encode_members(image.members, image.next_member_id))
-    if image.keyspace:
+    if with_keyspace:
         put(encode_keyspace(image.keyspace))
     return size + out.write(_CRC.pack(crc))
 
@@ -185,7 +197,7 @@ def _encode_members(members: dict[int, Member], next_member_id: int) -> bytes:
 
 def verify(raw: bytes) -> None:
     """Check the magic and the checksum without decoding: cheap enough to run before accepting an image."""
-    known = (MAGIC, MAGIC_V1, MAGIC_V3, MAGIC_V4, MAGIC_V5)
+    known = (MAGIC, MAGIC_V1, MAGIC_V3, MAGIC_V4, MAGIC_V5, MAGIC_V6)
     if len(raw) < len(MAGIC) + _COUNTS_V1.size + _CRC.size or not raw.startswith(known):
         raise ImageError("not a raftd state image")
     if zlib.crc32(memoryview(raw)[: -_CRC.size]) != _CRC.unpack(raw[-_CRC.size :])[0]:
@@ -205,21 +217,23 @@ def decode(raw: bytes) -> Image:
 
 
 def _decode_v2(raw: bytes, end: int) -> Image:
-    """A RAFTDKV2, RAFTDKV3, RAFTDKV4 or RAFTDKV5 image."""
+    """A RAFTDKV2, RAFTDKV3, RAFTDKV4, RAFTDKV5 or RAFTDKV6 image."""
     view = memoryview(raw)[:end]  # in place: a copy of the body would cost the image's size again
     pos = len(MAGIC)
     bits, count, n_sessions, n_used = _HEADER.unpack_from(view, pos)
     pos += _HEADER.size
     session_limit = DEFAULT_SESSION_LIMIT
-    if raw.startswith((MAGIC_V3, MAGIC_V4, MAGIC_V5)):
+    merged = raw.startswith(MAGIC_V6)
+    with_keyspace = merged or raw.startswith(MAGIC_V5)
+    if raw.startswith((MAGIC_V3, MAGIC_V4, MAGIC_V5, MAGIC_V6)):
         (session_limit,) = _LIMIT.unpack_from(view, pos)
         pos += _LIMIT.size
         if session_limit == 0:
             raise ImageError("a session limit of 0")
     if bits != BUCKET_BITS:
         raise ImageError(f"an image of 2**{bits} buckets; this version uses 2**{BUCKET_BITS}")
-    if n_used > N_BUCKETS:
-        raise ImageError(f"{n_used} buckets used of {N_BUCKETS}")
+    if n_used > N_BUCKETS or (merged and n_used):
+        raise ImageError(f"{n_used} buckets used of {0 if merged else N_BUCKETS}")
     used = _read_u32(view[pos : pos + 4 * n_used], n_used)
     pos += 4 * n_used
     lengths = _read_u32(view[pos : pos + 4 * n_used], n_used)
@@ -243,7 +257,7 @@ def _decode_v2(raw: bytes, end: int) -> Image:
     next_member_id = 0
     keyspace = b""
     with_members = raw.startswith(MAGIC_V4)
-    if raw.startswith(MAGIC_V5):
+    if with_keyspace:
         flag = view[pos]
         pos += 1
         if flag > 1:
@@ -251,14 +265,14 @@ def _decode_v2(raw: bytes, end: int) -> Image:
         with_members = bool(flag)
     if with_members:
         members, next_member_id, pos = _decode_members(raw, view, pos)
-    if raw.startswith(MAGIC_V5):
+    if with_keyspace:
         try:
             keyspace, pos = decode_keyspace(view, pos)
         except ValueError as e:
             raise ImageError(f"malformed keyspace: {e}") from None
     if pos != end:
         raise ImageError(f"{end - pos} unexpected trailing bytes")
-    return Image(buckets, count, sessions, session_limit, members, next_member_id, keyspace)
+    return Image(buckets, count, sessions, session_limit, members, next_member_id, keyspace, merged)
 
 
 def _decode_members(raw: bytes, view: memoryview, pos: int) -> tuple[dict[int, Member], int, int]:

@@ -492,6 +492,27 @@ class Keyspace:
         self.compact_revision = revision
         self._set_meta(COMPACT_REVISION, revision)
 
+    def merge(self, items: Iterable[tuple[bytes, bytes]]) -> int:
+        """Put every (key, value) at one revision, in the order given (Op.MERGE: raftd.v1's keys moving
+        in); a key already here gets a new version, as a put would. How many were put.
+
+        In bulk rather than through put(): a million keys move in seconds, not minutes, on every replica
+        at once."""
+        existing = {kv.key: kv for kv in self._live(b"", None, self.revision)}
+        revision = self.revision + 1
+        rows = []
+        for sub, (key, value) in enumerate(items):
+            prev = existing.get(key)
+            create, version = (revision, 1) if prev is None else (prev.create_revision, prev.version + 1)
+            crc = _crc(key, revision, sub, create, version, 0, value)
+            rows.append((key, revision, sub, create, version, 0, value, crc))
+        if not rows:
+            return 0
+        with self._writing() as w:
+            self.conn.executemany(f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            w.changes = len(rows)
+        return len(rows)
+
     # -- leases ------------------------------------------------------------------------------------------
 
     def lease_ttl(self, lease: int) -> int | None:
@@ -908,10 +929,11 @@ def open_memory(serialized: bytes = b"") -> Keyspace:
     return Keyspace(conn)
 
 
-def serialize(ks: Keyspace) -> bytes:
-    """A copy of the whole keyspace, cheap to take (sqlite copies its pages); b"" while it is empty, so
-    that an image of a cluster that never used it reads on nodes of the previous release."""
-    if ks.revision == 0 and ks.compact_revision == 0 and not ks.lease_count():
+def serialize(ks: Keyspace, always: bool = False) -> bytes:
+    """A copy of the whole keyspace, cheap to take (sqlite copies its pages); b"" while it is empty
+    (unless always), so that an image of a cluster that never used it reads on nodes of the previous
+    release."""
+    if not always and ks.revision == 0 and ks.compact_revision == 0 and not ks.lease_count():
         return b""
     return ks.conn.serialize()
 

@@ -1,6 +1,10 @@
-"""The replicated state machine: a key-value map plus client sessions for exactly-once writes, and the
-multi-version keyspace the etcd API serves (raftd.kv.mvcc; a namespace of its own until raftd.v1's keys
-move into it)."""
+"""The replicated state machine: the multi-version keyspace (raftd.kv.mvcc) that the etcd API and raftd.v1
+serve, plus client sessions for exactly-once writes.
+
+raftd.v1's keys lived in a packed map of their own (raftd.kv.table) before the keyspace existed. A store
+holds them there until an Op.MERGE entry applies: the leader logs one once every member speaks the
+protocol that applies it, so that a rolling upgrade keeps each node able to read the others' snapshots
+and every replica moves the keys at the same index, numbering the same revisions."""
 
 from __future__ import annotations
 
@@ -57,6 +61,10 @@ class StateMachine(Protocol):
 
     def apply(self, index: int, cmd: Command) -> Result: ...
 
+    @property
+    def merged(self) -> bool:
+        """raftd.v1's keys are in the keyspace (Op.MERGE applied)."""
+
     def skip(self, index: int) -> None:
         """An entry with no command (a new leader's empty entry) was applied."""
 
@@ -73,7 +81,7 @@ class KVStore:
     """Deterministic: every replica applying the same entries reaches the same state and results."""
 
     def __init__(self) -> None:
-        self.data = PackedMap()
+        self.data: PackedMap | None = PackedMap()  # None once merged into the keyspace
         # Dissertation 6.3: the last (seq, result) per client, so a retried write applies once. Bounded,
         # evicting the least recently used client; eviction depends only on the log, so replicas agree.
         self.sessions: OrderedDict[bytes, tuple[int, Result]] = OrderedDict()
@@ -99,6 +107,9 @@ class KVStore:
             return Result(index, existed=False)
         if cmd.op is Op.MVCC:
             return self._mvcc(index, cmd.value)
+        if cmd.op is Op.MERGE:
+            self.merge()
+            return Result(index, existed=False, revision=self.keyspace.revision)
         if cmd.client_id:
             seen = self.sessions.get(cmd.client_id)
             if seen is not None and cmd.seq <= seen[0]:
@@ -107,7 +118,9 @@ class KVStore:
             if seen is None and cmd.first is False:
                 # Dissertation 6.3: applying it could apply a retried write twice (its session is gone).
                 return Result(index, existed=False, expired=True)
-        if cmd.op is Op.PUT:
+        if self.data is None:
+            result = self._keyspace_write(index, cmd)
+        elif cmd.op is Op.PUT:
             self.data.put(cmd.key, cmd.value)
             result = Result(index, existed=True)
         else:
@@ -117,6 +130,26 @@ class KVStore:
             self.sessions.move_to_end(cmd.client_id)
             self._evict()
         return result
+
+    def _keyspace_write(self, index: int, cmd: Command) -> Result:
+        """A raftd.v1 write once merged: a put or a delete of one key, as etcd's (a revision each)."""
+        ks = self.keyspace
+        if cmd.op is Op.PUT:
+            ks.put(PutRequest(cmd.key, cmd.value))
+            return Result(index, existed=True, revision=ks.revision)
+        deleted = ks.delete_range(DeleteRangeRequest(cmd.key)).deleted
+        return Result(index, existed=deleted > 0, revision=ks.revision)
+
+    @property
+    def merged(self) -> bool:
+        return self.data is None
+
+    def merge(self) -> None:
+        """Move raftd.v1's keys into the keyspace at one revision, in the packed map's order (the same on
+        every replica); a no-op once done."""
+        if self.data is not None:
+            self.keyspace.merge(self.data.items())
+            self.data = None
 
     def _mvcc(self, index: int, raw: bytes) -> Result:
         """A keyspace write. A refusal (KeyspaceError) is deterministic, so every replica refuses it alike
@@ -155,27 +188,32 @@ class KVStore:
         self.applied = index
 
     def get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
+        if self.data is not None:
+            return self.data.get(key)
+        kv = self.keyspace.get(key)
+        return None if kv is None else kv.value
 
     def image(self) -> Image:
         """A copy of the state, cheap to take here (a list of bucket references) and encoded elsewhere."""
         sessions = OrderedDict((c, (seq, r.index, r.existed)) for c, (seq, r) in self.sessions.items())
         members = dict(self.members)
+        data = PackedMap() if self.data is None else self.data
         return Image(
-            list(self.data.buckets),
-            self.data.count,
+            list(data.buckets),
+            data.count,
             sessions,
             self.session_limit,
             members,
             self.next_member_id,
-            serialize(self.keyspace),
+            serialize(self.keyspace, always=self.merged),
+            self.merged,
         )
 
     def restore(self, index: int, raw: bytes) -> None:
         """Replace the whole state with a snapshot image taken at index. Raises ImageError when corrupt.
         Decoding a large image and building its map take a while: call this off the event loop."""
         image = decode(raw)
-        self.data = PackedMap(image.buckets, image.count)
+        self.data = None if image.merged else PackedMap(image.buckets, image.count)
         self.sessions = OrderedDict((c, (seq, Result(i, e))) for c, (seq, i, e) in image.sessions.items())
         self.session_limit = image.session_limit
         self.members = dict(image.members)

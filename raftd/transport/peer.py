@@ -33,8 +33,9 @@ REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENI
 # Refusals for good (raftd.node.RaftNode.peer_refusal): the node is told, and stops.
 FINAL_REFUSALS = (REMOVED, WRONG_INCARNATION)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks, 4 membership entries
-PROTOCOL_VERSION = 5
+# MessageBatch.version: 1 cluster id entries, 2 session-checked writes, 3 hash checks, 4 membership entries,
+# 5 keyspace writes (Op.MVCC), 6 Op.MERGE (raftd.kv.store)
+PROTOCOL_VERSION = 6
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
