@@ -67,7 +67,8 @@ variable {ENV_ENDPOINTS}, ./{DEFAULT_CONFIG} when present, else {DEFAULT_ENDPOIN
 \b
 Exit codes:
   {EXIT_OK}    success
-  {EXIT_NOT_FOUND}    key not found (getval, delete)
+  {EXIT_NOT_FOUND}    key not found (getval, delete); lease not found (lease revoke,
+       keep-alive); cas: the compare failed, nothing was written
   {EXIT_USAGE}    usage error: bad option, argument, endpoint list or cluster map
   {EXIT_UNAVAILABLE}    cluster unavailable: no leader, nodes unreachable, or --timeout passed
   {EXIT_INVALID}    request refused as invalid by the server (INVALID_ARGUMENT)
@@ -214,16 +215,8 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic in newer cl
         return seconds
 
 
-# The names etcdctl users type, for the original's commands.
-ALIASES = {"get": "getval", "put": "setval", "del": "delete"}
-
-
 class _Group(click.Group):
-    """Turns every failure into one stderr line and an exit code: no tracebacks, no "Aborted!"; knows
-    the ALIASES."""
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return super().get_command(ctx, ALIASES.get(cmd_name, cmd_name))
+    """Turns every failure into one stderr line and an exit code: no tracebacks, no "Aborted!"."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -327,7 +320,7 @@ def main(
 )
 @pass_settings
 def setval(s: Settings, key: str, value: str | None, value_file: BinaryIO | None) -> None:
-    """Store VALUE under KEY (alias: put); VALUE - reads it from stdin, exactly. Prints nothing, like the
+    """Store VALUE under KEY; VALUE - reads it from stdin, exactly. Prints nothing, like the
     original client."""
     if (value is None) == (value_file is None):
         raise click.UsageError("give VALUE or --file FILE (VALUE - reads stdin)")
@@ -355,7 +348,7 @@ def _text(raw: bytes, source: str) -> str:
 @click.option("--local", is_flag=True, help="Read the node's own state: faster, possibly stale.")
 @pass_settings
 def getval(s: Settings, key: str, local: bool) -> None:
-    """Print the value under KEY (alias: get); prints None and exits 1 when it is absent."""
+    """Print the value under KEY; prints None and exits 1 when it is absent."""
     with s.client() as c:
         try:
             value = c.get(key, linearizable=not local)
@@ -370,7 +363,7 @@ def getval(s: Settings, key: str, local: bool) -> None:
 @click.argument("key")
 @pass_settings
 def delete(s: Settings, key: str) -> None:
-    """Remove KEY (alias: del). Prints nothing; prints None and exits 1 when it was absent."""
+    """Remove KEY. Prints nothing; prints None and exits 1 when it was absent."""
     with s.client() as c:
         deleted = c.delete(key)
     s.emit(None if deleted else "None", {"key": key, "deleted": deleted})
@@ -657,3 +650,10 @@ def bench(
     s.emit(result_table(result), result.to_dict())
     if result.ops == 0:
         fail(f"no operation succeeded; first error: {result.first_error or 'none'}", EXIT_UNAVAILABLE)
+
+
+# etcdctl's commands over the etcd API (get, put, del, watch, lease, txn, cas); imported here, once main
+# exists and grpc's environment above is set.
+from raftctl.etcd_commands import register  # noqa: E402
+
+register(main)

@@ -301,13 +301,23 @@ def test_a_group_without_a_command_prints_its_help(tmp_path: Path) -> None:
     assert "\n  save " in r.stdout, r.stdout
 
 
-def test_the_names_etcdctl_users_type(tmp_path: Path, endpoints: str) -> None:
+def test_get_put_del_are_etcdctls_not_aliases(tmp_path: Path, endpoints: str) -> None:
+    """get/put/del were aliases of getval/setval/delete; they are etcdctl's own commands over the etcd
+    API now (tests/raftctl/test_etcd_cli.py), with etcdctl's output, and the original's stay as they were."""
     e = ["--endpoints", endpoints]
-    assert run_ctl(*e, "put", "alias-k", "v1", cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "put", "alias-k", "v1", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "OK\n")
     r = run_ctl(*e, "get", "alias-k", cwd=tmp_path)
-    assert (r.returncode, r.stdout) == (0, "v1\n")
-    assert run_ctl(*e, "del", "alias-k", cwd=tmp_path).returncode == 0
+    assert (r.returncode, r.stdout) == (0, "alias-k\nv1\n")
+    r = run_ctl(*e, "del", "alias-k", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "1\n")
     r = run_ctl(*e, "get", "alias-k", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, ""), "absent: nothing, as etcdctl"
+    assert run_ctl(*e, "setval", "alias-k", "v2", cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "getval", "alias-k", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "v2\n")
+    assert run_ctl(*e, "delete", "alias-k", cwd=tmp_path).returncode == 0
+    r = run_ctl(*e, "getval", "alias-k", cwd=tmp_path)
     assert (r.returncode, r.stdout) == (EXIT_NOT_FOUND, "None\n")
 
 
