@@ -4,6 +4,7 @@ reason when its client is absent, and fails under CI=true instead."""
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -21,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftd.pb import etcd_kv_pb2, etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2
+from raftd.pb import etcd_kv_pb2, etcd_rpc_pb2, etcd_rpc_pb2_grpc, kv_pb2, raft_pb2, raft_pb2_grpc
 
 from .cluster import (
     ETCDCTL_INSTALL,
@@ -100,6 +101,28 @@ def test_put_get_and_delete_through_any_node(cluster: Cluster, etcdctl: Etcdctl)
     assert etcdctl.ok("del", "greeting").strip() == "1"
     assert etcdctl.ok("get", "greeting") == ""
     assert etcdctl.ok("del", "greeting").strip() == "0"
+
+
+def test_raftd_v1_and_the_etcd_api_share_one_keyspace(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    """A new cluster's keys are in one keyspace from its first leader on: each API reads and deletes the
+    other's writes, and raftd.v1 writes are revisions etcd's watchers and ranges see."""
+    cluster.put_retrying(0, "one/v1", "from raftd.v1")
+    wait_until("the keyspaces to be one", lambda: etcdctl.ok("get", "one/v1") != "")
+    assert etcdctl.ok("get", "one/v1").splitlines() == ["one/v1", "from raftd.v1"]
+    etcdctl.ok("put", "one/etcd", "from etcd")
+    assert cluster.get(1, "one/etcd").value == b"from etcd"
+    # A value raftd.v1's original API cannot hold as text comes back escaped, not as an error.
+    kv = etcd_rpc_pb2_grpc.KVStub(cluster.channel(2))
+    kv.Put(etcd_rpc_pb2.PutRequest(key=b"one/bin", value=b"ab\xff"), timeout=10)
+    seed = raft_pb2_grpc.RaftServiceStub(cluster.channel(0))
+    got = seed.GetVal(raft_pb2.GetValRequest(key="one/bin"), timeout=10)
+    assert got.verdict and got.value == "ab\\xff"
+    before = int(etcdctl.json("get", "one/v1")["header"]["revision"])  # type: ignore[index]
+    cluster.put_retrying(0, "one/v1", "again")
+    (changed,) = etcdctl.json("get", "one/v1")["kvs"]  # type: ignore[misc]
+    assert changed["version"] == 2 and changed["mod_revision"] == before + 1
+    assert etcdctl.ok("del", "one/", "--prefix").strip() == "3"
+    assert not cluster.get(0, "one/v1").found
 
 
 def test_prefix_range_limit_keys_only_and_past_revisions(etcdctl: Etcdctl) -> None:
@@ -294,6 +317,55 @@ def test_a_rolling_upgrade_refuses_keyspace_writes_until_every_node_runs_this_re
         )
         assert ctl.ok("get", "etcd-key").split() == ["etcd-key", "v"]
         assert c.get(2, "k").value == b"during"
+
+
+BEFORE_MERGE = "16f09e4"  # the last commit whose raftd.v1 keys lived apart from the etcd keyspace
+
+
+def test_a_rolling_upgrade_merges_the_two_keyspaces_once_every_node_runs_this_release(tmp_path: Path) -> None:
+    """The previous release kept raftd.v1's keys apart from the etcd keyspace. Its data directories
+    (snapshots included) start as they are; the keys stay apart while one member still runs it, and move
+    into the one keyspace once the last is upgraded: a key both APIs wrote keeps raftd.v1's value, as a
+    new version of the etcd key."""
+    _need_etcdctl()
+    old_env = release_env(BEFORE_MERGE, tmp_path / "previous-release")
+    with Cluster(tmp_path / "c", env=old_env) as c:
+        c.args += ["--snapshot-entries", "5"]  # the old nodes' directories hold a snapshot of both
+        c.start_all()
+        ctl = Etcdctl(c.endpoints)
+        ctl.ok("put", "shared", "from etcd")
+        ctl.ok("put", "etcd-only", "e")
+        c.put_retrying(0, "shared", "from raftd.v1")
+        for i in range(8):
+            c.put_retrying(0, f"v1/{i}", str(i))
+        for i in range(3):
+            assert c.terminate(i) == 0
+        c.start(2)  # still the previous release
+        c.env = {}
+        c.start(0)
+        c.start(1)
+        c.wait_leader()
+        c.put_retrying(0, "during", "x")
+        assert ctl.ok("get", "shared").split("\n")[1] == "from etcd", "apart while node 2 is old"
+        assert ctl.ok("get", "during") == ""
+
+        assert c.terminate(2) == 0
+        c.start(2)
+        wait_until("the keyspaces to merge", lambda: ctl.ok("get", "during") != "")
+        got = ctl.json("get", "shared")
+        (kv,) = got["kvs"]  # type: ignore[misc]
+        assert kv["version"] == 2 and base64.b64decode(kv["value"]) == b"from raftd.v1"
+        assert ctl.ok("get", "v1/", "--prefix", "--keys-only").split() == [f"v1/{i}" for i in range(8)]
+        assert ctl.ok("get", "etcd-only").split() == ["etcd-only", "e"]
+        # One keyspace from here on, on every node: each API sees the other's writes.
+        ctl.ok("put", "v1/0", "changed by etcd")
+        for i in range(3):
+            c.wait_value(i, "v1/0", "changed by etcd", local=True)
+        c.put_retrying(0, "after", "y")
+        wait_until(
+            "node 2 to serve it",
+            lambda: ctl.ok("get", "after", "--consistency=s", at=2).split() == ["after", "y"],
+        )
 
 
 def test_the_history_is_compacted_to_the_retention(tmp_path: Path) -> None:
