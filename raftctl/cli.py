@@ -68,7 +68,7 @@ variable {ENV_ENDPOINTS}, ./{DEFAULT_CONFIG} when present, else {DEFAULT_ENDPOIN
 Exit codes:
   {EXIT_OK}    success
   {EXIT_NOT_FOUND}    key not found (getval, delete); lease not found (lease revoke,
-       keep-alive); cas: the compare failed, nothing was written
+       lease keep-alive, put --lease); cas: the compare failed, nothing was written
   {EXIT_USAGE}    usage error: bad option, argument, endpoint list or cluster map
   {EXIT_UNAVAILABLE}    cluster unavailable: no leader, nodes unreachable, or --timeout passed
   {EXIT_INVALID}    request refused as invalid by the server (INVALID_ARGUMENT)

@@ -211,7 +211,7 @@ class EtcdClient:
                     yield answer
                     time.sleep(max(answer.TTL / 3, 0.5))
                     stream.send(request)
-                    answer = self._next_or_none(stream)
+                    answer = self._next_or_none(stream, within=self.timeout)
             finally:
                 stream.close()
             self._skip()
@@ -251,12 +251,13 @@ class EtcdClient:
             self._skip()
 
     @staticmethod
-    def _next_or_none(stream: _Stream[Req, Resp]) -> Resp | None:
-        """The stream's next answer; None when it ended or broke in a way another node can mend."""
+    def _next_or_none(stream: _Stream[Req, Resp], within: float | None = None) -> Resp | None:
+        """The stream's next answer; None when it ended, broke in a way another node can mend, or sent
+        nothing within the seconds given."""
         try:
-            return stream.receive()
+            return stream.receive(within)
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.UNAVAILABLE:
+            if e.code() != grpc.StatusCode.UNAVAILABLE and not stream.timed_out:
                 raise _refused("stream", e) from None
             return None
 
@@ -291,12 +292,17 @@ class EtcdClient:
         while True:
             target = self.endpoints[self._next]
             remaining = deadline - time.monotonic()
-            attempt = max(0.001, min(remaining, max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)))
+            # A read that gets no answer in its share of the time is asked elsewhere; a write is not (it
+            # may have been sent), so it may as well wait for its answer all the time there is.
+            share = remaining if write else max(ATTEMPT_MIN_S, self.timeout * ATTEMPT_SHARE)
+            attempt = max(0.001, min(remaining, share))
             try:
                 return rpc(self._channel(target), attempt)
             except _Silent as e:
                 details = str(e)
             except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # refused whole: nothing applied
+                    raise _refused(what, e) from None
                 if write and may_have_applied(e):
                     raise OutcomeUnknown(
                         f"{what}: {details_of(e)}; the write may have applied (read to find out)"

@@ -74,20 +74,25 @@ def _stdin() -> bytes:
     return sys.stdin.buffer.read()
 
 
-def _lease(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
-    if value is None:
-        return 0
-    try:
-        return parse_lease(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 def _range(key: str, range_end: str | None, prefix: bool, from_key: bool) -> tuple[bytes, bytes]:
     try:
         return key_range(_bytes(key), None if range_end is None else _bytes(range_end), prefix, from_key)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+
+
+class LeaseID(click.ParamType):  # type: ignore[type-arg]  # generic in newer click; 8.1 is supported
+    """A lease id in hex, as `lease grant` prints it; refused with a usage error (exit 2) otherwise."""
+
+    name = "lease_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):  # the default, 0: no lease
+            return value
+        try:
+            return parse_lease(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 # -- get, put, del ---------------------------------------------------------------------------------------
@@ -158,7 +163,7 @@ def get(
 @global_options
 @click.argument("key")
 @click.argument("value", required=False)
-@click.option("--lease", metavar="ID", callback=_lease, help="Attach the key to lease ID (hex).")
+@click.option("--lease", type=LeaseID(), default=0, metavar="ID", help="Attach the key to lease ID (hex).")
 @click.option("--prev-kv", is_flag=True, help="Also print the key-value it replaced.")
 @click.option("--ignore-value", is_flag=True, help="Keep the key's current value (only the lease changes).")
 @click.option("--ignore-lease", is_flag=True, help="Keep the key's current lease.")
@@ -253,20 +258,6 @@ def watch(
 
 
 # -- leases ----------------------------------------------------------------------------------------------
-
-
-class LeaseID(click.ParamType):  # type: ignore[type-arg]  # generic in newer click; 8.1 is supported
-    """A lease id in hex, as `lease grant` prints it; refused with a usage error (exit 2) otherwise."""
-
-    name = "lease_id"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_lease(str(value))
-        except ValueError as e:
-            self.fail(str(e), param, ctx)
 
 
 @click.group(epilog=COMMAND_EPILOG, invoke_without_command=True)
