@@ -137,7 +137,7 @@ class AsyncClient(_Routing):
         response = await self._call("getval", lambda c, t: c.get(request, t))
         if not response.found:
             raise NotFound(f"key {key!r} not found")
-        return response.value.decode("utf-8", errors="replace")
+        return response.value.decode("utf-8", errors="backslashreplace")
 
     async def delete(self, key: str) -> bool:
         """Remove key; False when it was already absent."""

@@ -445,7 +445,7 @@ class Client(_Routing):
         response = self._call("getval", lambda ch, t: kv_pb2_grpc.KVStub(ch).Get(request, timeout=t))
         if not response.found:
             raise NotFound(f"key {key!r} not found")
-        return response.value.decode("utf-8", errors="replace")
+        return response.value.decode("utf-8", errors="backslashreplace")
 
     def delete(self, key: str) -> bool:
         """Remove key; False when it was already absent."""

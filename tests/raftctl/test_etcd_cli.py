@@ -147,6 +147,12 @@ def test_bytes_that_are_not_utf8_print_escaped(ctl: Ctl, cluster: Cluster) -> No
     assert out == f"{ctl.p}bin\\xff\\\\x\n\x00\x01\\nz\\xfe\n{ctl.p}text\nlínea 1\nline 2\n"
     kv = ctl.json("get", ctl.p, "--prefix")["kvs"][0]
     assert (base64.b64decode(kv["key"]), base64.b64decode(kv["value"])) == (key, value)
+    # One keyspace: the original's getval reads it too, the bytes that are not UTF-8 escaped.
+    with grpc.insecure_channel(cluster.address(1)) as channel:
+        rpc.KVStub(channel).Put(
+            pb.PutRequest(key=f"{ctl.p}v1".encode(), value=b"ab\xff"), timeout=RUN_LIMIT_S
+        )
+    assert ctl.ok("getval", f"{ctl.p}v1") == "ab\\xff\n"
 
 
 # -- watch -----------------------------------------------------------------------------------------------
