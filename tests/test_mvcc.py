@@ -36,6 +36,7 @@ from raftd.kv.mvcc import (
     RangeRequest,
     RangeResult,
     RequestDecodeError,
+    Row,
     SortOrder,
     SortTarget,
     TxnRequest,
@@ -261,7 +262,10 @@ def test_the_keyspace_survives_a_reopen_and_damage_is_refused(tmp_path: Path) ->
     conn.close()
     conn = sqlite3.connect(db, isolation_level=None)
     again = Keyspace(conn)
-    assert (again.revision, again.compact_revision) == (2, 1)
+    assert (again.revision, again.compact_revision) == (2, 1), "closed without its revision written"
+    put(again, b"c", b"3")
+    again.sync_meta()
+    assert Keyspace(conn).revision == 3
     conn.execute("UPDATE mvcc_rev SET value = ? WHERE key = ?", (b"X", b"b"))
     with pytest.raises(KeyspaceCorrupt, match=r"key b'b' at revision 2 is damaged"):
         again.get(b"b")
@@ -340,6 +344,16 @@ op_st = st.one_of(
 )
 
 
+def _kept(rows: list[Row], at: int) -> list[Row]:
+    """The rows a compaction at `at` keeps, the naive way: every row above it and, of each key, its newest
+    row at or below it unless that is a tombstone."""
+    newest: dict[bytes, Row] = {}
+    for row in rows:
+        if row[1] <= at:
+            newest[row[0]] = row
+    return [r for r in rows if r[1] > at or (newest.get(r[0]) is r and r[4] != 0)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     ops=st.lists(op_st, max_size=40),
@@ -355,8 +369,10 @@ def test_the_keyspace_agrees_with_a_naive_model(
             rev = op[1]
             assert isinstance(rev, int)
             if model.compacted < rev <= model.revision:
+                before = list(ks.rows())
                 ks.compact(rev)
                 model.compacted = rev
+                assert list(ks.rows()) == _kept(before, rev), "exactly what newer reads need stays"
             continue
         _to_keyspace(ks, op)
         model.apply(op)
