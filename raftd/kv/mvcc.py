@@ -537,7 +537,8 @@ class Keyspace:
             "DELETE FROM mvcc_rev WHERE (key, mod_rev) IN (SELECT r.key, r.mod_rev FROM mvcc_rev AS r"
             " JOIN (SELECT key, max(mod_rev) AS newest, version FROM mvcc_rev WHERE mod_rev <= :at"
             " AND key IN (SELECT DISTINCT key FROM mvcc_rev WHERE mod_rev > :since AND mod_rev <= :at)"
-            " GROUP BY key) AS k ON r.key = k.key WHERE r.mod_rev < k.newest OR (r.mod_rev = k.newest AND k.version = 0))",
+            " GROUP BY key) AS k ON r.key = k.key"
+            " WHERE r.mod_rev < k.newest OR (r.mod_rev = k.newest AND k.version = 0))",
             {"at": revision, "since": self.compact_revision},
         )
         self.compact_revision = revision
