@@ -100,8 +100,11 @@ class Limits:
     max_learner_lag: int = 1000
 
     def __post_init__(self) -> None:
-        # 0 turns the corruption check off, and promotes a learner only once it has every committed entry.
-        _check_positive(self, may_be_zero={"corrupt_check_interval_s", "max_learner_lag"})
+        # 0 turns the corruption check off, promotes a learner only once it has every committed entry, and
+        # leaves the keyspace's history to `etcdctl compaction` alone.
+        _check_positive(
+            self, may_be_zero={"corrupt_check_interval_s", "max_learner_lag", "auto_compaction_retention"}
+        )
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")
         for name in ("max_key_bytes", "max_value_bytes"):

@@ -33,6 +33,7 @@ def test_a_limit_of_zero_is_refused_except_where_zero_turns_a_check_off() -> Non
     with pytest.raises(ValueError, match="max_stream_requests must be a positive number, not 0"):
         Limits(max_stream_requests=0)
     assert Limits(corrupt_check_interval_s=0).corrupt_check_interval_s == 0
+    assert Limits(auto_compaction_retention=0).auto_compaction_retention == 0  # as docs/operations.md says
     with pytest.raises(ValueError, match="corrupt_check_interval_s must be a positive number"):
         Limits(corrupt_check_interval_s=-1)
 
