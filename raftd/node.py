@@ -741,6 +741,7 @@ class RaftNode:
                 self.kv.skip(e.index)
             if pending.waiting:  # a follower's are empty: no call per entry
                 pending.applied(e, result)
+        self.kv.keyspace.flush()  # the batch's buffered keyspace rows, in one INSERT (raftd.kv.mvcc)
         self.snapshots.applied(size)
         self._maybe_propose_session_limit()
         self._maybe_propose_record()

@@ -71,10 +71,14 @@ def test_after_the_merge_raftd_v1_writes_are_keyspace_revisions() -> None:
     # A retried write still applies once: its session answers.
     assert kv.apply(9, Command(Op.PUT, b"a", b"new", b"client", 2)) == put
     assert kv.keyspace.revision == 4
+    # b was an etcd key before the merge, and got raftd.v1's value as its second version in it.
+    kv.apply(10, Command(Op.PUT, b"b", b"3"))
+    b_kv = kv.keyspace.get(b"b")
+    assert b_kv is not None and (b_kv.version, b_kv.create_revision) == (3, 1)
     deleted = kv.apply(10, Command(Op.DELETE, b"a"))
-    assert deleted.existed and deleted.revision == 5 and kv.get(b"a") is None
+    assert deleted.existed and deleted.revision == 6 and kv.get(b"a") is None
     assert kv.apply(11, Command(Op.DELETE, b"a")).existed is False
-    assert kv.keyspace.revision == 5, "deleting an absent key is no revision, as in etcd"
+    assert kv.keyspace.revision == 6, "deleting an absent key is no revision, as in etcd"
     # And an etcd write is seen by raftd.v1.
     _etcd_put(kv, 12, b"from etcd", b"\xff\x00")
     assert kv.get(b"from etcd") == b"\xff\x00"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from raftd.api.etcd_watch import PAGE_BYTES, _within_bytes
 from raftd.backup import Backup, BackupError, pack_for_etcd, unpack
-from raftd.kv import Command, CommandError, ImageError, KVStore, Op, decode, encode
+from raftd.kv import Command, CommandError, ImageError, KVStore, Op, decode, encode, mvcc
 from raftd.kv.mvcc import (
     Compacted,
     CompactRequest,
@@ -316,6 +316,8 @@ class Model:
             assert isinstance(key, bytes) and isinstance(value, bytes)
             create, v = (old.create_revision, old.version + 1) if old else (rev, 1)
             now[key] = KeyValue(key, value, create, rev, v, 0)
+        elif kind in ("refused", "flush"):
+            return
         self.states.append(now)
 
 
@@ -333,6 +335,13 @@ def _to_keyspace(ks: Keyspace, op: tuple[object, ...]) -> None:
         _, key, version, value = op
         compare = Compare(key, CompareTarget.VERSION, CompareResult.EQUAL, version)  # type: ignore[arg-type]
         ks.txn(TxnRequest(compare=(compare,), success=(PutRequest(key, value),)))  # type: ignore[arg-type]
+    elif kind == "refused":  # a txn that writes a key, then is refused: the write is undone
+        _, key, value = op
+        missing = PutRequest(b"zz", ignore_value=True)  # never in KEYS: KeyNotFound
+        with pytest.raises(KeyNotFound):
+            ks.txn(TxnRequest(success=(PutRequest(key, value), missing)))  # type: ignore[arg-type]
+    elif kind == "flush":
+        ks.flush()
 
 
 key_st = st.sampled_from(KEYS)
@@ -341,7 +350,33 @@ op_st = st.one_of(
     st.tuples(st.just("delete"), key_st, st.sampled_from([b"", b"b", b"c", b"\x00", b"a"])),
     st.tuples(st.just("cas"), key_st, st.integers(0, 3), st.binary(max_size=3)),
     st.tuples(st.just("compact"), st.integers(0, 40)),
+    st.tuples(st.just("refused"), key_st, st.binary(max_size=3)),
+    st.tuples(st.just("flush")),
 )
+
+
+def test_plain_writes_follow_every_other_kind_of_write_to_their_key(ks: Keyspace) -> None:
+    """A plain put or delete takes its key's newest version from what the keyspace remembers
+    (Keyspace._known): every other write of the key must keep that right."""
+    ks.put(PutRequest(b"a", b"1"))
+    cas = Compare(b"a", CompareTarget.VERSION, CompareResult.EQUAL, 1)
+    ks.txn(TxnRequest(compare=(cas,), success=(PutRequest(b"a", b"2"),)))
+    ks.put(PutRequest(b"a", b"3"))
+    assert ks.get(b"a") == KeyValue(b"a", b"3", 1, 3, 3, 0)
+    ks.delete_range(DeleteRangeRequest(b"a", b"b"))  # a range: not the plain path
+    assert ks.delete_range(DeleteRangeRequest(b"a")).deleted == 0
+    ks.put(PutRequest(b"a", b"new"))
+    assert ks.get(b"a") == KeyValue(b"a", b"new", 5, 5, 1, 0)
+    ks.grant(LeaseGrantRequest(7, 60))
+    ks.put(PutRequest(b"a", b"leased", lease=7))
+    ks.revoke(LeaseRevokeRequest(7))
+    assert ks.get(b"a") is None
+    ks.put(PutRequest(b"a", b"again"))
+    assert ks.get(b"a") == KeyValue(b"a", b"again", 8, 8, 1, 0)
+    with pytest.raises(KeyNotFound):  # refused after writing a: the write is undone
+        ks.txn(TxnRequest(success=(PutRequest(b"a", b"x"), PutRequest(b"zz", ignore_value=True))))
+    ks.put(PutRequest(b"a", b"after"))
+    assert ks.get(b"a") == KeyValue(b"a", b"after", 8, 9, 2, 0)
 
 
 def _kept(rows: list[Row], at: int) -> list[Row]:
@@ -362,6 +397,28 @@ def _kept(rows: list[Row], at: int) -> list[Row]:
 def test_the_keyspace_agrees_with_a_naive_model(
     ops: list[tuple[object, ...]], reads: list[tuple[int, bytes, bytes]]
 ) -> None:
+    _agrees_with_the_model(ops, reads)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(op_st, max_size=40),
+    reads=st.lists(st.tuples(st.integers(0, 45), key_st, key_st), max_size=8),
+)
+def test_the_keyspace_agrees_with_the_model_when_its_buffers_are_tiny(
+    ops: list[tuple[object, ...]], reads: list[tuple[int, bytes, bytes]]
+) -> None:
+    """Buffered rows written every second plain write, the newest versions forgotten at every flush: the
+    same answers (mvcc.FLUSH_ROWS, mvcc.KNOWN_KEYS)."""
+    bounds = mvcc.FLUSH_ROWS, mvcc.KNOWN_KEYS
+    mvcc.FLUSH_ROWS, mvcc.KNOWN_KEYS = 2, 0
+    try:
+        _agrees_with_the_model(ops, reads)
+    finally:
+        mvcc.FLUSH_ROWS, mvcc.KNOWN_KEYS = bounds
+
+
+def _agrees_with_the_model(ops: list[tuple[object, ...]], reads: list[tuple[int, bytes, bytes]]) -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     ks, model = Keyspace(conn), Model()
     for op in ops:

@@ -50,6 +50,18 @@ COMPACT_REVISION = "compact_revision"
 
 Row = tuple[bytes, int, int, int, int, int, bytes, int]
 
+# Plain writes buffered before one INSERT (Keyspace._flush), and the newest versions remembered
+# (Keyspace._known): bounds on what a burst of writes makes a node hold beyond sqlite's own pages.
+FLUSH_ROWS = 1024
+KNOWN_KEYS = 65_536
+_CHUNKS = tuple(1 << i for i in range(FLUSH_ROWS.bit_length() - 1, -1, -1))  # 1024, 512, ..., 1
+_INSERT = f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_N = {
+    n: f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    for n in _CHUNKS
+}
+_MISSING = object()
+
 
 class KeyspaceError(Exception):
     """A request the keyspace refuses; nothing of it was written. str() is etcd's message for it."""
@@ -325,6 +337,16 @@ class Keyspace:
         newest = conn.execute("SELECT max(mod_rev) FROM mvcc_rev").fetchone()[0] or 0
         self.revision = max(stored, int(newest), self.compact_revision)
         self._revision_stored = stored
+        # Why plain writes are buffered and their keys' newest versions remembered: every sqlite call
+        # lets go of the GIL, and on the apply loop, with another thread busy, each one cost a wait for
+        # that thread's turn (writes at 64 clients fell to 0.58x of the packed map's). A plain write
+        # makes no sqlite call when its key's newest version is known; its row waits in _pending, and
+        # up to FLUSH_ROWS of them go in one INSERT (_flush), before anything else reads or writes
+        # mvcc_rev, and at the end of each batch of applied entries (flush()).
+        self._pending: list[Row] = []
+        # key -> (create_revision, version) of its newest row, or None when that is a tombstone or
+        # there is none: what _latest() would say now. Every key with a row in _pending is here.
+        self._known: dict[bytes, tuple[int, int] | None] = {}
 
     def _meta(self, name: str) -> int:
         row = self.conn.execute("SELECT value, crc FROM mvcc_meta WHERE name = ?", (name,)).fetchone()
@@ -334,8 +356,23 @@ class Keyspace:
             raise KeyspaceCorrupt(f"the keyspace's {name} is damaged (checksum)")
         return int(row[0])
 
+    def flush(self) -> None:
+        """Write the buffered rows (at the end of a batch of applies, before any other use of the table)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        at = 0
+        for n in _CHUNKS:
+            while len(pending) - at >= n:
+                self.conn.execute(_INSERT_N[n], [v for row in pending[at : at + n] for v in row])
+                at += n
+        if len(self._known) > KNOWN_KEYS:
+            self._known.clear()
+
     def sync_meta(self) -> None:
         """Write the revision to mvcc_meta, before a copy of the database is taken."""
+        self.flush()
         if self._revision_stored != self.revision:
             self._set_meta(REVISION, self.revision)
             self._revision_stored = self.revision
@@ -364,6 +401,11 @@ class Keyspace:
         return self._latest(key, self._read_revision(revision))
 
     def _latest(self, key: bytes, at: int) -> KeyValue | None:
+        self.flush()
+        return self._select_latest(key, at)
+
+    def _select_latest(self, key: bytes, at: int) -> KeyValue | None:
+        """_latest() without writing the buffered rows first: for a key that has none of them."""
         row = self.conn.execute(
             f"SELECT {_COLUMNS} FROM mvcc_rev WHERE key = ? AND mod_rev <= ? ORDER BY mod_rev DESC LIMIT 1",
             (key, at),
@@ -376,6 +418,7 @@ class Keyspace:
     def _live(self, low: bytes, high: bytes | None, at: int, limit: int = 0) -> Iterator[KeyValue]:
         """The keys of [low, high) that exist at revision at, in key order (sqlite's max() takes the other
         columns from the row with the greatest mod_rev of each key)."""
+        self.flush()
         where, args = _where(low, high)
         sql = (
             f"SELECT key, max(mod_rev), sub, create_rev, version, lease, value, crc FROM mvcc_rev"
@@ -387,6 +430,7 @@ class Keyspace:
             yield _checked(row)
 
     def _count(self, low: bytes, high: bytes | None, at: int) -> int:
+        self.flush()
         where, args = _where(low, high)
         sql = (
             f"SELECT count(*) FROM (SELECT max(mod_rev), version FROM mvcc_rev WHERE {where} AND mod_rev <= ?"
@@ -445,6 +489,7 @@ class Keyspace:
         is sent next."""
         if after + 1 < self.compact_revision:
             raise Compacted(self.compact_revision)
+        self.flush()
         bounds = _bounds(key, range_end)
         where, args = ("key = ?", (key,)) if bounds is None else _where(*bounds)
         rows = self.conn.execute(
@@ -483,27 +528,43 @@ class Keyspace:
     # The hot path of raftd.v1's writes, which are all of this kind: a request nothing can refuse is one
     # INSERT, atomic without a savepoint. Each writes what _put and _delete would, row for row.
 
+    def _newest(self, key: bytes) -> tuple[int, int] | None:
+        """(create_revision, version) of the key now, None when it does not exist."""
+        known = self._known.get(key, _MISSING)
+        if known is not _MISSING:
+            return known  # type: ignore[return-value]  # a tuple or None: _MISSING was ruled out
+        kv = self._select_latest(key, self.revision)  # not in _known: none of its rows are pending
+        newest = None if kv is None else (kv.create_revision, kv.version)
+        self._known[key] = newest
+        return newest
+
     def _plain_put(self, key: bytes, value: bytes) -> PutResult:
-        prev = self._latest(key, self.revision)
+        prev = self._newest(key)
         revision = self.revision + 1
-        create, version = (revision, 1) if prev is None else (prev.create_revision, prev.version + 1)
-        self._insert(key, revision, 0, create, version, 0, value)
-        self.revision = revision
+        create, version = (revision, 1) if prev is None else (prev[0], prev[1] + 1)
+        self._buffer(key, revision, create, version, value)
         return PutResult(None)
 
     def _plain_delete(self, key: bytes) -> DeleteRangeResult:
-        if self._latest(key, self.revision) is None:
+        if self._newest(key) is None:
             return DeleteRangeResult(0, [])
-        revision = self.revision + 1
-        self._insert(key, revision, 0, 0, 0, 0, b"")
-        self.revision = revision
+        self._buffer(key, self.revision + 1, 0, 0, b"")
         return DeleteRangeResult(1, [])
+
+    def _buffer(self, key: bytes, revision: int, create: int, version: int, value: bytes) -> None:
+        self._pending.append(
+            (key, revision, 0, create, version, 0, value, _crc(key, revision, 0, create, version, 0, value))
+        )
+        self._known[key] = (create, version) if version else None
+        self.revision = revision
+        if len(self._pending) >= FLUSH_ROWS:
+            self.flush()
 
     def _insert(
         self, key: bytes, mod_rev: int, sub: int, create: int, version: int, lease: int, value: bytes
     ) -> None:
         self.conn.execute(
-            f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT,
             (
                 key,
                 mod_rev,
@@ -530,6 +591,7 @@ class Keyspace:
             raise Compacted(self.compact_revision)
         if revision > self.revision:
             raise FutureRevision()
+        self.flush()
         # In one statement, in sqlite rather than a Python loop per key (a compaction of a thousand writes
         # ran on the apply loop for milliseconds): of each key changed since the last compaction, every
         # row older than its newest at `revision`, and that one too when it is a tombstone.
@@ -550,7 +612,8 @@ class Keyspace:
 
         In bulk rather than through put(): a million keys move in seconds, not minutes, on every replica
         at once."""
-        existing = {kv.key: kv for kv in self._live(b"", None, self.revision)}
+        existing = {kv.key: kv for kv in self._live(b"", None, self.revision)}  # _live() flushes
+        self._known.clear()
         revision = self.revision + 1
         rows = []
         for sub, (key, value) in enumerate(items):
@@ -561,7 +624,7 @@ class Keyspace:
         if not rows:
             return 0
         with self._writing() as w:
-            self.conn.executemany(f"INSERT INTO mvcc_rev ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.conn.executemany(_INSERT, rows)
             w.changes = len(rows)
         return len(rows)
 
@@ -590,6 +653,7 @@ class Keyspace:
 
     def lease_keys(self, lease: int) -> list[bytes]:
         """The keys attached to the lease now (their latest version names it), in key order."""
+        self.flush()
         candidates = self.conn.execute(
             # "lease != 0" lets sqlite use the partial index, which it cannot infer from a parameter.
             "SELECT DISTINCT key FROM mvcc_rev WHERE lease = ? AND lease != 0 ORDER BY key",
@@ -627,11 +691,13 @@ class Keyspace:
     def _writing(self) -> Iterator[_Writing]:
         """One revision's writes, undone together when a request fails partway (a KeyNotFound after a txn's
         first put, a compacted read inside it), so that a refusal writes nothing, as etcd's checks do."""
+        self.flush()
         w = _Writing(self.revision + 1)
         self.conn.execute("SAVEPOINT mvcc_write")
         try:
             yield w
         except BaseException:
+            self._known.clear()  # it may name versions the rollback undoes
             self.conn.execute("ROLLBACK TO mvcc_write")
             self.conn.execute("RELEASE mvcc_write")
             raise
@@ -645,6 +711,7 @@ class Keyspace:
 
     def _write(self, w: _Writing, kv: KeyValue) -> None:
         self._insert(kv.key, w.revision, w.changes, kv.create_revision, kv.version, kv.lease, kv.value)
+        self._known[kv.key] = (kv.create_revision, kv.version) if kv.version else None
         w.changes += 1
         w.written.add(kv.key)
 
@@ -704,6 +771,7 @@ class Keyspace:
     def rows(self) -> Iterable[Row]:
         """Every stored row in key and revision order (checked): for comparing replicas in tests and for
         the state hash."""
+        self.flush()
         for row in self.conn.execute(f"SELECT {_COLUMNS} FROM mvcc_rev ORDER BY key, mod_rev"):
             _checked(row)
             yield row
@@ -717,6 +785,7 @@ def check_txn(r: TxnRequest) -> None:
 
 def sizes(ks: Keyspace) -> tuple[int, int]:
     """(bytes the keyspace's database takes, bytes of it in use): etcd's dbSize and dbSizeInUse."""
+    ks.flush()
     pages = ks.conn.execute("PRAGMA page_count").fetchone()[0]
     free = ks.conn.execute("PRAGMA freelist_count").fetchone()[0]
     size = ks.conn.execute("PRAGMA page_size").fetchone()[0]
