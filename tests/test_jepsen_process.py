@@ -27,6 +27,7 @@ import grpc
 from raftctl.client import Client, NotFound
 from raftd.pb import etcd_rpc_pb2, etcd_rpc_pb2_grpc
 from raftd.testing import History, Op, check, check_failed_writes_unread
+from raftd.testing.etcd_jepsen import EtcdWorkload
 from raftd.testing.nemesis import MembershipNemesis, Nemesis, ProcessMembershipNemesis, ProcessNemesis
 from raftd.testing.workload import ETCD_NAMESPACE, client_plan, run_workload
 
@@ -37,7 +38,10 @@ KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5  # raftctl Client threads: even ones follow the leader, odd ones are pinned to a node
 RAFT_SERVICE_CLIENTS = 1
 UNARY_CLIENTS = 1
-ETCD_CLIENTS = 1  # on keys of their own (ETCD_NAMESPACE): the etcd API's keyspace is apart for now
+ETCD_CLIENTS = 1  # on keys of their own (ETCD_NAMESPACE), in the keyspace raftd.v1's clients share
+CAS_CLIENTS = 3  # Jepsen's etcd workloads beside them (raftd/testing/etcd_jepsen.py), and a watcher per node
+# The watchers' record is a watch from the run's first revision, so no history may be compacted under it.
+NO_COMPACTION = {"RAFTD_AUTO_COMPACTION_RETENTION": "0"}
 PLAN = client_plan(CLIENTS, RAFT_SERVICE_CLIENTS, UNARY_CLIENTS, ETCD_CLIENTS)
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
 # A linearizable history checks in well under a second per minute of run; refuting one explores every
@@ -169,7 +173,9 @@ def assert_correct(ops: list[Op], history: History, path: Path, context: str) ->
 def test_jepsen_process_cluster(tmp_path: Path) -> None:
     seed = int(os.environ.get("RAFTD_TEST_JEPSEN_SEED", random.randrange(2**32)))
     print(f"\njepsen: seed {seed} (RAFTD_TEST_JEPSEN_SEED={seed} replays the schedule), {SECONDS:g}s")
-    with cluster_of(tmp_path / "cluster", 3) as c:
+    with cluster_of(tmp_path / "cluster", 3, env=NO_COMPACTION) as c:
+        c.wait_leader()
+        etcd = EtcdWorkload(c.endpoints, clients=CAS_CLIENTS, duration_s=SECONDS, seed=seed)
         # Up to two of three nodes faulty: with a majority down nothing commits, and the entries left
         # uncommitted in a dead leader's log are the interesting ones when it comes back.
         nemesis = ProcessNemesis(c, max_faulty=2)
@@ -177,9 +183,16 @@ def test_jepsen_process_cluster(tmp_path: Path) -> None:
             history, schedule = record(c, SECONDS, seed, nemesis)
         finally:
             nemesis.close()
+        etcd.finish()
         ops = history.ops()
         context = f"seed {seed}\nnemesis schedule:\n" + "\n".join(schedule) + "\n" + c.dump_logs()
         assert_correct(ops, history, tmp_path / "history.jsonl", context)
+        registers, watches = etcd.check()
+        print(etcd.summary())
+        assert registers.ok, (
+            f"CAS REGISTERS NOT LINEARIZABLE ({registers.key}):\n{registers.explanation}\n{context}"
+        )
+        assert watches.ok, f"WATCHES WRONG:\n{watches.explanation}\n{etcd.summary()}\n{context}"
 
     # The run must have tested something: faults, and a fair number of acknowledged writes and reads.
     assert nemesis.injected >= min(3, int(SECONDS / 4)), schedule
@@ -189,6 +202,8 @@ def test_jepsen_process_cluster(tmp_path: Path) -> None:
     for kind in ("raft_service", "unary"):
         assert by_client[kind, "put"] >= 5 and by_client[kind, "get"] >= 5, summary_by_client(ops)
     assert all(op.status != "pending" for op in ops)
+    swapped = [op for op in etcd.registers.ops if op.kind == "cas" and op.output is True]
+    assert len(swapped) >= 5 and len(etcd.record) >= 20, etcd.summary()
 
 
 def test_jepsen_process_cluster_under_membership_changes(tmp_path: Path) -> None:
