@@ -23,7 +23,7 @@ import grpc
 from raftd.backup import pack_for_etcd, unpack
 from raftd.config import ConfigError, parse_address
 from raftd.core import ConfChangeRefused
-from raftd.errors import LeaderChanging, NotCapable, NotLeader, OutcomeUnknown, Unavailable
+from raftd.errors import LeaderChanging, NotCapable, NotLeader, OutcomeUnknown, TargetUnreachable, Unavailable
 from raftd.kv import Command, Op, Result, mvcc
 from raftd.kv.members import Change
 from raftd.node import RaftNode
@@ -574,6 +574,48 @@ def _peer_address(urls: Any) -> str:
 class EtcdMaintenance(rpc.MaintenanceServicer):
     def __init__(self, node: RaftNode) -> None:
         self.node = node
+        # One HashKV at a time: each holds a copy of the keyspace while it is read off the loop.
+        self.hashing = asyncio.Lock()
+
+    async def HashKV(
+        self, request: pb.HashKVRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HashKVResponse:
+        """This member's hash of its rows: etcdctl endpoint hashkv compares the members'."""
+
+        async def work() -> pb.HashKVResponse:
+            async with self.hashing:
+                ks = self.node.keyspace()
+                at = ks.revision_of(request.revision)
+                compact, now = ks.compact_revision, ks.revision
+                copy = mvcc.serialize(ks, always=True)
+                loop = asyncio.get_running_loop()
+                crc = await loop.run_in_executor(self.node.cpu, mvcc.hash_rows, copy, at)
+            return pb.HashKVResponse(header=header_of(self.node, now), hash=crc, compact_revision=compact)
+
+        return await answer(self.node, context, work(), write=False)
+
+    async def MoveLeader(
+        self, request: pb.MoveLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MoveLeaderResponse:
+        """Asked of the leader, as etcd's (etcdctl move-leader finds it); answers once the target leads."""
+
+        async def work() -> pb.MoveLeaderResponse:
+            target = request.targetID - 1
+            view = next((m for m in self.node.members() if m.id == target), None)
+            if request.targetID == 0 or view is None or view.learner:
+                raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
+            if not self.node.is_leader():
+                raise EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+            try:
+                await self.node.transfer_leader(target)
+            except TargetUnreachable:
+                raise EtcdError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "etcdserver: request timed out, leader transfer took too long",
+                ) from None
+            return pb.MoveLeaderResponse(header=header_of(self.node))
+
+        return await answer(self.node, context, work(), write=False)
 
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext[Any, Any]

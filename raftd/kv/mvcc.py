@@ -396,6 +396,10 @@ class Keyspace:
             raise Compacted(self.compact_revision)
         return revision
 
+    def revision_of(self, revision: int) -> int:
+        """The revision a read at `revision` (0: now) sees; Compacted or FutureRevision."""
+        return self._read_revision(revision)
+
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
         """The key's value at revision (0: now), None when it does not exist then."""
         return self._latest(key, self._read_revision(revision))
@@ -1098,5 +1102,24 @@ def decode_image(view: memoryview, pos: int) -> tuple[bytes, int]:
         ks._set_meta(COMPACT_REVISION, compact_revision)
         ks.conn.execute("COMMIT")
         return ks.conn.serialize(), pos
+    finally:
+        ks.conn.close()
+
+
+def hash_rows(serialized: bytes, revision: int) -> int:
+    """A CRC-32 of every row of a serialize()d keyspace up to revision, in key and revision order, each
+    checked on the way (etcd's HashKV: replicas with the same compaction point agree). For a worker
+    thread: it reads every row."""
+    ks = open_memory(serialized)
+    try:
+        crc = 0
+        sql = f"SELECT {_COLUMNS} FROM mvcc_rev WHERE mod_rev <= ? ORDER BY key, mod_rev"
+        for row in ks.conn.execute(sql, (revision,)):
+            kv = _checked(row)
+            head = _IMAGE_ROW.pack(
+                len(kv.key), kv.mod_revision, row[2], kv.create_revision, kv.version, kv.lease, len(kv.value)
+            )
+            crc = zlib.crc32(kv.value, zlib.crc32(kv.key, zlib.crc32(head, crc)))
+        return crc
     finally:
         ks.conn.close()

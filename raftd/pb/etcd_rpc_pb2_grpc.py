@@ -860,6 +860,16 @@ class MaintenanceStub:
                 request_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.HashKV = channel.unary_unary(
+                '/etcdserverpb.Maintenance/HashKV',
+                request_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.HashKVRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.HashKVResponse.FromString,
+                _registered_method=True)
+        self.MoveLeader = channel.unary_unary(
+                '/etcdserverpb.Maintenance/MoveLeader',
+                request_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderResponse.FromString,
+                _registered_method=True)
 
 
 class MaintenanceServicer:
@@ -890,6 +900,20 @@ class MaintenanceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HashKV(self, request, context):
+        """A hash of the keyspace's rows up to a revision, to compare members (etcdctl endpoint hashkv).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MoveLeader(self, request, context):
+        """Leadership handed to another member; asked of the leader (raftctl transfer-leader's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -912,6 +936,16 @@ def add_MaintenanceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.FromString,
                     response_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'HashKV': grpc.unary_unary_rpc_method_handler(
+                    servicer.HashKV,
+                    request_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.HashKVRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.HashKVResponse.SerializeToString,
+            ),
+            'MoveLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.MoveLeader,
+                    request_deserializer=raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1022,6 +1056,60 @@ class Maintenance:
             '/etcdserverpb.Maintenance/Snapshot',
             raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotRequest.SerializeToString,
             raftd_dot_pb_dot_etcd__rpc__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HashKV(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Maintenance/HashKV',
+            raftd_dot_pb_dot_etcd__rpc__pb2.HashKVRequest.SerializeToString,
+            raftd_dot_pb_dot_etcd__rpc__pb2.HashKVResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MoveLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/etcdserverpb.Maintenance/MoveLeader',
+            raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderRequest.SerializeToString,
+            raftd_dot_pb_dot_etcd__rpc__pb2.MoveLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -242,6 +242,10 @@ class MaintenanceStub:
     Defragment: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.DefragmentRequest, _etcd_rpc_pb2.DefragmentResponse]
     Snapshot: _grpc.UnaryStreamMultiCallable[_etcd_rpc_pb2.SnapshotRequest, _etcd_rpc_pb2.SnapshotResponse]
     """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
+    HashKV: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.HashKVRequest, _etcd_rpc_pb2.HashKVResponse]
+    """A hash of the keyspace's rows up to a revision, to compare members (etcdctl endpoint hashkv)."""
+    MoveLeader: _grpc.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MoveLeaderRequest, _etcd_rpc_pb2.MoveLeaderResponse]
+    """Leadership handed to another member; asked of the leader (raftctl transfer-leader's)."""
 
 @_typing.type_check_only
 class MaintenanceAsyncStub(MaintenanceStub):
@@ -251,6 +255,10 @@ class MaintenanceAsyncStub(MaintenanceStub):
     Defragment: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.DefragmentRequest, _etcd_rpc_pb2.DefragmentResponse]  # type: ignore[assignment]
     Snapshot: _aio.UnaryStreamMultiCallable[_etcd_rpc_pb2.SnapshotRequest, _etcd_rpc_pb2.SnapshotResponse]  # type: ignore[assignment]
     """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
+    HashKV: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.HashKVRequest, _etcd_rpc_pb2.HashKVResponse]  # type: ignore[assignment]
+    """A hash of the keyspace's rows up to a revision, to compare members (etcdctl endpoint hashkv)."""
+    MoveLeader: _aio.UnaryUnaryMultiCallable[_etcd_rpc_pb2.MoveLeaderRequest, _etcd_rpc_pb2.MoveLeaderResponse]  # type: ignore[assignment]
+    """Leadership handed to another member; asked of the leader (raftctl transfer-leader's)."""
 
 class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -281,5 +289,21 @@ class MaintenanceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_etcd_rpc_pb2.SnapshotResponse], _abc.AsyncIterator[_etcd_rpc_pb2.SnapshotResponse]]:
         """A raftd backup (raftctl snapshot save's file, which raftd --restore takes), not a bbolt file."""
+
+    @_abc_1.abstractmethod
+    def HashKV(
+        self,
+        request: _etcd_rpc_pb2.HashKVRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.HashKVResponse, _abc.Awaitable[_etcd_rpc_pb2.HashKVResponse]]:
+        """A hash of the keyspace's rows up to a revision, to compare members (etcdctl endpoint hashkv)."""
+
+    @_abc_1.abstractmethod
+    def MoveLeader(
+        self,
+        request: _etcd_rpc_pb2.MoveLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_etcd_rpc_pb2.MoveLeaderResponse, _abc.Awaitable[_etcd_rpc_pb2.MoveLeaderResponse]]:
+        """Leadership handed to another member; asked of the leader (raftctl transfer-leader's)."""
 
 def add_MaintenanceServicer_to_server(servicer: MaintenanceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -658,6 +658,33 @@ def test_lease_bounds(tmp_path: Path) -> None:
         channel.close()
 
 
+def test_endpoint_hashkv_agrees_across_members(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    etcdctl.ok("put", "hashed/a", "1")
+    etcdctl.ok("put", "hashed/a", "2")
+    revision = int(etcdctl.json("get", "hashed/a")["header"]["revision"])  # type: ignore[index]
+
+    def hashes(*extra: str) -> set[str] | None:
+        lines = etcdctl.ok("endpoint", "hashkv", *extra).splitlines()
+        found = {line.rsplit(",", 1)[1].strip() for line in lines}
+        return found if len(lines) == cluster.n and len(found) == 1 else None
+
+    (now,) = wait_until("the members to agree on the hash", hashes)
+    (before,) = wait_until("the same at a past revision", lambda: hashes(f"--rev={revision - 1}"))
+    assert now != before, "the hash covers the rows up to the revision asked"
+    future = etcdctl.run("endpoint", "hashkv", f"--rev={revision + 10_000}")
+    assert future.returncode != 0 and "future revision" in future.stderr
+
+
+def test_etcdctl_move_leader(cluster: Cluster, etcdctl: Etcdctl) -> None:
+    leader = cluster.wait_leader()
+    target = cluster.followers(leader)[0]
+    out = etcdctl.ok("move-leader", f"{target + 1:x}")
+    assert f"Leadership transferred from {leader + 1:x} to {target + 1:x}" in out, out
+    assert cluster.wait_leader() == target
+    bad = etcdctl.run("move-leader", "ff")
+    assert bad.returncode != 0 and "bad leader transferee" in bad.stderr, bad.stderr
+
+
 def test_etcdctl_snapshot_save_writes_a_backup_raftd_restores(
     cluster: Cluster, etcdctl: Etcdctl, tmp_path: Path
 ) -> None:
