@@ -622,3 +622,24 @@ def test_a_watch_page_keeps_whole_revisions_within_its_bytes(ks: Keyspace) -> No
     huge = ks.changes(1, b"b", b"d")  # one revision, whatever its size, goes whole
     assert _within_bytes(huge) == (huge, False)
     assert [e.kv.key for e in ks.changes(0, b"\x00", b"\x00", until=2)] == [b"a", b"b", b"c"]
+
+
+def test_the_rows_hash_is_the_same_on_replicas_and_covers_the_revision_asked() -> None:
+    def keyspace(last: bytes) -> Keyspace:
+        ks = mvcc.open_memory()
+        put(ks, b"a", b"1")
+        put(ks, b"b", last)
+        return ks
+
+    one, same, other = keyspace(b"2"), keyspace(b"2"), keyspace(b"3")
+
+    def hash_of(ks: Keyspace, rev: int) -> int:
+        return mvcc.hash_rows(mvcc.serialize(ks, always=True), rev)
+
+    assert hash_of(one, 2) == hash_of(same, 2) != hash_of(other, 2)
+    assert hash_of(one, 1) == hash_of(other, 1), "the rows up to revision 1 are the same"
+    damaged = mvcc.serialize(one, always=True)
+    copy = mvcc.open_memory(damaged)
+    copy.conn.execute("UPDATE mvcc_rev SET value = ? WHERE key = ?", (b"X", b"b"))
+    with pytest.raises(KeyspaceCorrupt):
+        mvcc.hash_rows(mvcc.serialize(copy, always=True), 2)
