@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -60,7 +61,9 @@ ENV = {
     "--max-stream-bytes": "RAFTD_MAX_STREAM_BYTES",
     "--max-batch-requests": "RAFTD_MAX_BATCH_REQUESTS",
     "--max-txn-ops": "RAFTD_MAX_TXN_OPS",
+    "--auto-compaction-mode": "RAFTD_AUTO_COMPACTION_MODE",
     "--auto-compaction-retention": "RAFTD_AUTO_COMPACTION_RETENTION",
+    "--auto-compaction-period": "RAFTD_AUTO_COMPACTION_PERIOD",
     "--max-watch-streams": "RAFTD_MAX_WATCH_STREAMS",
     "--max-watchers-per-stream": "RAFTD_MAX_WATCHERS_PER_STREAM",
     "--watch-progress-notify-interval": "RAFTD_WATCH_PROGRESS_NOTIFY_INTERVAL",
@@ -79,6 +82,39 @@ ENV = {
 def _fail(message: str, code: int) -> None:
     click.echo(f"raftd: error: {message}", err=True)
     sys.exit(code)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def compaction(mode: str, retention: str, period: float) -> tuple[int, float]:
+    """(revisions kept, seconds kept) from etcd's pair of flags and raftd's --auto-compaction-period.
+
+    Periodic mode reads the retention as etcd does: a Go-style duration ("1h30m", "90s") or a number of
+    hours; its revision count is then 0, so that age alone decides."""
+    text = retention.strip()
+    if mode == "revision":
+        if not text.isdigit():
+            raise click.BadParameter(
+                f"{retention!r} is not a number of revisions (an age needs --auto-compaction-mode periodic)",
+                param_hint="--auto-compaction-retention",
+            )
+        return int(text), period
+    if period:
+        raise click.BadParameter(
+            "give the age once: --auto-compaction-mode periodic takes it from --auto-compaction-retention",
+            param_hint="--auto-compaction-period",
+        )
+    parts = _DURATION.findall(text)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return 0, float(text) * 3600.0
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(
+            f"{retention!r} is not an age such as 1h, 30m, 90s or 1h30m, or a number of hours",
+            param_hint="--auto-compaction-retention",
+        )
+    return 0, sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 def _warn_unknown_env(environ: dict[str, str]) -> None:
@@ -279,12 +315,29 @@ def _one_line(e: click.ClickException) -> str:
     help="Requests one etcd Txn may carry (both branches, nested ones too), as etcd's flag of that name.",
 )
 @click.option(
-    "--auto-compaction-retention",
-    type=click.IntRange(min=0),
-    default=Limits.auto_compaction_retention,
+    "--auto-compaction-mode",
+    type=click.Choice(["revision", "periodic"]),
+    default="revision",
     show_default=True,
+    envvar=ENV["--auto-compaction-mode"],
+    help="How --auto-compaction-retention reads, as etcd's flag: a count of revisions, or an age.",
+)
+@click.option(
+    "--auto-compaction-retention",
+    default=str(Limits.auto_compaction_retention),
+    show_default=True,
+    metavar="N|DURATION",
     envvar=ENV["--auto-compaction-retention"],
-    help="Revisions of the etcd keyspace's history kept; older ones are compacted away (0: never).",
+    help="The etcd keyspace's history kept; older revisions are compacted away (0: never). Revision mode: "
+    "a number of revisions. Periodic mode: an age such as 1h, 30m or 90s, or a number of hours (etcd's).",
+)
+@click.option(
+    "--auto-compaction-period",
+    type=click.FloatRange(min=0),
+    default=Limits.auto_compaction_period_s,
+    metavar="SECONDS",
+    envvar=ENV["--auto-compaction-period"],
+    help="Seconds of history kept besides the revisions (0: no age bound); what periodic mode sets.",
 )
 @click.option(
     "--max-watch-streams",
@@ -408,7 +461,9 @@ def node(
     max_stream_bytes: int,
     max_batch_requests: int,
     max_txn_ops: int,
-    auto_compaction_retention: int,
+    auto_compaction_mode: str,
+    auto_compaction_retention: str,
+    auto_compaction_period: float,
     max_watch_streams: int,
     max_watchers_per_stream: int,
     watch_progress_notify_interval: float,
@@ -424,6 +479,7 @@ def node(
 ) -> None:
     """Run raftd node ID of the cluster described by --config (or found through --join)."""
     _warn_unknown_env(dict(os.environ))
+    revisions, period = compaction(auto_compaction_mode, auto_compaction_retention, auto_compaction_period)
     malloc.tune()  # before any thread starts: the settings shape every arena
     data = data_dir or Path("data") / f"node-{node_id}"
     try:
@@ -457,7 +513,8 @@ def node(
             max_stream_bytes=max_stream_bytes,
             max_batch_requests=max_batch_requests,
             max_txn_ops=max_txn_ops,
-            auto_compaction_retention=auto_compaction_retention,
+            auto_compaction_retention=revisions,
+            auto_compaction_period_s=period,
             max_watch_streams=max_watch_streams,
             max_watchers_per_stream=max_watchers_per_stream,
             watch_progress_notify_interval_s=watch_progress_notify_interval,

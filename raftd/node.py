@@ -12,6 +12,7 @@ stalls on the storage's lock.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -323,6 +324,11 @@ class RaftNode:
         self._next_probe = 0.0  # when a node outside the membership next asks whether it was removed
         self._limit_proposed = 0  # the term in which it last proposed a session limit
         self._compaction_proposed = 0  # the keyspace compaction this leader proposed last (0: none pending)
+        # (time, keyspace revision) every tenth of --auto-compaction-period, the oldest first: how old each
+        # revision is, for compaction by age (etcd's periodic mode), on every node so a new leader knows.
+        self._revision_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._next_sample = 0.0
+        self._aged_revision: int | None = None  # the newest revision at least the period old, if known
         self._keyspace_moved: asyncio.Future[None] | None = None  # keyspace_moved()
         # The cross-node consistency check (raftd.consistency).
         self.hashes = StateHashes(self.tuning.state_hashes_kept)
@@ -447,6 +453,7 @@ class RaftNode:
                 self.raw.tick()
             await self._drain_ready()
             self._maybe_propose_hash_check(now)
+            self._sample_revision(now)
             if now >= self._next_probe:
                 self._probe_if_outside(now)
 
@@ -826,18 +833,47 @@ class RaftNode:
             return
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    def _sample_revision(self, now: float) -> None:
+        """Every tenth of --auto-compaction-period, note the keyspace's revision, so that the revisions at
+        least the period old are known (the newest such sample's and those below it)."""
+        period = self.limits.auto_compaction_period_s
+        if not period:
+            return
+        samples = self._revision_samples
+        if now >= self._next_sample:
+            self._next_sample = now + period / 10
+            samples.append((now, self.kv.keyspace.revision))
+        while len(samples) > 1 and samples[1][0] <= now - period:
+            samples.popleft()
+        self._aged_revision = samples[0][1] if samples and samples[0][0] <= now - period else None
+        self._maybe_compact_keyspace()
+
     def _maybe_compact_keyspace(self) -> None:
         """Keep the keyspace's history to its last --auto-compaction-retention revisions (etcd's revision
-        mode), so that a client's writes cannot make every node hold their history without bound: the
-        leader proposes a compaction through the log once the history is a tenth past the retention, so
-        that one entry compacts many revisions. One at a time: the next waits for it to apply."""
+        mode) and --auto-compaction-period seconds (its periodic mode), so that a client's writes cannot
+        make every node hold their history without bound. The leader proposes a compaction through the
+        log; by count once the history is a tenth past the retention, so that one entry compacts many
+        revisions; by age at most once a tenth of the period. With both, it keeps enough for both. One
+        at a time: the next waits for it to apply."""
         keep = self.limits.auto_compaction_retention
+        period = self.limits.auto_compaction_period_s
         ks = self.kv.keyspace
-        if not keep or ks.revision - ks.compact_revision < keep + max(1, keep // 10) or not self.is_leader():
+        if not (keep or period) or not self.is_leader():
             return
-        if self._compaction_proposed > ks.compact_revision or not self._peers_speak(5):
+        targets = []
+        if keep:
+            if ks.revision - ks.compact_revision < keep + max(1, keep // 10):
+                return
+            targets.append(ks.revision - keep)
+        if period:
+            if self._aged_revision is None:
+                return
+            targets.append(self._aged_revision)
+        target = min(targets)
+        if target <= ks.compact_revision or self._compaction_proposed > ks.compact_revision:
             return
-        target = ks.revision - keep
+        if not self._peers_speak(5):
+            return
         try:
             fut = self.propose_nowait(Command(Op.MVCC, b"", encode_request(CompactRequest(target))))
         except (NotLeader, Unavailable):

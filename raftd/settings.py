@@ -68,6 +68,10 @@ class Limits:
     # mode): the leader compacts older ones away through the log, so writes cannot grow every node's
     # history without bound. 0: never (then only `etcdctl compaction` frees it).
     auto_compaction_retention: int = 10_000
+    # Seconds of the keyspace's history kept besides (etcd's periodic mode: --auto-compaction-mode
+    # periodic with a duration sets it, and the revision count to 0). Both set: a compaction keeps
+    # enough for both. 0: no age bound.
+    auto_compaction_period_s: float = 0.0
     # etcd Watch calls served at once; one more is refused (RESOURCE_EXHAUSTED). Each watcher costs the
     # node a read of its range after every write it applies, and holds at most one page of events.
     max_watch_streams: int = 1024
@@ -103,7 +107,13 @@ class Limits:
         # 0 turns the corruption check off, promotes a learner only once it has every committed entry, and
         # leaves the keyspace's history to `etcdctl compaction` alone.
         _check_positive(
-            self, may_be_zero={"corrupt_check_interval_s", "max_learner_lag", "auto_compaction_retention"}
+            self,
+            may_be_zero={
+                "corrupt_check_interval_s",
+                "max_learner_lag",
+                "auto_compaction_retention",
+                "auto_compaction_period_s",
+            },
         )
         if self.max_sessions > MAX_SESSION_LIMIT:
             raise ValueError(f"max_sessions is at most {MAX_SESSION_LIMIT}, not {self.max_sessions}")

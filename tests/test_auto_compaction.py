@@ -50,3 +50,42 @@ def test_the_leader_compacts_past_the_retention_and_its_tenth(tmp_path: Path) ->
 
 def test_a_retention_of_zero_never_compacts(tmp_path: Path) -> None:
     assert _run(tmp_path, 0) == ([], 0)
+
+
+def test_the_leader_compacts_by_age_what_is_older_than_the_period(tmp_path: Path) -> None:
+    """--auto-compaction-period (etcd's periodic mode): a revision goes once it is the period old, as
+    the node's samples of its revision, one every tenth of the period, tell."""
+
+    async def main() -> tuple[list[int], int]:
+        limits = Limits(auto_compaction_retention=0, auto_compaction_period_s=10.0)
+        node = await leader(tmp_path, limits=limits)
+        node.peer_speaks(2, 6)
+        node.peer_speaks(3, 6)
+        node._take_input()
+        await commit_all(node)
+
+        async def write(n: int) -> None:
+            for i in range(n):
+                node.propose_nowait(Command(Op.PUT, b"k", b"%d" % i))
+                await commit_all(node)
+
+        await write(3)
+        node._sample_revision(100.0)  # revision 3 at t=100
+        await write(2)
+        node._sample_revision(105.0)  # revision 5 at t=105
+        await write(2)
+        node._sample_revision(109.9)
+        await commit_all(node)
+        assert _compactions(node) == [], "nothing is 10 s old yet"
+        node._sample_revision(110.0)  # revision 3 is 10 s old
+        await commit_all(node)
+        node._sample_revision(114.0)
+        await commit_all(node)
+        assert _compactions(node) == [3]
+        node._sample_revision(115.5)  # revision 5 is 10 s old
+        await commit_all(node)
+        result = _compactions(node), node.kv.keyspace.compact_revision
+        release_node(node)
+        return result
+
+    assert asyncio.run(main()) == ([3, 5], 5)

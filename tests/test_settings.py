@@ -137,3 +137,37 @@ def test_the_node_hands_its_settings_to_each_of_its_senders(tmp_path: Path) -> N
 
     asyncio.run(main())
     assert made == [(2, limits, tuning), (3, limits, tuning)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "retention", "period", "expected"),
+    [
+        ("revision", "10000", 0.0, (10_000, 0.0)),
+        ("revision", "0", 30.0, (0, 30.0)),
+        ("periodic", "1h", 0.0, (0, 3600.0)),
+        ("periodic", "1h30m", 0.0, (0, 5400.0)),
+        ("periodic", "90s", 0.0, (0, 90.0)),
+        ("periodic", "2", 0.0, (0, 7200.0)),  # etcd: a bare number is hours
+    ],
+)
+def test_etcd_s_compaction_flags_read_as_etcd_reads_them(
+    mode: str, retention: str, period: float, expected: tuple[int, float]
+) -> None:
+    from raftd.cli import compaction
+
+    assert compaction(mode, retention, period) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "retention", "period"),
+    [("revision", "1h", 0.0), ("periodic", "soon", 0.0), ("periodic", "-1h", 0.0), ("periodic", "1h", 5.0)],
+)
+def test_a_compaction_retention_that_does_not_read_is_a_usage_error(
+    mode: str, retention: str, period: float
+) -> None:
+    import click
+
+    from raftd.cli import compaction
+
+    with pytest.raises(click.BadParameter):
+        compaction(mode, retention, period)
