@@ -394,6 +394,29 @@ def test_the_history_is_compacted_to_the_retention(tmp_path: Path) -> None:
             assert kept.split() == ["counter", "19"]
 
 
+def test_periodic_compaction_keeps_the_history_of_the_last_period(tmp_path: Path) -> None:
+    """etcd's --auto-compaction-mode periodic: a revision goes once it is the retention old (2 s here),
+    whatever the count; the newer ones stay readable."""
+    _need_etcdctl()
+    with Cluster(tmp_path) as c:
+        c.args += ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"]
+        leader = c.start_all()
+        assert leader is not None
+        ctl = Etcdctl(c.endpoints)
+        for i in range(3):
+            ctl.ok("put", "aged", str(i), at=leader)
+        first = int(ctl.json("get", "aged")["header"]["revision"])  # type: ignore[index]
+        assert ctl.ok("get", "aged", f"--rev={first - 1}").split() == ["aged", "1"], "not 2 s old yet"
+        time.sleep(2.5)
+        ctl.ok("put", "aged", "new", at=leader)
+        wait_until(
+            "revisions 2 s old to be compacted",
+            lambda: "compacted" in ctl.run("get", "aged", f"--rev={first - 1}").stderr,
+            timeout=10,
+        )
+        assert ctl.ok("get", "aged").split() == ["aged", "new"]
+
+
 class Watch:
     """`etcdctl watch ...` running in the background, its output read line by line."""
 
