@@ -203,7 +203,8 @@ class _NodeIO:
     async def install(self, rd: Ready) -> None:
         assert rd.snapshot is not None
         node = self.node
-        node.kv = await node.snapshots.install(rd.snapshot)
+        old, node.kv = node.kv, await node.snapshots.install(rd.snapshot)
+        old.discard()
         node._learn(node.kv.members.items(), ())
         node._sync_peers()
         node._keyspace_changed()
@@ -365,7 +366,10 @@ class RaftNode:
             # index is at least its index. (Found by the simulator of this node, raftd/sim/realnode.py.)
             hard_state = dataclasses.replace(hard_state, commit=snap.index)
         self.raw = RawNode(self.config, hard_state, snap, state.entries, applied=0)
+        old: StateMachine | None = getattr(self, "kv", None)  # a resume replaces the state machine
         self.kv = kv
+        if old is not None and old is not kv:
+            old.discard()
         recorded = self._learn(kv.members.items(), state.entries)
         if self.cluster.addresses_given:
             # The map at this start wins for the nodes it lists: it is how an operator moves a node

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import io
 import logging
 import signal
@@ -25,7 +26,7 @@ from raftd.config import ClusterConfig
 from raftd.core import Message, MsgType, Snapshot
 from raftd.errors import Removed, TargetUnreachable
 from raftd.events import NodeEvents
-from raftd.kv import ImageError, verify
+from raftd.kv import ImageError, KVStore, mvcc, verify
 from raftd.node import RaftNode
 from raftd.pb import etcd_rpc_pb2_grpc, kv_pb2, kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
 from raftd.settings import DEFAULTS, Limits
@@ -232,7 +233,12 @@ async def serve(
                 storage.path,
                 storage.cluster_name,
             )
-        node = RaftNode(cluster, node_id, storage, limits)
+        # The keyspace lives in a file beside the log, rebuilt at every start (raftd.kv.mvcc.open_file).
+        directory = storage.path.parent
+        mvcc.remove_files(directory)
+        node = RaftNode(
+            cluster, node_id, storage, limits, state_machine=functools.partial(KVStore, directory)
+        )
         # Without so_reuseport=0, gRPC on Linux lets a second process bind the same port silently.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         peers = PeerService(node, check_peers)

@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .members import Member
+from .mvcc import Copy
 from .mvcc import decode_image as decode_keyspace
-from .mvcc import encode_image as encode_keyspace
+from .mvcc import image_parts as keyspace_parts
 from .table import BUCKET_BITS, N_BUCKETS, PackedMap, bucket_of
 from .table import keys as bucket_keys
 
@@ -87,7 +88,9 @@ class Image:
     session_limit: int = DEFAULT_SESSION_LIMIT
     members: dict[int, Member] = dataclasses.field(default_factory=dict)
     next_member_id: int = 0  # the lowest id never given to a member (raftd.kv.members.next_id)
-    keyspace: bytes = b""  # the etcd keyspace, as mvcc.serialize() copied it; b"": never written to
+    # The keyspace, as mvcc.serialize() copied it (a view of its file on a node); b"": never written to.
+    # A decoded image holds serialize()'s bytes.
+    keyspace: Copy = b""
     # raftd.v1's keys are in the keyspace (Op.MERGE applied), and buckets are all empty.
     merged: bool = False
 
@@ -175,7 +178,8 @@ def encode_to(image: Image, out: BinaryIO) -> int:
     if image.members:
         put(_encode_members(image.members, image.next_member_id))
     if with_keyspace:
-        put(encode_keyspace(image.keyspace))
+        for part in keyspace_parts(image.keyspace):
+            put(part)
     return size + out.write(_CRC.pack(crc))
 
 

@@ -8,8 +8,10 @@ and every replica moves the keys at the same index, numbering the same revisions
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from .command import Command, CommandError, Op
@@ -25,6 +27,8 @@ from .mvcc import (
     PutRequest,
     RequestDecodeError,
     decode_request,
+    discard,
+    open_file,
     open_memory,
     serialize,
 )
@@ -68,6 +72,9 @@ class StateMachine(Protocol):
     def skip(self, index: int) -> None:
         """An entry with no command (a new leader's empty entry) was applied."""
 
+    def discard(self) -> None:
+        """The node replaced this state with another: let go of what it holds on disk."""
+
     def get(self, key: bytes) -> bytes | None: ...
 
     def image(self) -> Image:
@@ -80,7 +87,9 @@ class StateMachine(Protocol):
 class KVStore:
     """Deterministic: every replica applying the same entries reaches the same state and results."""
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
+        """directory: where the keyspace's file goes (mvcc.open_file); None keeps it in memory."""
+        self.directory = directory
         self.data: PackedMap | None = PackedMap()  # None once merged into the keyspace
         # Dissertation 6.3: the last (seq, result) per client, so a retried write applies once. Bounded,
         # evicting the least recently used client; eviction depends only on the log, so replicas agree.
@@ -88,8 +97,17 @@ class KVStore:
         self.session_limit = MAX_SESSIONS
         self.members: dict[int, Member] = {}
         self.next_member_id = 0
-        self.keyspace = open_memory()
+        self.keyspace = self._open()
         self.applied = 0
+
+    def _open(self, serialized: bytes = b"") -> Keyspace:
+        if self.directory is None:
+            return open_memory(serialized)
+        return open_file(self.directory / f"keyspace-{uuid.uuid4().hex}.db", serialized)
+
+    def discard(self) -> None:
+        """This store was replaced: its keyspace's file goes (mvcc.discard)."""
+        discard(self.keyspace)
 
     def apply(self, index: int, cmd: Command) -> Result:
         self.applied = index
@@ -219,7 +237,9 @@ class KVStore:
         self.members = dict(image.members)
         self.next_member_id = image.next_member_id
         # The old keyspace's connection closes once unreferenced: a service may be reading it right now.
-        self.keyspace = open_memory(image.keyspace)
+        assert isinstance(image.keyspace, bytes)  # decode() gives serialize()'s bytes
+        old, self.keyspace = self.keyspace, self._open(image.keyspace)
+        discard(old)
         self.applied = index
 
 
