@@ -18,6 +18,7 @@ import itertools
 import logging
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -516,6 +517,7 @@ class RaftNode:
             await asyncio.wait(set(self._background), timeout=self.tuning.stop_wait_s)
         self.disk.shutdown(wait=True)
         self.cpu.shutdown(wait=True, cancel_futures=True)
+        self.kv.discard()  # the keyspace's file is rebuilt at the next start anyway
 
     def halt(self) -> None:
         """Stop at once, as a crash stops a process (the simulator's crashes, raftd.sim.realnode): the
@@ -735,6 +737,8 @@ class RaftNode:
                 raise FatalError(f"log entry {e.index} is corrupt: {err}") from err
             except KeyspaceCorrupt as err:
                 raise FatalError(f"{err}; {RECOVER}") from err
+            except sqlite3.Error as err:
+                raise FatalError(f"cannot write the keyspace's file: {err}") from err
             if cmd is not None and cmd.op is Op.MVCC:
                 moved = True
             elif cmd is not None and cmd.op is Op.CLUSTER_ID:
@@ -752,7 +756,10 @@ class RaftNode:
                 self.kv.skip(e.index)
             if pending.waiting:  # a follower's are empty: no call per entry
                 pending.applied(e, result)
-        self.kv.keyspace.flush()  # the batch's buffered keyspace rows, in one INSERT (raftd.kv.mvcc)
+        try:
+            self.kv.keyspace.flush()  # the batch's buffered keyspace rows, in one INSERT (raftd.kv.mvcc)
+        except sqlite3.Error as err:
+            raise FatalError(f"cannot write the keyspace's file: {err}") from err
         self.snapshots.applied(size)
         self._maybe_propose_session_limit()
         self._maybe_propose_record()

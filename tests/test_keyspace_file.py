@@ -3,10 +3,16 @@ images as in memory, views that later writes do not reach, and no file left behi
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from pathlib import Path
 
+import pytest
+
+from raftd.errors import FatalError
 from raftd.kv import Command, KVStore, Op, encode, mvcc
 from raftd.kv.mvcc import PutRequest, encode_request
+from tests.nodes import commit_all, leader, release_node
 
 
 def _writes(kv: KVStore, start: int, n: int) -> None:
@@ -66,3 +72,23 @@ def test_the_rows_hash_reads_a_view(tmp_path: Path) -> None:
     assert mvcc.hash_rows(view, revision) == mvcc.hash_rows(
         mvcc.serialize(in_memory.keyspace, always=True), revision
     )
+
+
+def test_a_keyspace_file_that_cannot_be_written_stops_the_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the keyspace's file stops the node with one line, as the log's would."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+
+        def full(*args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(node.kv.keyspace, "flush", full)
+        node.propose_nowait(Command(Op.PUT, b"k", b"v"))
+        with pytest.raises(FatalError, match="cannot write the keyspace's file: database or disk is full"):
+            await commit_all(node)
+        release_node(node)
+
+    asyncio.run(main())
