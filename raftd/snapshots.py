@@ -96,6 +96,7 @@ class Snapshots:
             # memory (about 40 MB at a million keys) and Readies keep being saved meanwhile.
             write = functools.partial(encode_to, node.kv.image())
             size = await loop.run_in_executor(node.cpu, node.storage.stage_image, meta, write)
+            del write  # the image's view of the keyspace's file closes (mvcc.Frozen)
             stale = index <= self.index or node.raw.applied < index
             if node.suspended or node.stopping or stale:
                 return  # rebooted, or a leader's snapshot overtook this one: it is of no use now
