@@ -392,6 +392,25 @@ class _Attempts:
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
 
 
+class Channels:
+    """One long-lived channel per address: its connection survives between requests (both clients)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def get(self, endpoint: str) -> grpc.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+
 class Client(_Routing):
     """Talks to a raftd cluster through the given endpoints ("host:port").
 
@@ -405,27 +424,18 @@ class Client(_Routing):
     ) -> None:
         super().__init__(endpoints, timeout, pin)
         self.session = WriteSession()
-        self._channels: dict[str, grpc.Channel] = {}
+        self.channels = Channels()
+        self._channel = self.channels.get
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        self.channels.close()
 
     def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _channel(self, endpoint: str) -> grpc.Channel:
-        """One long-lived channel per address: its connection survives between requests."""
-        channel = self._channels.get(endpoint)
-        if channel is None:
-            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-            self._channels[endpoint] = channel
-        return channel
 
     # -- KV -----------------------------------------------------------------------------------------
     def put(self, key: str, value: str) -> int:

@@ -26,8 +26,8 @@ from raftctl.client import (
     ATTEMPT_SHARE,
     BACKOFF_MAX_S,
     BACKOFF_MIN_S,
-    CHANNEL_OPTIONS,
     RETRYABLE,
+    Channels,
     ClientError,
     InvalidArgument,
     NotFound,
@@ -133,25 +133,17 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self._next = 0  # the endpoint to try first: the last that answered
-        self._channels: dict[str, grpc.Channel] = {}
+        self.channels = Channels()
+        self._channel = self.channels.get
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self._channels.clear()
+        self.channels.close()
 
     def __enter__(self) -> EtcdClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _channel(self, endpoint: str) -> grpc.Channel:
-        channel = self._channels.get(endpoint)
-        if channel is None:
-            channel = grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
-            self._channels[endpoint] = channel
-        return channel
 
     # -- KV -----------------------------------------------------------------------------------------
     def range(self, request: pb.RangeRequest) -> pb.RangeResponse:
