@@ -64,3 +64,62 @@ def test_waiting_for_the_keyspace_holds_one_future_however_often_it_is_asked(tmp
         release_node(node)
 
     asyncio.run(main())
+
+
+class Aborted(Exception):
+    pass
+
+
+class Recording:
+    """A call that reads every reply and records how it was aborted."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[object, str] | None = None
+
+    async def write(self, message: Any) -> None:
+        return None
+
+    async def abort(self, code: object, details: str) -> None:
+        self.aborted = (code, details)
+        raise Aborted()
+
+
+def test_a_watch_that_asked_for_a_leader_ends_once_its_node_has_none_for_three_election_timeouts(
+    tmp_path: Path,
+) -> None:
+    """etcd's "hasleader": a node cut off from its cluster ends the call ("etcdserver: no leader") rather
+    than keep a silent watch; a leader found again in time keeps it open."""
+
+    async def main() -> None:
+        import dataclasses
+
+        import grpc
+
+        node = await leader(tmp_path)
+        node.cluster = dataclasses.replace(node.cluster, election_timeout_ms=(20, 40))
+        lost = False
+        node.leader = lambda: None if lost else 1  # type: ignore[assignment,method-assign,return-value]
+        hold = asyncio.Event()
+
+        async def requests() -> AsyncIterator[pb.WatchRequest]:
+            yield pb.WatchRequest(create_request=pb.WatchCreateRequest(key=b"k"))
+            await hold.wait()
+
+        call = Recording()
+        stream = WatchStream(node, call, require_leader=True)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(stream.run(requests()))
+        await asyncio.sleep(0.3)
+        assert not task.done() and call.aborted is None, "a leader is known: the watch stays"
+        lost = True
+        started = asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(task, 2.0)
+        except Aborted:
+            pass
+        waited = asyncio.get_running_loop().time() - started
+        assert call.aborted == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+        assert waited >= 3 * 0.040, waited
+        hold.set()
+        release_node(node)
+
+    asyncio.run(main())

@@ -37,6 +37,7 @@ PAGE_BYTES = 4 * 1024 * 1024
 # Answers to a call's requests not sent yet: past them the call reads no more requests until they go out,
 # so that a client that sends creates and reads nothing holds no more than this.
 MAX_REPLIES = 256
+NO_LEADER_TIMEOUTS = 3  # etcd's: a "hasleader" watch ends after this many election timeouts without one
 PROGRESS_WATCH_ID = -1  # a progress answer to WatchProgressRequest is for no one watcher (etcd's)
 
 
@@ -70,12 +71,13 @@ class EtcdWatch(rpc.WatchServicer):
                 "(--max-watch-streams)",
             )
         metadata = dict(context.invocation_metadata() or ())
-        if metadata.get("hasleader") == "true" and self.node.leader() is None:
+        require_leader = metadata.get("hasleader") == "true"
+        if require_leader and self.node.leader() is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
         self.open += 1
         try:
             async with self.streams.track():
-                await WatchStream(self.node, context).run(requests)
+                await WatchStream(self.node, context, require_leader).run(requests)
         finally:
             self.open -= 1
 
@@ -83,9 +85,17 @@ class EtcdWatch(rpc.WatchServicer):
 class WatchStream:
     """One Watch call: its watchers, the answers to its requests, and the pages of events it sends."""
 
-    def __init__(self, node: RaftNode, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def __init__(
+        self, node: RaftNode, context: grpc.aio.ServicerContext[Any, Any], require_leader: bool = False
+    ) -> None:
         self.node = node
         self.context = context
+        # etcd's "hasleader" metadata: the client would rather hear "no leader" than wait on a node cut
+        # off from the cluster, whose watch would be silent. So a node that has known no leader for
+        # NO_LEADER_TIMEOUTS election timeouts ends the call, as etcd's does, and the client resumes
+        # elsewhere.
+        self.require_leader = require_leader
+        self.leaderless_since: float | None = None
         self.watchers: dict[int, Watcher] = {}
         self.replies: list[pb.WatchResponse] = []  # answers to creates, cancels and progress requests
         self.progress_asked = False
@@ -180,6 +190,19 @@ class WatchStream:
             await self._turn(self.node.keyspace_moved(), every)
             if self.ended and not self.replies and not self._behind():
                 return
+            if self.require_leader and self._cut_off():
+                await self.context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+
+    def _cut_off(self) -> bool:
+        """Whether this node has known no leader for NO_LEADER_TIMEOUTS election timeouts."""
+        now = asyncio.get_running_loop().time()
+        if self.node.leader() is not None:
+            self.leaderless_since = None
+            return False
+        if self.leaderless_since is None:
+            self.leaderless_since = now
+        hi_s = self.node.cluster.election_timeout_ms[1] / 1000
+        return now - self.leaderless_since >= NO_LEADER_TIMEOUTS * hi_s
 
     def _keyspace(self) -> mvcc.Keyspace | None:
         try:
@@ -222,10 +245,12 @@ class WatchStream:
         self.wake.clear()
         woken = asyncio.ensure_future(self.wake.wait())
         waits: set[asyncio.Future[Any]] = {moved, woken}
+        timeout = every if self._notifying() else None
+        if self.require_leader:  # the leader is looked for now and then, even with nothing to send
+            hi_s = self.node.cluster.election_timeout_ms[1] / 1000
+            timeout = min(timeout or hi_s, hi_s)
         try:
-            await asyncio.wait(
-                waits, timeout=every if self._notifying() else None, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             woken.cancel()
 
