@@ -4,9 +4,13 @@ with etcdctl and python etcd3)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import grpc
+import pytest
 
 from raftd.api.etcd_watch import MAX_REPLIES, WatchStream
 from raftd.kv import Command, Op
@@ -91,10 +95,6 @@ def test_a_watch_that_asked_for_a_leader_ends_once_its_node_has_none_for_three_e
     than keep a silent watch; a leader found again in time keeps it open."""
 
     async def main() -> None:
-        import dataclasses
-
-        import grpc
-
         node = await leader(tmp_path)
         node.cluster = dataclasses.replace(node.cluster, election_timeout_ms=(20, 40))
         lost = False
@@ -112,10 +112,8 @@ def test_a_watch_that_asked_for_a_leader_ends_once_its_node_has_none_for_three_e
         assert not task.done() and call.aborted is None, "a leader is known: the watch stays"
         lost = True
         started = asyncio.get_running_loop().time()
-        try:
+        with pytest.raises(Aborted):
             await asyncio.wait_for(task, 2.0)
-        except Aborted:
-            pass
         waited = asyncio.get_running_loop().time() - started
         assert call.aborted == (grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
         assert waited >= 3 * 0.040, waited
