@@ -65,7 +65,7 @@ from raftd.identity import Identity, new_cluster_id
 from raftd.kv import Command, CommandError, Image, ImageError, KVStore, Op, Result, StateMachine, encode
 from raftd.kv.command import op_of
 from raftd.kv.members import Change, Member, MemberChange
-from raftd.kv.mvcc import CompactRequest, Keyspace, KeyspaceCorrupt, encode_request
+from raftd.kv.mvcc import CompactRequest, Keyspace, KeyspaceCorrupt, encode_request, why_unwritable
 from raftd.pending import Pending, Proposal
 from raftd.settings import DEFAULTS, TUNING, Limits, Tuning
 from raftd.snapshots import Snapshots
@@ -73,6 +73,8 @@ from raftd.storage import PersistedState, Storage, StorageError
 from raftd.storage.checksum import RECOVER
 from raftd.transport.base import Peer, Transport
 from raftd.transport.peer import PeerClient
+
+MERGE_PROTOCOL = 6  # the peer protocol that applies Op.MERGE (raftd.transport.peer.PROTOCOL_VERSION)
 
 log = logging.getLogger("raftd.node")
 
@@ -738,7 +740,7 @@ class RaftNode:
             except KeyspaceCorrupt as err:
                 raise FatalError(f"{err}; {RECOVER}") from err
             except sqlite3.Error as err:
-                raise FatalError(f"cannot write the keyspace's file: {err}") from err
+                raise FatalError(self._unwritable(err)) from err
             if cmd is not None and cmd.op is Op.MVCC:
                 moved = True
             elif cmd is not None and cmd.op is Op.CLUSTER_ID:
@@ -759,7 +761,7 @@ class RaftNode:
         try:
             self.kv.keyspace.flush()  # the batch's buffered keyspace rows, in one INSERT (raftd.kv.mvcc)
         except sqlite3.Error as err:
-            raise FatalError(f"cannot write the keyspace's file: {err}") from err
+            raise FatalError(self._unwritable(err)) from err
         self.snapshots.applied(size)
         self._maybe_propose_session_limit()
         self._maybe_propose_record()
@@ -768,6 +770,9 @@ class RaftNode:
         if moved or self.kv.keyspace.revision != revision:
             self._keyspace_changed()
         self.pending.release(self.kv.applied)
+
+    def _unwritable(self, err: sqlite3.Error) -> str:
+        return f"cannot write the keyspace's file: {err}{why_unwritable(self.kv.keyspace)}"
 
     def _expire_reads(self, now: float) -> None:
         if not self.pending.read_deadlines:  # every turn of the loop: no error built for nothing
@@ -807,6 +812,12 @@ class RaftNode:
         self._maybe_merge()
 
     def _peers_speak(self, version: int) -> bool:
+        if version <= MERGE_PROTOCOL and self.kv.merged:
+            # The log says so for good: Op.MERGE was proposed only once every member spoke it. A new leader
+            # hears from its peers only as they answer it (a follower hears from the leader alone), and
+            # one that is down may never answer: without this, a failover with a node down would refuse
+            # every etcd write as "not capable".
+            return True
         conf = self.raw.conf_state()
         return all(
             self._peer_versions.get(p, 0) >= version for p in conf.voters + conf.learners if p != self.id
@@ -835,7 +846,7 @@ class RaftNode:
         proposal per term; a lost one is proposed again by the next leader."""
         if self.kv.merged or not self.is_leader() or self._merge_proposed == self.raw.term:
             return
-        if not self._peers_speak(6) or self.raw.committed > self.kv.applied:
+        if not self._peers_speak(MERGE_PROTOCOL) or self.raw.committed > self.kv.applied:
             return
         self._merge_proposed = self.raw.term
         try:

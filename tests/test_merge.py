@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from raftd.errors import NotCapable
 from raftd.kv import Command, ImageError, KVStore, Op, decode, encode
 from raftd.kv import image as image_module
 from raftd.kv.mvcc import DeleteRangeRequest, PutRequest, RangeRequest, encode_request
@@ -196,3 +197,21 @@ def test_etcd_deletes_of_raftd_v1_keys_after_the_merge(tmp_path: Path) -> None:
     kv.apply(7, Command(Op.MERGE, b""))
     kv.apply(8, Command(Op.MVCC, b"", encode_request(DeleteRangeRequest(b"a", b"c"))))
     assert kv.get(b"a") is None and kv.get(b"b") is None and kv.get(b"e") == b"etcd only"
+
+
+def test_once_merged_a_new_leader_takes_etcd_writes_before_its_peers_answer_it(tmp_path: Path) -> None:
+    """A leader that has heard from no peer yet (just elected; one of them down): the merge in the log
+    says every member applies etcd writes. Before the merge it cannot know, and refuses them."""
+
+    async def main() -> None:
+        node = await leader(tmp_path)
+        put = Command(Op.MVCC, b"", encode_request(PutRequest(b"k", b"v")))
+        with pytest.raises(NotCapable):
+            node.propose_nowait(put)
+        node.kv.merge()  # as an applied Op.MERGE entry (or a snapshot after one) leaves it
+        node.propose_nowait(put)
+        await commit_all(node)
+        assert node.kv.get(b"k") == b"v"
+        release_node(node)
+
+    asyncio.run(main())
