@@ -134,7 +134,6 @@ class EtcdClient:
         self.timeout = timeout
         self._next = 0  # the endpoint to try first: the last that answered
         self.channels = Channels()
-        self._channel = self.channels.get
 
     def close(self) -> None:
         self.channels.close()
@@ -144,6 +143,10 @@ class EtcdClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _channel(self, endpoint: str) -> grpc.Channel:
+        """A method, not the pool's own: a subclass may dial another address (the container tests')."""
+        return self.channels.get(endpoint)
 
     # -- KV -----------------------------------------------------------------------------------------
     def range(self, request: pb.RangeRequest) -> pb.RangeResponse:
