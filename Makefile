@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check raftd raftctl tests integration_tests
+	$(BIN)/ruff check raftd raftctl tests integration_tests conftest.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check raftd raftctl tests integration_tests
+	$(BIN)/ruff check raftd raftctl tests integration_tests conftest.py
 	$(BIN)/mypy
 
 # Regenerate raftd/pb from proto/ (tests fail when the committed output is stale).

@@ -11,3 +11,16 @@ longer knows the switches.
 """
 
 POLL_ENGINE = "-event_engine_client,-event_engine_listener"
+
+
+def pin_aio() -> None:
+    """Keep grpc.aio's global state for the life of the process.
+
+    grpc.aio counts its channels and servers and shuts its poller down when the last one is freed, by
+    joining the poller thread. Freed by the garbage collector, wherever it happens to run, that join can
+    wait forever: the poller stays in epoll_wait (seen in a hung test run: the collector, inside an
+    unrelated call, joining it). Pinned, the count never reaches zero; the poller is a daemon thread and
+    ends with the process."""
+    import grpc.aio  # here, not at the top: a program sets its engine before grpc is first imported
+
+    grpc.aio.init_grpc_aio()  # type: ignore[attr-defined]  # in grpc.aio.__all__; grpc-stubs lacks it

@@ -26,6 +26,7 @@ from raftd.config import ClusterConfig
 from raftd.core import Message, MsgType, Snapshot
 from raftd.errors import Removed, TargetUnreachable
 from raftd.events import NodeEvents
+from raftd.grpcenv import pin_aio
 from raftd.kv import ImageError, KVStore, mvcc, verify
 from raftd.node import RaftNode
 from raftd.pb import etcd_rpc_pb2_grpc, kv_pb2, kv_pb2_grpc, peer_pb2, peer_pb2_grpc, raft_pb2_grpc
@@ -218,6 +219,7 @@ async def serve(
     check_peers: take peer calls from the members' addresses only (raftd.transport.gate). auto_promote:
     a learner asks the leader to make it a voter once it has caught up.
     """
+    pin_aio()
     me = cluster.node(node_id)
     storage = SqliteStorage.open(data_dir, cluster.name, node_id, name_given=cluster.named)
     try:
