@@ -197,7 +197,9 @@ class ContainerCluster:
         *,
         election_timeout_ms: tuple[int, int] = DEFAULT_ELECTION_TIMEOUT_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """env: RAFTD_* settings for every node (raftd's flags as variables)."""
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.n = n
@@ -205,6 +207,7 @@ class ContainerCluster:
         self.name = f"raftd-it-{uuid.uuid4().hex[:10]}"
         self.election_timeout_ms = election_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.env = dict(env or {})
         self.labels = {LABEL: self.name, LABEL_PID: str(os.getpid())}
         self.host_ports = free_ports(n)
         self.nodes: list[DockerContainer] = []
@@ -351,6 +354,8 @@ class ContainerCluster:
         c.with_env("RAFTD_NODE_ID", str(i))
         c.with_env("RAFTD_LISTEN", f"0.0.0.0:{PORT}")
         c.with_env("RAFTCTL_ENDPOINTS", ",".join(self.addresses))
+        for name, value in self.env.items():
+            c.with_env(name, value)
         if join is None:
             c.with_env("RAFTD_CONFIG", MAP_PATH)
             c.with_volume_mapping(str(self.map_file), MAP_PATH, "ro")

@@ -25,6 +25,7 @@ from integration_tests.harness import ContainerCluster, MappedClient
 from raftctl.client import Client, ClientError, NotFound
 from raftd.testing import History, Op, check
 from raftd.testing import workload as workload_module
+from raftd.testing.etcd_jepsen import EtcdWorkload
 from raftd.testing.nemesis import Fault, MembershipNemesis, Nemesis, ScheduledNemesis
 from raftd.testing.workload import run_workload
 
@@ -33,6 +34,7 @@ SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "60"))
 MEMBERSHIP_SECONDS = float(os.environ.get("RAFTD_TEST_JEPSEN_SECONDS", "30"))
 KEYS = ["k0", "k1", "k2"]
 CLIENTS = 5
+CAS_CLIENTS = 3  # Jepsen's etcd workloads beside the others: CAS registers and a watcher per node
 FINAL_READ_PROCESS = 1_000_000  # process ids of the final reads, far from the workload's
 CHECK_TIMEOUT_S = 180.0
 
@@ -161,7 +163,8 @@ def summary(ops: list[Op]) -> str:
 def cluster(image: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ContainerCluster]:
     """Three containers. The workload's clients dial their published 127.0.0.1 ports but follow leader
     hints by the nodes' own addresses, as production clients would."""
-    with ContainerCluster(3, image) as c:
+    # The etcd watchers' record is a watch from the run's first revision: no history is compacted under it.
+    with ContainerCluster(3, image, env={"RAFTD_AUTO_COMPACTION_RETENTION": "0"}) as c:
         monkeypatch.setattr(
             workload_module,
             "Client",
@@ -184,6 +187,7 @@ def test_jepsen_container_cluster(cluster: ContainerCluster, tmp_path: Path) -> 
     thread, schedule, nemesis_errors = beside(nemesis, random.Random(rng.getrandbits(64)), stop, (1.0, 3.0))
     workload_seed = rng.getrandbits(64)
     ledger = Ledger(c.client(timeout=1.0))
+    etcd = EtcdWorkload(c.endpoints, clients=CAS_CLIENTS, duration_s=SECONDS, seed=rng.getrandbits(64))
     thread.start()
     ledger.start()
     try:
@@ -203,6 +207,7 @@ def test_jepsen_container_cluster(cluster: ContainerCluster, tmp_path: Path) -> 
         print(c.dump_logs(tail=300))
         raise
     final_reads(c.client(timeout=20.0), history)
+    etcd.finish()
 
     ops = history.ops()
     path = tmp_path / "history.jsonl"
@@ -234,6 +239,18 @@ def test_jepsen_container_cluster(cluster: ContainerCluster, tmp_path: Path) -> 
     assert done["put"] >= 20 and done["get"] >= 20, summary(ops)
     assert len(ledger.acked) >= 10, f"the ledger got only {len(ledger.acked)} writes acknowledged"
     assert all(op.status != "pending" for op in ops)
+
+    # Jepsen's etcd workloads: CAS registers linearizable per key, every watcher saw the record.
+    registers, watches = etcd.check()
+    print(etcd.summary())
+    if not (registers.ok and watches.ok):
+        print(c.dump_logs(tail=300))
+    assert registers.ok, (
+        f"CAS REGISTERS NOT LINEARIZABLE ({registers.key}):\n{registers.explanation}\n{context}"
+    )
+    assert watches.ok, f"WATCHES WRONG:\n{watches.explanation}\n{etcd.summary()}\n{context}"
+    swapped = [op for op in etcd.registers.ops if op.kind == "cas" and op.output is True]
+    assert len(swapped) >= 5 and len(etcd.record) >= 20, etcd.summary()
 
 
 def test_jepsen_container_cluster_under_membership_changes(cluster: ContainerCluster, tmp_path: Path) -> None:
