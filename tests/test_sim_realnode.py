@@ -30,8 +30,9 @@ def test_seeds_pass() -> None:
 
 
 def test_a_seed_replays_exactly() -> None:
-    """Seed 9 has it all: a slow disk, crashes right after a save, retried session writes answered once, a
-    suspension and leadership transfers."""
+    """Seed 19 has it all: a slow disk, crashes right after a save, retried session writes answered once, a
+    suspension and leadership transfers. (Seed 9 had until a new leader of a merged cluster stopped
+    waiting to hear its peers' protocol: its proposals, and so the whole schedule, moved.)"""
 
     def trace(seed: int) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
         sim = RealNodeSim(seed)
@@ -41,12 +42,12 @@ def test_a_seed_replays_exactly() -> None:
             (op.process, op.kind, op.key, op.value, op.call, op.ret, op.status, op.output) for op in ops
         ], stats
 
-    first, stats = trace(9)
+    first, stats = trace(19)
     assert len(first) > 50 and any(op[6] == "ok" and op[1] == "get" and op[7] for op in first)
     assert stats["slow_disk"] and stats["crashes_after_save"] and stats["deduplicated"], stats
     assert stats["suspensions"] and stats["transfers_done"], stats
-    assert trace(9) == (first, stats)
-    assert trace(10)[0] != first
+    assert trace(19) == (first, stats)
+    assert trace(20)[0] != first
 
 
 def test_the_faults_happen() -> None:
