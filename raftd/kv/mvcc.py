@@ -389,7 +389,7 @@ class Keyspace:
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def _read_revision(self, revision: int) -> int:
+    def revision_of(self, revision: int) -> int:
         """The revision a read at `revision` sees, or Compacted / FutureRevision."""
         if revision <= 0:
             return self.revision
@@ -399,13 +399,9 @@ class Keyspace:
             raise Compacted(self.compact_revision)
         return revision
 
-    def revision_of(self, revision: int) -> int:
-        """The revision a read at `revision` (0: now) sees; Compacted or FutureRevision."""
-        return self._read_revision(revision)
-
     def get(self, key: bytes, revision: int = 0) -> KeyValue | None:
         """The key's value at revision (0: now), None when it does not exist then."""
-        return self._latest(key, self._read_revision(revision))
+        return self._latest(key, self.revision_of(revision))
 
     def _latest(self, key: bytes, at: int) -> KeyValue | None:
         self.flush()
@@ -454,7 +450,7 @@ class Keyspace:
 
     def range(self, r: RangeRequest) -> RangeResult:
         """etcd's Range: the limit applies after filters and sorting; count is of the whole range."""
-        return self._range(r, self._read_revision(r.revision))
+        return self._range(r, self.revision_of(r.revision))
 
     def _range(self, r: RangeRequest, at: int) -> RangeResult:
         bounds = _bounds(r.key, r.range_end)
@@ -763,7 +759,7 @@ class Keyspace:
     def _txn_read_revision(self, r: RangeRequest, w: _Writing) -> int:
         if r.revision <= 0:
             return self._at(w)
-        return self._read_revision(r.revision)
+        return self.revision_of(r.revision)
 
     def _holds(self, c: Compare, at: int) -> bool:
         """etcd's applyCompare: every key of the range must pass; a missing key compares as all zeros,

@@ -17,6 +17,7 @@ and no more writes than were attempted).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import queue
 import random
@@ -33,7 +34,7 @@ from raftd.pb import etcd_rpc_pb2 as pb
 from raftd.pb import etcd_rpc_pb2_grpc as rpc
 
 from .linearizability import CheckResult, CheckTimeout
-from .workload import not_applied
+from .workload import not_applied, run_threads
 
 PREFIX = "cas/"
 OPS_PER_KEY = 120  # ops one key takes (across its KEYS_AT_ONCE siblings) before clients move on
@@ -103,24 +104,15 @@ def run_registers(
     """`clients` threads of register ops for duration_s, each op one attempt at a node picked at random."""
     rng = random.Random(seed)
     stop_at = time.monotonic() + duration_s
-    errors: list[BaseException] = []
-
-    def guarded(index: int, seed: int) -> None:
-        try:
-            _client(endpoints, registers, index, clients, stop_at, seed, timeout_s)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [
-        threading.Thread(target=guarded, args=(i, rng.getrandbits(64)), name=f"jepsen-cas-{i}", daemon=True)
+    run_threads(
+        (
+            f"jepsen-cas-{i}",
+            functools.partial(
+                _client, endpoints, registers, i, clients, stop_at, rng.getrandbits(64), timeout_s
+            ),
+        )
         for i in range(clients)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    )
 
 
 def _client(

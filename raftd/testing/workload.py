@@ -27,9 +27,11 @@ at any time, so its process never completes, and each process has one outstandin
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,16 +104,24 @@ def run_workload(
     rng = random.Random(seed)
     plan = client_plan(clients, raft_service_clients, unary_clients, etcd_clients)
     run = _Run(endpoints, history, keys, time.monotonic() + duration_s, op_timeout_s, len(plan))
-    errors: list[BaseException] = []
-    threads = [
-        threading.Thread(
-            target=_guarded,
-            args=(errors, run, kind, i, rng.getrandbits(64)),
-            name=f"jepsen-{kind}-{i}",
-            daemon=True,
-        )
+    run_threads(
+        (f"jepsen-{kind}-{i}", functools.partial(_client_loop, run, kind, i, rng.getrandbits(64)))
         for i, kind in enumerate(plan)
-    ]
+    )
+
+
+def run_threads(jobs: Iterable[tuple[str, Callable[[], object]]]) -> None:
+    """Each (name, job) on a daemon thread of its own, all at once; returns when all have ended, and
+    re-raises the first error one of them raised."""
+    errors: list[BaseException] = []
+
+    def guarded(job: Callable[[], object]) -> None:
+        try:
+            job()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(job,), name=name, daemon=True) for name, job in jobs]
     for t in threads:
         t.start()
     for t in threads:
@@ -142,13 +152,6 @@ class _Run:
     stop_at: float  # time.monotonic() at which threads stop starting ops
     op_timeout_s: float
     total: int  # client threads in all: a thread's next process id after an info op is this much higher
-
-
-def _guarded(errors: list[BaseException], run: _Run, kind: str, index: int, seed: int) -> None:
-    try:
-        _client_loop(run, kind, index, seed)
-    except BaseException as e:
-        errors.append(e)
 
 
 def _driver(kind: str, index: int, endpoints: list[str], rng: random.Random, timeout: float) -> Driver:
